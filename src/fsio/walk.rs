@@ -1,0 +1,98 @@
+//! The tree walk: directory fds all the way down (so any path length works), one `fstatat` per
+//! entry and nothing more, excluded entries never entered, mounts crossed only when asked.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, Dir, Mode, OFlags};
+
+use super::meta::{stat_to_basic, Basic};
+use super::resolve::open_dir;
+use crate::model::{join, Kind, RelPath};
+
+pub struct WalkOptions<'a> {
+    /// Do not descend into directories on another filesystem than the start's.
+    pub one_file_system: bool,
+    /// True for paths to leave out (with everything below them).
+    pub exclude: &'a dyn Fn(&[u8], Kind) -> bool,
+}
+
+/// A path the walk could not read; the walk goes on without it.
+#[derive(Debug, Clone)]
+pub struct WalkWarning {
+    pub path: RelPath,
+    pub message: String,
+}
+
+/// Appends `start` (a directory beneath `root`) and everything below it to `out`.
+pub fn walk(
+    root: BorrowedFd,
+    start: &[u8],
+    opts: &WalkOptions,
+    out: &mut Vec<(RelPath, Basic)>,
+    warnings: &mut Vec<WalkWarning>,
+) -> io::Result<()> {
+    let fd = open_dir(root, start)?;
+    let st = rustix::fs::fstat(&fd)?;
+    let basic = stat_to_basic(&st).expect("a directory has a known type");
+    out.push((start.to_vec(), basic));
+    visit(fd, start, basic.dev, opts, out, warnings);
+    Ok(())
+}
+
+fn visit(
+    dir: OwnedFd,
+    path: &[u8],
+    dev: u64,
+    opts: &WalkOptions,
+    out: &mut Vec<(RelPath, Basic)>,
+    warnings: &mut Vec<WalkWarning>,
+) {
+    let names = match read_names(dir.as_fd()) {
+        Ok(n) => n,
+        Err(e) => {
+            warnings.push(WalkWarning { path: path.to_vec(), message: format!("cannot list: {e}") });
+            return;
+        }
+    };
+    for name in names {
+        let child = join(path, &name);
+        let st = match rustix::fs::statat(&dir, &name[..], AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue, // deleted since the listing
+            Err(e) => {
+                warnings.push(WalkWarning { path: child, message: format!("cannot stat: {e}") });
+                continue;
+            }
+        };
+        let Some(basic) = stat_to_basic(&st) else { continue };
+        if (opts.exclude)(&child, basic.kind) {
+            continue;
+        }
+        out.push((child.clone(), basic));
+        if basic.kind != Kind::Dir || (opts.one_file_system && basic.dev != dev) {
+            continue;
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(&dir, &name[..], flags, Mode::empty()) {
+            Ok(sub) => visit(sub, &child, dev, opts, out, warnings),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => warnings.push(WalkWarning { path: child, message: format!("cannot open: {e}") }),
+        }
+    }
+}
+
+/// All names in a directory, sorted; the listing's own fd is closed before the caller descends,
+/// so a deep tree holds one fd per level.
+fn read_names(dir: BorrowedFd) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for ent in Dir::read_from(dir)? {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,2 @@
+pub mod fsio;
+pub mod model;

@@ -1,0 +1,279 @@
+//! The state of one path at one point: what the index stores and what a restore reproduces.
+//!
+//! Owns the domain types (`Entry`, `Kind`, `Xattrs`) and their byte encodings; knows nothing of
+//! files on disk or of SQLite.
+
+use std::fmt;
+
+/// Relative path from the system root, as raw bytes without a leading slash ("" is the root).
+pub type RelPath = Vec<u8>;
+
+/// The 32-byte BLAKE3 hash of a regular file's content.
+pub type Hash = [u8; 32];
+
+/// The hash of empty content: a zero-length file needs no frame to be rebuilt.
+pub fn empty_hash() -> Hash {
+    *blake3::hash(b"").as_bytes()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+    Fifo = 4,
+    CharDev = 5,
+    BlockDev = 6,
+    Socket = 7,
+}
+
+impl Kind {
+    pub fn from_code(code: i64) -> Option<Kind> {
+        Some(match code {
+            1 => Kind::File,
+            2 => Kind::Dir,
+            3 => Kind::Symlink,
+            4 => Kind::Fifo,
+            5 => Kind::CharDev,
+            6 => Kind::BlockDev,
+            7 => Kind::Socket,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::CharDev => "char-device",
+            Kind::BlockDev => "block-device",
+            Kind::Socket => "socket",
+        }
+    }
+}
+
+/// Extended attributes of every namespace, sorted by name. POSIX ACLs are the
+/// `system.posix_acl_*` entries, kept as the kernel's raw bytes (numeric ids).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Xattrs(pub Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Xattrs {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Length-prefixed encoding: u32 count, then per pair u32 name length, name, u32 value
+    /// length, value (all little endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.0.len() as u32).to_le_bytes());
+        for (name, value) in &self.0 {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Xattrs> {
+        let mut rest = bytes;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            if rest.len() < n {
+                return None;
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Some(head)
+        };
+        let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let mut pairs = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let n = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            let name = take(n)?.to_vec();
+            let v = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            let value = take(v)?.to_vec();
+            pairs.push((name, value));
+        }
+        Some(Xattrs(pairs))
+    }
+}
+
+/// Everything a restore needs to recreate one path, plus the source's inode number and ctime
+/// for the quick check (not part of the restored state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (07777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub rdev: u64,
+    /// Symlink target bytes.
+    pub target: Option<Vec<u8>>,
+    /// Content hash of regular files.
+    pub hash: Option<Hash>,
+    pub xattrs: Xattrs,
+    /// Inode flags (FS_IOC_GETFLAGS), files and directories only.
+    pub flags: u32,
+    /// For the second and later paths of a hardlink group: the group's first path.
+    pub link: Option<RelPath>,
+    /// The file had holes (fewer blocks allocated than its size needs).
+    pub sparse: bool,
+    pub ino: u64,
+    pub ctime: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:09}", self.sec, self.nsec)
+    }
+}
+
+impl Entry {
+    /// True when the restorable state (not the quick-check fields) is the same.
+    pub fn same_state(&self, other: &Entry) -> bool {
+        self.kind == other.kind
+            && self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.mtime == other.mtime
+            && self.rdev == other.rdev
+            && self.target == other.target
+            && self.xattrs == other.xattrs
+            && self.flags == other.flags
+            && self.link == other.link
+            && self.content_same(other)
+    }
+
+    /// True when the content (bytes of a file) is the same; other kinds have none.
+    pub fn content_same(&self, other: &Entry) -> bool {
+        match (self.kind, other.kind) {
+            (Kind::File, Kind::File) => self.hash == other.hash && self.size == other.size,
+            (a, b) => a == b,
+        }
+    }
+
+    /// Quick check: the source path has not been touched since this entry was recorded.
+    /// Any write, chmod, chown, xattr or flag change, or link count change moves ctime.
+    pub fn unchanged_on_disk(&self, fresh: &Entry) -> bool {
+        self.kind == fresh.kind
+            && self.ino == fresh.ino
+            && self.ctime == fresh.ctime
+            && self.size == fresh.size
+            && self.mtime == fresh.mtime
+            && self.mode == fresh.mode
+            && self.uid == fresh.uid
+            && self.gid == fresh.gid
+            && self.rdev == fresh.rdev
+            && self.link == fresh.link
+    }
+}
+
+/// Renders a relative path for people: `/etc/hosts`, bytes that are not UTF-8 escaped.
+pub fn display_path(path: &[u8]) -> String {
+    let mut out = String::from("/");
+    out.push_str(&String::from_utf8_lossy(path).replace('\n', "\\n"));
+    if path.iter().any(|b| !b.is_ascii()) && std::str::from_utf8(path).is_err() {
+        out = String::from("/");
+        for &b in path {
+            if b.is_ascii_graphic() || b == b' ' {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    out
+}
+
+/// Parent directory of a relative path ("" for a top-level name); None for the root itself.
+pub fn parent(path: &[u8]) -> Option<&[u8]> {
+    if path.is_empty() {
+        return None;
+    }
+    Some(match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    })
+}
+
+/// Last component of a relative path.
+pub fn basename(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
+/// `a` joined with `b` ("" is the root).
+pub fn join(a: &[u8], b: &[u8]) -> RelPath {
+    if a.is_empty() {
+        return b.to_vec();
+    }
+    let mut out = Vec::with_capacity(a.len() + 1 + b.len());
+    out.extend_from_slice(a);
+    out.push(b'/');
+    out.extend_from_slice(b);
+    out
+}
+
+/// Whether `path` is `ancestor` or lies below it.
+pub fn is_within(path: &[u8], ancestor: &[u8]) -> bool {
+    ancestor.is_empty()
+        || path == ancestor
+        || (path.len() > ancestor.len()
+            && path.starts_with(ancestor)
+            && path[ancestor.len()] == b'/')
+}
+
+/// Orders paths so that every directory comes right before its contents ("a", "a/b", "a.b"),
+/// unlike plain byte order where "a.b" < "a/b". Sorting by this key keeps subtrees contiguous.
+pub fn tree_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let key = |c: u8| if c == b'/' { 0u8 } else { c };
+    a.iter().map(|&c| key(c)).cmp(b.iter().map(|&c| key(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattrs_round_trip_with_binary_values() {
+        let x = Xattrs(vec![
+            (b"security.capability".to_vec(), vec![0, 0, 0, 2, 0, 32, 0, 0]),
+            (b"user.\xffname".to_vec(), Vec::new()),
+        ]);
+        assert_eq!(Xattrs::decode(&x.encode()), Some(x));
+        assert_eq!(Xattrs::decode(&[1, 0, 0, 0, 9]), None);
+    }
+
+    #[test]
+    fn tree_order_keeps_subtrees_together() {
+        let mut v: Vec<&[u8]> = vec![b"a.b", b"a/b", b"a", b"a/b/c", b"", b"a0"];
+        v.sort_by(|a, b| tree_order(a, b));
+        assert_eq!(v, vec![&b""[..], b"a", b"a/b", b"a/b/c", b"a.b", b"a0"]);
+    }
+
+    #[test]
+    fn path_helpers() {
+        assert_eq!(parent(b"etc/hosts"), Some(&b"etc"[..]));
+        assert_eq!(parent(b"etc"), Some(&b""[..]));
+        assert_eq!(parent(b""), None);
+        assert_eq!(basename(b"etc/hosts"), b"hosts");
+        assert!(is_within(b"etc/hosts", b"etc"));
+        assert!(!is_within(b"etcx", b"etc"));
+        assert!(is_within(b"anything", b""));
+        assert_eq!(display_path(b"a\xffb"), "/a\\xffb");
+    }
+}
