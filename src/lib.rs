@@ -1,2 +1,11 @@
+pub mod content;
+pub mod delta;
+pub mod error;
+pub mod exclude;
+pub mod failpoint;
 pub mod fsio;
 pub mod model;
+pub mod progress;
+pub mod recover;
+pub mod snapshot;
+pub mod store;

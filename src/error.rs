@@ -1,0 +1,65 @@
+//! The one public error type. Each variant names the operation and the path or point it was
+//! about, so a message tells the administrator where to look and what to do next.
+
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // -- store layer
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("store index {path}: {op}: {source}")]
+    Db {
+        path: PathBuf,
+        op: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store {store} is in use by another run (pid {holder}); wait for it to finish, or check that process")]
+    Locked { store: PathBuf, holder: String },
+    #[error("store {store} has schema version {found}, newer than this program ({supported}); use a newer restorepoint")]
+    SchemaTooNew { store: PathBuf, found: i64, supported: i64 },
+    #[error("{store} is not a restorepoint store (no index.db); check --store or the config's `store`")]
+    NoStore { store: PathBuf },
+    // -- points
+    #[error("no restore point {id}; `system_snapshot list` shows the points there are")]
+    NoSuchPoint { id: i64 },
+    #[error("the store has no complete restore point yet; run system_snapshot first")]
+    NoPoints,
+    // -- data
+    #[error("damaged: {what}; run `system_snapshot verify --full` to see everything affected")]
+    Damaged { what: String },
+    // -- input
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(op: impl Into<String>, source: io::Error) -> Error {
+        Error::Io { op: op.into(), source }
+    }
+}
+
+/// Adds the operation (and path) to an io error.
+pub trait IoContext<T> {
+    fn ctx(self, op: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(op(), e))
+    }
+}
+
+impl<T> IoContext<T> for rustix::io::Result<T> {
+    fn ctx(self, op: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(op(), e.into()))
+    }
+}

@@ -1,0 +1,131 @@
+//! Rolling back a point that was still `running` when its process died (DESIGN.md "Write
+//! ordering"). For each of its rows the replica file's hash tells whether the new version
+//! already replaced the old one; the old version is rebuilt where needed, the replica shaped
+//! back, synced, and only then are the point's rows, entries and pack dropped. Idempotent: a
+//! crash during the rollback is rolled back again by the next run.
+
+use std::fs::File;
+
+use crate::content::{self, Body};
+use crate::error::{Error, IoContext, Result};
+use crate::failpoint;
+use crate::fsio;
+use crate::model::{display_path, Kind};
+use crate::store::replica::{self, Fill, Shape};
+use crate::store::{db_err, delete_entry, upsert_entry, Change, ContentKind, PointId, Store};
+
+/// Rolls back every running point; returns their ids.
+pub fn roll_back_running(store: &mut Store) -> Result<Vec<PointId>> {
+    let points = store.index.points()?;
+    let mut rolled = Vec::new();
+    for p in points.iter().filter(|p| !p.complete) {
+        let has_earlier = points.iter().any(|q| q.complete && q.id < p.id);
+        if has_earlier {
+            undo_rows(store, p.id)?;
+        } else {
+            wipe_first(store, p.id)?;
+        }
+        rolled.push(p.id);
+    }
+    if !rolled.is_empty() {
+        store.clear_staging()?;
+    }
+    Ok(rolled)
+}
+
+/// The first point built the replica from nothing: undoing it empties the store's data.
+fn wipe_first(store: &mut Store, id: PointId) -> Result<()> {
+    let names: Vec<Vec<u8>> = std::fs::read_dir(store.dir.join("replica"))
+        .ctx(|| "listing the replica".into())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().as_encoded_bytes().to_vec())
+        .collect();
+    for n in names {
+        fsio::remove_tree(store.replica(), &n, None).ctx(|| format!("removing replica {}", display_path(&n)))?;
+    }
+    store.sync()?;
+    drop_point(store, id, &[], true)
+}
+
+fn undo_rows(store: &mut Store, id: PointId) -> Result<()> {
+    let changes = store.index.changes_of(id)?;
+    let pack = File::open(store.pack_path(id)).ok();
+    let mut shapes = Vec::with_capacity(changes.len());
+    for c in &changes {
+        let fill = match &c.old {
+            Some(old) if old.kind == Kind::File => old_version(store, pack.as_ref(), c)?,
+            _ => Fill::Keep,
+        };
+        shapes.push(Shape { path: c.path.clone(), want: c.old.clone(), fill });
+    }
+    failpoint::hit("rollback-before-replica");
+    replica::shape(store, &shapes)?;
+    store.sync()?;
+    drop_point(store, id, &changes, false)
+}
+
+/// Where the old version of a file comes from: the replica still has it, or it is rebuilt into
+/// `staging/` from the frame (and the new version, for a delta).
+fn old_version(store: &Store, pack: Option<&File>, c: &Change) -> Result<Fill> {
+    let old = c.old.as_ref().expect("only called for old files");
+    let current = content::replica_body(store.replica(), &c.path).ok().and_then(|mut b| b.hash().ok().map(|h| (b, h)));
+    let newer = match current {
+        Some((_, h)) if Some(h) == old.hash => return Ok(Fill::Keep),
+        Some((b, h)) if Some(h) == c.new_hash => Some(b),
+        _ => None,
+    };
+    let Some(pack) = pack else {
+        return Err(Error::Damaged { what: format!("pack of running point {} is missing; {} cannot be rolled back", c.point, display_path(&c.path)) });
+    };
+    if c.content != ContentKind::Full && newer.is_none() {
+        return Err(Error::Damaged {
+            what: format!("replica {} matches neither version of interrupted point {}", display_path(&c.path), c.point),
+        });
+    }
+    let rebuilt = content::step_back(pack, c, newer, store.staging())?.expect("old version is a file");
+    let name = format!("r{}", blake3::hash(&c.path).to_hex()).into_bytes();
+    stage(store, &name, rebuilt, old.sparse).ctx(|| format!("staging the old version of {}", display_path(&c.path)))?;
+    Ok(Fill::Staged(name))
+}
+
+fn stage(store: &Store, name: &[u8], mut body: Body, sparse: bool) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let _ = rustix::fs::unlinkat(store.staging(), name, rustix::fs::AtFlags::empty());
+    let f = File::from(rustix::fs::openat(
+        store.staging(),
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?);
+    fsio::write_content(&f, &mut body.reader()?, sparse, 0)?;
+    Ok(())
+}
+
+/// One transaction: entries back to the old states, the point's rows and row gone; then the
+/// pack file (data dropped last).
+fn drop_point(store: &mut Store, id: PointId, changes: &[Change], wipe_entries: bool) -> Result<()> {
+    let path = store.index.path.clone();
+    let e = |op: &'static str| {
+        let path = path.clone();
+        move |err| db_err(&path, op, err)
+    };
+    let tx = store.index.conn.transaction().map_err(e("starting the rollback"))?;
+    if wipe_entries {
+        tx.execute("DELETE FROM entries", []).map_err(e("clearing entries"))?;
+    }
+    for c in changes {
+        match &c.old {
+            Some(old) => upsert_entry(&tx, &c.path, old).map_err(e("restoring an entry"))?,
+            None => delete_entry(&tx, &c.path).map_err(e("removing an entry"))?,
+        }
+    }
+    tx.execute("DELETE FROM changes WHERE point_id=?1", [id]).map_err(e("dropping the point's changes"))?;
+    tx.execute("DELETE FROM points WHERE id=?1", [id]).map_err(e("dropping the point"))?;
+    tx.commit().map_err(e("committing the rollback"))?;
+    let pack = store.pack_path(id);
+    match std::fs::remove_file(&pack) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(Error::io(format!("removing {}", pack.display()), err)),
+    }
+}

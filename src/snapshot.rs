@@ -1,0 +1,539 @@
+//! Taking a restore point (DESIGN.md "Write ordering").
+//!
+//! Phase A, in batches: read what changed, write each old version's reverse frame to the pack
+//! and each new version's content to `staging/`, syncfs, then commit the batch's changes and
+//! entries rows. Phase B, once every row is durable: shape the replica to the new state
+//! (removals deepest first, staged files renamed in), syncfs, mark the point complete.
+//! A crash anywhere leaves a `running` point that the next run rolls back (`recover`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::delta::{encode_chunked, encode_delta, encode_full, Level, LARGE_FILE};
+use crate::error::{Error, IoContext, Result};
+use crate::exclude::ExcludeSet;
+use crate::failpoint;
+use crate::fsio::{self, Basic, DirCache, WalkOptions};
+use crate::model::{basename, display_path, Entry, Hash, Kind, RelPath};
+use crate::progress::Progress;
+use crate::store::replica::{self, Fill, Shape};
+use crate::store::{delete_entry, insert_change, upsert_entry, Change, ContentKind, PackWriter, PointId, PointKind, Store};
+
+/// Rows per transaction and staged bytes per syncfs: batching keeps fsyncs rare.
+const BATCH_ROWS: usize = 2000;
+const BATCH_BYTES: u64 = 256 << 20;
+/// A file that keeps changing while it is read is tried this many times.
+const READ_TRIES: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Source directories, relative to the system root ("" is the root itself).
+    pub sources: Vec<RelPath>,
+    pub excludes: Vec<String>,
+    pub one_file_system: bool,
+    pub kind: PointKind,
+    pub label: Option<String>,
+    pub level: Level,
+}
+
+/// A path the snapshot could not record as it is now; the point keeps its previous state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Warning {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SnapshotReport {
+    pub point: PointId,
+    pub files: u64,
+    pub bytes: u64,
+    pub unchanged: u64,
+    pub added: u64,
+    pub modified: u64,
+    pub metadata_only: u64,
+    pub deleted: u64,
+    pub stored_bytes: u64,
+    pub warnings: Vec<Warning>,
+}
+
+struct Pending {
+    path: RelPath,
+    old: Option<Entry>,
+    new: Option<(Basic, Option<RelPath>)>,
+}
+
+/// The new version of a path, as read from the source.
+enum Captured {
+    Gone,
+    Skip(String),
+    Node(Entry, NewContent),
+}
+
+enum NewContent {
+    None,
+    /// Content equal to the old version: nothing staged.
+    Same,
+    /// Staged under this name; small ones also kept in memory as the delta reference.
+    Staged { name: Vec<u8>, bytes: Option<Vec<u8>> },
+}
+
+pub fn run(store: &mut Store, root: &Path, opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
+    let root_fd = fsio::open_root(root).ctx(|| format!("opening the system root {}", root.display()))?;
+    let excludes = ExcludeSet::new(&opts.excludes, store_within(root, &store.dir).into_iter().collect())?;
+    let mut report = SnapshotReport::default();
+    progress.phase("scanning", None);
+    let walked = scan(root_fd.as_fd(), opts, &excludes, &mut report)?;
+    let pending = compare(store, walked, &mut report)?;
+    let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+    let sources: Vec<String> = opts.sources.iter().map(|s| display_path(s)).collect();
+    let id = store.index.insert_point(&created, opts.kind, opts.label.as_deref(), &sources)?;
+    report.point = id;
+    failpoint::hit("snapshot-after-point-row");
+    progress.phase("recording changes", Some(pending.len() as u64));
+    let shapes = record(store, root_fd.as_fd(), id, pending, opts.level, &mut report, progress)?;
+    failpoint::hit("snapshot-before-replica");
+    progress.phase("updating the replica", None);
+    replica::shape(store, &shapes)?;
+    failpoint::hit("snapshot-after-replica");
+    store.sync()?;
+    let warnings = report.warnings.len() as u64;
+    store.index.complete_point(id, report.files, report.bytes, report.stored_bytes, warnings)?;
+    failpoint::hit("snapshot-after-complete");
+    store.clear_staging()?;
+    progress.finish();
+    Ok(report)
+}
+
+/// The store's path relative to the root, when the store lies inside it.
+fn store_within(root: &Path, store: &Path) -> Option<RelPath> {
+    let root = root.canonicalize().ok()?;
+    let store = store.canonicalize().ok()?;
+    let rel = store.strip_prefix(&root).ok()?;
+    Some(rel.as_os_str().as_encoded_bytes().to_vec())
+}
+
+/// Walks every source (with its ancestors, so a restore recreates them with their modes) and
+/// returns the entries sorted by path, hardlink leaders assigned.
+fn scan(root: BorrowedFd, opts: &SnapshotOptions, excludes: &ExcludeSet, report: &mut SnapshotReport) -> Result<Vec<(RelPath, Basic, Option<RelPath>)>> {
+    let mut out: Vec<(RelPath, Basic)> = Vec::new();
+    let mut warns = Vec::new();
+    let exclude = |p: &[u8], _k: Kind| excludes.is_excluded(p);
+    let walk_opts = WalkOptions { one_file_system: opts.one_file_system, exclude: &exclude };
+    for src in &opts.sources {
+        let mut anc: &[u8] = src;
+        while let Some(p) = crate::model::parent(anc) {
+            let fd = fsio::open_beneath(root, p, OFlags::PATH | OFlags::DIRECTORY).ctx(|| format!("opening {}", display_path(p)))?;
+            let st = rustix::fs::fstat(&fd).ctx(|| format!("stat of {}", display_path(p)))?;
+            out.push((p.to_vec(), fsio::stat_to_basic(&st).expect("a directory")));
+            anc = p;
+        }
+        fsio::walk(root, src, &walk_opts, &mut out, &mut warns).map_err(|e| {
+            Error::Invalid(format!("source {} cannot be read: {e}; check --source and --root", display_path(src)))
+        })?;
+    }
+    for w in warns {
+        report.warnings.push(Warning { path: display_path(&w.path), message: w.message });
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|a, b| a.0 == b.0);
+    // Hardlinks: the first path of each (dev, ino) in byte order leads its group.
+    let mut leaders: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut links = vec![None; out.len()];
+    for (i, (_, b)) in out.iter().enumerate() {
+        if b.kind == Kind::File && b.nlink > 1 {
+            match leaders.get(&(b.dev, b.ino)) {
+                Some(&l) => links[i] = Some(out[l].0.clone()),
+                None => {
+                    leaders.insert((b.dev, b.ino), i);
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().zip(links).map(|((p, b), l)| (p, b, l)).collect())
+}
+
+/// Merge-joins the walk with the index (both in byte order of path): what the quick check
+/// cannot prove unchanged is pending.
+fn compare(store: &Store, walked: Vec<(RelPath, Basic, Option<RelPath>)>, report: &mut SnapshotReport) -> Result<Vec<Pending>> {
+    let mut pending = Vec::new();
+    let mut it = walked.into_iter().peekable();
+    store.index.for_each_entry(|path, old| {
+        while let Some((p, b, l)) = it.next_if(|(p, _, _)| *p < path) {
+            pending.push(Pending { path: p, old: None, new: Some((b, l)) });
+        }
+        match it.next_if(|(p, _, _)| *p == path) {
+            Some((p, b, l)) => {
+                if old.unchanged_on_disk(&b.to_entry(l.clone())) {
+                    report.unchanged += 1;
+                    count(report, &old);
+                } else {
+                    pending.push(Pending { path: p, old: Some(old), new: Some((b, l)) });
+                }
+            }
+            None => pending.push(Pending { path, old: Some(old), new: None }),
+        }
+        Ok(())
+    })?;
+    pending.extend(it.map(|(p, b, l)| Pending { path: p, old: None, new: Some((b, l)) }));
+    Ok(pending)
+}
+
+fn count(report: &mut SnapshotReport, e: &Entry) {
+    report.files += 1;
+    if e.kind == Kind::File {
+        report.bytes += e.size;
+    }
+}
+
+struct Batch {
+    rows: Vec<(Change, Option<(RelPath, Entry)>, RelPath)>,
+    bytes: u64,
+}
+
+fn record(
+    store: &mut Store,
+    root: BorrowedFd,
+    id: PointId,
+    pending: Vec<Pending>,
+    level: Level,
+    report: &mut SnapshotReport,
+    progress: &dyn Progress,
+) -> Result<Vec<Shape>> {
+    let mut pack = PackWriter::create(&store.pack_path(id)).ctx(|| format!("creating {}", store.pack_path(id).display()))?;
+    let first = !store.index.points()?.iter().any(|p| p.complete);
+    let mut cache = DirCache::default();
+    let mut shapes = Vec::new();
+    let mut batch = Batch { rows: Vec::new(), bytes: 0 };
+    let mut full_frames: HashMap<Hash, (u64, u64)> = HashMap::new();
+    let mut seq = 0u64;
+    for p in pending {
+        progress.advance(1);
+        let captured = match &p.new {
+            None => Captured::Gone,
+            Some((b, link)) => capture(store, root, &mut cache, &p, *b, link.clone(), &mut seq)?,
+        };
+        let (new, content) = match captured {
+            Captured::Skip(why) => {
+                report.warnings.push(Warning { path: display_path(&p.path), message: why });
+                if let Some(o) = &p.old {
+                    count(report, o);
+                }
+                continue;
+            }
+            Captured::Gone => {
+                if p.new.is_some() {
+                    report.warnings.push(Warning { path: display_path(&p.path), message: "vanished during the snapshot".into() });
+                }
+                (None, NewContent::None)
+            }
+            Captured::Node(e, c) => (Some(e), c),
+        };
+        if let Some(n) = &new {
+            count(report, n);
+        }
+        if let (Some(o), Some(n)) = (&p.old, &new) {
+            if o.same_state(n) {
+                // Only the quick-check fields moved (a rename back, a no-op chmod): refresh them.
+                batch.rows.push((no_change(id, &p.path), Some((p.path.clone(), n.clone())), Vec::new()));
+                report.unchanged += 1;
+                continue;
+            }
+        }
+        let staged_name = match &content {
+            NewContent::Staged { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        let change = if first {
+            no_change(id, &p.path)
+        } else {
+            reverse_change(store, &mut pack, id, &p, new.as_ref(), &content, level, &mut full_frames)?
+        };
+        tally(report, &p.old, &new, &content);
+        batch.bytes += new.as_ref().filter(|_| staged_name.is_some()).map_or(0, |n| n.size) + change.frame.map_or(0, |f| f.1);
+        shapes.push(Shape {
+            path: p.path.clone(),
+            want: new.clone(),
+            fill: staged_name.map_or(Fill::Keep, Fill::Staged),
+        });
+        let upsert = new.map(|n| (p.path.clone(), n));
+        let delete = if upsert.is_none() { p.path.clone() } else { Vec::new() };
+        batch.rows.push((change, upsert, delete));
+        if batch.rows.len() >= BATCH_ROWS || batch.bytes >= BATCH_BYTES {
+            commit_batch(store, &mut pack, &mut batch, first)?;
+        }
+    }
+    commit_batch(store, &mut pack, &mut batch, first)?;
+    report.stored_bytes = pack.len();
+    Ok(shapes)
+}
+
+/// A placeholder row that is never written: it carries an entry refresh only.
+fn no_change(id: PointId, path: &[u8]) -> Change {
+    Change { point: id, path: path.to_vec(), content: ContentKind::Same, old: None, frame: None, new_hash: None }
+}
+
+fn tally(report: &mut SnapshotReport, old: &Option<Entry>, new: &Option<Entry>, content: &NewContent) {
+    match (old, new) {
+        (None, Some(_)) => report.added += 1,
+        (Some(_), None) => report.deleted += 1,
+        (Some(o), Some(n)) if o.kind == Kind::File && n.kind == Kind::File && matches!(content, NewContent::Same) => {
+            report.metadata_only += 1
+        }
+        (Some(o), Some(n)) if o.kind == n.kind && n.kind != Kind::File && o.target == n.target && o.rdev == n.rdev => {
+            report.metadata_only += 1
+        }
+        _ => report.modified += 1,
+    }
+}
+
+/// Pack first (made durable with the staged files by one syncfs), then the rows.
+fn commit_batch(store: &mut Store, pack: &mut PackWriter, batch: &mut Batch, first: bool) -> Result<()> {
+    if batch.rows.is_empty() {
+        return Ok(());
+    }
+    pack.flush().ctx(|| "writing the pack".to_string())?;
+    store.sync()?;
+    failpoint::hit("snapshot-before-commit");
+    let path = store.index.path.clone();
+    let tx = store.index.conn.transaction().map_err(|e| crate::store::db_err(&path, "starting a batch", e))?;
+    for (change, upsert, delete) in batch.rows.drain(..) {
+        let real_change = !first && (change.old.is_some() || change.content == ContentKind::Absent);
+        if real_change {
+            insert_change(&tx, &change).map_err(|e| crate::store::db_err(&path, "recording a change", e))?;
+        }
+        match upsert {
+            Some((p, e)) => upsert_entry(&tx, &p, &e).map_err(|e| crate::store::db_err(&path, "recording an entry", e))?,
+            None if !delete.is_empty() => delete_entry(&tx, &delete).map_err(|e| crate::store::db_err(&path, "removing an entry", e))?,
+            None => {}
+        }
+    }
+    tx.commit().map_err(|e| crate::store::db_err(&path, "committing a batch", e))?;
+    batch.bytes = 0;
+    failpoint::hit("snapshot-after-commit");
+    Ok(())
+}
+
+/// Reads the path's new version: full metadata and, for files, content into `staging/`.
+fn capture(
+    store: &Store,
+    root: BorrowedFd,
+    cache: &mut DirCache,
+    p: &Pending,
+    basic: Basic,
+    link: Option<RelPath>,
+    seq: &mut u64,
+) -> Result<Captured> {
+    let mut e = basic.to_entry(link);
+    let dir = if p.path.is_empty() {
+        match fsio::open_dir(root, b"") {
+            Ok(fd) => DirRef::Owned(fd),
+            Err(err) => return Ok(Captured::Skip(format!("cannot open: {err}"))),
+        }
+    } else {
+        match cache.parent_of(root, &p.path) {
+            Ok(fd) => DirRef::Borrowed(fd.try_clone_to_owned().ctx(|| "duplicating a directory fd".into())?),
+            Err(err) if is_gone(&err) => return Ok(Captured::Gone),
+            Err(err) => return Ok(Captured::Skip(format!("cannot open its directory: {err}"))),
+        }
+    };
+    let (dirfd, name): (BorrowedFd, &[u8]) = match &dir {
+        DirRef::Owned(fd) => (fd.as_fd(), b"."),
+        DirRef::Borrowed(fd) => (fd.as_fd(), basename(&p.path)),
+    };
+    if let Err(err) = fsio::read_entry(dirfd, name, &mut e) {
+        return Ok(if is_gone(&err) { Captured::Gone } else { Captured::Skip(format!("cannot read metadata: {err}")) });
+    }
+    if e.kind != Kind::File {
+        return Ok(Captured::Node(e, NewContent::None));
+    }
+    for _ in 0..READ_TRIES {
+        match read_file(store, dirfd, name, &mut e, p.old.as_ref(), seq) {
+            Ok(Some(content)) => return Ok(Captured::Node(e, content)),
+            Ok(None) => continue, // changed while being read
+            Err(err) if is_gone(&err) => return Ok(Captured::Gone),
+            Err(err) => return Ok(Captured::Skip(format!("cannot read: {err}"))),
+        }
+    }
+    Ok(Captured::Skip(format!("changed while being read ({READ_TRIES} tries); the previous version is kept")))
+}
+
+enum DirRef {
+    Owned(OwnedFd),
+    Borrowed(OwnedFd),
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOENT.raw_os_error() || c == rustix::io::Errno::NOTDIR.raw_os_error())
+}
+
+/// Opens the source file without following links or touching its atime, checks it is still a
+/// regular file, and stages its content unless the hash equals the old version's. Ok(None) when
+/// it changed while being read.
+fn read_file(store: &Store, dir: BorrowedFd, name: &[u8], e: &mut Entry, old: Option<&Entry>, seq: &mut u64) -> io::Result<Option<NewContent>> {
+    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, base, Mode::empty())?,
+        other => other?,
+    };
+    let before = rustix::fs::fstat(&fd)?;
+    let b = fsio::stat_to_basic(&before).filter(|b| b.kind == Kind::File).ok_or_else(|| io::Error::other("is no longer a regular file"))?;
+    let mut file = File::from(fd);
+    *seq += 1;
+    let staged_name = format!("n{seq}").into_bytes();
+    let staged = File::from(rustix::fs::openat(
+        store.staging(),
+        &staged_name[..],
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?);
+    let mut hashing = HashingReader { inner: &mut file, hasher: blake3::Hasher::new(), keep: (b.size <= LARGE_FILE).then(Vec::new), n: 0 };
+    fsio::write_content(&staged, &mut hashing, e.sparse, 0)?;
+    let hash = *hashing.hasher.finalize().as_bytes();
+    let (bytes, n) = (hashing.keep.take(), hashing.n);
+    let after = rustix::fs::fstat(file.as_fd())?;
+    let moved = before.st_size != after.st_size
+        || before.st_mtime != after.st_mtime
+        || before.st_mtime_nsec != after.st_mtime_nsec
+        || before.st_ctime != after.st_ctime
+        || before.st_ctime_nsec != after.st_ctime_nsec
+        || n != after.st_size as u64;
+    if moved {
+        drop(staged);
+        let _ = rustix::fs::unlinkat(store.staging(), &staged_name[..], rustix::fs::AtFlags::empty());
+        return Ok(None);
+    }
+    // The fields as they were while reading (the walk's stat may be older).
+    let fresh = b.to_entry(e.link.clone());
+    (e.size, e.mtime, e.ctime, e.ino, e.mode, e.uid, e.gid) = (fresh.size, fresh.mtime, fresh.ctime, fresh.ino, fresh.mode, fresh.uid, fresh.gid);
+    e.hash = Some(hash);
+    if old.is_some_and(|o| o.kind == Kind::File && o.hash == Some(hash)) {
+        drop(staged);
+        let _ = rustix::fs::unlinkat(store.staging(), &staged_name[..], rustix::fs::AtFlags::empty());
+        return Ok(Some(NewContent::Same));
+    }
+    Ok(Some(NewContent::Staged { name: staged_name, bytes }))
+}
+
+struct HashingReader<'a> {
+    inner: &'a mut File,
+    hasher: blake3::Hasher,
+    keep: Option<Vec<u8>>,
+    n: u64,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        if let Some(k) = &mut self.keep {
+            if k.len() as u64 + n as u64 <= LARGE_FILE {
+                k.extend_from_slice(&buf[..n]);
+            } else {
+                self.keep = None; // grew past the in-memory limit while being read
+            }
+        }
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// The row that steps this path back to its old version, with its frame appended to the pack.
+#[allow(clippy::too_many_arguments)]
+fn reverse_change(
+    store: &Store,
+    pack: &mut PackWriter,
+    id: PointId,
+    p: &Pending,
+    new: Option<&Entry>,
+    content: &NewContent,
+    level: Level,
+    full_frames: &mut HashMap<Hash, (u64, u64)>,
+) -> Result<Change> {
+    let new_hash = new.filter(|n| n.kind == Kind::File).and_then(|n| n.hash);
+    let mut change = Change { point: id, path: p.path.clone(), content: ContentKind::Absent, old: p.old.clone(), frame: None, new_hash };
+    let Some(old) = &p.old else { return Ok(change) };
+    if old.kind != Kind::File || matches!(content, NewContent::Same) {
+        change.content = ContentKind::Same;
+        return Ok(change);
+    }
+    let old_hash = old.hash.expect("file entries have a hash");
+    let what = || format!("storing the old version of {}", display_path(&p.path));
+    let mut old_file = crate::content::replica_body(store.replica(), &p.path)?;
+    let new_file = match (new, content) {
+        (Some(n), NewContent::Staged { name, bytes }) if n.kind == Kind::File => Some((name, bytes, n.size)),
+        _ => None,
+    };
+    let large = old.size > LARGE_FILE || new_file.as_ref().is_some_and(|(_, _, s)| *s > LARGE_FILE);
+    match new_file {
+        Some((name, bytes, new_size)) if !large => {
+            let old_bytes = read_checked(&mut old_file, old_hash, &p.path)?;
+            let staged_bytes;
+            let reference: &[u8] = match bytes {
+                Some(b) => b,
+                None => {
+                    staged_bytes = read_staged(store, name).ctx(what)?;
+                    debug_assert_eq!(staged_bytes.len() as u64, new_size);
+                    &staged_bytes
+                }
+            };
+            let (frame, is_delta) = encode_delta(&old_bytes, reference, level).ctx(what)?;
+            change.frame = Some(pack.append(|w| w.write_all(&frame)).ctx(what)?);
+            change.content = if is_delta { ContentKind::Delta } else { ContentKind::Full };
+        }
+        Some((name, _, new_size)) => {
+            check_hash(&mut old_file, old_hash, &p.path)?;
+            let crate::content::Body::File(old_f) = old_file else { unreachable!("replica bodies are files") };
+            let new_f = File::from(rustix::fs::openat(store.staging(), &name[..], OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ctx(what)?);
+            change.frame = Some(pack.append(|w| encode_chunked(&old_f, old.size, &new_f, new_size, w, level)).ctx(what)?);
+            change.content = ContentKind::Chunked;
+        }
+        None => {
+            change.content = ContentKind::Full;
+            if let Some(&f) = full_frames.get(&old_hash) {
+                change.frame = Some(f); // same old content already in this pack (a hardlink, a copy)
+                return Ok(change);
+            }
+            check_hash(&mut old_file, old_hash, &p.path)?;
+            let mut r = old_file.reader().ctx(what)?;
+            let f = pack.append(|w| encode_full(&mut r, w, level)).ctx(what)?;
+            full_frames.insert(old_hash, f);
+            change.frame = Some(f);
+        }
+    }
+    Ok(change)
+}
+
+fn read_staged(store: &Store, name: &[u8]) -> io::Result<Vec<u8>> {
+    let mut f = File::from(rustix::fs::openat(store.staging(), name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?);
+    let mut v = Vec::new();
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+fn replica_damaged(path: &[u8]) -> Error {
+    Error::Damaged {
+        what: format!("the replica's copy of {} does not match the index, so its older versions cannot be stored", display_path(path)),
+    }
+}
+
+fn check_hash(body: &mut crate::content::Body, want: Hash, path: &[u8]) -> Result<()> {
+    match body.hash() {
+        Ok(h) if h == want => Ok(()),
+        _ => Err(replica_damaged(path)),
+    }
+}
+
+fn read_checked(body: &mut crate::content::Body, want: Hash, path: &[u8]) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    body.reader().and_then(|mut r| r.read_to_end(&mut v)).map_err(|_| replica_damaged(path))?;
+    if *blake3::hash(&v).as_bytes() != want {
+        return Err(replica_damaged(path));
+    }
+    Ok(v)
+}

@@ -1,0 +1,139 @@
+//! The store on disk (DESIGN.md "The model"): `index.db`, `replica/`, `packs/<id>.pack`,
+//! `staging/` (new content waiting to be renamed into the replica), `boot/`, and `lock`.
+//!
+//! Owns the layout, the single-writer lock and the index; the snapshot and restore logic live
+//! in their own modules.
+
+mod index;
+pub mod replica;
+mod pack;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub use index::{delete_entry, insert_change, upsert_entry, Change, ContentKind, Index, Point, PointId, PointKind};
+pub use index::db as db_err;
+pub use pack::{FrameReader, PackWriter};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsio;
+
+pub struct Store {
+    pub dir: PathBuf,
+    pub index: Index,
+    replica: OwnedFd,
+    staging: OwnedFd,
+    _lock: Option<File>,
+}
+
+const SUBDIRS: [&str; 4] = ["replica", "packs", "staging", "boot"];
+
+impl Store {
+    /// Opens (creating it if needed) the store for writing: takes the lock and rolls back an
+    /// interrupted point.
+    pub fn open_for_writing(dir: &Path, create: bool) -> Result<Store> {
+        if create {
+            make_layout(dir)?;
+        } else if !dir.join("index.db").exists() {
+            return Err(Error::NoStore { store: dir.to_path_buf() });
+        }
+        let lock = take_lock(dir)?;
+        let mut store = Store::open_inner(dir, Some(lock))?;
+        crate::recover::roll_back_running(&mut store)?;
+        Ok(store)
+    }
+
+    /// Opens for reading only (list, show): no lock, running points ignored.
+    pub fn open_for_reading(dir: &Path) -> Result<Store> {
+        Store::open_inner(dir, None)
+    }
+
+    fn open_inner(dir: &Path, lock: Option<File>) -> Result<Store> {
+        let index = Index::open(dir, lock.is_some())?;
+        let open = |name: &str| fsio::open_root(&dir.join(name)).ctx(|| format!("opening {}", dir.join(name).display()));
+        Ok(Store { dir: dir.to_path_buf(), index, replica: open("replica")?, staging: open("staging")?, _lock: lock })
+    }
+
+    pub fn replica(&self) -> BorrowedFd<'_> {
+        self.replica.as_fd()
+    }
+
+    pub fn staging(&self) -> BorrowedFd<'_> {
+        self.staging.as_fd()
+    }
+
+    pub fn pack_path(&self, id: PointId) -> PathBuf {
+        self.dir.join("packs").join(format!("{id}.pack"))
+    }
+
+    /// Makes everything written to the store's filesystem so far durable.
+    pub fn sync(&self) -> Result<()> {
+        rustix::fs::syncfs(&self.replica).ctx(|| format!("syncing the store {}", self.dir.display()))
+    }
+
+    /// Empties `staging/` (left-overs of an interrupted run are never referenced).
+    pub fn clear_staging(&self) -> Result<()> {
+        let staging = self.dir.join("staging");
+        for ent in fs::read_dir(&staging).ctx(|| format!("listing {}", staging.display()))? {
+            let ent = ent.ctx(|| format!("listing {}", staging.display()))?;
+            fsio::remove_tree(self.staging(), ent.file_name().as_encoded_bytes(), None)
+                .ctx(|| format!("removing {}", ent.path().display()))?;
+        }
+        Ok(())
+    }
+
+    /// Total bytes the store uses on disk (everything in it, the index included).
+    pub fn disk_usage(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        walkdir::WalkDir::new(&self.dir)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    }
+}
+
+fn make_layout(dir: &Path) -> Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true).mode(0o700);
+    b.create(dir).ctx(|| format!("creating the store {}", dir.display()))?;
+    for sub in SUBDIRS {
+        b.create(dir.join(sub)).ctx(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    Ok(())
+}
+
+/// flock on `lock`: the kernel releases it when the holder dies, so a crashed run never blocks
+/// the next one. The holder's pid is written into the file to name it in the message.
+fn take_lock(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            let holder = holder.trim().to_string();
+            return Err(Error::Locked {
+                store: dir.to_path_buf(),
+                holder: if holder.is_empty() { "unknown".into() } else { holder },
+            });
+        }
+        Err(e) => return Err(Error::io(format!("locking {}", path.display()), e.into())),
+    }
+    f.set_len(0).ctx(|| format!("writing {}", path.display()))?;
+    f.rewind().ctx(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{}", std::process::id()).ctx(|| format!("writing {}", path.display()))?;
+    Ok(f)
+}

@@ -1,0 +1,150 @@
+//! Bringing replica paths to a wanted state. Used by the snapshot (after every row of the point
+//! is durable) and by the rollback of an interrupted point. The replica holds directories,
+//! regular files and symlinks with owner, mode and mtime; never inode flags, xattrs or device
+//! nodes (the index has those), so nothing in it can block its own updates or act on the host.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use super::Store;
+use crate::error::{IoContext, Result};
+use crate::fsio::{self, DirCache};
+use crate::model::{basename, display_path, parent, Entry, Kind, RelPath, Xattrs};
+
+/// Where a wanted regular file's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fill {
+    /// The replica file already has the right content.
+    Keep,
+    /// A file in `staging/` to be renamed into place.
+    Staged(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub path: RelPath,
+    pub want: Option<Entry>,
+    pub fill: Fill,
+}
+
+fn in_replica(e: &Option<Entry>) -> Option<Kind> {
+    e.as_ref().map(|e| e.kind).filter(|k| matches!(k, Kind::File | Kind::Dir | Kind::Symlink))
+}
+
+/// `items` sorted by path. Afterwards each path in the replica matches its wanted state.
+pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
+    let root = store.replica();
+    let mut cache = DirCache::default();
+    // Removals, deepest first: anything whose type is not the wanted one.
+    for it in items.iter().rev().filter(|it| !it.path.is_empty()) {
+        let dir = match cache.parent_of(root, &it.path) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => continue,
+            Err(e) => return Err(e).ctx(|| format!("opening the replica's parent of {}", display_path(&it.path))),
+        };
+        let name = basename(&it.path);
+        let have = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => FileType::from_raw_mode(st.st_mode),
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e).ctx(|| format!("stat of replica {}", display_path(&it.path))),
+        };
+        let keep = match in_replica(&it.want) {
+            Some(Kind::Dir) => have == FileType::Directory,
+            Some(Kind::File) => have == FileType::RegularFile,
+            Some(Kind::Symlink) => have == FileType::Symlink && !symlink_differs(dir, name, &it.want)?,
+            _ => false,
+        };
+        if !keep {
+            fsio::remove_tree(dir, name, None).ctx(|| format!("removing replica {}", display_path(&it.path)))?;
+            cache.forget(&it.path);
+        }
+    }
+    // Creations, parents first.
+    let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
+    for it in items {
+        let Some(kind) = in_replica(&it.want) else { continue };
+        let e = it.want.as_ref().expect("in_replica implies a state");
+        if let Some(p) = parent(&it.path) {
+            touched_dirs.insert(p.to_vec());
+        }
+        if kind == Kind::Dir {
+            touched_dirs.insert(it.path.clone());
+            if !it.path.is_empty() {
+                let dir = cache.parent_of(root, &it.path).ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
+                match rustix::fs::mkdirat(dir, basename(&it.path), Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e).ctx(|| format!("creating replica {}", display_path(&it.path))),
+                }
+            }
+            continue;
+        }
+        let dir = cache.parent_of(root, &it.path).ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
+        let name = basename(&it.path);
+        let what = || format!("updating replica {}", display_path(&it.path));
+        match (kind, &it.fill) {
+            (Kind::File, Fill::Staged(staged)) => {
+                let fd = rustix::fs::openat(store.staging(), &staged[..], OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ctx(what)?;
+                replica_meta_fd(fd.as_fd(), e).ctx(what)?;
+                rustix::fs::renameat(store.staging(), &staged[..], dir, name).ctx(what)?;
+            }
+            (Kind::File, Fill::Keep) => {
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+                let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
+                replica_meta_fd(fd.as_fd(), e).ctx(what)?;
+            }
+            (Kind::Symlink, _) => {
+                if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                    fsio::create_node(dir, name, e).ctx(what)?;
+                }
+                let plain = plain_meta(e);
+                fsio::apply_meta_at(dir, name, &plain, &mut Vec::new()).ctx(what)?;
+            }
+            _ => unreachable!("only files, directories and symlinks live in the replica"),
+        }
+    }
+    // Directory metadata, deepest first, once their contents stopped changing.
+    for d in touched_dirs.iter().rev() {
+        // The wanted state when the directory is among the items, else the index's (unchanged).
+        let e = match items.binary_search_by(|it| it.path.as_slice().cmp(d)) {
+            Ok(i) => it_state(&items[i]),
+            Err(_) => store.index.entry(d)?,
+        };
+        let Some(e) = e else { continue };
+        if e.kind != Kind::Dir {
+            continue;
+        }
+        let fd = match fsio::open_dir(root, d) {
+            Ok(fd) => fd,
+            Err(err) if err.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => continue,
+            Err(err) => return Err(err).ctx(|| format!("opening replica {}", display_path(d))),
+        };
+        replica_meta_fd(fd.as_fd(), &e).ctx(|| format!("updating replica {}", display_path(d)))?;
+    }
+    Ok(())
+}
+
+fn it_state(it: &Shape) -> Option<Entry> {
+    it.want.clone()
+}
+
+fn symlink_differs(dir: std::os::fd::BorrowedFd, name: &[u8], want: &Option<Entry>) -> Result<bool> {
+    let have = rustix::fs::readlinkat(dir, name, Vec::new()).ctx(|| "reading a replica symlink".to_string())?;
+    Ok(want.as_ref().and_then(|e| e.target.as_deref()) != Some(have.as_bytes()))
+}
+
+/// Owner, mode and mtime only. Without root, directories stay writable for us.
+fn plain_meta(e: &Entry) -> Entry {
+    let mut p = e.clone();
+    p.xattrs = Xattrs::default();
+    p.flags = 0;
+    if e.kind == Kind::Dir && !fsio::is_root_user() {
+        p.mode |= 0o700;
+    }
+    p
+}
+
+fn replica_meta_fd(fd: std::os::fd::BorrowedFd, e: &Entry) -> std::io::Result<()> {
+    fsio::apply_meta_fd(fd, &plain_meta(e), &mut Vec::new())
+}
