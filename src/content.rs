@@ -60,19 +60,39 @@ impl Body {
 
 /// An unnamed file in `dir` (O_TMPFILE): it disappears with its last fd, even after a crash.
 pub fn temp_file(dir: BorrowedFd) -> io::Result<File> {
-    let fd = rustix::fs::openat(dir, ".", OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))?;
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
     Ok(File::from(fd))
 }
 
 /// The content of `change.path` at the point before `change.point`, given its content at
 /// `change.point` (`newer`). None when the path was not a regular file then.
-pub fn step_back(pack: &File, change: &Change, newer: Option<Body>, tmp_dir: BorrowedFd) -> Result<Option<Body>> {
-    let Some(old) = change.old.as_ref().filter(|o| o.kind == Kind::File) else { return Ok(None) };
-    let at = || format!("rebuilding {} before point {}", display_path(&change.path), change.point);
+pub fn step_back(
+    pack: &File,
+    change: &Change,
+    newer: Option<Body>,
+    tmp_dir: BorrowedFd,
+) -> Result<Option<Body>> {
+    let Some(old) = change.old.as_ref().filter(|o| o.kind == Kind::File) else {
+        return Ok(None);
+    };
+    let at = || {
+        format!(
+            "rebuilding {} before point {}",
+            display_path(&change.path),
+            change.point
+        )
+    };
     let frame = change.frame.unwrap_or((0, 0));
     let body = match change.content {
         ContentKind::Absent => return Ok(None),
-        ContentKind::Same => newer.ok_or_else(|| Error::Damaged { what: format!("{}: no newer content to keep", at()) })?,
+        ContentKind::Same => newer.ok_or_else(|| Error::Damaged {
+            what: format!("{}: no newer content to keep", at()),
+        })?,
         ContentKind::Full => {
             let mut dec = decode_full_reader(FrameReader::new(pack, frame)).ctx(at)?;
             if old.size <= LARGE_FILE {
@@ -86,16 +106,21 @@ pub fn step_back(pack: &File, change: &Change, newer: Option<Body>, tmp_dir: Bor
             }
         }
         ContentKind::Delta => {
-            let newer = newer.ok_or_else(|| Error::Damaged { what: format!("{}: delta without newer content", at()) })?;
+            let newer = newer.ok_or_else(|| Error::Damaged {
+                what: format!("{}: delta without newer content", at()),
+            })?;
             let reference = newer.into_bytes().ctx(at)?;
             let f = FrameReader::new(pack, frame).to_vec().ctx(at)?;
             Body::Mem(decode_delta(&f, &reference, old.size).map_err(|e| damaged(&at(), e))?)
         }
         ContentKind::Chunked => {
-            let newer = newer.ok_or_else(|| Error::Damaged { what: format!("{}: delta without newer content", at()) })?;
+            let newer = newer.ok_or_else(|| Error::Damaged {
+                what: format!("{}: delta without newer content", at()),
+            })?;
             let reference = newer.into_file(tmp_dir).ctx(at)?;
             let mut out = temp_file(tmp_dir).ctx(at)?;
-            decode_chunked(&mut FrameReader::new(pack, frame), &reference, &mut out).map_err(|e| damaged(&at(), e))?;
+            decode_chunked(&mut FrameReader::new(pack, frame), &reference, &mut out)
+                .map_err(|e| damaged(&at(), e))?;
             Body::File(out)
         }
     };
@@ -103,21 +128,26 @@ pub fn step_back(pack: &File, change: &Change, newer: Option<Body>, tmp_dir: Bor
 }
 
 fn damaged(what: &str, e: io::Error) -> Error {
-    Error::Damaged { what: format!("{what}: {e}") }
+    Error::Damaged {
+        what: format!("{what}: {e}"),
+    }
 }
 
 /// Returns `body` if its hash is `want`, else a damage error naming `what`.
 pub fn check(mut body: Body, want: Option<Hash>, what: &str) -> Result<Option<Body>> {
     let got = body.hash().map_err(|e| damaged(what, e))?;
     if Some(got) != want {
-        return Err(Error::Damaged { what: format!("{what}: content hash does not match the index") });
+        return Err(Error::Damaged {
+            what: format!("{what}: content hash does not match the index"),
+        });
     }
     Ok(Some(body))
 }
 
 /// The replica's file for `path`, opened for reading, as a body (not yet checked).
 pub fn replica_body(replica: BorrowedFd, path: &[u8]) -> Result<Body> {
-    let fd = fsio::open_beneath(replica, path, OFlags::RDONLY)
-        .map_err(|e| Error::Damaged { what: format!("replica file {} cannot be opened: {e}", display_path(path)) })?;
+    let fd = fsio::open_beneath(replica, path, OFlags::RDONLY).map_err(|e| Error::Damaged {
+        what: format!("replica file {} cannot be opened: {e}", display_path(path)),
+    })?;
     Ok(Body::File(File::from(fd)))
 }

@@ -25,8 +25,14 @@ pub enum Error {
     #[error("store {store} is in use by another run (pid {holder}); wait for it to finish, or check that process")]
     Locked { store: PathBuf, holder: String },
     #[error("store {store} has schema version {found}, newer than this program ({supported}); use a newer restorepoint")]
-    SchemaTooNew { store: PathBuf, found: i64, supported: i64 },
-    #[error("{store} is not a restorepoint store (no index.db); check --store or the config's `store`")]
+    SchemaTooNew {
+        store: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "{store} is not a restorepoint store (no index.db); check --store or the config's `store`"
+    )]
     NoStore { store: PathBuf },
     // -- points
     #[error("no restore point {id}; `system_snapshot list` shows the points there are")]
@@ -43,7 +49,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(op: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { op: op.into(), source }
+        Error::Io {
+            op: op.into(),
+            source,
+        }
     }
 }
 

@@ -13,8 +13,17 @@ use crate::model::{basename, is_within, RelPath};
 /// DESIGN.md's defaults: pseudo-filesystems, scratch space, mounts of removable media, lock and
 /// pid files.
 pub const DEFAULT_EXCLUDES: &[&str] = &[
-    "/dev", "/proc", "/sys", "/tmp", "/run", "/mnt/*", "/media/*", "/var/lib/heartbeat/*",
-    "/var/lock/subsys/*", "*.pid", "*.swp",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/tmp",
+    "/run",
+    "/mnt/*",
+    "/media/*",
+    "/var/lib/heartbeat/*",
+    "/var/lock/subsys/*",
+    "*.pid",
+    "*.swp",
 ];
 
 pub struct ExcludeSet {
@@ -41,11 +50,23 @@ impl ExcludeSet {
                 .backslash_escape(true)
                 .build()
                 .map_err(|e| Error::Invalid(format!("exclude pattern {p:?}: {e}")))?;
-            if is_anchored { anchored.add(glob) } else { base.add(glob) };
+            if is_anchored {
+                anchored.add(glob)
+            } else {
+                base.add(glob)
+            };
             kept.push((p.to_string(), is_anchored));
         }
-        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Invalid(format!("exclude patterns: {e}")));
-        Ok(ExcludeSet { anchored: build(anchored)?, basename: build(base)?, patterns: kept, always })
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| Error::Invalid(format!("exclude patterns: {e}")))
+        };
+        Ok(ExcludeSet {
+            anchored: build(anchored)?,
+            basename: build(base)?,
+            patterns: kept,
+            always,
+        })
     }
 
     /// The rule that leaves `path` out, if any (the path itself, not its ancestors: the walk
@@ -65,7 +86,10 @@ impl ExcludeSet {
             return Some(self.nth(true, i));
         }
         let base_c = Candidate::new(OsStr::from_bytes(basename(path)));
-        self.basename.matches_candidate(&base_c).first().map(|&i| self.nth(false, i))
+        self.basename
+            .matches_candidate(&base_c)
+            .first()
+            .map(|&i| self.nth(false, i))
     }
 
     pub fn is_excluded(&self, path: &[u8]) -> bool {
@@ -73,7 +97,12 @@ impl ExcludeSet {
     }
 
     fn nth(&self, anchored: bool, i: usize) -> String {
-        self.patterns.iter().filter(|(_, a)| *a == anchored).nth(i).map(|(p, _)| p.clone()).unwrap_or_default()
+        self.patterns
+            .iter()
+            .filter(|(_, a)| *a == anchored)
+            .nth(i)
+            .map(|(p, _)| p.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -99,7 +128,9 @@ mod tests {
 
     #[test]
     fn bad_pattern_is_an_error_naming_it() {
-        let err = ExcludeSet::new(&["/a/[".to_string()], vec![]).err().unwrap();
+        let err = ExcludeSet::new(&["/a/[".to_string()], vec![])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("/a/["), "{err}");
     }
 }

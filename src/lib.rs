@@ -1,11 +1,16 @@
+pub mod cli;
 pub mod content;
 pub mod delta;
+pub mod engine;
 pub mod error;
 pub mod exclude;
 pub mod failpoint;
 pub mod fsio;
 pub mod model;
 pub mod progress;
+pub mod prune;
 pub mod recover;
+pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod verify;

@@ -251,7 +251,10 @@ mod tests {
     #[test]
     fn xattrs_round_trip_with_binary_values() {
         let x = Xattrs(vec![
-            (b"security.capability".to_vec(), vec![0, 0, 0, 2, 0, 32, 0, 0]),
+            (
+                b"security.capability".to_vec(),
+                vec![0, 0, 0, 2, 0, 32, 0, 0],
+            ),
             (b"user.\xffname".to_vec(), Vec::new()),
         ]);
         assert_eq!(Xattrs::decode(&x.encode()), Some(x));

@@ -41,7 +41,8 @@ fn wipe_first(store: &mut Store, id: PointId) -> Result<()> {
         .map(|e| e.file_name().as_encoded_bytes().to_vec())
         .collect();
     for n in names {
-        fsio::remove_tree(store.replica(), &n, None).ctx(|| format!("removing replica {}", display_path(&n)))?;
+        fsio::remove_tree(store.replica(), &n, None)
+            .ctx(|| format!("removing replica {}", display_path(&n)))?;
     }
     store.sync()?;
     drop_point(store, id, &[], true)
@@ -56,7 +57,11 @@ fn undo_rows(store: &mut Store, id: PointId) -> Result<()> {
             Some(old) if old.kind == Kind::File => old_version(store, pack.as_ref(), c)?,
             _ => Fill::Keep,
         };
-        shapes.push(Shape { path: c.path.clone(), want: c.old.clone(), fill });
+        shapes.push(Shape {
+            path: c.path.clone(),
+            want: c.old.clone(),
+            fill,
+        });
     }
     failpoint::hit("rollback-before-replica");
     replica::shape(store, &shapes)?;
@@ -68,23 +73,37 @@ fn undo_rows(store: &mut Store, id: PointId) -> Result<()> {
 /// `staging/` from the frame (and the new version, for a delta).
 fn old_version(store: &Store, pack: Option<&File>, c: &Change) -> Result<Fill> {
     let old = c.old.as_ref().expect("only called for old files");
-    let current = content::replica_body(store.replica(), &c.path).ok().and_then(|mut b| b.hash().ok().map(|h| (b, h)));
+    let current = content::replica_body(store.replica(), &c.path)
+        .ok()
+        .and_then(|mut b| b.hash().ok().map(|h| (b, h)));
     let newer = match current {
         Some((_, h)) if Some(h) == old.hash => return Ok(Fill::Keep),
         Some((b, h)) if Some(h) == c.new_hash => Some(b),
         _ => None,
     };
     let Some(pack) = pack else {
-        return Err(Error::Damaged { what: format!("pack of running point {} is missing; {} cannot be rolled back", c.point, display_path(&c.path)) });
+        return Err(Error::Damaged {
+            what: format!(
+                "pack of running point {} is missing; {} cannot be rolled back",
+                c.point,
+                display_path(&c.path)
+            ),
+        });
     };
     if c.content != ContentKind::Full && newer.is_none() {
         return Err(Error::Damaged {
-            what: format!("replica {} matches neither version of interrupted point {}", display_path(&c.path), c.point),
+            what: format!(
+                "replica {} matches neither version of interrupted point {}",
+                display_path(&c.path),
+                c.point
+            ),
         });
     }
-    let rebuilt = content::step_back(pack, c, newer, store.staging())?.expect("old version is a file");
+    let rebuilt =
+        content::step_back(pack, c, newer, store.staging())?.expect("old version is a file");
     let name = format!("r{}", blake3::hash(&c.path).to_hex()).into_bytes();
-    stage(store, &name, rebuilt, old.sparse).ctx(|| format!("staging the old version of {}", display_path(&c.path)))?;
+    stage(store, &name, rebuilt, old.sparse)
+        .ctx(|| format!("staging the old version of {}", display_path(&c.path)))?;
     Ok(Fill::Staged(name))
 }
 
@@ -103,15 +122,25 @@ fn stage(store: &Store, name: &[u8], mut body: Body, sparse: bool) -> std::io::R
 
 /// One transaction: entries back to the old states, the point's rows and row gone; then the
 /// pack file (data dropped last).
-fn drop_point(store: &mut Store, id: PointId, changes: &[Change], wipe_entries: bool) -> Result<()> {
+fn drop_point(
+    store: &mut Store,
+    id: PointId,
+    changes: &[Change],
+    wipe_entries: bool,
+) -> Result<()> {
     let path = store.index.path.clone();
     let e = |op: &'static str| {
         let path = path.clone();
         move |err| db_err(&path, op, err)
     };
-    let tx = store.index.conn.transaction().map_err(e("starting the rollback"))?;
+    let tx = store
+        .index
+        .conn
+        .transaction()
+        .map_err(e("starting the rollback"))?;
     if wipe_entries {
-        tx.execute("DELETE FROM entries", []).map_err(e("clearing entries"))?;
+        tx.execute("DELETE FROM entries", [])
+            .map_err(e("clearing entries"))?;
     }
     for c in changes {
         match &c.old {
@@ -119,8 +148,10 @@ fn drop_point(store: &mut Store, id: PointId, changes: &[Change], wipe_entries: 
             None => delete_entry(&tx, &c.path).map_err(e("removing an entry"))?,
         }
     }
-    tx.execute("DELETE FROM changes WHERE point_id=?1", [id]).map_err(e("dropping the point's changes"))?;
-    tx.execute("DELETE FROM points WHERE id=?1", [id]).map_err(e("dropping the point"))?;
+    tx.execute("DELETE FROM changes WHERE point_id=?1", [id])
+        .map_err(e("dropping the point's changes"))?;
+    tx.execute("DELETE FROM points WHERE id=?1", [id])
+        .map_err(e("dropping the point"))?;
     tx.commit().map_err(e("committing the rollback"))?;
     let pack = store.pack_path(id);
     match std::fs::remove_file(&pack) {

@@ -22,7 +22,10 @@ use crate::fsio::{self, Basic, DirCache, WalkOptions};
 use crate::model::{basename, display_path, Entry, Hash, Kind, RelPath};
 use crate::progress::Progress;
 use crate::store::replica::{self, Fill, Shape};
-use crate::store::{delete_entry, insert_change, upsert_entry, Change, ContentKind, PackWriter, PointId, PointKind, Store};
+use crate::store::{
+    delete_entry, insert_change, upsert_entry, Change, ContentKind, PackWriter, PointId, PointKind,
+    Store,
+};
 
 /// Rows per transaction and staged bytes per syncfs: batching keeps fsyncs rare.
 const BATCH_ROWS: usize = 2000;
@@ -80,30 +83,58 @@ enum NewContent {
     /// Content equal to the old version: nothing staged.
     Same,
     /// Staged under this name; small ones also kept in memory as the delta reference.
-    Staged { name: Vec<u8>, bytes: Option<Vec<u8>> },
+    Staged {
+        name: Vec<u8>,
+        bytes: Option<Vec<u8>>,
+    },
 }
 
-pub fn run(store: &mut Store, root: &Path, opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
-    let root_fd = fsio::open_root(root).ctx(|| format!("opening the system root {}", root.display()))?;
-    let excludes = ExcludeSet::new(&opts.excludes, store_within(root, &store.dir).into_iter().collect())?;
+pub fn run(
+    store: &mut Store,
+    root: &Path,
+    opts: &SnapshotOptions,
+    progress: &dyn Progress,
+) -> Result<SnapshotReport> {
+    let root_fd =
+        fsio::open_root(root).ctx(|| format!("opening the system root {}", root.display()))?;
+    let excludes = ExcludeSet::new(
+        &opts.excludes,
+        store_within(root, &store.dir).into_iter().collect(),
+    )?;
     let mut report = SnapshotReport::default();
     progress.phase("scanning", None);
     let walked = scan(root_fd.as_fd(), opts, &excludes, &mut report)?;
     let pending = compare(store, walked, &mut report)?;
     let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
     let sources: Vec<String> = opts.sources.iter().map(|s| display_path(s)).collect();
-    let id = store.index.insert_point(&created, opts.kind, opts.label.as_deref(), &sources)?;
+    let id = store
+        .index
+        .insert_point(&created, opts.kind, opts.label.as_deref(), &sources)?;
     report.point = id;
     failpoint::hit("snapshot-after-point-row");
     progress.phase("recording changes", Some(pending.len() as u64));
-    let shapes = record(store, root_fd.as_fd(), id, pending, opts.level, &mut report, progress)?;
+    let shapes = record(
+        store,
+        root_fd.as_fd(),
+        id,
+        pending,
+        opts.level,
+        &mut report,
+        progress,
+    )?;
     failpoint::hit("snapshot-before-replica");
     progress.phase("updating the replica", None);
     replica::shape(store, &shapes)?;
     failpoint::hit("snapshot-after-replica");
     store.sync()?;
     let warnings = report.warnings.len() as u64;
-    store.index.complete_point(id, report.files, report.bytes, report.stored_bytes, warnings)?;
+    store.index.complete_point(
+        id,
+        report.files,
+        report.bytes,
+        report.stored_bytes,
+        warnings,
+    )?;
     failpoint::hit("snapshot-after-complete");
     store.clear_staging()?;
     progress.finish();
@@ -120,25 +151,40 @@ fn store_within(root: &Path, store: &Path) -> Option<RelPath> {
 
 /// Walks every source (with its ancestors, so a restore recreates them with their modes) and
 /// returns the entries sorted by path, hardlink leaders assigned.
-fn scan(root: BorrowedFd, opts: &SnapshotOptions, excludes: &ExcludeSet, report: &mut SnapshotReport) -> Result<Vec<(RelPath, Basic, Option<RelPath>)>> {
+fn scan(
+    root: BorrowedFd,
+    opts: &SnapshotOptions,
+    excludes: &ExcludeSet,
+    report: &mut SnapshotReport,
+) -> Result<Vec<(RelPath, Basic, Option<RelPath>)>> {
     let mut out: Vec<(RelPath, Basic)> = Vec::new();
     let mut warns = Vec::new();
     let exclude = |p: &[u8], _k: Kind| excludes.is_excluded(p);
-    let walk_opts = WalkOptions { one_file_system: opts.one_file_system, exclude: &exclude };
+    let walk_opts = WalkOptions {
+        one_file_system: opts.one_file_system,
+        exclude: &exclude,
+    };
     for src in &opts.sources {
         let mut anc: &[u8] = src;
         while let Some(p) = crate::model::parent(anc) {
-            let fd = fsio::open_beneath(root, p, OFlags::PATH | OFlags::DIRECTORY).ctx(|| format!("opening {}", display_path(p)))?;
+            let fd = fsio::open_beneath(root, p, OFlags::PATH | OFlags::DIRECTORY)
+                .ctx(|| format!("opening {}", display_path(p)))?;
             let st = rustix::fs::fstat(&fd).ctx(|| format!("stat of {}", display_path(p)))?;
             out.push((p.to_vec(), fsio::stat_to_basic(&st).expect("a directory")));
             anc = p;
         }
         fsio::walk(root, src, &walk_opts, &mut out, &mut warns).map_err(|e| {
-            Error::Invalid(format!("source {} cannot be read: {e}; check --source and --root", display_path(src)))
+            Error::Invalid(format!(
+                "source {} cannot be read: {e}; check --source and --root",
+                display_path(src)
+            ))
         })?;
     }
     for w in warns {
-        report.warnings.push(Warning { path: display_path(&w.path), message: w.message });
+        report.warnings.push(Warning {
+            path: display_path(&w.path),
+            message: w.message,
+        });
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.dedup_by(|a, b| a.0 == b.0);
@@ -155,17 +201,29 @@ fn scan(root: BorrowedFd, opts: &SnapshotOptions, excludes: &ExcludeSet, report:
             }
         }
     }
-    Ok(out.into_iter().zip(links).map(|((p, b), l)| (p, b, l)).collect())
+    Ok(out
+        .into_iter()
+        .zip(links)
+        .map(|((p, b), l)| (p, b, l))
+        .collect())
 }
 
 /// Merge-joins the walk with the index (both in byte order of path): what the quick check
 /// cannot prove unchanged is pending.
-fn compare(store: &Store, walked: Vec<(RelPath, Basic, Option<RelPath>)>, report: &mut SnapshotReport) -> Result<Vec<Pending>> {
+fn compare(
+    store: &Store,
+    walked: Vec<(RelPath, Basic, Option<RelPath>)>,
+    report: &mut SnapshotReport,
+) -> Result<Vec<Pending>> {
     let mut pending = Vec::new();
     let mut it = walked.into_iter().peekable();
     store.index.for_each_entry(|path, old| {
         while let Some((p, b, l)) = it.next_if(|(p, _, _)| *p < path) {
-            pending.push(Pending { path: p, old: None, new: Some((b, l)) });
+            pending.push(Pending {
+                path: p,
+                old: None,
+                new: Some((b, l)),
+            });
         }
         match it.next_if(|(p, _, _)| *p == path) {
             Some((p, b, l)) => {
@@ -173,14 +231,26 @@ fn compare(store: &Store, walked: Vec<(RelPath, Basic, Option<RelPath>)>, report
                     report.unchanged += 1;
                     count(report, &old);
                 } else {
-                    pending.push(Pending { path: p, old: Some(old), new: Some((b, l)) });
+                    pending.push(Pending {
+                        path: p,
+                        old: Some(old),
+                        new: Some((b, l)),
+                    });
                 }
             }
-            None => pending.push(Pending { path, old: Some(old), new: None }),
+            None => pending.push(Pending {
+                path,
+                old: Some(old),
+                new: None,
+            }),
         }
         Ok(())
     })?;
-    pending.extend(it.map(|(p, b, l)| Pending { path: p, old: None, new: Some((b, l)) }));
+    pending.extend(it.map(|(p, b, l)| Pending {
+        path: p,
+        old: None,
+        new: Some((b, l)),
+    }));
     Ok(pending)
 }
 
@@ -205,11 +275,15 @@ fn record(
     report: &mut SnapshotReport,
     progress: &dyn Progress,
 ) -> Result<Vec<Shape>> {
-    let mut pack = PackWriter::create(&store.pack_path(id)).ctx(|| format!("creating {}", store.pack_path(id).display()))?;
+    let mut pack = PackWriter::create(&store.pack_path(id))
+        .ctx(|| format!("creating {}", store.pack_path(id).display()))?;
     let first = !store.index.points()?.iter().any(|p| p.complete);
     let mut cache = DirCache::default();
     let mut shapes = Vec::new();
-    let mut batch = Batch { rows: Vec::new(), bytes: 0 };
+    let mut batch = Batch {
+        rows: Vec::new(),
+        bytes: 0,
+    };
     let mut full_frames: HashMap<Hash, (u64, u64)> = HashMap::new();
     let mut seq = 0u64;
     for p in pending {
@@ -220,7 +294,10 @@ fn record(
         };
         let (new, content) = match captured {
             Captured::Skip(why) => {
-                report.warnings.push(Warning { path: display_path(&p.path), message: why });
+                report.warnings.push(Warning {
+                    path: display_path(&p.path),
+                    message: why,
+                });
                 if let Some(o) = &p.old {
                     count(report, o);
                 }
@@ -228,7 +305,10 @@ fn record(
             }
             Captured::Gone => {
                 if p.new.is_some() {
-                    report.warnings.push(Warning { path: display_path(&p.path), message: "vanished during the snapshot".into() });
+                    report.warnings.push(Warning {
+                        path: display_path(&p.path),
+                        message: "vanished during the snapshot".into(),
+                    });
                 }
                 (None, NewContent::None)
             }
@@ -240,7 +320,11 @@ fn record(
         if let (Some(o), Some(n)) = (&p.old, &new) {
             if o.same_state(n) {
                 // Only the quick-check fields moved (a rename back, a no-op chmod): refresh them.
-                batch.rows.push((no_change(id, &p.path), Some((p.path.clone(), n.clone())), Vec::new()));
+                batch.rows.push((
+                    no_change(id, &p.path),
+                    Some((p.path.clone(), n.clone())),
+                    Vec::new(),
+                ));
                 report.unchanged += 1;
                 continue;
             }
@@ -252,17 +336,34 @@ fn record(
         let change = if first {
             no_change(id, &p.path)
         } else {
-            reverse_change(store, &mut pack, id, &p, new.as_ref(), &content, level, &mut full_frames)?
+            reverse_change(
+                store,
+                &mut pack,
+                id,
+                &p,
+                new.as_ref(),
+                &content,
+                level,
+                &mut full_frames,
+            )?
         };
         tally(report, &p.old, &new, &content);
-        batch.bytes += new.as_ref().filter(|_| staged_name.is_some()).map_or(0, |n| n.size) + change.frame.map_or(0, |f| f.1);
+        batch.bytes += new
+            .as_ref()
+            .filter(|_| staged_name.is_some())
+            .map_or(0, |n| n.size)
+            + change.frame.map_or(0, |f| f.1);
         shapes.push(Shape {
             path: p.path.clone(),
             want: new.clone(),
             fill: staged_name.map_or(Fill::Keep, Fill::Staged),
         });
         let upsert = new.map(|n| (p.path.clone(), n));
-        let delete = if upsert.is_none() { p.path.clone() } else { Vec::new() };
+        let delete = if upsert.is_none() {
+            p.path.clone()
+        } else {
+            Vec::new()
+        };
         batch.rows.push((change, upsert, delete));
         if batch.rows.len() >= BATCH_ROWS || batch.bytes >= BATCH_BYTES {
             commit_batch(store, &mut pack, &mut batch, first)?;
@@ -275,17 +376,38 @@ fn record(
 
 /// A placeholder row that is never written: it carries an entry refresh only.
 fn no_change(id: PointId, path: &[u8]) -> Change {
-    Change { point: id, path: path.to_vec(), content: ContentKind::Same, old: None, frame: None, new_hash: None }
+    Change {
+        point: id,
+        path: path.to_vec(),
+        content: ContentKind::Same,
+        old: None,
+        frame: None,
+        new_hash: None,
+    }
 }
 
-fn tally(report: &mut SnapshotReport, old: &Option<Entry>, new: &Option<Entry>, content: &NewContent) {
+fn tally(
+    report: &mut SnapshotReport,
+    old: &Option<Entry>,
+    new: &Option<Entry>,
+    content: &NewContent,
+) {
     match (old, new) {
         (None, Some(_)) => report.added += 1,
         (Some(_), None) => report.deleted += 1,
-        (Some(o), Some(n)) if o.kind == Kind::File && n.kind == Kind::File && matches!(content, NewContent::Same) => {
+        (Some(o), Some(n))
+            if o.kind == Kind::File
+                && n.kind == Kind::File
+                && matches!(content, NewContent::Same) =>
+        {
             report.metadata_only += 1
         }
-        (Some(o), Some(n)) if o.kind == n.kind && n.kind != Kind::File && o.target == n.target && o.rdev == n.rdev => {
+        (Some(o), Some(n))
+            if o.kind == n.kind
+                && n.kind != Kind::File
+                && o.target == n.target
+                && o.rdev == n.rdev =>
+        {
             report.metadata_only += 1
         }
         _ => report.modified += 1,
@@ -293,7 +415,12 @@ fn tally(report: &mut SnapshotReport, old: &Option<Entry>, new: &Option<Entry>, 
 }
 
 /// Pack first (made durable with the staged files by one syncfs), then the rows.
-fn commit_batch(store: &mut Store, pack: &mut PackWriter, batch: &mut Batch, first: bool) -> Result<()> {
+fn commit_batch(
+    store: &mut Store,
+    pack: &mut PackWriter,
+    batch: &mut Batch,
+    first: bool,
+) -> Result<()> {
     if batch.rows.is_empty() {
         return Ok(());
     }
@@ -301,19 +428,27 @@ fn commit_batch(store: &mut Store, pack: &mut PackWriter, batch: &mut Batch, fir
     store.sync()?;
     failpoint::hit("snapshot-before-commit");
     let path = store.index.path.clone();
-    let tx = store.index.conn.transaction().map_err(|e| crate::store::db_err(&path, "starting a batch", e))?;
+    let tx = store
+        .index
+        .conn
+        .transaction()
+        .map_err(|e| crate::store::db_err(&path, "starting a batch", e))?;
     for (change, upsert, delete) in batch.rows.drain(..) {
         let real_change = !first && (change.old.is_some() || change.content == ContentKind::Absent);
         if real_change {
-            insert_change(&tx, &change).map_err(|e| crate::store::db_err(&path, "recording a change", e))?;
+            insert_change(&tx, &change)
+                .map_err(|e| crate::store::db_err(&path, "recording a change", e))?;
         }
         match upsert {
-            Some((p, e)) => upsert_entry(&tx, &p, &e).map_err(|e| crate::store::db_err(&path, "recording an entry", e))?,
-            None if !delete.is_empty() => delete_entry(&tx, &delete).map_err(|e| crate::store::db_err(&path, "removing an entry", e))?,
+            Some((p, e)) => upsert_entry(&tx, &p, &e)
+                .map_err(|e| crate::store::db_err(&path, "recording an entry", e))?,
+            None if !delete.is_empty() => delete_entry(&tx, &delete)
+                .map_err(|e| crate::store::db_err(&path, "removing an entry", e))?,
             None => {}
         }
     }
-    tx.commit().map_err(|e| crate::store::db_err(&path, "committing a batch", e))?;
+    tx.commit()
+        .map_err(|e| crate::store::db_err(&path, "committing a batch", e))?;
     batch.bytes = 0;
     failpoint::hit("snapshot-after-commit");
     Ok(())
@@ -337,7 +472,10 @@ fn capture(
         }
     } else {
         match cache.parent_of(root, &p.path) {
-            Ok(fd) => DirRef::Borrowed(fd.try_clone_to_owned().ctx(|| "duplicating a directory fd".into())?),
+            Ok(fd) => DirRef::Borrowed(
+                fd.try_clone_to_owned()
+                    .ctx(|| "duplicating a directory fd".into())?,
+            ),
             Err(err) if is_gone(&err) => return Ok(Captured::Gone),
             Err(err) => return Ok(Captured::Skip(format!("cannot open its directory: {err}"))),
         }
@@ -347,7 +485,11 @@ fn capture(
         DirRef::Borrowed(fd) => (fd.as_fd(), basename(&p.path)),
     };
     if let Err(err) = fsio::read_entry(dirfd, name, &mut e) {
-        return Ok(if is_gone(&err) { Captured::Gone } else { Captured::Skip(format!("cannot read metadata: {err}")) });
+        return Ok(if is_gone(&err) {
+            Captured::Gone
+        } else {
+            Captured::Skip(format!("cannot read metadata: {err}"))
+        });
     }
     if e.kind != Kind::File {
         return Ok(Captured::Node(e, NewContent::None));
@@ -360,7 +502,9 @@ fn capture(
             Err(err) => return Ok(Captured::Skip(format!("cannot read: {err}"))),
         }
     }
-    Ok(Captured::Skip(format!("changed while being read ({READ_TRIES} tries); the previous version is kept")))
+    Ok(Captured::Skip(format!(
+        "changed while being read ({READ_TRIES} tries); the previous version is kept"
+    )))
 }
 
 enum DirRef {
@@ -375,14 +519,23 @@ fn is_gone(e: &io::Error) -> bool {
 /// Opens the source file without following links or touching its atime, checks it is still a
 /// regular file, and stages its content unless the hash equals the old version's. Ok(None) when
 /// it changed while being read.
-fn read_file(store: &Store, dir: BorrowedFd, name: &[u8], e: &mut Entry, old: Option<&Entry>, seq: &mut u64) -> io::Result<Option<NewContent>> {
+fn read_file(
+    store: &Store,
+    dir: BorrowedFd,
+    name: &[u8],
+    e: &mut Entry,
+    old: Option<&Entry>,
+    seq: &mut u64,
+) -> io::Result<Option<NewContent>> {
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
         Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, base, Mode::empty())?,
         other => other?,
     };
     let before = rustix::fs::fstat(&fd)?;
-    let b = fsio::stat_to_basic(&before).filter(|b| b.kind == Kind::File).ok_or_else(|| io::Error::other("is no longer a regular file"))?;
+    let b = fsio::stat_to_basic(&before)
+        .filter(|b| b.kind == Kind::File)
+        .ok_or_else(|| io::Error::other("is no longer a regular file"))?;
     let mut file = File::from(fd);
     *seq += 1;
     let staged_name = format!("n{seq}").into_bytes();
@@ -392,7 +545,12 @@ fn read_file(store: &Store, dir: BorrowedFd, name: &[u8], e: &mut Entry, old: Op
         OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )?);
-    let mut hashing = HashingReader { inner: &mut file, hasher: blake3::Hasher::new(), keep: (b.size <= LARGE_FILE).then(Vec::new), n: 0 };
+    let mut hashing = HashingReader {
+        inner: &mut file,
+        hasher: blake3::Hasher::new(),
+        keep: (b.size <= LARGE_FILE).then(Vec::new),
+        n: 0,
+    };
     fsio::write_content(&staged, &mut hashing, e.sparse, 0)?;
     let hash = *hashing.hasher.finalize().as_bytes();
     let (bytes, n) = (hashing.keep.take(), hashing.n);
@@ -405,19 +563,38 @@ fn read_file(store: &Store, dir: BorrowedFd, name: &[u8], e: &mut Entry, old: Op
         || n != after.st_size as u64;
     if moved {
         drop(staged);
-        let _ = rustix::fs::unlinkat(store.staging(), &staged_name[..], rustix::fs::AtFlags::empty());
+        let _ = rustix::fs::unlinkat(
+            store.staging(),
+            &staged_name[..],
+            rustix::fs::AtFlags::empty(),
+        );
         return Ok(None);
     }
     // The fields as they were while reading (the walk's stat may be older).
     let fresh = b.to_entry(e.link.clone());
-    (e.size, e.mtime, e.ctime, e.ino, e.mode, e.uid, e.gid) = (fresh.size, fresh.mtime, fresh.ctime, fresh.ino, fresh.mode, fresh.uid, fresh.gid);
+    (e.size, e.mtime, e.ctime, e.ino, e.mode, e.uid, e.gid) = (
+        fresh.size,
+        fresh.mtime,
+        fresh.ctime,
+        fresh.ino,
+        fresh.mode,
+        fresh.uid,
+        fresh.gid,
+    );
     e.hash = Some(hash);
     if old.is_some_and(|o| o.kind == Kind::File && o.hash == Some(hash)) {
         drop(staged);
-        let _ = rustix::fs::unlinkat(store.staging(), &staged_name[..], rustix::fs::AtFlags::empty());
+        let _ = rustix::fs::unlinkat(
+            store.staging(),
+            &staged_name[..],
+            rustix::fs::AtFlags::empty(),
+        );
         return Ok(Some(NewContent::Same));
     }
-    Ok(Some(NewContent::Staged { name: staged_name, bytes }))
+    Ok(Some(NewContent::Staged {
+        name: staged_name,
+        bytes,
+    }))
 }
 
 struct HashingReader<'a> {
@@ -456,7 +633,14 @@ fn reverse_change(
     full_frames: &mut HashMap<Hash, (u64, u64)>,
 ) -> Result<Change> {
     let new_hash = new.filter(|n| n.kind == Kind::File).and_then(|n| n.hash);
-    let mut change = Change { point: id, path: p.path.clone(), content: ContentKind::Absent, old: p.old.clone(), frame: None, new_hash };
+    let mut change = Change {
+        point: id,
+        path: p.path.clone(),
+        content: ContentKind::Absent,
+        old: p.old.clone(),
+        frame: None,
+        new_hash,
+    };
     let Some(old) = &p.old else { return Ok(change) };
     if old.kind != Kind::File || matches!(content, NewContent::Same) {
         change.content = ContentKind::Same;
@@ -466,7 +650,9 @@ fn reverse_change(
     let what = || format!("storing the old version of {}", display_path(&p.path));
     let mut old_file = crate::content::replica_body(store.replica(), &p.path)?;
     let new_file = match (new, content) {
-        (Some(n), NewContent::Staged { name, bytes }) if n.kind == Kind::File => Some((name, bytes, n.size)),
+        (Some(n), NewContent::Staged { name, bytes }) if n.kind == Kind::File => {
+            Some((name, bytes, n.size))
+        }
         _ => None,
     };
     let large = old.size > LARGE_FILE || new_file.as_ref().is_some_and(|(_, _, s)| *s > LARGE_FILE);
@@ -484,13 +670,30 @@ fn reverse_change(
             };
             let (frame, is_delta) = encode_delta(&old_bytes, reference, level).ctx(what)?;
             change.frame = Some(pack.append(|w| w.write_all(&frame)).ctx(what)?);
-            change.content = if is_delta { ContentKind::Delta } else { ContentKind::Full };
+            change.content = if is_delta {
+                ContentKind::Delta
+            } else {
+                ContentKind::Full
+            };
         }
         Some((name, _, new_size)) => {
             check_hash(&mut old_file, old_hash, &p.path)?;
-            let crate::content::Body::File(old_f) = old_file else { unreachable!("replica bodies are files") };
-            let new_f = File::from(rustix::fs::openat(store.staging(), &name[..], OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ctx(what)?);
-            change.frame = Some(pack.append(|w| encode_chunked(&old_f, old.size, &new_f, new_size, w, level)).ctx(what)?);
+            let crate::content::Body::File(old_f) = old_file else {
+                unreachable!("replica bodies are files")
+            };
+            let new_f = File::from(
+                rustix::fs::openat(
+                    store.staging(),
+                    &name[..],
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .ctx(what)?,
+            );
+            change.frame = Some(
+                pack.append(|w| encode_chunked(&old_f, old.size, &new_f, new_size, w, level))
+                    .ctx(what)?,
+            );
             change.content = ContentKind::Chunked;
         }
         None => {
@@ -510,7 +713,12 @@ fn reverse_change(
 }
 
 fn read_staged(store: &Store, name: &[u8]) -> io::Result<Vec<u8>> {
-    let mut f = File::from(rustix::fs::openat(store.staging(), name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?);
+    let mut f = File::from(rustix::fs::openat(
+        store.staging(),
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?);
     let mut v = Vec::new();
     f.read_to_end(&mut v)?;
     Ok(v)
@@ -531,7 +739,9 @@ fn check_hash(body: &mut crate::content::Body, want: Hash, path: &[u8]) -> Resul
 
 fn read_checked(body: &mut crate::content::Body, want: Hash, path: &[u8]) -> Result<Vec<u8>> {
     let mut v = Vec::new();
-    body.reader().and_then(|mut r| r.read_to_end(&mut v)).map_err(|_| replica_damaged(path))?;
+    body.reader()
+        .and_then(|mut r| r.read_to_end(&mut v))
+        .map_err(|_| replica_damaged(path))?;
     if *blake3::hash(&v).as_bytes() != want {
         return Err(replica_damaged(path));
     }

@@ -92,29 +92,53 @@ fn span(c: &[Chunk], from: usize, n: usize, file_len: u64) -> (u64, u64) {
 }
 
 /// Writes the container that rebuilds `old` (a file of `old_len` bytes) from `new`.
-pub fn encode_chunked(old: &File, old_len: u64, new: &File, new_len: u64, out: &mut dyn Write, level: Level) -> io::Result<()> {
+pub fn encode_chunked(
+    old: &File,
+    old_len: u64,
+    new: &File,
+    new_len: u64,
+    out: &mut dyn Write,
+    level: Level,
+) -> io::Result<()> {
     let old_c = chunks(old, old_len)?;
     let new_c = chunks(new, new_len)?;
     let new_h: Vec<u128> = new_c.iter().map(|c| c.hash).collect();
     let old_h: Vec<u128> = old_c.iter().map(|c| c.hash).collect();
     let deadline = Instant::now() + Duration::from_secs(2);
     // `similar` calls its first argument "old": here it is NEW, since the delta rebuilds OLD.
-    let ops = similar::capture_diff_slices_deadline(Algorithm::Myers, &new_h, &old_h, Some(deadline));
+    let ops =
+        similar::capture_diff_slices_deadline(Algorithm::Myers, &new_h, &old_h, Some(deadline));
     out.write_all(MAGIC)?;
     out.write_all(&old_len.to_le_bytes())?;
     for op in ops {
         match op {
-            DiffOp::Equal { old_index, new_index, len } => {
+            DiffOp::Equal {
+                old_index,
+                new_index,
+                len,
+            } => {
                 let (n0, n1) = span(&new_c, old_index, len, new_len);
-                debug_assert_eq!(n1 - n0, { let (a, b) = span(&old_c, new_index, len, old_len); b - a });
+                debug_assert_eq!(n1 - n0, {
+                    let (a, b) = span(&old_c, new_index, len, old_len);
+                    b - a
+                });
                 write_ops(out, &[TAG_COPY], &[n0, n1 - n0])?;
             }
-            DiffOp::Replace { old_index, old_len: ref_n, new_index, new_len: n } => {
+            DiffOp::Replace {
+                old_index,
+                old_len: ref_n,
+                new_index,
+                new_len: n,
+            } => {
                 let region = span(&old_c, new_index, n, old_len);
                 let reference = span(&new_c, old_index, ref_n, new_len);
                 patch_region(old, region, new, new_len, reference, out, level)?;
             }
-            DiffOp::Insert { old_index, new_index, new_len: n } => {
+            DiffOp::Insert {
+                old_index,
+                new_index,
+                new_len: n,
+            } => {
                 let region = span(&old_c, new_index, n, old_len);
                 let reference = span(&new_c, old_index, 0, new_len);
                 patch_region(old, region, new, new_len, reference, out, level)?;
@@ -149,15 +173,24 @@ fn patch_region(
     let mut at = r0;
     while at < r1 {
         let piece_len = PIECE.min(r1 - at);
-        let scale = |x: u64| reference.0 + ((x - r0) as u128 * (reference.1 - reference.0) as u128 / total as u128) as u64;
+        let scale = |x: u64| {
+            reference.0
+                + ((x - r0) as u128 * (reference.1 - reference.0) as u128 / total as u128) as u64
+        };
         let ref0 = scale(at).saturating_sub(MARGIN);
-        let ref1 = (scale(at + piece_len) + MARGIN).min(new_len).min(ref0 + piece_len + 2 * MARGIN);
+        let ref1 = (scale(at + piece_len) + MARGIN)
+            .min(new_len)
+            .min(ref0 + piece_len + 2 * MARGIN);
         let mut piece = vec![0u8; piece_len as usize];
         old.read_exact_at(&mut piece, at)?;
         let mut reference_bytes = vec![0u8; (ref1 - ref0) as usize];
         new.read_exact_at(&mut reference_bytes, ref0)?;
         let (frame, is_delta) = encode_delta(&piece, &reference_bytes, level)?;
-        let (ro, rl) = if is_delta { (ref0, ref1 - ref0) } else { (0, 0) };
+        let (ro, rl) = if is_delta {
+            (ref0, ref1 - ref0)
+        } else {
+            (0, 0)
+        };
         write_ops(out, &[TAG_PATCH], &[ro, rl, piece_len, frame.len() as u64])?;
         out.write_all(&frame)?;
         at += piece_len;
@@ -173,7 +206,8 @@ fn read_u64(r: &mut dyn Read) -> io::Result<u64> {
 
 /// Rebuilds the old content from the container and `new`, writing it to `out`.
 pub fn decode_chunked(frame: &mut dyn Read, new: &File, out: &mut dyn Write) -> io::Result<u64> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked delta: {what}"));
+    let bad =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked delta: {what}"));
     let mut magic = [0u8; 4];
     frame.read_exact(&mut magic)?;
     if &magic != MAGIC {
@@ -199,7 +233,12 @@ pub fn decode_chunked(frame: &mut dyn Read, new: &File, out: &mut dyn Write) -> 
                 written += len;
             }
             TAG_PATCH => {
-                let (ro, rl, out_len, flen) = (read_u64(frame)?, read_u64(frame)?, read_u64(frame)?, read_u64(frame)?);
+                let (ro, rl, out_len, flen) = (
+                    read_u64(frame)?,
+                    read_u64(frame)?,
+                    read_u64(frame)?,
+                    read_u64(frame)?,
+                );
                 if out_len > PIECE || flen > 2 * PIECE || rl > PIECE + 2 * MARGIN {
                     return Err(bad("piece out of bounds"));
                 }
@@ -255,7 +294,15 @@ mod tests {
         old_bytes[15_000_000..15_004_096].copy_from_slice(&pseudo_random(4096, 9));
         let (old, new) = (file_with(&old_bytes), file_with(&new_bytes));
         let mut frame = Vec::new();
-        encode_chunked(&old, old_bytes.len() as u64, &new, new_bytes.len() as u64, &mut frame, Level(3)).unwrap();
+        encode_chunked(
+            &old,
+            old_bytes.len() as u64,
+            &new,
+            new_bytes.len() as u64,
+            &mut frame,
+            Level(3),
+        )
+        .unwrap();
         assert!(frame.len() < 64 << 10, "delta is {} bytes", frame.len());
         let mut back = Vec::new();
         let n = decode_chunked(&mut &frame[..], &new, &mut back).unwrap();
@@ -269,7 +316,15 @@ mod tests {
         let old_bytes = pseudo_random(10 << 20, 2);
         let (old, new) = (file_with(&old_bytes), file_with(&new_bytes));
         let mut frame = Vec::new();
-        encode_chunked(&old, old_bytes.len() as u64, &new, new_bytes.len() as u64, &mut frame, Level(1)).unwrap();
+        encode_chunked(
+            &old,
+            old_bytes.len() as u64,
+            &new,
+            new_bytes.len() as u64,
+            &mut frame,
+            Level(1),
+        )
+        .unwrap();
         let mut back = Vec::new();
         decode_chunked(&mut &frame[..], &new, &mut back).unwrap();
         assert!(back == old_bytes);

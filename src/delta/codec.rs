@@ -44,13 +44,18 @@ pub fn encode_delta(old: &[u8], new: &[u8], level: Level) -> io::Result<(Vec<u8>
     c.include_dictid(false)?;
     c.context_mut().ref_prefix(new).map_err(zerr)?;
     let delta = c.compress(old)?;
-    Ok(if delta.len() < plain.len() { (delta, true) } else { (plain, false) })
+    Ok(if delta.len() < plain.len() {
+        (delta, true)
+    } else {
+        (plain, false)
+    })
 }
 
 /// Rebuilds the old content from a patch-from frame and the new content.
 pub fn decode_delta(frame: &[u8], new: &[u8], old_len: u64) -> io::Result<Vec<u8>> {
     let mut d = zstd_safe::DCtx::create();
-    d.set_parameter(DParameter::WindowLogMax(31)).map_err(zerr)?;
+    d.set_parameter(DParameter::WindowLogMax(31))
+        .map_err(zerr)?;
     d.ref_prefix(new).map_err(zerr)?;
     let mut old = Vec::with_capacity(old_len as usize);
     d.decompress(&mut old, frame).map_err(zerr)?;
@@ -85,20 +90,28 @@ mod tests {
 
     #[test]
     fn delta_round_trip_and_is_small_for_an_edit() {
-        let new: Vec<u8> = (0..200_000u32).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let new: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
         let mut old = new.clone();
         old.splice(5000..5000, b"an inserted line\n".iter().copied());
         let (frame, is_delta) = encode_delta(&old, &new, Level::default()).unwrap();
         assert!(is_delta);
         // ~14 bytes per 128 KiB zstd block plus the edit (research/delta.md, case a).
         let plain = zstd::bulk::compress(&old, 9).unwrap();
-        assert!(frame.len() < 1000 && frame.len() * 100 < plain.len(), "delta is {} bytes", frame.len());
+        assert!(
+            frame.len() < 1000 && frame.len() * 100 < plain.len(),
+            "delta is {} bytes",
+            frame.len()
+        );
         assert_eq!(decode_delta(&frame, &new, old.len() as u64).unwrap(), old);
     }
 
     #[test]
     fn unrelated_content_falls_back_to_plain() {
-        let old: Vec<u8> = (0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let old: Vec<u8> = (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         let new = vec![7u8; 50_000];
         let (frame, is_delta) = encode_delta(&old, &new, Level::default()).unwrap();
         let plain = zstd::bulk::compress(&old, 9).unwrap();
@@ -107,7 +120,10 @@ mod tests {
             decode_delta(&frame, &new, old.len() as u64).unwrap()
         } else {
             let mut v = Vec::new();
-            decode_full_reader(&frame[..]).unwrap().read_to_end(&mut v).unwrap();
+            decode_full_reader(&frame[..])
+                .unwrap()
+                .read_to_end(&mut v)
+                .unwrap();
             v
         };
         assert_eq!(back, old);

@@ -24,7 +24,7 @@ pub fn is_root_user() -> bool {
 }
 
 /// Flags `chattr` can set; others (extents, encryption, inline data…) belong to the filesystem.
-const SETTABLE_FLAGS: u32 = 0x0000_0001 // s secure deletion
+pub const SETTABLE_FLAGS: u32 = 0x0000_0001 // s secure deletion
     | 0x0000_0002 // u undelete
     | 0x0000_0004 // c compress
     | 0x0000_0008 // S sync
@@ -52,7 +52,9 @@ pub fn create_node(dir: BorrowedFd, name: &[u8], e: &Entry) -> io::Result<()> {
         }
         Kind::Fifo => rustix::fs::mknodat(dir, name, FileType::Fifo, private, 0)?,
         Kind::Socket => rustix::fs::mknodat(dir, name, FileType::Socket, private, 0)?,
-        Kind::CharDev => rustix::fs::mknodat(dir, name, FileType::CharacterDevice, private, e.rdev)?,
+        Kind::CharDev => {
+            rustix::fs::mknodat(dir, name, FileType::CharacterDevice, private, e.rdev)?
+        }
         Kind::BlockDev => rustix::fs::mknodat(dir, name, FileType::BlockDevice, private, e.rdev)?,
         Kind::File => unreachable!("regular files are written with write_content"),
     }
@@ -61,7 +63,12 @@ pub fn create_node(dir: BorrowedFd, name: &[u8], e: &Entry) -> io::Result<()> {
 
 /// Writes all of `content` into the new, empty `file`. With `sparse`, all-zero 4 KiB blocks
 /// are left as holes, so a sparse file stays sparse. Returns the number of bytes.
-pub fn write_content(file: &File, content: ContentReader, sparse: bool, flags: u32) -> io::Result<u64> {
+pub fn write_content(
+    file: &File,
+    content: ContentReader,
+    sparse: bool,
+    flags: u32,
+) -> io::Result<u64> {
     if flags & NOCOW != 0 {
         // NOCOW takes effect only on an empty file.
         let _ = rustix::fs::ioctl_setflags(file, IFlags::from_bits_retain(NOCOW));
@@ -115,7 +122,12 @@ pub fn apply_meta_fd(fd: BorrowedFd, e: &Entry, warn: &mut MetaWarnings) -> io::
 }
 
 /// The same for nodes that cannot be opened safely (symlinks, FIFOs, devices, sockets).
-pub fn apply_meta_at(dir: BorrowedFd, name: &[u8], e: &Entry, warn: &mut MetaWarnings) -> io::Result<()> {
+pub fn apply_meta_at(
+    dir: BorrowedFd,
+    name: &[u8],
+    e: &Entry,
+    warn: &mut MetaWarnings,
+) -> io::Result<()> {
     set_owner(warn, e, |uid, gid| {
         rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
     })?;
@@ -139,7 +151,10 @@ fn set_owner(
     match chown(Some(uid), Some(gid)) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::PERM) if !is_root_user() => {
-            warn.push(format!("owner {}:{} not set (not running as root)", e.uid, e.gid));
+            warn.push(format!(
+                "owner {}:{} not set (not running as root)",
+                e.uid, e.gid
+            ));
             Ok(())
         }
         Err(err) => Err(err.into()),
@@ -148,8 +163,14 @@ fn set_owner(
 
 fn times(e: &Entry) -> Timestamps {
     Timestamps {
-        last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
-        last_modification: Timespec { tv_sec: e.mtime.sec, tv_nsec: e.mtime.nsec as _ },
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: e.mtime.sec,
+            tv_nsec: e.mtime.nsec as _,
+        },
     }
 }
 
@@ -164,7 +185,11 @@ fn list_xattrs(path: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         match rustix::fs::llistxattr(path, &mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
-                return Ok(buf.split(|&b| b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect());
+                return Ok(buf
+                    .split(|&b| b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect());
             }
             Err(rustix::io::Errno::RANGE) => buf.resize(buf.len() * 4, 0),
             Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
@@ -175,14 +200,22 @@ fn list_xattrs(path: &[u8]) -> io::Result<Vec<Vec<u8>>> {
 
 /// Makes the xattrs at `path` exactly `want`: extra ones removed (an inherited default ACL, a
 /// stale capability), then ACLs, the rest, and the capability last.
-fn converge_xattrs(path: &[u8], current: &[Vec<u8>], want: &Xattrs, warn: &mut MetaWarnings) -> io::Result<()> {
+fn converge_xattrs(
+    path: &[u8],
+    current: &[Vec<u8>],
+    want: &Xattrs,
+    warn: &mut MetaWarnings,
+) -> io::Result<()> {
     for name in current {
         // The security module labels new files itself; removing its label is not ours to do.
         if name == b"security.selinux" || want.0.iter().any(|(n, _)| n == name) {
             continue;
         }
         if let Err(e) = rustix::fs::lremovexattr(path, &name[..]) {
-            warn.push(format!("xattr {} not removed: {e}", String::from_utf8_lossy(name)));
+            warn.push(format!(
+                "xattr {} not removed: {e}",
+                String::from_utf8_lossy(name)
+            ));
         }
     }
     let rank = |n: &[u8]| match n {
@@ -195,8 +228,12 @@ fn converge_xattrs(path: &[u8], current: &[Vec<u8>], want: &Xattrs, warn: &mut M
     for (name, value) in ordered {
         let flags = rustix::fs::XattrFlags::empty();
         if let Err(e) = rustix::fs::lsetxattr(path, &name[..], &value[..], flags) {
-            if e == rustix::io::Errno::PERM || e == rustix::io::Errno::OPNOTSUPP || !is_root_user() {
-                warn.push(format!("xattr {} not set: {e}", String::from_utf8_lossy(name)));
+            if e == rustix::io::Errno::PERM || e == rustix::io::Errno::OPNOTSUPP || !is_root_user()
+            {
+                warn.push(format!(
+                    "xattr {} not set: {e}",
+                    String::from_utf8_lossy(name)
+                ));
             } else {
                 return Err(e.into());
             }
@@ -206,7 +243,12 @@ fn converge_xattrs(path: &[u8], current: &[Vec<u8>], want: &Xattrs, warn: &mut M
 }
 
 /// Sets the settable inode flags of `name` (a file or directory) to exactly `flags`.
-pub fn apply_flags(dir: BorrowedFd, name: &[u8], flags: u32, warn: &mut MetaWarnings) -> io::Result<()> {
+pub fn apply_flags(
+    dir: BorrowedFd,
+    name: &[u8],
+    flags: u32,
+    warn: &mut MetaWarnings,
+) -> io::Result<()> {
     let oflags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, oflags, Mode::empty())?;
     let current = match rustix::fs::ioctl_getflags(&fd) {
@@ -224,7 +266,7 @@ pub fn apply_flags(dir: BorrowedFd, name: &[u8], flags: u32, warn: &mut MetaWarn
 }
 
 /// Clears `i` and `a` on `name` if set, so it can be replaced, changed or removed.
-pub(crate) fn clear_immutable(dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
+pub fn clear_immutable(dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     let ft = FileType::from_raw_mode(st.st_mode);
     if ft != FileType::RegularFile && ft != FileType::Directory {
@@ -234,7 +276,10 @@ pub(crate) fn clear_immutable(dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
     let fd: OwnedFd = rustix::fs::openat(dir, name, oflags, Mode::empty())?;
     if let Ok(f) = rustix::fs::ioctl_getflags(&fd) {
         if f.bits() & IMMUTABLE_OR_APPEND != 0 {
-            rustix::fs::ioctl_setflags(&fd, IFlags::from_bits_retain(f.bits() & !IMMUTABLE_OR_APPEND))?;
+            rustix::fs::ioctl_setflags(
+                &fd,
+                IFlags::from_bits_retain(f.bits() & !IMMUTABLE_OR_APPEND),
+            )?;
         }
     }
     Ok(())

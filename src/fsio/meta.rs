@@ -41,12 +41,26 @@ pub fn stat_to_basic(st: &Stat) -> Option<Basic> {
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
-        size: if kind == Kind::File || kind == Kind::Symlink { st.st_size as u64 } else { 0 },
-        mtime: Timestamp { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 },
-        ctime: Timestamp { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 },
+        size: if kind == Kind::File || kind == Kind::Symlink {
+            st.st_size as u64
+        } else {
+            0
+        },
+        mtime: Timestamp {
+            sec: st.st_mtime,
+            nsec: st.st_mtime_nsec as u32,
+        },
+        ctime: Timestamp {
+            sec: st.st_ctime,
+            nsec: st.st_ctime_nsec as u32,
+        },
         ino: st.st_ino,
         dev: st.st_dev,
-        rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) { st.st_rdev } else { 0 },
+        rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+            st.st_rdev
+        } else {
+            0
+        },
         nlink: st.st_nlink,
         blocks: st.st_blocks as u64,
     })

@@ -10,8 +10,8 @@ mod resolve;
 mod walk;
 
 pub use apply::{
-    apply_flags, apply_meta_at, apply_meta_fd, create_node, is_root_user, remove_tree, write_content,
-    ContentReader, MetaWarnings,
+    apply_flags, apply_meta_at, apply_meta_fd, clear_immutable, create_node, is_root_user,
+    remove_tree, write_content, ContentReader, MetaWarnings, SETTABLE_FLAGS,
 };
 pub use meta::{hash_reader, read_entry, stat_to_basic, Basic};
 pub use resolve::{open_beneath, open_dir, open_root, DirCache};

@@ -37,7 +37,11 @@ pub fn open_beneath(root: BorrowedFd, rel: &[u8], flags: OFlags) -> io::Result<O
             .filter(|&i| i > 0)
             .ok_or_else(|| io::Error::from_raw_os_error(libc_enametoolong()))?;
         let base = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root);
-        dir = Some(open_one(base, &rest[..cut], OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC)?);
+        dir = Some(open_one(
+            base,
+            &rest[..cut],
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        )?);
         rest = &rest[cut + 1..];
     }
     let base = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root);
@@ -59,14 +63,23 @@ fn open_one(base: BorrowedFd, rel: &[u8], flags: OFlags) -> io::Result<OwnedFd> 
 /// For kernels without openat2: one component at a time, each opened with O_NOFOLLOW.
 fn open_by_components(base: BorrowedFd, rel: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
     let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
-    if parts.iter().any(|p| p.is_empty() || *p == b".." || *p == b".") {
-        return Err(io::Error::from_raw_os_error(rustix::io::Errno::XDEV.raw_os_error()));
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == b".." || *p == b".")
+    {
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::XDEV.raw_os_error(),
+        ));
     }
     let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut cur: Option<OwnedFd> = None;
     for (i, part) in parts.iter().enumerate() {
         let at = cur.as_ref().map(|d| d.as_fd()).unwrap_or(base);
-        let f = if i + 1 == parts.len() { flags } else { dir_flags };
+        let f = if i + 1 == parts.len() {
+            flags
+        } else {
+            dir_flags
+        };
         cur = Some(openat(at, *part, f, Mode::empty())?);
     }
     Ok(cur.expect("a relative path has at least one component"))
@@ -85,7 +98,9 @@ pub struct DirCache {
 
 impl Default for DirCache {
     fn default() -> Self {
-        DirCache { slots: Vec::with_capacity(8) }
+        DirCache {
+            slots: Vec::with_capacity(8),
+        }
     }
 }
 

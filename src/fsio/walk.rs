@@ -51,7 +51,10 @@ fn visit(
     let names = match read_names(dir.as_fd()) {
         Ok(n) => n,
         Err(e) => {
-            warnings.push(WalkWarning { path: path.to_vec(), message: format!("cannot list: {e}") });
+            warnings.push(WalkWarning {
+                path: path.to_vec(),
+                message: format!("cannot list: {e}"),
+            });
             return;
         }
     };
@@ -61,11 +64,16 @@ fn visit(
             Ok(st) => st,
             Err(rustix::io::Errno::NOENT) => continue, // deleted since the listing
             Err(e) => {
-                warnings.push(WalkWarning { path: child, message: format!("cannot stat: {e}") });
+                warnings.push(WalkWarning {
+                    path: child,
+                    message: format!("cannot stat: {e}"),
+                });
                 continue;
             }
         };
-        let Some(basic) = stat_to_basic(&st) else { continue };
+        let Some(basic) = stat_to_basic(&st) else {
+            continue;
+        };
         if (opts.exclude)(&child, basic.kind) {
             continue;
         }
@@ -77,7 +85,10 @@ fn visit(
         match rustix::fs::openat(&dir, &name[..], flags, Mode::empty()) {
             Ok(sub) => visit(sub, &child, dev, opts, out, warnings),
             Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => warnings.push(WalkWarning { path: child, message: format!("cannot open: {e}") }),
+            Err(e) => warnings.push(WalkWarning {
+                path: child,
+                message: format!("cannot open: {e}"),
+            }),
         }
     }
 }

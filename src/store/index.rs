@@ -115,7 +115,9 @@ fn hash_from(v: Option<Vec<u8>>) -> Option<Hash> {
 /// Reads the ENTRY_COLS starting at column `at`; ino/ctime are filled by the caller.
 fn entry_at(row: &Row, at: usize) -> rusqlite::Result<Option<Entry>> {
     let kind: Option<i64> = row.get(at)?;
-    let Some(kind) = kind.and_then(Kind::from_code) else { return Ok(None) };
+    let Some(kind) = kind.and_then(Kind::from_code) else {
+        return Ok(None);
+    };
     let xattrs: Option<Vec<u8>> = row.get(at + 10)?;
     Ok(Some(Entry {
         kind,
@@ -123,7 +125,10 @@ fn entry_at(row: &Row, at: usize) -> rusqlite::Result<Option<Entry>> {
         uid: row.get(at + 2)?,
         gid: row.get(at + 3)?,
         size: row.get::<_, i64>(at + 4)? as u64,
-        mtime: Timestamp { sec: row.get(at + 5)?, nsec: row.get(at + 6)? },
+        mtime: Timestamp {
+            sec: row.get(at + 5)?,
+            nsec: row.get(at + 6)?,
+        },
         rdev: row.get::<_, i64>(at + 7)? as u64,
         target: row.get(at + 8)?,
         hash: hash_from(row.get(at + 9)?),
@@ -136,7 +141,22 @@ fn entry_at(row: &Row, at: usize) -> rusqlite::Result<Option<Entry>> {
     }))
 }
 
-type EntryParams = (i64, u32, u32, u32, i64, i64, u32, i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, u32, Option<Vec<u8>>, bool);
+type EntryParams = (
+    i64,
+    u32,
+    u32,
+    u32,
+    i64,
+    i64,
+    u32,
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    u32,
+    Option<Vec<u8>>,
+    bool,
+);
 
 fn entry_params(e: &Entry) -> EntryParams {
     (
@@ -161,7 +181,9 @@ impl Index {
     pub fn open(store: &Path, create: bool) -> Result<Index> {
         let path = store.join("index.db");
         if !create && !path.exists() {
-            return Err(Error::NoStore { store: store.to_path_buf() });
+            return Err(Error::NoStore {
+                store: store.to_path_buf(),
+            });
         }
         let conn = Connection::open(&path).map_err(|e| db(&path, "opening", e))?;
         let mut idx = Index { conn, path };
@@ -178,16 +200,25 @@ impl Index {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
             .map_err(|e| db(&path, "starting migration", e))?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| db(&path, "reading schema version", e))?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| db(&path, "reading schema version", e))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
-            return Err(Error::SchemaTooNew { store: store.to_path_buf(), found: version, supported });
+            return Err(Error::SchemaTooNew {
+                store: store.to_path_buf(),
+                found: version,
+                supported,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(sql).map_err(|e| db(&path, &format!("applying migration {}", i + 1), e))?;
+            tx.execute_batch(sql)
+                .map_err(|e| db(&path, &format!("applying migration {}", i + 1), e))?;
         }
-        tx.pragma_update(None, "user_version", supported).map_err(|e| db(&path, "writing schema version", e))?;
-        tx.commit().map_err(|e| db(&path, "committing migration", e))
+        tx.pragma_update(None, "user_version", supported)
+            .map_err(|e| db(&path, "writing schema version", e))?;
+        tx.commit()
+            .map_err(|e| db(&path, "committing migration", e))
     }
 
     pub fn err(&self, op: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
@@ -217,7 +248,8 @@ impl Index {
                 })
             })
             .map_err(self.err("listing points"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err("listing points"))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("listing points"))
     }
 
     pub fn complete_points(&self) -> Result<Vec<Point>> {
@@ -225,10 +257,19 @@ impl Index {
     }
 
     pub fn point(&self, id: PointId) -> Result<Point> {
-        self.complete_points()?.into_iter().find(|p| p.id == id).ok_or(Error::NoSuchPoint { id })
+        self.complete_points()?
+            .into_iter()
+            .find(|p| p.id == id)
+            .ok_or(Error::NoSuchPoint { id })
     }
 
-    pub fn insert_point(&self, created_at: &str, kind: PointKind, label: Option<&str>, sources: &[String]) -> Result<PointId> {
+    pub fn insert_point(
+        &self,
+        created_at: &str,
+        kind: PointKind,
+        label: Option<&str>,
+        sources: &[String],
+    ) -> Result<PointId> {
         self.conn
             .execute(
                 "INSERT INTO points (created_at, kind, label, state, sources) VALUES (?1, ?2, ?3, 'running', ?4)",
@@ -238,7 +279,14 @@ impl Index {
         Ok(self.conn.last_insert_rowid())
     }
 
-    pub fn complete_point(&self, id: PointId, files: u64, bytes: u64, stored: u64, warnings: u64) -> Result<()> {
+    pub fn complete_point(
+        &self,
+        id: PointId,
+        files: u64,
+        bytes: u64,
+        stored: u64,
+        warnings: u64,
+    ) -> Result<()> {
         self.conn
             .execute(
                 "UPDATE points SET state='complete', files=?2, bytes=?3, stored_bytes=?4, warnings=?5 WHERE id=?1",
@@ -252,12 +300,16 @@ impl Index {
     pub fn for_each_entry(&self, mut f: impl FnMut(RelPath, Entry) -> Result<()>) -> Result<()> {
         let mut st = self
             .conn
-            .prepare(&format!("SELECT path, {ENTRY_COLS}, ino, ctime_s, ctime_ns FROM entries ORDER BY path"))
+            .prepare(&format!(
+                "SELECT path, {ENTRY_COLS}, ino, ctime_s, ctime_ns FROM entries ORDER BY path"
+            ))
             .map_err(self.err("reading entries"))?;
         let mut rows = st.query([]).map_err(self.err("reading entries"))?;
         while let Some(r) = rows.next().map_err(self.err("reading entries"))? {
             let path: Vec<u8> = r.get(0).map_err(self.err("reading entries"))?;
-            let mut e = entry_at(r, 1).map_err(self.err("reading entries"))?.expect("entries rows have a kind");
+            let mut e = entry_at(r, 1)
+                .map_err(self.err("reading entries"))?
+                .expect("entries rows have a kind");
             e.ino = r.get::<_, i64>(15).map_err(self.err("reading entries"))? as u64;
             e.ctime = Timestamp {
                 sec: r.get(16).map_err(self.err("reading entries"))?,
@@ -270,14 +322,22 @@ impl Index {
 
     pub fn entry(&self, path: &[u8]) -> Result<Option<Entry>> {
         self.conn
-            .query_row(&format!("SELECT {ENTRY_COLS} FROM entries WHERE path=?1"), [path], |r| entry_at(r, 0))
+            .query_row(
+                &format!("SELECT {ENTRY_COLS} FROM entries WHERE path=?1"),
+                [path],
+                |r| entry_at(r, 0),
+            )
             .optional()
             .map(Option::flatten)
             .map_err(self.err("reading an entry"))
     }
 
     /// All changes of points after `after`, ordered by path, then point (ascending).
-    pub fn changes_after(&self, after: PointId, mut f: impl FnMut(Change) -> Result<()>) -> Result<()> {
+    pub fn changes_after(
+        &self,
+        after: PointId,
+        mut f: impl FnMut(Change) -> Result<()>,
+    ) -> Result<()> {
         self.query_changes("point_id > ?1 ORDER BY path, point_id", after, &mut f)
     }
 
@@ -293,14 +353,28 @@ impl Index {
     /// Changes of `path` in points after `after`, newest first: the chain that rebuilds it.
     pub fn chain_of(&self, path: &[u8], after: PointId) -> Result<Vec<Change>> {
         let sql = format!("SELECT point_id, path, content, {ENTRY_COLS}, frame_offset, frame_len, new_hash FROM changes WHERE path=?1 AND point_id > ?2 ORDER BY point_id DESC");
-        let mut st = self.conn.prepare_cached(&sql).map_err(self.err("reading changes"))?;
-        let rows = st.query_map(params![path, after], change_from_row).map_err(self.err("reading changes"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err("reading changes"))
+        let mut st = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(self.err("reading changes"))?;
+        let rows = st
+            .query_map(params![path, after], change_from_row)
+            .map_err(self.err("reading changes"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("reading changes"))
     }
 
-    fn query_changes(&self, cond: &str, arg: PointId, f: &mut dyn FnMut(Change) -> Result<()>) -> Result<()> {
+    fn query_changes(
+        &self,
+        cond: &str,
+        arg: PointId,
+        f: &mut dyn FnMut(Change) -> Result<()>,
+    ) -> Result<()> {
         let sql = format!("SELECT point_id, path, content, {ENTRY_COLS}, frame_offset, frame_len, new_hash FROM changes WHERE {cond}");
-        let mut st = self.conn.prepare(&sql).map_err(self.err("reading changes"))?;
+        let mut st = self
+            .conn
+            .prepare(&sql)
+            .map_err(self.err("reading changes"))?;
         let mut rows = st.query([arg]).map_err(self.err("reading changes"))?;
         while let Some(r) = rows.next().map_err(self.err("reading changes"))? {
             f(change_from_row(r).map_err(self.err("reading changes"))?)?;
@@ -324,7 +398,11 @@ fn change_from_row(r: &Row) -> rusqlite::Result<Change> {
 }
 
 pub fn db(path: &Path, op: &str, source: rusqlite::Error) -> Error {
-    Error::Db { path: path.to_path_buf(), op: op.to_string(), source }
+    Error::Db {
+        path: path.to_path_buf(),
+        op: op.to_string(),
+        source,
+    }
 }
 
 /// Writes of one batch, all in one transaction.
@@ -338,7 +416,8 @@ pub fn upsert_entry(tx: &Transaction, path: &[u8], e: &Entry) -> rusqlite::Resul
 }
 
 pub fn delete_entry(tx: &Transaction, path: &[u8]) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM entries WHERE path=?1")?.execute([path])?;
+    tx.prepare_cached("DELETE FROM entries WHERE path=?1")?
+        .execute([path])?;
     Ok(())
 }
 
@@ -354,11 +433,50 @@ pub fn insert_change(tx: &Transaction, c: &Change) -> rusqlite::Result<()> {
     match &c.old {
         Some(e) => {
             let p = entry_params(e);
-            st.execute(params![c.point, c.path, c.content.as_str(), p.0, p.1, p.2, p.3, p.4, p.5, p.6, p.7, p.8, p.9, p.10, p.11, p.12, p.13, off, len, new_hash])?
+            st.execute(params![
+                c.point,
+                c.path,
+                c.content.as_str(),
+                p.0,
+                p.1,
+                p.2,
+                p.3,
+                p.4,
+                p.5,
+                p.6,
+                p.7,
+                p.8,
+                p.9,
+                p.10,
+                p.11,
+                p.12,
+                p.13,
+                off,
+                len,
+                new_hash
+            ])?
         }
         None => st.execute(params![
-            c.point, c.path, c.content.as_str(), None::<i64>, None::<i64>, None::<i64>, None::<i64>, None::<i64>, None::<i64>,
-            None::<i64>, None::<i64>, None::<Vec<u8>>, None::<Vec<u8>>, None::<Vec<u8>>, None::<i64>, None::<Vec<u8>>, None::<i64>, off, len, new_hash
+            c.point,
+            c.path,
+            c.content.as_str(),
+            None::<i64>,
+            None::<i64>,
+            None::<i64>,
+            None::<i64>,
+            None::<i64>,
+            None::<i64>,
+            None::<i64>,
+            None::<i64>,
+            None::<Vec<u8>>,
+            None::<Vec<u8>>,
+            None::<Vec<u8>>,
+            None::<i64>,
+            None::<Vec<u8>>,
+            None::<i64>,
+            off,
+            len,
+            new_hash
         ])?,
     };
     Ok(())

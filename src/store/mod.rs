@@ -5,8 +5,8 @@
 //! in their own modules.
 
 mod index;
-pub mod replica;
 mod pack;
+pub mod replica;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -14,8 +14,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub use index::{delete_entry, insert_change, upsert_entry, Change, ContentKind, Index, Point, PointId, PointKind};
 pub use index::db as db_err;
+pub use index::{
+    delete_entry, insert_change, upsert_entry, Change, ContentKind, Index, Point, PointId,
+    PointKind,
+};
 pub use pack::{FrameReader, PackWriter};
 
 use crate::error::{Error, IoContext, Result};
@@ -38,7 +41,9 @@ impl Store {
         if create {
             make_layout(dir)?;
         } else if !dir.join("index.db").exists() {
-            return Err(Error::NoStore { store: dir.to_path_buf() });
+            return Err(Error::NoStore {
+                store: dir.to_path_buf(),
+            });
         }
         let lock = take_lock(dir)?;
         let mut store = Store::open_inner(dir, Some(lock))?;
@@ -53,8 +58,16 @@ impl Store {
 
     fn open_inner(dir: &Path, lock: Option<File>) -> Result<Store> {
         let index = Index::open(dir, lock.is_some())?;
-        let open = |name: &str| fsio::open_root(&dir.join(name)).ctx(|| format!("opening {}", dir.join(name).display()));
-        Ok(Store { dir: dir.to_path_buf(), index, replica: open("replica")?, staging: open("staging")?, _lock: lock })
+        let open = |name: &str| {
+            fsio::open_root(&dir.join(name)).ctx(|| format!("opening {}", dir.join(name).display()))
+        };
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            index,
+            replica: open("replica")?,
+            staging: open("staging")?,
+            _lock: lock,
+        })
     }
 
     pub fn replica(&self) -> BorrowedFd<'_> {
@@ -71,7 +84,8 @@ impl Store {
 
     /// Makes everything written to the store's filesystem so far durable.
     pub fn sync(&self) -> Result<()> {
-        rustix::fs::syncfs(&self.replica).ctx(|| format!("syncing the store {}", self.dir.display()))
+        rustix::fs::syncfs(&self.replica)
+            .ctx(|| format!("syncing the store {}", self.dir.display()))
     }
 
     /// Empties `staging/` (left-overs of an interrupted run are never referenced).
@@ -100,9 +114,11 @@ impl Store {
 fn make_layout(dir: &Path) -> Result<()> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true).mode(0o700);
-    b.create(dir).ctx(|| format!("creating the store {}", dir.display()))?;
+    b.create(dir)
+        .ctx(|| format!("creating the store {}", dir.display()))?;
     for sub in SUBDIRS {
-        b.create(dir.join(sub)).ctx(|| format!("creating {}", dir.join(sub).display()))?;
+        b.create(dir.join(sub))
+            .ctx(|| format!("creating {}", dir.join(sub).display()))?;
     }
     Ok(())
 }
@@ -127,7 +143,11 @@ fn take_lock(dir: &Path) -> Result<File> {
             let holder = holder.trim().to_string();
             return Err(Error::Locked {
                 store: dir.to_path_buf(),
-                holder: if holder.is_empty() { "unknown".into() } else { holder },
+                holder: if holder.is_empty() {
+                    "unknown".into()
+                } else {
+                    holder
+                },
             });
         }
         Err(e) => return Err(Error::io(format!("locking {}", path.display()), e.into())),

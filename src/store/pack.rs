@@ -14,8 +14,16 @@ pub struct PackWriter {
 impl PackWriter {
     /// Creates the pack, discarding what an interrupted run may have left under that name.
     pub fn create(path: &Path) -> io::Result<PackWriter> {
-        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-        Ok(PackWriter { file: io::BufWriter::with_capacity(1 << 20, file), len: 0 })
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(PackWriter {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            len: 0,
+        })
     }
 
     pub fn len(&self) -> u64 {
@@ -27,9 +35,15 @@ impl PackWriter {
     }
 
     /// Appends what `write` produces as one frame; returns its (offset, length).
-    pub fn append(&mut self, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<(u64, u64)> {
+    pub fn append(
+        &mut self,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<(u64, u64)> {
         let start = self.len;
-        let mut counting = Counting { inner: &mut self.file, n: 0 };
+        let mut counting = Counting {
+            inner: &mut self.file,
+            n: 0,
+        };
         write(&mut counting)?;
         let n = counting.n;
         self.len += n;
@@ -67,7 +81,11 @@ pub struct FrameReader<'a> {
 
 impl<'a> FrameReader<'a> {
     pub fn new(file: &'a File, (offset, len): (u64, u64)) -> FrameReader<'a> {
-        FrameReader { file, pos: offset, end: offset + len }
+        FrameReader {
+            file,
+            pos: offset,
+            end: offset + len,
+        }
     }
 
     pub fn to_vec(mut self) -> io::Result<Vec<u8>> {
@@ -85,7 +103,10 @@ impl Read for FrameReader<'_> {
         }
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "pack is shorter than its index says"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "pack is shorter than its index says",
+            ));
         }
         self.pos += n as u64;
         Ok(n)

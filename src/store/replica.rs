@@ -30,7 +30,9 @@ pub struct Shape {
 }
 
 fn in_replica(e: &Option<Entry>) -> Option<Kind> {
-    e.as_ref().map(|e| e.kind).filter(|k| matches!(k, Kind::File | Kind::Dir | Kind::Symlink))
+    e.as_ref()
+        .map(|e| e.kind)
+        .filter(|k| matches!(k, Kind::File | Kind::Dir | Kind::Symlink))
 }
 
 /// `items` sorted by path. Afterwards each path in the replica matches its wanted state.
@@ -42,7 +44,10 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
         let dir = match cache.parent_of(root, &it.path) {
             Ok(d) => d,
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => continue,
-            Err(e) => return Err(e).ctx(|| format!("opening the replica's parent of {}", display_path(&it.path))),
+            Err(e) => {
+                return Err(e)
+                    .ctx(|| format!("opening the replica's parent of {}", display_path(&it.path)))
+            }
         };
         let name = basename(&it.path);
         let have = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -53,18 +58,23 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
         let keep = match in_replica(&it.want) {
             Some(Kind::Dir) => have == FileType::Directory,
             Some(Kind::File) => have == FileType::RegularFile,
-            Some(Kind::Symlink) => have == FileType::Symlink && !symlink_differs(dir, name, &it.want)?,
+            Some(Kind::Symlink) => {
+                have == FileType::Symlink && !symlink_differs(dir, name, &it.want)?
+            }
             _ => false,
         };
         if !keep {
-            fsio::remove_tree(dir, name, None).ctx(|| format!("removing replica {}", display_path(&it.path)))?;
+            fsio::remove_tree(dir, name, None)
+                .ctx(|| format!("removing replica {}", display_path(&it.path)))?;
             cache.forget(&it.path);
         }
     }
     // Creations, parents first.
     let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
     for it in items {
-        let Some(kind) = in_replica(&it.want) else { continue };
+        let Some(kind) = in_replica(&it.want) else {
+            continue;
+        };
         let e = it.want.as_ref().expect("in_replica implies a state");
         if let Some(p) = parent(&it.path) {
             touched_dirs.insert(p.to_vec());
@@ -72,20 +82,33 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
         if kind == Kind::Dir {
             touched_dirs.insert(it.path.clone());
             if !it.path.is_empty() {
-                let dir = cache.parent_of(root, &it.path).ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
+                let dir = cache
+                    .parent_of(root, &it.path)
+                    .ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
                 match rustix::fs::mkdirat(dir, basename(&it.path), Mode::from_raw_mode(0o700)) {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(e).ctx(|| format!("creating replica {}", display_path(&it.path))),
+                    Err(e) => {
+                        return Err(e)
+                            .ctx(|| format!("creating replica {}", display_path(&it.path)))
+                    }
                 }
             }
             continue;
         }
-        let dir = cache.parent_of(root, &it.path).ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
+        let dir = cache
+            .parent_of(root, &it.path)
+            .ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
         let name = basename(&it.path);
         let what = || format!("updating replica {}", display_path(&it.path));
         match (kind, &it.fill) {
             (Kind::File, Fill::Staged(staged)) => {
-                let fd = rustix::fs::openat(store.staging(), &staged[..], OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ctx(what)?;
+                let fd = rustix::fs::openat(
+                    store.staging(),
+                    &staged[..],
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .ctx(what)?;
                 replica_meta_fd(fd.as_fd(), e).ctx(what)?;
                 rustix::fs::renameat(store.staging(), &staged[..], dir, name).ctx(what)?;
             }
@@ -117,7 +140,9 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
         }
         let fd = match fsio::open_dir(root, d) {
             Ok(fd) => fd,
-            Err(err) if err.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => continue,
+            Err(err) if err.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => {
+                continue
+            }
             Err(err) => return Err(err).ctx(|| format!("opening replica {}", display_path(d))),
         };
         replica_meta_fd(fd.as_fd(), &e).ctx(|| format!("updating replica {}", display_path(d)))?;
@@ -129,8 +154,13 @@ fn it_state(it: &Shape) -> Option<Entry> {
     it.want.clone()
 }
 
-fn symlink_differs(dir: std::os::fd::BorrowedFd, name: &[u8], want: &Option<Entry>) -> Result<bool> {
-    let have = rustix::fs::readlinkat(dir, name, Vec::new()).ctx(|| "reading a replica symlink".to_string())?;
+fn symlink_differs(
+    dir: std::os::fd::BorrowedFd,
+    name: &[u8],
+    want: &Option<Entry>,
+) -> Result<bool> {
+    let have = rustix::fs::readlinkat(dir, name, Vec::new())
+        .ctx(|| "reading a replica symlink".to_string())?;
     Ok(want.as_ref().and_then(|e| e.target.as_deref()) != Some(have.as_bytes()))
 }
 

@@ -1,0 +1,28 @@
+//! Exit codes: scripts and cron wrappers rely on them (README "Exit codes").
+
+use crate::error::Error;
+
+/// Everything done.
+pub const SUCCESS: i32 = 0;
+/// The operation failed; nothing was lost (an interrupted point is rolled back).
+pub const FAILURE: i32 = 1;
+/// The command line was wrong.
+pub const USAGE: i32 = 2;
+/// Done, but some paths were skipped or some metadata could not be applied: see the warnings.
+pub const WARNINGS: i32 = 3;
+/// Another run holds the store's lock.
+pub const LOCKED: i32 = 4;
+/// Damage found in the store (verify, or while reading a point).
+pub const DAMAGED: i32 = 5;
+/// A restore needs confirmation: no terminal to ask on and no `--yes`.
+pub const NEEDS_CONFIRMATION: i32 = 6;
+/// The operator answered anything but `yes`, or pressed Ctrl-C: nothing was changed.
+pub const CANCELLED: i32 = 8;
+
+pub fn exit_code_for(e: &Error) -> i32 {
+    match e {
+        Error::Locked { .. } => LOCKED,
+        Error::Damaged { .. } => DAMAGED,
+        _ => FAILURE,
+    }
+}

@@ -1,0 +1,275 @@
+//! `system_snapshot`: take a point (default), or list / show / verify / prune.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use super::render::size;
+use super::*;
+use crate::delta::Level;
+use crate::engine::{source_rel, PathChange, System};
+use crate::exclude::DEFAULT_EXCLUDES;
+use crate::snapshot::SnapshotOptions;
+use crate::store::PointKind;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "system_snapshot",
+    version,
+    about = "Record a restore point of this machine's filesystems"
+)]
+struct Cli {
+    /// The system root: `/`, or a tree treated as a whole system (a disk mounted from a rescue CD)
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// The store (default: /root/snapshots under the root)
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// A directory to record, relative to the root (repeatable; default: /)
+    #[arg(long = "source", global = true, value_name = "PATH")]
+    sources: Vec<String>,
+    /// Leave out paths matching GLOB (`/tmp` anchored at the root, `*.pid` anywhere); repeatable
+    #[arg(long = "exclude", global = true, value_name = "GLOB")]
+    excludes: Vec<String>,
+    /// A note stored with the point
+    #[arg(long, global = true, value_name = "TEXT")]
+    label: Option<String>,
+    /// Machine-readable output
+    #[arg(long, global = true)]
+    json: bool,
+    /// zstd level for new frames (1-19; 9 by default)
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: Option<i32>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// List the complete points, oldest first
+    List,
+    /// What a point changed against the point before it
+    Show { id: i64 },
+    /// Check the store: the replica against the index; with --full every older version too
+    Verify {
+        #[arg(long)]
+        full: bool,
+    },
+    /// Remove points. For now: the N oldest (the latest is never removed)
+    Prune {
+        #[arg(long, value_name = "N")]
+        oldest: usize,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub fn main() -> i32 {
+    raise_fd_limit();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { USAGE } else { SUCCESS };
+        }
+    };
+    let root = cli.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let system = System::new(&root, store_path(&root, cli.store.clone()));
+    let result = match &cli.cmd {
+        None => take(&cli, &system),
+        Some(Cmd::List) => list(&cli, &system),
+        Some(Cmd::Show { id }) => show(&cli, &system, *id),
+        Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
+        Some(Cmd::Prune { oldest, dry_run }) => prune(&cli, &system, *oldest, *dry_run),
+    };
+    result.unwrap_or_else(|e| fail(&e))
+}
+
+type CmdResult = Result<i32, crate::error::Error>;
+
+fn take(cli: &Cli, system: &System) -> CmdResult {
+    let sources = if cli.sources.is_empty() {
+        vec![Vec::new()]
+    } else {
+        cli.sources
+            .iter()
+            .map(|s| source_rel(s))
+            .collect::<Result<_, _>>()?
+    };
+    let mut excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
+    excludes.extend(cli.excludes.iter().cloned());
+    // A run from a terminal is someone's decision; one from cron is the schedule's.
+    let kind = if std::io::stdin().is_terminal() {
+        PointKind::Manual
+    } else {
+        PointKind::Scheduled
+    };
+    let opts = SnapshotOptions {
+        sources,
+        excludes,
+        one_file_system: true,
+        kind,
+        label: cli.label.clone(),
+        level: cli.level.map(Level).unwrap_or_default(),
+    };
+    let progress = progress_bar();
+    let r = system.snapshot(&opts, progress.as_ref())?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serializes")
+        );
+    } else {
+        let changed = r.added + r.modified + r.deleted + r.metadata_only;
+        println!(
+            "Restore point {} recorded: {} entries ({}), {} changed ({} added, {} modified, {} deleted, {} metadata only), {} stored",
+            r.point, r.files, size(r.bytes), changed, r.added, r.modified, r.deleted, r.metadata_only, size(r.stored_bytes)
+        );
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    Ok(if r.warnings.is_empty() {
+        SUCCESS
+    } else {
+        WARNINGS
+    })
+}
+
+fn list(cli: &Cli, system: &System) -> CmdResult {
+    let points = system.list()?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&points).expect("points serialize")
+        );
+        return Ok(SUCCESS);
+    }
+    println!(
+        "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {:>10}  LABEL",
+        "ID", "CREATED", "KIND", "ENTRIES", "SIZE", "STORED"
+    );
+    for p in points {
+        println!(
+            "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {:>10}  {}",
+            p.id,
+            p.created_at,
+            p.kind,
+            p.files,
+            size(p.bytes),
+            size(p.stored_bytes),
+            p.label.unwrap_or_default()
+        );
+    }
+    Ok(SUCCESS)
+}
+
+fn show(cli: &Cli, system: &System, id: i64) -> CmdResult {
+    let c = system.show(id)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&c).expect("changes serialize")
+        );
+        return Ok(SUCCESS);
+    }
+    let p = c.point.as_ref().expect("show returns its point");
+    println!(
+        "Restore point {} ({}, {}{})",
+        p.id,
+        p.created_at,
+        p.kind,
+        p.label
+            .as_ref()
+            .map(|l| format!(", {l}"))
+            .unwrap_or_default()
+    );
+    if c.initial {
+        println!(
+            "The oldest point: its {} entries are its whole content.",
+            c.added.len()
+        );
+    }
+    let section = |title: &str, items: &[PathChange]| {
+        if items.is_empty() {
+            return;
+        }
+        println!("{title} ({}):", items.len());
+        for i in items {
+            println!(
+                "  {:<13} {:>10}  stored {:>10}  {}",
+                i.kind,
+                size(i.size),
+                size(i.stored),
+                i.path
+            );
+        }
+    };
+    if !c.initial {
+        section("Added", &c.added);
+    }
+    section("Modified", &c.modified);
+    section("Deleted", &c.deleted);
+    section("Metadata only", &c.metadata_only);
+    Ok(SUCCESS)
+}
+
+fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
+    let r = system.verify(full)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serializes")
+        );
+    } else {
+        for d in &r.damage {
+            let at = d
+                .point
+                .map(|p| format!("point {p}"))
+                .unwrap_or_else(|| "replica".into());
+            println!("DAMAGED {at}: {}: {}", d.path, d.problem);
+        }
+        println!(
+            "Checked {} replica files{}: {}",
+            r.replica_files,
+            if full {
+                format!(" and {} older versions", r.older_versions)
+            } else {
+                String::new()
+            },
+            if r.damage.is_empty() {
+                "all intact".to_string()
+            } else {
+                format!("{} damaged", r.damage.len())
+            }
+        );
+    }
+    Ok(if r.damage.is_empty() {
+        SUCCESS
+    } else {
+        DAMAGED
+    })
+}
+
+fn prune(cli: &Cli, system: &System, n: usize, dry_run: bool) -> CmdResult {
+    let removed = system.remove_oldest(n, dry_run)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&removed).expect("points serialize")
+        );
+    } else {
+        let verb = if dry_run { "Would remove" } else { "Removed" };
+        for p in &removed {
+            println!(
+                "{verb} restore point {} ({}): oldest point, --oldest {n}",
+                p.id, p.created_at
+            );
+        }
+        if removed.len() < n {
+            println!("Kept the latest point: it is never removed.");
+        }
+    }
+    Ok(SUCCESS)
+}

@@ -1,0 +1,43 @@
+//! Removing the oldest point (DESIGN.md "The model"): its successor's rows and pack only
+//! served to step back to it, so they go; nothing else is rewritten. The index commits
+//! first, the pack files are deleted after: a crash leaves at worst an unreferenced pack.
+
+use crate::error::{Error, Result};
+use crate::store::{db_err, Point, Store};
+
+/// Removes the oldest complete point, never the latest. Returns it, or None when only one is left.
+pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
+    let points = store.index.complete_points()?;
+    if points.len() < 2 {
+        return Ok(None);
+    }
+    let (oldest, successor) = (points[0].clone(), points[1].id);
+    let path = store.index.path.clone();
+    let e = |op: &'static str| {
+        let path = path.clone();
+        move |err| db_err(&path, op, err)
+    };
+    let tx = store
+        .index
+        .conn
+        .transaction()
+        .map_err(e("starting the removal"))?;
+    tx.execute(
+        "DELETE FROM changes WHERE point_id IN (?1, ?2)",
+        [oldest.id, successor],
+    )
+    .map_err(e("dropping changes"))?;
+    tx.execute("DELETE FROM points WHERE id=?1", [oldest.id])
+        .map_err(e("dropping the point"))?;
+    tx.commit().map_err(e("committing the removal"))?;
+    crate::failpoint::hit("prune-after-commit");
+    for id in [oldest.id, successor] {
+        let pack = store.pack_path(id);
+        match std::fs::remove_file(&pack) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(Error::io(format!("removing {}", pack.display()), err)),
+        }
+    }
+    Ok(Some(oldest))
+}

@@ -1,0 +1,333 @@
+//! Applying a restore plan (DESIGN.md "Restore"): each file is rebuilt into a temp file in its
+//! own directory, given its metadata and renamed over the old one (a running executable is
+//! replaced, never written in place); deletions go deepest first, never follow a symlink or
+//! enter another filesystem; directory metadata comes last, deepest first; inode flags after
+//! everything. Rerunning the same restore converges: a finished item is no longer in the plan.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use super::plan::{Action, PlanItem, RestorePlan};
+use super::state::{rebuild, Packs};
+use crate::error::{Error, IoContext, Result};
+use crate::failpoint;
+use crate::fsio::{self, DirCache};
+use crate::model::{basename, display_path, parent, Entry, Kind, RelPath};
+use crate::progress::Progress;
+use crate::snapshot::Warning;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreReport {
+    pub point: i64,
+    pub created: u64,
+    pub rewritten: u64,
+    pub deleted: u64,
+    pub metadata: u64,
+    pub bytes_written: u64,
+    pub warnings: Vec<Warning>,
+}
+
+struct Ctx<'a> {
+    store: &'a Store,
+    target: BorrowedFd<'a>,
+    packs: Packs,
+    cache: DirCache,
+    seq: u64,
+    report: RestoreReport,
+}
+
+pub fn apply(
+    store: &Store,
+    plan: &RestorePlan,
+    target: BorrowedFd,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let mut cx = Ctx {
+        store,
+        target,
+        packs: Packs::default(),
+        cache: DirCache::default(),
+        seq: 0,
+        report: RestoreReport::default(),
+    };
+    cx.report.point = plan.point;
+    cx.report.warnings = plan.warnings.clone();
+    progress.phase("restoring", Some(plan.items.len() as u64));
+    let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
+    for it in &plan.items {
+        if let Some(p) = parent(&it.path) {
+            touched_dirs.insert(p.to_vec());
+        }
+        if it.want.as_ref().is_some_and(|w| w.kind == Kind::Dir) {
+            touched_dirs.insert(it.path.clone());
+        }
+        // Parents of everything about to change must accept the change.
+        if let Some(p) = parent(&it.path) {
+            clear_flags_of(&mut cx, p)?;
+        }
+    }
+    for it in plan.items.iter().filter(|it| it.action != Action::Delete) {
+        progress.advance(1);
+        place(&mut cx, it).map_err(|e| with_path(e, &it.path))?;
+        failpoint::hit("restore-after-item");
+    }
+    for it in plan
+        .items
+        .iter()
+        .rev()
+        .filter(|it| it.action == Action::Delete)
+    {
+        progress.advance(1);
+        delete(&mut cx, &it.path)?;
+    }
+    for d in touched_dirs.iter().rev() {
+        if let Some(w) = plan.dirs.get(d) {
+            dir_meta(&mut cx, d, w)?;
+        }
+    }
+    let file_items = plan
+        .items
+        .iter()
+        .filter_map(|it| it.want.as_ref().map(|w| (&it.path, w)));
+    let dir_items = touched_dirs
+        .iter()
+        .filter_map(|d| plan.dirs.get(d).map(|w| (d, w)));
+    for (path, w) in file_items.chain(dir_items) {
+        if matches!(w.kind, Kind::File | Kind::Dir) && w.link.is_none() {
+            flags(&mut cx, path, w)?;
+        }
+    }
+    rustix::fs::syncfs(target).ctx(|| "syncing the restored filesystem".into())?;
+    progress.finish();
+    Ok(cx.report)
+}
+
+fn with_path(e: Error, path: &[u8]) -> Error {
+    match e {
+        Error::Io { op, source } if !op.contains(&display_path(path)) => Error::Io {
+            op: format!("restoring {}: {op}", display_path(path)),
+            source,
+        },
+        other => other,
+    }
+}
+
+fn parent_fd<'a>(cx: &'a mut Ctx, path: &[u8]) -> Result<BorrowedFd<'a>> {
+    let target = cx.target;
+    cx.cache
+        .parent_of(target, path)
+        .ctx(|| format!("opening the directory of {}", display_path(path)))
+}
+
+fn clear_flags_of(cx: &mut Ctx, dir: &[u8]) -> Result<()> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    let parent = parent_fd(cx, dir);
+    let Ok(parent) = parent else { return Ok(()) }; // does not exist yet: nothing to clear
+    match fsio::clear_immutable(parent, basename(dir)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("clearing the immutable flag of {}", display_path(dir))),
+    }
+}
+
+fn place(cx: &mut Ctx, it: &PlanItem) -> Result<()> {
+    let w = it
+        .want
+        .as_ref()
+        .expect("creations and rewrites have a wanted state");
+    if it.path.is_empty() {
+        return Ok(()); // the root directory itself: its metadata is set with the directories
+    }
+    match (it.action, w.kind) {
+        (Action::Metadata, Kind::Dir) => Ok(()), // with the directories, last
+        (Action::Metadata, _) => {
+            cx.report.metadata += 1;
+            fix_meta(cx, &it.path, w)
+        }
+        (_, Kind::Dir) => {
+            cx.report.created += 1;
+            make_dir(cx, &it.path, it.have.as_ref())
+        }
+        (action, _) => {
+            if action == Action::Create {
+                cx.report.created += 1;
+            } else {
+                cx.report.rewritten += 1;
+            }
+            replace_node(cx, &it.path, w, it.have.as_ref())
+        }
+    }
+}
+
+fn make_dir(cx: &mut Ctx, path: &[u8], have: Option<&Entry>) -> Result<()> {
+    let dir = parent_fd(cx, path)?;
+    let name = basename(path);
+    if have.is_some_and(|h| h.kind != Kind::Dir) {
+        fsio::remove_tree(dir, name, None)
+            .ctx(|| format!("removing {} to make a directory", display_path(path)))?;
+    }
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("creating directory {}", display_path(path))),
+    }
+}
+
+/// Builds the node under a temp name beside its destination, then renames it into place.
+fn replace_node(cx: &mut Ctx, path: &[u8], w: &Entry, have: Option<&Entry>) -> Result<()> {
+    cx.seq += 1;
+    let tmp = format!(".restorepoint-{}-{}", std::process::id(), cx.seq).into_bytes();
+    let mut warn = Vec::new();
+    match (&w.link, w.kind) {
+        (Some(leader), Kind::File) => {
+            let target = cx.target;
+            let lp = cx
+                .cache
+                .parent_of(target, leader)
+                .ctx(|| format!("opening the directory of {}", display_path(leader)))?
+                .try_clone_to_owned()
+                .ctx(|| "dup".into())?;
+            let dir = parent_fd(cx, path)?;
+            rustix::fs::linkat(&lp, basename(leader), dir, &tmp[..], AtFlags::empty())
+                .ctx(|| format!("linking {} to {}", display_path(path), display_path(leader)))?;
+        }
+        (None, Kind::File) => {
+            let staging = cx.store.staging();
+            let mut body = rebuild(cx.store, &mut cx.packs, cx.report.point, path, w, staging)?;
+            let dir = parent_fd(cx, path)?;
+            let fd = rustix::fs::openat(
+                dir,
+                &tmp[..],
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .ctx(|| format!("creating a temp file for {}", display_path(path)))?;
+            let file = File::from(fd);
+            let n = fsio::write_content(
+                &file,
+                &mut body.reader().ctx(|| "reading rebuilt content".into())?,
+                w.sparse,
+                w.flags,
+            )
+            .ctx(|| format!("writing {}", display_path(path)))?;
+            cx.report.bytes_written += n;
+            fsio::apply_meta_fd(file.as_fd(), w, &mut warn)
+                .ctx(|| format!("setting metadata of {}", display_path(path)))?;
+        }
+        _ => {
+            let dir = parent_fd(cx, path)?;
+            fsio::create_node(dir, &tmp, w).ctx(|| format!("creating {}", display_path(path)))?;
+            fsio::apply_meta_at(dir, &tmp, w, &mut warn)
+                .ctx(|| format!("setting metadata of {}", display_path(path)))?;
+        }
+    }
+    let dir = parent_fd(cx, path)?;
+    let name = basename(path);
+    if let Some(h) = have {
+        if h.kind == Kind::Dir {
+            fsio::remove_tree(dir, name, None)
+                .ctx(|| format!("removing directory {} to replace it", display_path(path)))?;
+        } else if h.flags & 0x30 != 0 {
+            fsio::clear_immutable(dir, name)
+                .ctx(|| format!("clearing the immutable flag of {}", display_path(path)))?;
+        }
+    }
+    rustix::fs::renameat(dir, &tmp[..], dir, name)
+        .ctx(|| format!("renaming {} into place", display_path(path)))?;
+    push_warnings(cx, path, warn);
+    Ok(())
+}
+
+fn push_warnings(cx: &mut Ctx, path: &[u8], warn: Vec<String>) {
+    for m in warn {
+        cx.report.warnings.push(Warning {
+            path: display_path(path),
+            message: m,
+        });
+    }
+}
+
+fn fix_meta(cx: &mut Ctx, path: &[u8], w: &Entry) -> Result<()> {
+    let mut warn = Vec::new();
+    let dir = parent_fd(cx, path)?;
+    let name = basename(path);
+    let what = || format!("setting metadata of {}", display_path(path));
+    if w.link.is_some() {
+        return Ok(()); // shares its leader's inode, whose metadata is the same
+    }
+    if w.kind == Kind::File {
+        fsio::clear_immutable(dir, name).ctx(what)?;
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(what)?;
+        fsio::apply_meta_fd(fd.as_fd(), w, &mut warn).ctx(what)?;
+    } else {
+        fsio::apply_meta_at(dir, name, w, &mut warn).ctx(what)?;
+    }
+    push_warnings(cx, path, warn);
+    Ok(())
+}
+
+fn delete(cx: &mut Ctx, path: &[u8]) -> Result<()> {
+    let dir = match parent_fd(cx, path) {
+        Ok(d) => d,
+        Err(_) => return Ok(()), // its directory went with an earlier deletion
+    };
+    let dev = rustix::fs::fstat(dir).ok().map(|st| st.st_dev);
+    let res = fsio::remove_tree(dir, basename(path), dev);
+    cx.cache.forget(path);
+    match res {
+        Ok(()) => {
+            cx.report.deleted += 1;
+            Ok(())
+        }
+        Err(e) => Err(e).ctx(|| format!("deleting {}", display_path(path))),
+    }
+}
+
+fn dir_meta(cx: &mut Ctx, path: &[u8], w: &Entry) -> Result<()> {
+    if w.kind != Kind::Dir {
+        return Ok(());
+    }
+    let target = cx.target;
+    let fd = match fsio::open_dir(target, path) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => {
+            return Ok(())
+        }
+        Err(e) => return Err(e).ctx(|| format!("opening directory {}", display_path(path))),
+    };
+    let mut warn = Vec::new();
+    fsio::apply_meta_fd(fd.as_fd(), w, &mut warn)
+        .ctx(|| format!("setting metadata of directory {}", display_path(path)))?;
+    push_warnings(cx, path, warn);
+    Ok(())
+}
+
+fn flags(cx: &mut Ctx, path: &[u8], w: &Entry) -> Result<()> {
+    let mut warn = Vec::new();
+    let (dir, name) = if path.is_empty() {
+        (
+            fsio::open_dir(cx.target, b"").ctx(|| "opening the target root".into())?,
+            &b"."[..],
+        )
+    } else {
+        let d = parent_fd(cx, path)?
+            .try_clone_to_owned()
+            .ctx(|| "dup".into())?;
+        (d, basename(path))
+    };
+    fsio::apply_flags(dir.as_fd(), name, w.flags, &mut warn)
+        .ctx(|| format!("setting inode flags of {}", display_path(path)))?;
+    push_warnings(cx, path, warn);
+    Ok(())
+}

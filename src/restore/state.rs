@@ -1,0 +1,84 @@
+//! The state of every path at a point: the replica's entries, overridden by the first change
+//! after the point for each path that changed since (DESIGN.md "The model").
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::BorrowedFd;
+
+use crate::content::{self, Body};
+use crate::error::{IoContext, Result};
+use crate::model::{display_path, Entry, Kind, RelPath};
+use crate::store::{Change, PointId, Store};
+
+/// All entries of point `id`, in byte order of path.
+pub fn point_state(store: &Store, id: PointId) -> Result<Vec<(RelPath, Entry)>> {
+    store.index.point(id)?;
+    let mut first_change: BTreeMap<RelPath, Change> = BTreeMap::new();
+    store.index.changes_after(id, |c| {
+        first_change.entry(c.path.clone()).or_insert(c);
+        Ok(())
+    })?;
+    let mut out = Vec::new();
+    store.index.for_each_entry(|path, e| {
+        if !first_change.contains_key(&path) {
+            out.push((path, e));
+        }
+        Ok(())
+    })?;
+    out.extend(
+        first_change
+            .into_iter()
+            .filter_map(|(p, c)| c.old.map(|o| (p, o))),
+    );
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Opens packs on demand and keeps them open for the rest of the operation.
+#[derive(Default)]
+pub struct Packs {
+    open: std::collections::HashMap<PointId, File>,
+}
+
+impl Packs {
+    pub fn get(&mut self, store: &Store, id: PointId) -> Result<&File> {
+        if !self.open.contains_key(&id) {
+            let path = store.pack_path(id);
+            let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+            self.open.insert(id, f);
+        }
+        Ok(&self.open[&id])
+    }
+}
+
+/// The content of `path` at point `id`, rebuilt from the replica through the chain of reverse
+/// frames and checked against `want` (the entry of the point).
+pub fn rebuild(
+    store: &Store,
+    packs: &mut Packs,
+    id: PointId,
+    path: &[u8],
+    want: &Entry,
+    tmp: BorrowedFd,
+) -> Result<Body> {
+    debug_assert_eq!(want.kind, Kind::File);
+    let chain = store.index.chain_of(path, id)?;
+    let mut cur = match store.index.entry(path)? {
+        Some(e) if e.kind == Kind::File => {
+            let body = content::replica_body(store.replica(), path)?;
+            content::check(
+                body,
+                e.hash,
+                &format!("replica file {}", display_path(path)),
+            )?
+        }
+        _ => None,
+    };
+    for c in &chain {
+        let pack = packs.get(store, c.point)?;
+        cur = content::step_back(pack, c, cur, tmp)?;
+    }
+    cur.ok_or_else(|| crate::error::Error::Damaged {
+        what: format!("{} has no content at point {id}", display_path(path)),
+    })
+}
