@@ -115,8 +115,7 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 pub fn apply_meta_fd(fd: BorrowedFd, e: &Entry, warn: &mut MetaWarnings) -> io::Result<()> {
     set_owner(warn, e, |uid, gid| rustix::fs::fchown(fd, uid, gid))?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode))?;
-    let current = list_xattrs(&proc_fd_path(fd))?;
-    converge_xattrs(&proc_fd_path(fd), &current, &e.xattrs, warn)?;
+    converge_xattrs(XattrTarget::Fd(fd), &e.xattrs, warn)?;
     rustix::fs::futimens(fd, &times(e))?;
     Ok(())
 }
@@ -134,9 +133,7 @@ pub fn apply_meta_at(
     if e.kind != Kind::Symlink {
         rustix::fs::chmodat(dir, name, Mode::from_raw_mode(e.mode), AtFlags::empty())?;
     }
-    let path = proc_path(dir, name);
-    let current = list_xattrs(&path)?;
-    converge_xattrs(&path, &current, &e.xattrs, warn)?;
+    converge_xattrs(XattrTarget::Path(proc_path(dir, name)), &e.xattrs, warn)?;
     rustix::fs::utimensat(dir, name, &times(e), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
 }
@@ -174,15 +171,39 @@ fn times(e: &Entry) -> Timestamps {
     }
 }
 
-fn proc_fd_path(fd: BorrowedFd) -> Vec<u8> {
-    use std::os::fd::AsRawFd;
-    format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes()
+/// Where xattrs are set: an open file or directory, or (for nodes that must not be opened) a
+/// path through the parent's fd, whose last component the l* calls do not follow.
+enum XattrTarget<'a> {
+    Fd(BorrowedFd<'a>),
+    Path(Vec<u8>),
 }
 
-fn list_xattrs(path: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+impl XattrTarget<'_> {
+    fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrTarget::Fd(fd) => rustix::fs::flistxattr(fd, buf),
+            XattrTarget::Path(p) => rustix::fs::llistxattr(&p[..], buf),
+        }
+    }
+    fn remove(&self, name: &[u8]) -> rustix::io::Result<()> {
+        match self {
+            XattrTarget::Fd(fd) => rustix::fs::fremovexattr(fd, name),
+            XattrTarget::Path(p) => rustix::fs::lremovexattr(&p[..], name),
+        }
+    }
+    fn set(&self, name: &[u8], value: &[u8]) -> rustix::io::Result<()> {
+        let flags = rustix::fs::XattrFlags::empty();
+        match self {
+            XattrTarget::Fd(fd) => rustix::fs::fsetxattr(fd, name, value, flags),
+            XattrTarget::Path(p) => rustix::fs::lsetxattr(&p[..], name, value, flags),
+        }
+    }
+}
+
+fn list_xattrs(t: &XattrTarget) -> io::Result<Vec<Vec<u8>>> {
     let mut buf = vec![0u8; 4096];
     loop {
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
+        match t.list(&mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf
@@ -200,18 +221,13 @@ fn list_xattrs(path: &[u8]) -> io::Result<Vec<Vec<u8>>> {
 
 /// Makes the xattrs at `path` exactly `want`: extra ones removed (an inherited default ACL, a
 /// stale capability), then ACLs, the rest, and the capability last.
-fn converge_xattrs(
-    path: &[u8],
-    current: &[Vec<u8>],
-    want: &Xattrs,
-    warn: &mut MetaWarnings,
-) -> io::Result<()> {
-    for name in current {
+fn converge_xattrs(t: XattrTarget, want: &Xattrs, warn: &mut MetaWarnings) -> io::Result<()> {
+    for name in &list_xattrs(&t)? {
         // The security module labels new files itself; removing its label is not ours to do.
         if name == b"security.selinux" || want.0.iter().any(|(n, _)| n == name) {
             continue;
         }
-        if let Err(e) = rustix::fs::lremovexattr(path, &name[..]) {
+        if let Err(e) = t.remove(name) {
             warn.push(format!(
                 "xattr {} not removed: {e}",
                 String::from_utf8_lossy(name)
@@ -226,8 +242,7 @@ fn converge_xattrs(
     let mut ordered: Vec<&(Vec<u8>, Vec<u8>)> = want.0.iter().collect();
     ordered.sort_by_key(|(n, _)| rank(n));
     for (name, value) in ordered {
-        let flags = rustix::fs::XattrFlags::empty();
-        if let Err(e) = rustix::fs::lsetxattr(path, &name[..], &value[..], flags) {
+        if let Err(e) = t.set(name, value) {
             if e == rustix::io::Errno::PERM || e == rustix::io::Errno::OPNOTSUPP || !is_root_user()
             {
                 warn.push(format!(

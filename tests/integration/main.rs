@@ -1,1 +1,4 @@
+//! The integration tests: one binary, real trees on disk, the real binaries, real SQLite and zstd.
 
+mod fidelity;
+mod util;

@@ -1,0 +1,347 @@
+//! Test helpers: a tree fingerprint that says, per path, everything an administrator would
+//! compare (type, mode, owner, size, ns mtime, content hash, link target, rdev, xattrs,
+//! settable inode flags, hardlink group, sparseness), read with its own fd-based walk so it
+//! reaches paths past 4096 bytes; and runners for the two binaries.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skips the calling test (with the reason printed) unless running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::util::is_root() {
+            eprintln!("skipped: needs root (ownership, device nodes, trusted xattrs, inode flags)");
+            return;
+        }
+    };
+}
+
+const SETTABLE_FLAGS: u32 = 0x1
+    | 0x2
+    | 0x4
+    | 0x8
+    | 0x10
+    | 0x20
+    | 0x40
+    | 0x80
+    | 0x4000
+    | 0x1_0000
+    | 0x2_0000
+    | 0x80_0000
+    | 0x2000_0000;
+
+/// path → description of everything restorable about it.
+pub type Fingerprint = BTreeMap<Vec<u8>, String>;
+
+pub fn fingerprint(root: &Path) -> Fingerprint {
+    fingerprint_except(root, &[])
+}
+
+/// The fingerprint, leaving out the named top-level entries (a store kept inside the tree).
+pub fn fingerprint_except(root: &Path, skip: &[&str]) -> Fingerprint {
+    let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+        .expect("open tree root");
+    let mut out = BTreeMap::new();
+    let mut inodes: HashMap<u64, Vec<u8>> = HashMap::new();
+    describe(fd.as_fd(), b".", b"", &mut out, &mut inodes);
+    visit(fd, b"", skip, &mut out, &mut inodes);
+    out
+}
+
+fn visit(
+    dir: OwnedFd,
+    path: &[u8],
+    skip: &[&str],
+    out: &mut Fingerprint,
+    inodes: &mut HashMap<u64, Vec<u8>>,
+) {
+    let mut names: Vec<Vec<u8>> = rustix::fs::Dir::read_from(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_bytes().to_vec())
+        .filter(|n| n != b"." && n != b"..")
+        .filter(|n| !(path.is_empty() && skip.iter().any(|s| s.as_bytes() == n.as_slice())))
+        .collect();
+    names.sort();
+    for name in names {
+        let child = if path.is_empty() {
+            name.clone()
+        } else {
+            [path, b"/", &name].concat()
+        };
+        let is_dir = describe(dir.as_fd(), &name, &child, out, inodes);
+        if is_dir {
+            let sub = rustix::fs::openat(
+                &dir,
+                &name[..],
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .expect("open dir");
+            visit(sub, &child, skip, out, inodes);
+        }
+    }
+}
+
+fn describe(
+    dir: BorrowedFd,
+    name: &[u8],
+    path: &[u8],
+    out: &mut Fingerprint,
+    inodes: &mut HashMap<u64, Vec<u8>>,
+) -> bool {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).expect("stat");
+    let ft = FileType::from_raw_mode(st.st_mode);
+    let proc = [
+        format!("/proc/self/fd/{}/", dir.as_raw_fd()).as_bytes(),
+        name,
+    ]
+    .concat();
+    let mut d = format!(
+        "{:?} mode={:o} owner={}:{} mtime={}.{:09}",
+        ft,
+        st.st_mode & 0o7777,
+        st.st_uid,
+        st.st_gid,
+        st.st_mtime,
+        st.st_mtime_nsec
+    );
+    if ft == FileType::Symlink {
+        d = format!(
+            "{:?} owner={}:{} mtime={}.{:09}",
+            ft, st.st_uid, st.st_gid, st.st_mtime, st.st_mtime_nsec
+        );
+        let t = rustix::fs::readlinkat(dir, name, Vec::new()).expect("readlink");
+        d.push_str(&format!(" target={:?}", t));
+    }
+    if matches!(ft, FileType::CharacterDevice | FileType::BlockDevice) {
+        d.push_str(&format!(
+            " rdev={}:{}",
+            rustix::fs::major(st.st_rdev),
+            rustix::fs::minor(st.st_rdev)
+        ));
+    }
+    if ft == FileType::RegularFile {
+        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty())
+            .expect("open file");
+        let mut f = File::from(fd);
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        d.push_str(&format!(
+            " size={} blake3={}",
+            st.st_size,
+            &h.finalize().to_hex()[..16]
+        ));
+        if (st.st_blocks as i64) * 512 + 4096 <= st.st_size {
+            d.push_str(" sparse");
+        }
+        if st.st_nlink > 1 {
+            let leader = inodes.entry(st.st_ino).or_insert_with(|| path.to_vec());
+            d.push_str(&format!(
+                " hardlink-group={:?}",
+                String::from_utf8_lossy(leader)
+            ));
+        }
+    }
+    if matches!(ft, FileType::RegularFile | FileType::Directory) {
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .expect("open");
+        let flags = rustix::fs::ioctl_getflags(&fd)
+            .map(|f| f.bits() & SETTABLE_FLAGS)
+            .unwrap_or(0);
+        if flags != 0 {
+            d.push_str(&format!(" flags={flags:#x}"));
+        }
+    }
+    d.push_str(&xattrs(&proc));
+    out.insert(path.to_vec(), d);
+    ft == FileType::Directory
+}
+
+fn xattrs(path: &[u8]) -> String {
+    let mut buf = vec![0u8; 65536];
+    let n = match rustix::fs::llistxattr(path, &mut buf[..]) {
+        Ok(n) => n,
+        Err(_) => return String::new(),
+    };
+    let mut names: Vec<&[u8]> = buf[..n]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .collect();
+    names.sort();
+    let mut s = String::new();
+    for name in names {
+        if name == b"security.selinux" {
+            continue;
+        }
+        let mut v = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(path, name, &mut v[..]).unwrap_or(0);
+        s.push_str(&format!(
+            " xattr[{}]={}",
+            String::from_utf8_lossy(name),
+            hex(&v[..len])
+        ));
+    }
+    s
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Asserts two fingerprints are equal, showing the paths that differ.
+#[track_caller]
+pub fn assert_same(expected: &Fingerprint, actual: &Fingerprint, what: &str) {
+    if expected == actual {
+        return;
+    }
+    let mut diffs = Vec::new();
+    for (p, e) in expected {
+        match actual.get(p) {
+            None => diffs.push(format!("missing {:?}: {e}", String::from_utf8_lossy(p))),
+            Some(a) if a != e => diffs.push(format!(
+                "differs {:?}:\n    want {e}\n    have {a}",
+                String::from_utf8_lossy(p)
+            )),
+            _ => {}
+        }
+    }
+    for (p, a) in actual {
+        if !expected.contains_key(p) {
+            diffs.push(format!("extra {:?}: {a}", String::from_utf8_lossy(p)));
+        }
+    }
+    diffs.truncate(20);
+    panic!("{what}: trees differ:\n  {}", diffs.join("\n  "));
+}
+
+pub struct Bin(pub &'static str);
+
+pub const SNAPSHOT: Bin = Bin("system_snapshot");
+pub const RESTORE: Bin = Bin("system_restore");
+
+impl Bin {
+    pub fn path(&self) -> PathBuf {
+        assert_cmd::cargo::cargo_bin(self.0)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = std::process::Command::new(self.path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run binary");
+        out
+    }
+
+    /// Runs and asserts the exit code, showing the output when it is not the expected one.
+    #[track_caller]
+    pub fn expect(&self, code: i32, args: &[&str]) -> Output {
+        let out = self.run(args);
+        if out.status.code() != Some(code) {
+            panic!(
+                "{} {:?}: exit {:?}, expected {code}\nstdout: {}\nstderr: {}",
+                self.0,
+                args,
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+}
+
+/// A scratch area with a system root `sys/`, a store `store/`, and room for restore targets.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let dir = tempfile::Builder::new()
+            .prefix("rp-test")
+            .tempdir_in(std::env::var("RP_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .expect("tempdir");
+        std::fs::create_dir(dir.path().join("sys")).unwrap();
+        Lab { dir }
+    }
+    pub fn sys(&self) -> PathBuf {
+        self.dir.path().join("sys")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+    pub fn target(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    pub fn s(p: &Path) -> &str {
+        p.to_str().unwrap()
+    }
+
+    /// Takes a point of the whole `sys/` tree; returns its id.
+    pub fn snapshot(&self) -> i64 {
+        let out = SNAPSHOT.expect(
+            0,
+            &[
+                "--root",
+                Self::s(&self.sys()),
+                "--store",
+                Self::s(&self.store()),
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+        v["point"].as_i64().expect("point id")
+    }
+
+    /// Restores point `id` into `target` (created if needed).
+    pub fn restore(&self, id: i64, target: &Path) {
+        RESTORE.expect(
+            0,
+            &[
+                "--store",
+                Self::s(&self.store()),
+                "--point",
+                &id.to_string(),
+                "--target",
+                Self::s(target),
+                "--yes",
+            ],
+        );
+    }
+
+    pub fn run_sh(&self, script: &str) {
+        let st = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(self.sys())
+            .status()
+            .expect("sh");
+        assert!(st.success(), "setup script failed: {script}");
+    }
+}
