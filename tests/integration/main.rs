@@ -1,4 +1,5 @@
 //! The integration tests: one binary, real trees on disk, the real binaries, real SQLite and zstd.
 
+mod crash;
 mod fidelity;
 mod util;

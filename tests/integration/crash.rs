@@ -1,0 +1,187 @@
+//! The crash contract: a snapshot killed (SIGKILL) at a named failpoint or at a random moment
+//! leaves every complete point restorable exactly, and the next run recovers by itself.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// A small deterministic generator, so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn build(lab: &Lab) {
+    lab.run_sh(
+        r#"
+        for d in 0 1 2 3; do mkdir -p "dir$d"; for f in $(seq 1 60); do seq 1 $((f * 40)) > "dir$d/file$f"; done; done
+        head -c 12000000 /dev/urandom > big.bin
+        ln dir0/file1 dir1/hardlink
+        ln -s dir0/file2 link
+        "#,
+    );
+}
+
+/// Changes a spread of files, so a snapshot has work in every phase.
+fn mutate(lab: &Lab, rng: &mut Rng) {
+    let mut script = String::new();
+    for _ in 0..40 {
+        let (d, f) = (rng.below(4), 1 + rng.below(70));
+        let p = format!("dir{d}/file{f}");
+        // A step may not fit what earlier steps made of the path (a file became a directory).
+        script += &match rng.below(6) {
+            0 => format!("rm -f {p} || true\n"),
+            1 => format!("echo {} >> {p} || true\n", rng.next()),
+            2 => format!(
+                "seq {} {} > {p} || true\n",
+                rng.below(100),
+                200 + rng.below(3000)
+            ),
+            3 => format!(
+                "chmod {:o} {p} 2>/dev/null || true\n",
+                0o600 + rng.below(0o177)
+            ),
+            4 => format!("rm -rf {p} && mkdir -p {p} && echo inside > {p}/x\n"),
+            _ => format!("echo new{} > {p}.new || true\n", rng.next()),
+        };
+    }
+    script += &format!(
+        "printf '%s' {} | dd of=big.bin bs=1 seek={} conv=notrunc status=none\n",
+        rng.next(),
+        rng.below(12_000_000)
+    );
+    lab.run_sh(&script);
+}
+
+fn snapshot_cmd(lab: &Lab) -> Command {
+    let mut c = Command::new(SNAPSHOT.path());
+    c.args([
+        "--root",
+        Lab::s(&lab.sys()),
+        "--store",
+        Lab::s(&lab.store()),
+        "--json",
+    ])
+    .stdin(std::process::Stdio::null());
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+fn complete_points(lab: &Lab) -> Vec<i64> {
+    let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// Every complete point restores into one converging target exactly as it was recorded.
+fn check_all(lab: &Lab, expected: &BTreeMap<i64, Fingerprint>, when: &str) {
+    let points = complete_points(lab);
+    for id in &points {
+        let want = expected
+            .get(id)
+            .unwrap_or_else(|| panic!("{when}: point {id} exists but was never completed"));
+        lab.restore(*id, &lab.target("check"));
+        assert_same(
+            want,
+            &fingerprint(&lab.target("check")),
+            &format!("{when}: point {id}"),
+        );
+    }
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&lab.store())]);
+}
+
+/// Records the point a completed run made (its id is the newest).
+fn note_point(lab: &Lab, expected: &mut BTreeMap<i64, Fingerprint>, fp: &Fingerprint) {
+    if let Some(&last) = complete_points(lab).last() {
+        expected.entry(last).or_insert_with(|| fp.clone());
+    }
+}
+
+#[test]
+fn snapshot_killed_at_each_failpoint_recovers_and_every_point_restores() {
+    let lab = Lab::new();
+    build(&lab);
+    let mut expected = BTreeMap::new();
+    let mut rng = Rng(0x5eed);
+    expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    let failpoints = [
+        "snapshot-after-point-row",
+        "snapshot-before-commit",
+        "snapshot-after-commit",
+        "snapshot-before-replica",
+        "snapshot-after-replica",
+        "snapshot-after-complete",
+    ];
+    for fp_name in failpoints {
+        mutate(&lab, &mut rng);
+        let fp = fingerprint(&lab.sys());
+        let st = snapshot_cmd(&lab)
+            .env("RESTOREPOINT_FAILPOINT", fp_name)
+            .status()
+            .unwrap();
+        assert_eq!(
+            st.code(),
+            None,
+            "{fp_name}: the process should have been killed"
+        );
+        if fp_name == "snapshot-after-replica" {
+            // Crash the rollback of that point too, half-way.
+            let st = snapshot_cmd(&lab)
+                .env("RESTOREPOINT_FAILPOINT", "rollback-before-replica")
+                .status()
+                .unwrap();
+            assert_eq!(
+                st.code(),
+                None,
+                "rollback-before-replica: the process should have been killed"
+            );
+        }
+        if fp_name == "snapshot-after-complete" {
+            note_point(&lab, &mut expected, &fp);
+        }
+        check_all(&lab, &expected, &format!("after a crash at {fp_name}"));
+        let id = lab.snapshot();
+        expected.entry(id).or_insert(fp);
+        check_all(&lab, &expected, &format!("after recovering from {fp_name}"));
+    }
+}
+
+#[test]
+fn snapshot_killed_at_random_moments_recovers_and_every_point_restores() {
+    let lab = Lab::new();
+    build(&lab);
+    let mut expected = BTreeMap::new();
+    let mut rng = Rng(0xc0ffee);
+    expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    for round in 0..12 {
+        mutate(&lab, &mut rng);
+        let fp = fingerprint(&lab.sys());
+        let mut child = snapshot_cmd(&lab).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        if status.code() == Some(0) {
+            note_point(&lab, &mut expected, &fp);
+        }
+        check_all(&lab, &expected, &format!("round {round}, killed"));
+        let id = lab.snapshot();
+        expected.entry(id).or_insert(fp);
+    }
+    check_all(&lab, &expected, "at the end");
+}
