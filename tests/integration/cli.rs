@@ -1,0 +1,208 @@
+//! The command-line contract: exit codes, refusals that change nothing, messages that name the
+//! point or path and say what to do.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+
+use crate::util::*;
+
+fn lab_with_points(n: usize) -> Lab {
+    let lab = Lab::new();
+    for i in 0..n {
+        lab.run_sh(&format!(
+            "mkdir -p etc && echo 'version {i}' > etc/app.conf && echo {i} > etc/n{i}"
+        ));
+        lab.snapshot();
+    }
+    lab
+}
+
+#[test]
+fn a_second_writer_is_refused_with_the_holders_pid() {
+    let lab = lab_with_points(1);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(lab.store().join("lock"))
+        .unwrap();
+    rustix::fs::flock(
+        lock.as_fd(),
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .unwrap();
+    (&lock).set_len(0).unwrap();
+    writeln!(&lock, "424242").unwrap();
+    let out = SNAPSHOT.expect(
+        4,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("424242") && err.contains("in use"), "{err}");
+}
+
+#[test]
+fn restore_without_terminal_or_yes_refuses_and_writes_nothing() {
+    let lab = lab_with_points(1);
+    let t = lab.target("t");
+    let out = RESTORE.expect(
+        6,
+        &[
+            "--store",
+            Lab::s(&lab.store()),
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&t),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(!t.exists(), "a refused restore created its target");
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let lab = lab_with_points(2);
+    let t = lab.target("t");
+    lab.restore(2, &t);
+    let before = fingerprint(&t);
+    let out = RESTORE.expect(
+        0,
+        &[
+            "--store",
+            Lab::s(&lab.store()),
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&t),
+            "--dry-run",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rewrite  /etc/app.conf") && text.contains("delete   /etc/n1"),
+        "{text}"
+    );
+    assert_same(&before, &fingerprint(&t), "after --dry-run");
+}
+
+#[test]
+fn unknown_point_is_an_error_naming_it() {
+    let lab = lab_with_points(1);
+    let out = RESTORE.expect(
+        1,
+        &[
+            "--store",
+            Lab::s(&lab.store()),
+            "--point",
+            "99",
+            "--target",
+            Lab::s(&lab.target("t")),
+            "--yes",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no restore point 99") && err.contains("system_snapshot list"),
+        "{err}"
+    );
+    let out = SNAPSHOT.expect(1, &["show", "7", "--store", Lab::s(&lab.store())]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no restore point 7"));
+}
+
+#[test]
+fn missing_store_says_so() {
+    let lab = Lab::new();
+    let out = SNAPSHOT.expect(1, &["list", "--store", Lab::s(&lab.store())]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a restorepoint store"));
+}
+
+#[test]
+fn verify_reports_damage_by_path_and_point_with_its_own_exit_code() {
+    let lab = lab_with_points(3);
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&lab.store())]);
+    std::fs::write(lab.store().join("replica/etc/app.conf"), "tampered\n").unwrap();
+    let out = SNAPSHOT.expect(5, &["verify", "--store", Lab::s(&lab.store())]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/etc/app.conf") && text.contains("point 3"),
+        "{text}"
+    );
+    // A restore that needs the damaged file stops before writing it, with the same exit code.
+    let out = RESTORE.expect(
+        5,
+        &[
+            "--store",
+            Lab::s(&lab.store()),
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&lab.target("t")),
+            "--yes",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/app.conf"));
+}
+
+#[test]
+fn list_json_has_the_contract_fields_oldest_first() {
+    let lab = lab_with_points(3);
+    let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<i64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    for p in v.as_array().unwrap() {
+        for key in ["id", "created_at", "kind", "label", "files", "bytes"] {
+            assert!(p.get(key).is_some(), "missing {key} in {p}");
+        }
+        assert!(chrono::DateTime::parse_from_rfc3339(p["created_at"].as_str().unwrap()).is_ok());
+        assert_eq!(p["kind"], "scheduled");
+    }
+}
+
+#[test]
+fn prune_oldest_never_removes_the_latest_and_the_rest_restore() {
+    let lab = Lab::new();
+    let mut fps = Vec::new();
+    for i in 0..3 {
+        lab.run_sh(&format!("echo 'version {i}' > app.conf && echo {i} >> log"));
+        fps.push((lab.snapshot(), fingerprint(&lab.sys())));
+    }
+    SNAPSHOT.expect(
+        0,
+        &["prune", "--oldest", "5", "--store", Lab::s(&lab.store())],
+    );
+    let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "only the latest point stays"
+    );
+    lab.restore(3, &lab.target("t"));
+    assert_same(
+        &fps[2].1,
+        &fingerprint(&lab.target("t")),
+        "latest point after pruning",
+    );
+    assert!(
+        !lab.store().join("packs/2.pack").exists() && !lab.store().join("packs/3.pack").exists()
+    );
+}
+
+#[test]
+fn options_may_stand_before_or_after_the_subcommand() {
+    let lab = lab_with_points(1);
+    let a = SNAPSHOT.expect(0, &["--store", Lab::s(&lab.store()), "list", "--json"]);
+    let b = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
+    assert_eq!(a.stdout, b.stdout);
+}
