@@ -75,7 +75,7 @@ struct Pending {
 enum Captured {
     Gone,
     Skip(String),
-    Node(Entry, NewContent),
+    Node(Box<Entry>, NewContent),
 }
 
 enum NewContent {
@@ -261,8 +261,12 @@ fn count(report: &mut SnapshotReport, e: &Entry) {
     }
 }
 
+/// One path's rows: the change (not written for the first point or a mere refresh), the entry
+/// to record, or the path whose entry goes.
+type Row = (Change, Option<(RelPath, Entry)>, RelPath);
+
 struct Batch {
-    rows: Vec<(Change, Option<(RelPath, Entry)>, RelPath)>,
+    rows: Vec<Row>,
     bytes: u64,
 }
 
@@ -312,7 +316,7 @@ fn record(
                 }
                 (None, NewContent::None)
             }
-            Captured::Node(e, c) => (Some(e), c),
+            Captured::Node(e, c) => (Some(*e), c),
         };
         if let Some(n) = &new {
             count(report, n);
@@ -492,11 +496,11 @@ fn capture(
         });
     }
     if e.kind != Kind::File {
-        return Ok(Captured::Node(e, NewContent::None));
+        return Ok(Captured::Node(Box::new(e), NewContent::None));
     }
     for _ in 0..READ_TRIES {
         match read_file(store, dirfd, name, &mut e, p.old.as_ref(), seq) {
-            Ok(Some(content)) => return Ok(Captured::Node(e, content)),
+            Ok(Some(content)) => return Ok(Captured::Node(Box::new(e), content)),
             Ok(None) => continue, // changed while being read
             Err(err) if is_gone(&err) => return Ok(Captured::Gone),
             Err(err) => return Ok(Captured::Skip(format!("cannot read: {err}"))),

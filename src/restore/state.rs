@@ -42,12 +42,14 @@ pub struct Packs {
 
 impl Packs {
     pub fn get(&mut self, store: &Store, id: PointId) -> Result<&File> {
-        if !self.open.contains_key(&id) {
-            let path = store.pack_path(id);
-            let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-            self.open.insert(id, f);
+        match self.open.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let path = store.pack_path(id);
+                let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+                Ok(v.insert(f))
+            }
         }
-        Ok(&self.open[&id])
     }
 }
 

@@ -30,7 +30,7 @@ fn a_second_writer_is_refused_with_the_holders_pid() {
         rustix::fs::FlockOperation::NonBlockingLockExclusive,
     )
     .unwrap();
-    (&lock).set_len(0).unwrap();
+    lock.set_len(0).unwrap();
     writeln!(&lock, "424242").unwrap();
     let out = SNAPSHOT.expect(
         4,
