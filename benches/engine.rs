@@ -18,14 +18,23 @@ fn make_tree(root: &Path) {
         let dir = root.join(format!("dir{d}"));
         std::fs::create_dir_all(&dir).unwrap();
         for f in 0..100 {
-            let body: String = (0..(f * 13 + d)).map(|i| format!("line {i} of file {f}\n")).collect();
+            let body: String = (0..(f * 13 + d))
+                .map(|i| format!("line {i} of file {f}\n"))
+                .collect();
             std::fs::write(dir.join(format!("file{f}.conf")), body).unwrap();
         }
     }
 }
 
 fn opts() -> SnapshotOptions {
-    SnapshotOptions { sources: vec![Vec::new()], excludes: vec![], one_file_system: true, kind: PointKind::Manual, label: None, level: Level::default() }
+    SnapshotOptions {
+        sources: vec![Vec::new()],
+        excludes: vec![],
+        one_file_system: true,
+        kind: PointKind::Manual,
+        label: None,
+        level: Level::default(),
+    }
 }
 
 fn benches(c: &mut Criterion) {
@@ -39,7 +48,17 @@ fn benches(c: &mut Criterion) {
             let fd = fsio::open_root(&root).unwrap();
             let (mut out, mut warns) = (Vec::new(), Vec::new());
             let ex = |_: &[u8], _| false;
-            fsio::walk(fd.as_fd(), b"", &WalkOptions { one_file_system: true, exclude: &ex }, &mut out, &mut warns).unwrap();
+            fsio::walk(
+                fd.as_fd(),
+                b"",
+                &WalkOptions {
+                    one_file_system: true,
+                    exclude: &ex,
+                },
+                &mut out,
+                &mut warns,
+            )
+            .unwrap();
             out.len()
         })
     });
@@ -47,20 +66,34 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let dst = lab.path().join("copy");
             let _ = std::fs::remove_dir_all(&dst);
-            assert!(std::process::Command::new("cp").arg("-a").arg(&root).arg(&dst).status().unwrap().success());
+            assert!(std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&root)
+                .arg(&dst)
+                .status()
+                .unwrap()
+                .success());
         })
     });
     g.bench_function("first snapshot", |b| {
         b.iter(|| {
             let store = lab.path().join("store-first");
             let _ = std::fs::remove_dir_all(&store);
-            System::new(&root, &store).snapshot(&opts(), &Silent).unwrap()
+            System::new(&root, &store)
+                .snapshot(&opts(), &Silent)
+                .unwrap()
         })
     });
     let store = lab.path().join("store-incr");
-    System::new(&root, &store).snapshot(&opts(), &Silent).unwrap();
+    System::new(&root, &store)
+        .snapshot(&opts(), &Silent)
+        .unwrap();
     g.bench_function("incremental snapshot, nothing changed", |b| {
-        b.iter(|| System::new(&root, &store).snapshot(&opts(), &Silent).unwrap())
+        b.iter(|| {
+            System::new(&root, &store)
+                .snapshot(&opts(), &Silent)
+                .unwrap()
+        })
     });
     g.finish();
 }
