@@ -2,8 +2,8 @@
 //! served to step back to it, so they go; nothing else is rewritten. The index commits
 //! first, the pack files are deleted after: a crash leaves at worst an unreferenced pack.
 
-use crate::error::{Error, Result};
-use crate::store::{db_err, Point, Store};
+use crate::error::Result;
+use crate::store::{db_op, Point, Store};
 
 /// Removes the oldest complete point, never the latest. Returns it, or None when only one is left.
 pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
@@ -13,10 +13,7 @@ pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
     }
     let (oldest, successor) = (points[0].clone(), points[1].id);
     let path = store.index.path.clone();
-    let e = |op: &'static str| {
-        let path = path.clone();
-        move |err| db_err(&path, op, err)
-    };
+    let e = |op: &'static str| db_op(&path, op);
     let tx = store
         .index
         .conn
@@ -32,12 +29,7 @@ pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
     tx.commit().map_err(e("committing the removal"))?;
     crate::failpoint::hit("prune-after-commit");
     for id in [oldest.id, successor] {
-        let pack = store.pack_path(id);
-        match std::fs::remove_file(&pack) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(Error::io(format!("removing {}", pack.display()), err)),
-        }
+        store.remove_pack(id)?;
     }
     Ok(Some(oldest))
 }

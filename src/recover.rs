@@ -12,7 +12,7 @@ use crate::failpoint;
 use crate::fsio;
 use crate::model::{display_path, Kind};
 use crate::store::replica::{self, Fill, Shape};
-use crate::store::{db_err, delete_entry, upsert_entry, Change, ContentKind, PointId, Store};
+use crate::store::{db_op, delete_entry, upsert_entry, Change, ContentKind, PointId, Store};
 
 /// Rolls back every running point; returns their ids.
 pub fn roll_back_running(store: &mut Store) -> Result<Vec<PointId>> {
@@ -129,10 +129,7 @@ fn drop_point(
     wipe_entries: bool,
 ) -> Result<()> {
     let path = store.index.path.clone();
-    let e = |op: &'static str| {
-        let path = path.clone();
-        move |err| db_err(&path, op, err)
-    };
+    let e = |op: &'static str| db_op(&path, op);
     let tx = store
         .index
         .conn
@@ -153,10 +150,5 @@ fn drop_point(
     tx.execute("DELETE FROM points WHERE id=?1", [id])
         .map_err(e("dropping the point"))?;
     tx.commit().map_err(e("committing the rollback"))?;
-    let pack = store.pack_path(id);
-    match std::fs::remove_file(&pack) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(Error::io(format!("removing {}", pack.display()), err)),
-    }
+    store.remove_pack(id)
 }

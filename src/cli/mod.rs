@@ -11,13 +11,30 @@ pub use restore_cmd::main as restore_main;
 pub use snapshot_cmd::main as snapshot_main;
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::Error;
 
-/// The store given, else `/root/snapshots` under the system root.
-fn store_path(root: &Path, store: Option<PathBuf>) -> PathBuf {
-    store.unwrap_or_else(|| root.join("root/snapshots"))
+/// Where the system and its store are: shared by both commands.
+#[derive(clap::Args, Debug)]
+struct Place {
+    /// The system root: `/`, or a tree treated as a whole system (a disk mounted from a rescue CD)
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// The store (default: /root/snapshots under the root)
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+}
+
+impl Place {
+    fn system(&self) -> crate::engine::System {
+        let root = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let store = self
+            .store
+            .clone()
+            .unwrap_or_else(|| root.join("root/snapshots"));
+        crate::engine::System::new(root, store)
+    }
 }
 
 /// Deep trees hold one fd per level during a walk: allow as many as the hard limit does.

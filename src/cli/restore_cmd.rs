@@ -7,7 +7,6 @@ use clap::Parser;
 
 use super::render::size;
 use super::*;
-use crate::engine::System;
 use crate::exclude::DEFAULT_EXCLUDES;
 use crate::model::display_path;
 use crate::restore::{Action, RestorePlan};
@@ -19,12 +18,8 @@ use crate::restore::{Action, RestorePlan};
     about = "Roll this machine, or a copy of it, back (or forward) to a restore point"
 )]
 struct Cli {
-    /// The system root whose store and config are used: `/`, or a disk mounted from a rescue CD
-    #[arg(long, value_name = "DIR")]
-    root: Option<PathBuf>,
-    /// The store (default: /root/snapshots under the root)
-    #[arg(long, value_name = "DIR")]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    place: Place,
     /// The point to restore (its id, as `system_snapshot list` shows)
     #[arg(long, value_name = "ID")]
     point: Option<i64>,
@@ -55,8 +50,7 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
-    let root = cli.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-    let system = System::new(&root, store_path(&root, cli.store.clone()));
+    let system = cli.place.system();
     let Some(target) = cli.target.clone() else {
         eprintln!("error: restoring the running system in place is not available in this version; materialize the point with --target DIR");
         return Ok(USAGE);

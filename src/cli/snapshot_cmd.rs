@@ -1,7 +1,6 @@
 //! `system_snapshot`: take a point (default), or list / show / verify / prune.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -20,12 +19,8 @@ use crate::store::PointKind;
     about = "Record a restore point of this machine's filesystems"
 )]
 struct Cli {
-    /// The system root: `/`, or a tree treated as a whole system (a disk mounted from a rescue CD)
-    #[arg(long, global = true, value_name = "DIR")]
-    root: Option<PathBuf>,
-    /// The store (default: /root/snapshots under the root)
-    #[arg(long, global = true, value_name = "DIR")]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    place: Place,
     /// A directory to record, relative to the root (repeatable; default: /)
     #[arg(long = "source", global = true, value_name = "PATH")]
     sources: Vec<String>,
@@ -74,8 +69,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { USAGE } else { SUCCESS };
         }
     };
-    let root = cli.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-    let system = System::new(&root, store_path(&root, cli.store.clone()));
+    let system = cli.place.system();
     let result = match &cli.cmd {
         None => take(&cli, &system),
         Some(Cmd::List) => list(&cli, &system),

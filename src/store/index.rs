@@ -397,6 +397,13 @@ fn change_from_row(r: &Row) -> rusqlite::Result<Change> {
     })
 }
 
+/// Maps a rusqlite error of operation `op` on the index at `path`; usable while the
+/// connection is mutably borrowed by a transaction.
+pub fn db_op(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    let path = path.to_path_buf();
+    move |e| db(&path, op, e)
+}
+
 pub fn db(path: &Path, op: &str, source: rusqlite::Error) -> Error {
     Error::Db {
         path: path.to_path_buf(),

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub use index::db as db_err;
+pub use index::{db as db_err, db_op};
 pub use index::{
     delete_entry, insert_change, upsert_entry, Change, ContentKind, Index, Point, PointId,
     PointKind,
@@ -80,6 +80,17 @@ impl Store {
 
     pub fn pack_path(&self, id: PointId) -> PathBuf {
         self.dir.join("packs").join(format!("{id}.pack"))
+    }
+
+    /// Deletes a point's pack file; one that is already gone is fine (a crash after the
+    /// index commit leaves it for the next removal).
+    pub fn remove_pack(&self, id: PointId) -> Result<()> {
+        let pack = self.pack_path(id);
+        match fs::remove_file(&pack) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(Error::io(format!("removing {}", pack.display()), err)),
+        }
     }
 
     /// Makes everything written to the store's filesystem so far durable.
