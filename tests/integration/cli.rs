@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::os::fd::AsFd;
 
+use crate::require_root;
 use crate::util::*;
 
 fn lab_with_points(n: usize) -> Lab {
@@ -205,4 +206,53 @@ fn options_may_stand_before_or_after_the_subcommand() {
     let a = SNAPSHOT.expect(0, &["--store", Lab::s(&lab.store()), "list", "--json"]);
     let b = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
     assert_eq!(a.stdout, b.stdout);
+}
+
+#[test]
+fn unreadable_files_are_warnings_and_the_point_still_completes() {
+    require_root!();
+    let lab = Lab::new();
+    lab.run_sh(
+        "mkdir etc && echo public > etc/motd && echo secret > etc/shadow && chmod 000 etc/shadow",
+    );
+    // The snapshot runs as nobody, who can read everything but etc/shadow.
+    std::fs::set_permissions(
+        lab.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        lab.sys(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(SNAPSHOT.path())
+        .args([
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("/etc/shadow") && err.contains("cannot read"),
+        "{err}"
+    );
+    let out = SNAPSHOT.expect(0, &["show", "1", "--json", "--store", Lab::s(&lab.store())]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paths: Vec<&str> = v["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"/etc/motd") && !paths.contains(&"/etc/shadow"),
+        "{paths:?}"
+    );
 }

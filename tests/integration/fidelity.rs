@@ -160,6 +160,7 @@ fn restore_preserves_owners_devices_and_fifos() {
         mknod dev2/null c 1 3
         mknod dev2/loop7 b 7 7
         mkfifo dev2/fifo
+        perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Type => SOCK_STREAM(), Local => "dev2/socket", Listen => 1) or die'
         echo mine > home/file && chown 1234:5678 home/file
         chown -h 42:43 dev2/fifo
         mkdir home/user && chown 1000:1000 home/user
