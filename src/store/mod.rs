@@ -48,6 +48,7 @@ impl Store {
         let lock = take_lock(dir)?;
         let mut store = Store::open_inner(dir, Some(lock))?;
         crate::recover::roll_back_running(&mut store)?;
+        store.remove_orphan_packs()?;
         Ok(store)
     }
 
@@ -91,6 +92,27 @@ impl Store {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(Error::io(format!("removing {}", pack.display()), err)),
         }
+    }
+
+    /// Packs no point refers to: left when a removal crashed between its commit and the file
+    /// deletion. Called under the lock, after rollback, so no running point owns one.
+    fn remove_orphan_packs(&self) -> Result<()> {
+        let known: std::collections::HashSet<PointId> =
+            self.index.points()?.iter().map(|p| p.id).collect();
+        let dir = self.dir.join("packs");
+        for ent in fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
+            let name = ent
+                .ctx(|| format!("listing {}", dir.display()))?
+                .file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pack"))
+                .and_then(|n| n.parse::<PointId>().ok());
+            if let Some(id) = id.filter(|id| !known.contains(id)) {
+                self.remove_pack(id)?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes everything written to the store's filesystem so far durable.

@@ -256,3 +256,21 @@ fn unreadable_files_are_warnings_and_the_point_still_completes() {
         "{paths:?}"
     );
 }
+
+#[test]
+fn packs_no_point_refers_to_are_removed_by_the_next_writer() {
+    let lab = lab_with_points(2);
+    std::fs::write(
+        lab.store().join("packs/77.pack"),
+        b"left by a crashed prune",
+    )
+    .unwrap();
+    std::fs::write(lab.store().join("packs/notes.txt"), b"not ours").unwrap();
+    lab.snapshot();
+    assert!(!lab.store().join("packs/77.pack").exists());
+    assert!(
+        lab.store().join("packs/notes.txt").exists(),
+        "only pack files are removed"
+    );
+    assert!(lab.store().join("packs/2.pack").exists());
+}
