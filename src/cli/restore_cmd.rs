@@ -63,8 +63,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         eprintln!("error: no terminal to confirm on; add --yes to restore point {id} into {} without asking", target.display());
         return Ok(NEEDS_CONFIRMATION);
     }
-    if let Some(inside) = crate::engine::within(&system.store, &target) {
-        let _ = inside;
+    if crate::engine::within(&system.store, &target).is_some() {
         eprintln!(
             "error: the target {} lies inside the store {}; choose a directory outside it",
             target.display(),
