@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::ExcludeSet;
+use crate::exclude::DEFAULT_EXCLUDES;
 use crate::fsio;
-use crate::model::{display_path, RelPath};
+use crate::model::{display_path, is_within, RelPath};
 use crate::progress::Progress;
+use crate::restore::Action;
 use crate::restore::{self, RestorePlan, RestoreReport};
 use crate::snapshot::{self, SnapshotOptions, SnapshotReport};
 use crate::store::{ContentKind, Point, PointId, Store};
@@ -19,6 +21,30 @@ use crate::verify::VerifyReport;
 pub struct System {
     pub root: PathBuf,
     pub store: PathBuf,
+}
+
+/// What to restore, and where.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub point: PointId,
+    /// None: the system itself, in place; else a directory that becomes the point's root.
+    pub target: Option<PathBuf>,
+    /// Only these paths and what lies below them (empty: the point's sources).
+    pub paths: Vec<RelPath>,
+    /// Take a pre-restore point of the current state before an in-place restore.
+    pub safety_point: bool,
+    /// Patterns a restore never writes or deletes, besides the point's own exclusions.
+    pub protect: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreOutcome {
+    /// The pre-restore point: restoring it rolls forward again.
+    pub safety_point: Option<PointId>,
+    /// The interrupted restore this run finished, if any.
+    #[serde(skip)]
+    pub resumed: Option<crate::store::RestoreJournal>,
+    pub report: RestoreReport,
 }
 
 /// What one point changed against the point before it.
@@ -129,47 +155,153 @@ impl System {
         Store::open_for_writing(&self.store, false)
     }
 
-    /// The plan that makes the tree at `target` (a system root) equal to point `id`.
-    pub fn plan_restore(
-        &self,
-        store: &Store,
-        id: PointId,
-        target: &Path,
-        excludes: &[String],
-    ) -> Result<RestorePlan> {
-        let point = store.index.point(id)?;
-        let target_fd = fsio::open_root(target)
+    /// The plan that makes the target (the system root, or `req.target`) equal to the point,
+    /// within its sources or the requested paths, leaving out what the point left out.
+    pub fn plan_restore(&self, store: &Store, req: &RestoreRequest) -> Result<RestorePlan> {
+        let point = store.index.point(req.point)?;
+        let target = req.target.clone().unwrap_or_else(|| self.root.clone());
+        let target_fd = fsio::open_root(&target)
             .ctx(|| format!("opening the restore target {}", target.display()))?;
         let mut always = Vec::new();
-        if let Some(rel) = within(target, &self.store) {
+        if let Some(rel) = within(&target, &self.store) {
             always.push(rel);
         }
-        let excludes = ExcludeSet::new(excludes, always)?;
-        let scopes: Vec<RelPath> = point
+        let mut patterns = point
+            .excludes
+            .clone()
+            .unwrap_or_else(|| DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect());
+        patterns.extend(req.protect.iter().cloned());
+        let excludes = ExcludeSet::new(&patterns, always)?;
+        let sources: Vec<RelPath> = point
             .sources
             .iter()
             .map(|s| s.trim_start_matches('/').as_bytes().to_vec())
             .collect();
-        let want = restore::point_state(store, id)?;
-        restore::build_plan(
-            id,
+        for p in &req.paths {
+            if !sources.iter().any(|s| is_within(p, s)) {
+                return Err(Error::Invalid(format!(
+                    "{} is not in point {}: its sources are {}",
+                    display_path(p),
+                    req.point,
+                    point.sources.join(", ")
+                )));
+            }
+        }
+        let scopes = if req.paths.is_empty() {
+            sources
+        } else {
+            req.paths.clone()
+        };
+        let mut want = restore::point_state(store, req.point)?;
+        if !req.paths.is_empty() {
+            want.retain(|(p, _)| scopes.iter().any(|s| is_within(p, s) || is_within(s, p)));
+        }
+        let mut plan = restore::build_plan(
+            req.point,
             want,
             std::os::fd::AsFd::as_fd(&target_fd),
             &scopes,
             &excludes,
-        )
+        )?;
+        if !req.paths.is_empty() {
+            // Directories above the requested paths are only created when missing; otherwise
+            // they keep their own metadata.
+            let above = |p: &[u8]| !scopes.iter().any(|s| is_within(p, s));
+            plan.items
+                .retain(|it| !above(&it.path) || it.action == Action::Create);
+            let created: Vec<RelPath> = plan
+                .items
+                .iter()
+                .filter(|it| it.action == Action::Create)
+                .map(|it| it.path.clone())
+                .collect();
+            plan.dirs.retain(|p, _| !above(p) || created.contains(p));
+        }
+        Ok(plan)
     }
 
-    pub fn apply_restore(
+    /// Applies the plan. In place, a pre-restore point of the current state is taken first (when
+    /// asked), and the restore is journaled: running it again after an interruption finishes it
+    /// without taking another pre-restore point of the half-restored tree.
+    pub fn restore(
         &self,
-        store: &Store,
+        store: &mut Store,
+        req: &RestoreRequest,
         plan: &RestorePlan,
-        target: &Path,
         progress: &dyn Progress,
-    ) -> Result<RestoreReport> {
-        let target_fd = fsio::open_root(target)
+    ) -> Result<RestoreOutcome> {
+        let target = req.target.clone().unwrap_or_else(|| self.root.clone());
+        let target_fd = fsio::open_root(&target)
             .ctx(|| format!("opening the restore target {}", target.display()))?;
-        restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)
+        if req.target.is_some() {
+            let report =
+                restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)?;
+            return Ok(RestoreOutcome {
+                safety_point: None,
+                resumed: None,
+                report,
+            });
+        }
+        let key = target
+            .canonicalize()
+            .unwrap_or(target.clone())
+            .display()
+            .to_string();
+        let resumed = store
+            .index
+            .unfinished_restore(&key)?
+            .filter(|j| j.point == req.point);
+        let safety_point = match &resumed {
+            Some(j) => j.safety_point,
+            None if req.safety_point => Some(self.safety_point(store, req, progress)?),
+            None => None,
+        };
+        if resumed.is_none() {
+            let paths: Vec<String> = req.paths.iter().map(|p| display_path(p)).collect();
+            store
+                .index
+                .begin_restore(req.point, &key, &paths, safety_point)?;
+        }
+        crate::failpoint::hit("restore-before-apply");
+        let report = restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)?;
+        store.index.finish_restores(&key)?;
+        Ok(RestoreOutcome {
+            safety_point,
+            resumed,
+            report,
+        })
+    }
+
+    /// A point of everything the restore may change: the point's sources, with its exclusions.
+    fn safety_point(
+        &self,
+        store: &mut Store,
+        req: &RestoreRequest,
+        progress: &dyn Progress,
+    ) -> Result<PointId> {
+        let point = store.index.point(req.point)?;
+        let opts = SnapshotOptions {
+            sources: point
+                .sources
+                .iter()
+                .map(|s| source_rel(s))
+                .collect::<Result<_>>()?,
+            excludes: point
+                .excludes
+                .clone()
+                .unwrap_or_else(|| DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect()),
+            one_file_system: true,
+            kind: crate::store::PointKind::PreRestore,
+            label: Some(format!("before restoring point {}", req.point)),
+            level: Default::default(),
+        };
+        match snapshot::run(store, &self.root, &opts, progress) {
+            Ok(r) => Ok(r.point),
+            Err(e) => {
+                let _ = crate::recover::roll_back_running(store);
+                Err(e)
+            }
+        }
     }
 
     pub fn verify(&self, full: bool) -> Result<VerifyReport> {

@@ -107,9 +107,13 @@ pub fn run(
     let pending = compare(store, walked, &mut report)?;
     let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
     let sources: Vec<String> = opts.sources.iter().map(|s| display_path(s)).collect();
-    let id = store
-        .index
-        .insert_point(&created, opts.kind, opts.label.as_deref(), &sources)?;
+    let id = store.index.insert_point(
+        &created,
+        opts.kind,
+        opts.label.as_deref(),
+        &sources,
+        &opts.excludes,
+    )?;
     report.point = id;
     failpoint::hit("snapshot-after-point-row");
     progress.phase("recording changes", Some(pending.len() as u64));

@@ -1,15 +1,17 @@
-//! `system_restore`: plan, show, confirm, apply.
+//! `system_restore`: choose a point, plan, show, confirm with the typed word `yes`, apply.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use chrono::{DateTime, Local};
 use clap::Parser;
 
 use super::render::size;
 use super::*;
-use crate::exclude::DEFAULT_EXCLUDES;
+use crate::engine::{source_rel, RestoreRequest};
 use crate::model::display_path;
 use crate::restore::{Action, RestorePlan};
+use crate::store::{Point, Store};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,18 +22,24 @@ use crate::restore::{Action, RestorePlan};
 struct Cli {
     #[command(flatten)]
     place: Place,
-    /// The point to restore (its id, as `system_snapshot list` shows)
+    /// The point to restore (its id, as `system_snapshot list` shows); asked for when omitted
     #[arg(long, value_name = "ID")]
     point: Option<i64>,
     /// Materialize the point with DIR as its root instead of rolling the system back
     #[arg(long, value_name = "DIR")]
     target: Option<PathBuf>,
+    /// Restore only this path and what lies below it (repeatable): one config file, one directory
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<String>,
     /// Show the plan and change nothing
     #[arg(long)]
     dry_run: bool,
     /// Do not ask: this replaces typing `yes`
     #[arg(long)]
     yes: bool,
+    /// Do not take a pre-restore point of the current state first (no way back then)
+    #[arg(long)]
+    no_safety_point: bool,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
@@ -51,52 +59,89 @@ pub fn main() -> i32 {
 
 fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     let system = cli.place.system();
-    let Some(target) = cli.target.clone() else {
-        eprintln!("error: restoring the running system in place is not available in this version; materialize the point with --target DIR");
-        return Ok(USAGE);
-    };
-    let Some(id) = cli.point else {
-        eprintln!("error: name the point with --point ID (`system_snapshot list` shows them)");
-        return Ok(USAGE);
-    };
-    if !cli.dry_run && !cli.yes && !std::io::stdin().is_terminal() {
-        eprintln!("error: no terminal to confirm on; add --yes to restore point {id} into {} without asking", target.display());
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !terminal && (cli.point.is_none() || (!cli.yes && !cli.dry_run)) {
+        eprintln!("error: no terminal to ask on; name the point and confirm on the command line: --point ID --yes (or --dry-run to see the plan)");
         return Ok(NEEDS_CONFIRMATION);
     }
-    if crate::engine::within(&system.store, &target).is_some() {
-        eprintln!(
-            "error: the target {} lies inside the store {}; choose a directory outside it",
-            target.display(),
-            system.store.display()
-        );
-        return Ok(USAGE);
+    if let Some(t) = &cli.target {
+        if crate::engine::within(&system.store, t).is_some() {
+            eprintln!(
+                "error: the target {} lies inside the store {}; choose a directory outside it",
+                t.display(),
+                system.store.display()
+            );
+            return Ok(USAGE);
+        }
     }
-    std::fs::create_dir_all(&target).map_err(|e| {
-        crate::error::Error::io(format!("creating the target {}", target.display()), e)
-    })?;
-    let store = system.open_store()?;
-    let excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
-    let plan = system.plan_restore(&store, id, &target, &excludes)?;
-    print_plan(cli, &plan, &target);
+    let paths = cli
+        .paths
+        .iter()
+        .map(|p| source_rel(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut store = system.open_store()?;
+    let id = match cli.point {
+        Some(id) => id,
+        None => match choose_point(&store)? {
+            Some(id) => id,
+            None => {
+                println!("Nothing was changed.");
+                return Ok(CANCELLED);
+            }
+        },
+    };
+    if let Some(t) = &cli.target {
+        std::fs::create_dir_all(t).map_err(|e| {
+            crate::error::Error::io(format!("creating the target {}", t.display()), e)
+        })?;
+    }
+    let req = RestoreRequest {
+        point: id,
+        target: cli.target.clone(),
+        paths,
+        safety_point: !cli.no_safety_point,
+        protect: Vec::new(),
+    };
+    let plan = system.plan_restore(&store, &req)?;
+    let where_ = cli
+        .target
+        .as_ref()
+        .unwrap_or(&system.root)
+        .display()
+        .to_string();
+    print_plan(cli, &plan, &where_);
     if cli.dry_run {
         return Ok(SUCCESS);
     }
-    if !cli.yes && !confirm(id, &target)? {
+    if !cli.yes && !confirm(cli, id, &where_) {
         println!("Nothing was changed.");
         return Ok(CANCELLED);
     }
     let progress = progress_bar();
-    let r = system.apply_restore(&store, &plan, &target, progress.as_ref())?;
+    let outcome = system.restore(&mut store, &req, &plan, progress.as_ref())?;
+    let r = &outcome.report;
     if cli.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
+            serde_json::to_string_pretty(&outcome).expect("outcome serializes")
         );
     } else {
+        if let Some(j) = &outcome.resumed {
+            println!(
+                "Finished the restore of point {id} that was interrupted (started {}).",
+                j.started_at
+            );
+        }
         println!(
-            "Restored point {id} into {}: {} created, {} rewritten, {} deleted, {} metadata fixed, {} written",
-            target.display(), r.created, r.rewritten, r.deleted, r.metadata, size(r.bytes_written)
+            "Restored point {id} into {where_}: {} created, {} rewritten, {} deleted, {} metadata fixed, {} written",
+            r.created, r.rewritten, r.deleted, r.metadata, size(r.bytes_written)
         );
+        if let Some(s) = outcome.safety_point {
+            println!("The state before this restore is restore point {s}: restore it to roll forward again.");
+        }
+        if cli.target.is_none() {
+            println!("Reboot so that running programs use the restored files.");
+        }
     }
     for w in &r.warnings {
         eprintln!("warning: {}: {}", w.path, w.message);
@@ -108,8 +153,91 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     })
 }
 
-fn print_plan(cli: &Cli, plan: &RestorePlan, target: &std::path::Path) {
+/// `Restore point 1: 12-11-2009 : at 15 hours, 25 min, and 29 seconds. ( 0 days, 0 hrs, 40 minutes ago)`
+pub fn point_line(p: &Point, now: DateTime<Local>) -> String {
+    let Ok(t) = DateTime::parse_from_rfc3339(&p.created_at) else {
+        return format!("Restore point {}: {}", p.id, p.created_at);
+    };
+    let t = t.with_timezone(&Local);
+    let ago = (now - t).num_minutes().max(0);
+    let mut line = format!(
+        "Restore point {}: {} : at {} hours, {} min, and {} seconds. ( {} days, {} hrs, {} minutes ago)",
+        p.id,
+        t.format("%m-%d-%Y"),
+        t.format("%-H"),
+        t.format("%-M"),
+        t.format("%-S"),
+        ago / 1440,
+        ago / 60 % 24,
+        ago % 60
+    );
+    if p.kind != "scheduled" || p.label.is_some() {
+        line.push_str(&format!(
+            " [{}{}]",
+            p.kind,
+            p.label
+                .as_ref()
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default()
+        ));
+    }
+    line
+}
+
+/// Lists the points and asks for one until a listed number is given. None: the operator left.
+fn choose_point(store: &Store) -> Result<Option<i64>, crate::error::Error> {
+    let points = store.index.complete_points()?;
+    if points.is_empty() {
+        return Err(crate::error::Error::NoPoints);
+    }
+    let now = Local::now();
+    println!("Backups currently available:");
+    for p in &points {
+        println!("{}", point_line(p, now));
+    }
+    println!(
+        "The current server time is {}",
+        now.format("%a %b %e %H:%M:%S %Z %Y")
+    );
+    println!("Database locations that will not be touched: none configured");
+    loop {
+        let answer: Result<String, _> = dialoguer::Input::new()
+            .with_prompt(
+                "Enter the number of the restore point to recover to (or press CTRL-C to exit)",
+            )
+            .allow_empty(true)
+            .interact_text();
+        let Ok(answer) = answer else { return Ok(None) };
+        match answer.trim().parse::<i64>() {
+            Ok(n) if points.iter().any(|p| p.id == n) => return Ok(Some(n)),
+            _ => println!(
+                "There is no restore point {:?}; enter one of the numbers listed above.",
+                answer.trim()
+            ),
+        }
+    }
+}
+
+/// Paths whose change decides whether the machine boots.
+fn boot_critical(path: &[u8]) -> bool {
+    let p = String::from_utf8_lossy(path);
+    let under = |dir: &str| p == dir || p.starts_with(&format!("{dir}/"));
+    under("boot")
+        || under("lib/modules")
+        || under("usr/lib/modules")
+        || p == "etc/fstab"
+        || under("etc/default/grub")
+        || p == "etc/crypttab"
+}
+
+fn print_plan(cli: &Cli, plan: &RestorePlan, target: &str) {
     let s = plan.summary();
+    let boot: Vec<String> = plan
+        .items
+        .iter()
+        .filter(|it| boot_critical(&it.path))
+        .map(|it| display_path(&it.path))
+        .collect();
     if cli.json && cli.dry_run {
         let items: Vec<serde_json::Value> = plan
             .items
@@ -118,14 +246,23 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, target: &std::path::Path) {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"point": plan.point, "summary": s, "items": items})
+            serde_json::json!({"point": plan.point, "summary": s, "boot_critical": boot, "items": items})
         );
         return;
     }
     println!(
-        "Plan for point {} into {}: {} to create, {} to rewrite, {} to delete, {} metadata to fix, {} to write",
-        plan.point, target.display(), s.create, s.rewrite, s.delete, s.metadata, size(s.bytes_to_write)
+        "Plan for point {} into {target}: {} to create, {} to rewrite, {} to delete, {} metadata to fix, {} to write",
+        plan.point, s.create, s.rewrite, s.delete, s.metadata, size(s.bytes_to_write)
     );
+    if boot.is_empty() {
+        println!("Boot-critical paths among them: none");
+    } else {
+        println!(
+            "Boot-critical paths among them ({}): {}",
+            boot.len(),
+            boot.iter().take(12).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
     if cli.dry_run {
         for it in &plan.items {
             let verb = match it.action {
@@ -139,13 +276,21 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, target: &std::path::Path) {
     }
 }
 
-fn confirm(id: i64, target: &std::path::Path) -> Result<bool, crate::error::Error> {
+fn confirm(cli: &Cli, id: i64, target: &str) -> bool {
+    let prompt = if cli.target.is_some() {
+        format!("To continue and restore point {id} into {target}, type 'yes' ")
+    } else {
+        println!("ARE YOU SURE? THIS WILL REVERT THE FILESYSTEM TO THIS POINT IN TIME!");
+        if cli.no_safety_point {
+            println!("No restore point of the current state will be taken (--no-safety-point): there is no way back.");
+        } else {
+            println!("A restore point of the current state is taken first: restoring it rolls the system forward again.");
+        }
+        "To continue and revert the system to a prior point in time, type 'yes' ".to_string()
+    };
     let answer: Result<String, _> = dialoguer::Input::new()
-        .with_prompt(format!(
-            "To restore point {id} into {}, type 'yes'",
-            target.display()
-        ))
+        .with_prompt(prompt)
         .allow_empty(true)
         .interact_text();
-    Ok(matches!(answer, Ok(a) if a.trim() == "yes"))
+    matches!(answer, Ok(a) if a.trim() == "yes")
 }

@@ -9,7 +9,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use crate::error::{Error, Result};
 use crate::model::{Entry, Hash, Kind, RelPath, Timestamp, Xattrs};
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_restores.sql"),
+];
 
 pub type PointId = i64;
 
@@ -48,10 +51,22 @@ pub struct Point {
     pub complete: bool,
     #[serde(skip)]
     pub sources: Vec<String>,
+    /// The exclusion patterns the point was taken with (None: recorded before they were kept).
+    #[serde(skip)]
+    pub excludes: Option<Vec<String>>,
     pub files: u64,
     pub bytes: u64,
     pub stored_bytes: u64,
     pub warnings: u64,
+}
+
+/// An in-place restore that was started (and, while `running`, not finished).
+#[derive(Debug, Clone)]
+pub struct RestoreJournal {
+    pub id: i64,
+    pub point: PointId,
+    pub safety_point: Option<PointId>,
+    pub started_at: String,
 }
 
 /// How the old content of a changed path is stored.
@@ -229,7 +244,7 @@ impl Index {
     pub fn points(&self) -> Result<Vec<Point>> {
         let mut st = self
             .conn
-            .prepare("SELECT id, created_at, kind, label, state, sources, files, bytes, stored_bytes, warnings FROM points ORDER BY id")
+            .prepare("SELECT id, created_at, kind, label, state, sources, files, bytes, stored_bytes, warnings, excludes FROM points ORDER BY id")
             .map_err(self.err("listing points"))?;
         let rows = st
             .query_map([], |r| {
@@ -245,6 +260,9 @@ impl Index {
                     bytes: r.get::<_, i64>(7)? as u64,
                     stored_bytes: r.get::<_, i64>(8)? as u64,
                     warnings: r.get::<_, i64>(9)? as u64,
+                    excludes: r
+                        .get::<_, Option<String>>(10)?
+                        .and_then(|j| serde_json::from_str(&j).ok()),
                 })
             })
             .map_err(self.err("listing points"))?;
@@ -269,11 +287,13 @@ impl Index {
         kind: PointKind,
         label: Option<&str>,
         sources: &[String],
+        excludes: &[String],
     ) -> Result<PointId> {
+        let json = |v: &[String]| serde_json::to_string(v).expect("strings serialize");
         self.conn
             .execute(
-                "INSERT INTO points (created_at, kind, label, state, sources) VALUES (?1, ?2, ?3, 'running', ?4)",
-                params![created_at, kind.as_str(), label, serde_json::to_string(sources).expect("strings serialize")],
+                "INSERT INTO points (created_at, kind, label, state, sources, excludes) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+                params![created_at, kind.as_str(), label, json(sources), json(excludes)],
             )
             .map_err(self.err("recording a new point"))?;
         Ok(self.conn.last_insert_rowid())
@@ -293,6 +313,46 @@ impl Index {
                 params![id, files as i64, bytes as i64, stored as i64, warnings as i64],
             )
             .map_err(self.err("marking the point complete"))?;
+        Ok(())
+    }
+
+    /// The newest unfinished in-place restore of `target`, if any.
+    pub fn unfinished_restore(&self, target: &str) -> Result<Option<RestoreJournal>> {
+        self.conn
+            .query_row(
+                "SELECT id, point_id, safety_point, started_at FROM restores WHERE target=?1 AND state='running' ORDER BY id DESC LIMIT 1",
+                [target],
+                |r| Ok(RestoreJournal { id: r.get(0)?, point: r.get(1)?, safety_point: r.get(2)?, started_at: r.get(3)? }),
+            )
+            .optional()
+            .map_err(self.err("reading the restore journal"))
+    }
+
+    pub fn begin_restore(
+        &self,
+        point: PointId,
+        target: &str,
+        paths: &[String],
+        safety: Option<PointId>,
+    ) -> Result<i64> {
+        let started = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        self.conn
+            .execute(
+                "INSERT INTO restores (point_id, target, paths, safety_point, started_at, state) VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
+                params![point, target, serde_json::to_string(paths).expect("strings serialize"), safety, started],
+            )
+            .map_err(self.err("writing the restore journal"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Marks every restore of `target` finished: the tree now equals the last one's point.
+    pub fn finish_restores(&self, target: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE restores SET state='complete' WHERE target=?1",
+                [target],
+            )
+            .map_err(self.err("writing the restore journal"))?;
         Ok(())
     }
 

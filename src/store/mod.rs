@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 pub use index::{db as db_err, db_op};
 pub use index::{
     delete_entry, insert_change, upsert_entry, Change, ContentKind, Index, Point, PointId,
-    PointKind,
+    PointKind, RestoreJournal,
 };
 pub use pack::{FrameReader, PackWriter};
 
