@@ -196,6 +196,22 @@ impl System {
         if !req.paths.is_empty() {
             want.retain(|(p, _)| scopes.iter().any(|s| is_within(p, s) || is_within(s, p)));
         }
+        for p in &req.paths {
+            let in_point = want.iter().any(|(w, _)| w == p);
+            let on_system = fsio::open_beneath(
+                std::os::fd::AsFd::as_fd(&target_fd),
+                p,
+                rustix::fs::OFlags::PATH,
+            )
+            .is_ok();
+            if !in_point && !on_system {
+                return Err(Error::Invalid(format!(
+                    "{} is neither in point {} nor on the system; check the path",
+                    display_path(p),
+                    req.point
+                )));
+            }
+        }
         let mut plan = restore::build_plan(
             req.point,
             want,
@@ -233,7 +249,8 @@ impl System {
         let target = req.target.clone().unwrap_or_else(|| self.root.clone());
         let target_fd = fsio::open_root(&target)
             .ctx(|| format!("opening the restore target {}", target.display()))?;
-        if req.target.is_some() {
+        if req.target.is_some() || plan.is_empty() {
+            // Nothing of the system changes: no safety point, nothing to journal.
             let report =
                 restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)?;
             return Ok(RestoreOutcome {

@@ -3,5 +3,6 @@
 mod cli;
 mod crash;
 mod fidelity;
+mod inplace;
 mod props;
 mod util;
