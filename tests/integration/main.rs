@@ -4,5 +4,6 @@ mod cli;
 mod crash;
 mod fidelity;
 mod inplace;
+mod interactive;
 mod props;
 mod util;
