@@ -321,6 +321,43 @@ impl System {
         }
     }
 
+    /// What differs between point `a` and point `b`, or the live system when `b` is None,
+    /// rendered for people (unified diffs for text files); within `paths` when given.
+    pub fn diff(&self, a: PointId, b: Option<PointId>, paths: &[RelPath]) -> Result<Vec<String>> {
+        let store = Store::open_for_writing(&self.store, false)?;
+        let mut packs = restore::Packs::default();
+        let root_fd = fsio::open_root(&self.root)
+            .ctx(|| format!("opening the system root {}", self.root.display()))?;
+        let (items, side) = match b {
+            Some(b) => {
+                store.index.point(a)?;
+                store.index.point(b)?;
+                (
+                    crate::diff::between_points(&store, a, b, paths)?,
+                    crate::diff::Side::Point(b),
+                )
+            }
+            None => {
+                let req = RestoreRequest {
+                    point: a,
+                    target: None,
+                    paths: paths.to_vec(),
+                    safety_point: false,
+                    protect: Vec::new(),
+                };
+                let plan = self.plan_restore(&store, &req)?;
+                (
+                    crate::diff::against_live(&plan),
+                    crate::diff::Side::Live(std::os::fd::AsFd::as_fd(&root_fd)),
+                )
+            }
+        };
+        items
+            .iter()
+            .map(|it| crate::diff::render(&store, &mut packs, a, &side, it))
+            .collect()
+    }
+
     pub fn verify(&self, full: bool) -> Result<VerifyReport> {
         let store = Store::open_for_writing(&self.store, false)?;
         crate::verify::verify(&store, full)

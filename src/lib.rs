@@ -1,6 +1,7 @@
 pub mod cli;
 pub mod content;
 pub mod delta;
+pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod exclude;

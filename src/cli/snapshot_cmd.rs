@@ -46,6 +46,13 @@ enum Cmd {
     List,
     /// What a point changed against the point before it
     Show { id: i64 },
+    /// What changed between two points, or between a point and the live system
+    Diff {
+        id: i64,
+        /// A second point id, then paths (/etc/fstab …) to limit the diff to
+        #[arg(value_name = "ID2|PATH")]
+        rest: Vec<String>,
+    },
     /// Check the store: the replica against the index; with --full every older version too
     Verify {
         #[arg(long)]
@@ -75,6 +82,7 @@ pub fn main() -> i32 {
         Some(Cmd::List) => list(&cli, &system),
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
+        Some(Cmd::Diff { id, rest }) => diff(&system, *id, rest),
         Some(Cmd::Prune { oldest, dry_run }) => prune(&cli, &system, *oldest, *dry_run),
     };
     result.unwrap_or_else(|e| fail(&e))
@@ -206,6 +214,25 @@ fn show(cli: &Cli, system: &System, id: i64) -> CmdResult {
     section("Modified", &c.modified);
     section("Deleted", &c.deleted);
     section("Metadata only", &c.metadata_only);
+    Ok(SUCCESS)
+}
+
+fn diff(system: &System, a: i64, rest: &[String]) -> CmdResult {
+    let (b, paths) = match rest.first().and_then(|r| r.parse::<i64>().ok()) {
+        Some(b) => (Some(b), &rest[1..]),
+        None => (None, rest),
+    };
+    let paths = paths
+        .iter()
+        .map(|p| source_rel(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let blocks = system.diff(a, b, &paths)?;
+    for block in &blocks {
+        print!("{block}");
+    }
+    if blocks.is_empty() {
+        println!("No differences.");
+    }
     Ok(SUCCESS)
 }
 

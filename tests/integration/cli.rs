@@ -274,3 +274,55 @@ fn packs_no_point_refers_to_are_removed_by_the_next_writer() {
     );
     assert!(lab.store().join("packs/2.pack").exists());
 }
+
+#[test]
+fn diff_shows_text_changes_binary_changes_and_metadata() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir etc && printf 'a\\nb\\nc\\n' > etc/app.conf && head -c 3000 /dev/urandom > etc/blob && echo x > etc/gone");
+    lab.snapshot();
+    lab.run_sh("printf 'a\\nB\\nc\\n' > etc/app.conf && head -c 3000 /dev/urandom > etc/blob && rm etc/gone && echo y > etc/new && chmod 600 etc/app.conf");
+    lab.snapshot();
+    let (sys, store) = (lab.sys(), lab.store());
+    let out = SNAPSHOT.expect(
+        0,
+        &[
+            "diff",
+            "1",
+            "2",
+            "--root",
+            Lab::s(&sys),
+            "--store",
+            Lab::s(&store),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "-b\n",
+        "+B\n",
+        "--- /etc/app.conf (point 1)",
+        "mode 0644 -> 0600",
+        "binary   /etc/blob: 3000 bytes",
+        "deleted  /etc/gone",
+        "added    /etc/new",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    lab.run_sh("echo z >> etc/new");
+    let out = SNAPSHOT.expect(
+        0,
+        &[
+            "diff",
+            "2",
+            "/etc/new",
+            "--root",
+            Lab::s(&sys),
+            "--store",
+            Lab::s(&store),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("+++ /etc/new (now)") && text.contains("+z") && !text.contains("app.conf"),
+        "{text}"
+    );
+}
