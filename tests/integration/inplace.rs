@@ -281,3 +281,34 @@ fn restore_leaves_what_the_point_excluded_untouched() {
         "an excluded database directory",
     );
 }
+
+#[test]
+fn a_running_executable_is_replaced_not_written_in_place() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p usr/bin && cp /bin/sleep usr/bin/daemon && chmod 755 usr/bin/daemon");
+    let before = fingerprint(&lab.sys());
+    lab.snapshot();
+    // The upgrade installs another binary, which is then running while we roll back.
+    lab.run_sh("cp /bin/sleep usr/bin/daemon.new && printf 'upgraded' >> usr/bin/daemon.new && mv usr/bin/daemon.new usr/bin/daemon");
+    let mut running = std::process::Command::new(lab.sys().join("usr/bin/daemon"))
+        .arg("30")
+        .spawn()
+        .unwrap();
+    // Writing into it now would fail with "Text file busy"; a rename over it works.
+    assert!(std::fs::OpenOptions::new()
+        .write(true)
+        .open(lab.sys().join("usr/bin/daemon"))
+        .is_err());
+    restore_in_place(&lab, 1, &["--no-safety-point"]);
+    assert_same(
+        &before,
+        &fingerprint(&lab.sys()),
+        "after replacing the running binary",
+    );
+    assert!(
+        running.try_wait().unwrap().is_none(),
+        "the running program was disturbed"
+    );
+    let _ = running.kill();
+    let _ = running.wait();
+}
