@@ -43,6 +43,8 @@ pub enum Error {
     #[error("damaged: {what}; run `system_snapshot verify --full` to see everything affected")]
     Damaged { what: String },
     // -- input
+    #[error("config {path}: {msg}")]
+    Config { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -1,4 +1,5 @@
 pub mod cli;
+pub mod config;
 pub mod content;
 pub mod delta;
 pub mod diff;
