@@ -96,6 +96,21 @@ impl ExcludeSet {
         self.matching_rule(path).is_some()
     }
 
+    /// Whether `path` or any directory above it is excluded: for lists of paths that were not
+    /// produced by a walk that stops at excluded directories (a point recorded with other rules).
+    pub fn covers(&self, path: &[u8]) -> bool {
+        let mut p = path;
+        loop {
+            if self.is_excluded(p) {
+                return true;
+            }
+            match crate::model::parent(p) {
+                Some(up) if !up.is_empty() => p = up,
+                _ => return false,
+            }
+        }
+    }
+
     fn nth(&self, anchored: bool, i: usize) -> String {
         self.patterns
             .iter()
@@ -124,6 +139,15 @@ mod tests {
         assert!(!x.is_excluded(b"root/snapshots2"));
         assert!(!x.is_excluded(b"etc/hosts"));
         assert_eq!(x.matching_rule(b"home/a/.x.swp").as_deref(), Some("*.swp"));
+    }
+
+    #[test]
+    fn covers_looks_at_every_directory_above() {
+        let x = ExcludeSet::new(&["/var/lib/db".to_string()], vec![]).unwrap();
+        assert!(
+            x.covers(b"var/lib/db/table") && x.covers(b"var/lib/db") && x.covers(b"var/lib/db/a/b")
+        );
+        assert!(!x.covers(b"var/lib/dbx/table") && !x.covers(b"var/lib"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::error::Error;
 pub const SUCCESS: i32 = 0;
 /// The operation failed; nothing was lost (an interrupted point is rolled back).
 pub const FAILURE: i32 = 1;
-/// The command line was wrong.
+/// The command line or the config file was wrong.
 pub const USAGE: i32 = 2;
 /// Done, but some paths were skipped or some metadata could not be applied: see the warnings.
 pub const WARNINGS: i32 = 3;
@@ -23,6 +23,7 @@ pub fn exit_code_for(e: &Error) -> i32 {
     match e {
         Error::Locked { .. } => LOCKED,
         Error::Damaged { .. } => DAMAGED,
+        Error::Config { .. } => USAGE,
         _ => FAILURE,
     }
 }

@@ -11,30 +11,49 @@ pub use restore_cmd::main as restore_main;
 pub use snapshot_cmd::main as snapshot_main;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
 
 use crate::error::Error;
 
-/// Where the system and its store are: shared by both commands.
+/// Where the system, its config and its store are: shared by both commands.
 #[derive(clap::Args, Debug)]
 struct Place {
+    /// The config file (default: /etc/system_snapshots.conf under the root; missing means defaults)
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The system root: `/`, or a tree treated as a whole system (a disk mounted from a rescue CD)
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// The store (default: /root/snapshots under the root)
+    /// The store (default: the config's `store`, else /root/snapshots, under the root)
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<PathBuf>,
 }
 
 impl Place {
-    fn system(&self) -> crate::engine::System {
+    /// The system and its configuration; flags override the config file.
+    fn system(&self) -> Result<(crate::engine::System, Config), Error> {
         let root = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-        let store = self
-            .store
-            .clone()
-            .unwrap_or_else(|| root.join("root/snapshots"));
-        crate::engine::System::new(root, store)
+        let config = match &self.config {
+            Some(path) => Config::load(path, true)?,
+            None => Config::load(
+                &under(&root, Path::new("/etc/system_snapshots.conf")),
+                false,
+            )?,
+        };
+        let store = match (&self.store, &config.store) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => under(&root, s),
+            (None, None) => root.join("root/snapshots"),
+        };
+        Ok((crate::engine::System::new(root, store), config))
     }
+}
+
+/// A path of the system (`/var/lib/mysql`) as seen from here, under the root.
+fn under(root: &Path, p: &Path) -> PathBuf {
+    root.join(p.strip_prefix("/").unwrap_or(p))
 }
 
 /// Deep trees hold one fd per level during a walk: allow as many as the hard limit does.

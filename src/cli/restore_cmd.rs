@@ -58,7 +58,7 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
-    let system = cli.place.system();
+    let (system, config) = cli.place.system()?;
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !terminal && (cli.point.is_none() || (!cli.yes && !cli.dry_run)) {
         eprintln!("error: no terminal to ask on; name the point and confirm on the command line: --point ID --yes (or --dry-run to see the plan)");
@@ -82,7 +82,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     let mut store = system.open_store()?;
     let id = match cli.point {
         Some(id) => id,
-        None => match choose_point(&store)? {
+        None => match choose_point(&store, &config.database_locations)? {
             Some(id) => id,
             None => {
                 println!("Nothing was changed.");
@@ -100,7 +100,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         target: cli.target.clone(),
         paths,
         safety_point: !cli.no_safety_point,
-        protect: Vec::new(),
+        protect: config.database_locations.clone(),
     };
     let plan = system.plan_restore(&store, &req)?;
     let where_ = cli
@@ -185,7 +185,7 @@ pub fn point_line(p: &Point, now: DateTime<Local>) -> String {
 }
 
 /// Lists the points and asks for one until a listed number is given. None: the operator left.
-fn choose_point(store: &Store) -> Result<Option<i64>, crate::error::Error> {
+fn choose_point(store: &Store, databases: &[String]) -> Result<Option<i64>, crate::error::Error> {
     let points = store.index.complete_points()?;
     if points.is_empty() {
         return Err(crate::error::Error::NoPoints);
@@ -199,7 +199,14 @@ fn choose_point(store: &Store) -> Result<Option<i64>, crate::error::Error> {
         "The current server time is {}",
         now.format("%a %b %e %H:%M:%S %Z %Y")
     );
-    println!("Database locations that will not be touched: none configured");
+    if databases.is_empty() {
+        println!("Database locations that will not be touched: none configured");
+    } else {
+        println!(
+            "Database locations that will not be touched: {}",
+            databases.join(", ")
+        );
+    }
     loop {
         let answer: Result<String, _> = dialoguer::Input::new()
             .with_prompt(

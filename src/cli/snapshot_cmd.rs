@@ -42,6 +42,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Print a commented example of /etc/system_snapshots.conf
+    ConfigExample,
     /// List the complete points, oldest first
     List,
     /// What a point changed against the point before it
@@ -76,9 +78,16 @@ pub fn main() -> i32 {
             return if e.use_stderr() { USAGE } else { SUCCESS };
         }
     };
-    let system = cli.place.system();
+    let (system, config) = match cli.place.system() {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
     let result = match &cli.cmd {
-        None => take(&cli, &system),
+        None => take(&cli, &system, &config),
+        Some(Cmd::ConfigExample) => {
+            print!("{}", crate::config::EXAMPLE);
+            Ok(SUCCESS)
+        }
         Some(Cmd::List) => list(&cli, &system),
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
@@ -90,16 +99,19 @@ pub fn main() -> i32 {
 
 type CmdResult = Result<i32, crate::error::Error>;
 
-fn take(cli: &Cli, system: &System) -> CmdResult {
+fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     let sources = if cli.sources.is_empty() {
-        vec![Vec::new()]
+        &config.sources
     } else {
-        cli.sources
-            .iter()
-            .map(|s| source_rel(s))
-            .collect::<Result<_, _>>()?
+        &cli.sources
     };
+    let sources = sources
+        .iter()
+        .map(|s| source_rel(s))
+        .collect::<Result<_, _>>()?;
     let mut excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
+    excludes.extend(config.exclude.iter().cloned());
+    excludes.extend(config.database_locations.iter().cloned());
     excludes.extend(cli.excludes.iter().cloned());
     // A run from a terminal is someone's decision; one from cron is the schedule's.
     let kind = if std::io::stdin().is_terminal() {
@@ -110,7 +122,7 @@ fn take(cli: &Cli, system: &System) -> CmdResult {
     let opts = SnapshotOptions {
         sources,
         excludes,
-        one_file_system: true,
+        one_file_system: config.one_file_system,
         kind,
         label: cli.label.clone(),
         level: cli.level.map(Level).unwrap_or_default(),

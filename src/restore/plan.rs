@@ -95,7 +95,7 @@ pub fn build(
     };
     let want: Vec<(RelPath, Entry)> = want
         .into_iter()
-        .filter(|(p, _)| !excludes.is_excluded(p))
+        .filter(|(p, _)| !excludes.covers(p))
         .collect();
     plan.dirs = want
         .iter()

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real trees on disk, the real binaries, real SQLite and zstd.
 
 mod cli;
+mod config;
 mod crash;
 mod fidelity;
 mod inplace;

@@ -1,0 +1,129 @@
+//! The configuration file under the system root, and what it protects.
+
+use crate::util::*;
+
+fn write_config(lab: &Lab, text: &str) {
+    std::fs::create_dir_all(lab.sys().join("etc")).unwrap();
+    std::fs::write(lab.sys().join("etc/system_snapshots.conf"), text).unwrap();
+}
+
+#[test]
+fn config_under_the_root_sets_store_sources_and_protects_database_locations() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc/app var/lib/db home/u && echo v1 > etc/app/conf && echo rows1 > var/lib/db/table && echo doc > home/u/doc");
+    // A point taken before the database location was configured still holds its files…
+    SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
+    write_config(&lab, "store = \"/root/snapshots\"\nsources = [\"/etc\", \"/var\"]\ndatabase_locations = [\"/var/lib/db\"]\n");
+    lab.run_sh(
+        "echo v2 > etc/app/conf && echo rows2 >> var/lib/db/table && echo new > var/lib/db/wal",
+    );
+    let out = SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys()), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["point"], 2);
+    let t = lab.target("p2");
+    RESTORE.expect(
+        0,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--point",
+            "2",
+            "--target",
+            Lab::s(&t),
+            "--yes",
+        ],
+    );
+    assert!(
+        t.join("etc/app/conf").exists() && !t.join("var/lib/db").exists(),
+        "point 2 recorded the database location"
+    );
+    assert!(!t.join("home").exists(), "point 2 went beyond its sources");
+    let db = fingerprint(&lab.sys().join("var/lib/db"));
+    // … and restoring either point leaves the database's files alone, byte for byte.
+    for point in ["1", "2"] {
+        RESTORE.expect(
+            0,
+            &[
+                "--root",
+                Lab::s(&lab.sys()),
+                "--point",
+                point,
+                "--yes",
+                "--no-safety-point",
+            ],
+        );
+        assert_same(
+            &db,
+            &fingerprint(&lab.sys().join("var/lib/db")),
+            &format!("database after restoring point {point}"),
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(lab.sys().join("etc/app/conf")).unwrap(),
+        "v2\n"
+    );
+    RESTORE.expect(
+        0,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--point",
+            "1",
+            "--yes",
+            "--no-safety-point",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(lab.sys().join("etc/app/conf")).unwrap(),
+        "v1\n"
+    );
+    assert!(lab.sys().join("home/u/doc").exists());
+}
+
+#[test]
+fn bad_config_files_give_precise_errors_and_change_nothing() {
+    let cases = [
+        ("retention_typo = 1\n", "line 1"),
+        ("[retention]\nceiling_ratio = 0.2\n", "ceiling_ratio"),
+        ("[retention]\nage_floor = \"a day\"\n", "\"24h\""),
+        ("sources = [\"/etc\"\n", "line 1"),
+    ];
+    for (text, want) in cases {
+        let lab = Lab::new();
+        write_config(&lab, text);
+        let out = SNAPSHOT.expect(2, &["--root", Lab::s(&lab.sys())]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("system_snapshots.conf") && err.contains(want),
+            "{text:?}: {err}"
+        );
+        assert!(
+            !lab.sys().join("root/snapshots").exists(),
+            "{text:?}: a store was created"
+        );
+        let out = RESTORE.expect(2, &["--root", Lab::s(&lab.sys()), "--point", "1", "--yes"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains(want));
+    }
+    let lab = Lab::new();
+    let out = SNAPSHOT.expect(
+        1,
+        &[
+            "-c",
+            "/nonexistent/restorepoint.conf",
+            "--root",
+            Lab::s(&lab.sys()),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/restorepoint.conf"));
+}
+
+#[test]
+fn the_example_config_is_printed_and_accepted() {
+    let lab = Lab::new();
+    let out = SNAPSHOT.expect(0, &["config-example"]);
+    std::fs::create_dir_all(lab.sys().join("etc")).unwrap();
+    std::fs::write(lab.sys().join("etc/system_snapshots.conf"), &out.stdout).unwrap();
+    lab.run_sh("echo x > etc/x");
+    SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
+    SNAPSHOT.expect(0, &["list", "--root", Lab::s(&lab.sys())]);
+}
