@@ -12,6 +12,7 @@ use crate::model::{display_path, is_within, RelPath};
 use crate::progress::Progress;
 use crate::restore::Action;
 use crate::restore::{self, RestorePlan, RestoreReport};
+use crate::retention::{Decision, PointInfo, Policy};
 use crate::snapshot::{self, SnapshotOptions, SnapshotReport};
 use crate::store::{ContentKind, Point, PointId, Store};
 use crate::verify::VerifyReport;
@@ -91,6 +92,41 @@ impl System {
                 Err(e)
             }
         }
+    }
+
+    /// Records a new point, then applies retention under the same lock.
+    pub fn snapshot_and_retain(
+        &self,
+        opts: &SnapshotOptions,
+        policy: &Policy,
+        progress: &dyn Progress,
+    ) -> Result<(SnapshotReport, Vec<Decision>)> {
+        let mut store = Store::open_for_writing(&self.store, true)?;
+        let report = match snapshot::run(&mut store, &self.root, opts, progress) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = crate::recover::roll_back_running(&mut store);
+                return Err(e);
+            }
+        };
+        let decisions = retain(
+            &mut store,
+            policy,
+            chrono::Local::now().fixed_offset(),
+            false,
+        )?;
+        Ok((report, decisions))
+    }
+
+    /// Applies retention (or, with `dry_run`, only says what it would do).
+    pub fn prune(&self, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>> {
+        let mut store = Store::open_for_writing(&self.store, false)?;
+        retain(
+            &mut store,
+            policy,
+            chrono::Local::now().fixed_offset(),
+            dry_run,
+        )
     }
 
     pub fn list(&self) -> Result<Vec<Point>> {
@@ -380,6 +416,40 @@ impl System {
         }
         Ok(removed)
     }
+}
+
+/// Decides with `retention::decide` and removes what it says, oldest first.
+fn retain(
+    store: &mut Store,
+    policy: &Policy,
+    now: chrono::DateTime<chrono::FixedOffset>,
+    dry_run: bool,
+) -> Result<Vec<Decision>> {
+    let points = store.index.complete_points()?;
+    let infos: Vec<PointInfo> = points
+        .iter()
+        .filter_map(|p| {
+            let created = chrono::DateTime::parse_from_rfc3339(&p.created_at).ok()?;
+            Some(PointInfo {
+                id: p.id,
+                created,
+                stored_bytes: p.stored_bytes,
+            })
+        })
+        .collect();
+    let data = points.last().map_or(0, |p| p.bytes);
+    let decisions = crate::retention::decide(policy, &infos, store.disk_usage(), data, now);
+    if !dry_run {
+        for d in decisions.iter().filter(|d| d.remove) {
+            let removed = crate::prune::remove_oldest(store)?;
+            assert_eq!(
+                removed.map(|p| p.id),
+                Some(d.id),
+                "retention removes the oldest point, in order"
+            );
+        }
+    }
+    Ok(decisions)
 }
 
 /// `path` relative to `root`, when it lies inside it.

@@ -13,6 +13,7 @@ pub mod progress;
 pub mod prune;
 pub mod recover;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod store;
 pub mod verify;

@@ -60,10 +60,11 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
-    /// Remove points. For now: the N oldest (the latest is never removed)
+    /// Apply retention now: each point kept or removed, and the rule that decided
     Prune {
+        /// Remove the N oldest points instead of applying the retention policy
         #[arg(long, value_name = "N")]
-        oldest: usize,
+        oldest: Option<usize>,
         #[arg(long)]
         dry_run: bool,
     },
@@ -92,7 +93,14 @@ pub fn main() -> i32 {
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Diff { id, rest }) => diff(&system, *id, rest),
-        Some(Cmd::Prune { oldest, dry_run }) => prune(&cli, &system, *oldest, *dry_run),
+        Some(Cmd::Prune {
+            oldest: Some(n),
+            dry_run,
+        }) => prune(&cli, &system, *n, *dry_run),
+        Some(Cmd::Prune {
+            oldest: None,
+            dry_run,
+        }) => prune_policy(&cli, &system, &config, *dry_run),
     };
     result.unwrap_or_else(|e| fail(&e))
 }
@@ -127,18 +135,39 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
         label: cli.label.clone(),
         level: cli.level.map(Level).unwrap_or_default(),
     };
+    let policy = config.retention.policy();
+    let started = std::time::Instant::now();
+    if !cli.json {
+        print_preamble(system, &policy, &config.database_locations);
+    }
     let progress = progress_bar();
-    let r = system.snapshot(&opts, progress.as_ref())?;
+    let (r, decisions) = system.snapshot_and_retain(&opts, &policy, progress.as_ref())?;
+    let removed: Vec<&crate::retention::Decision> = decisions.iter().filter(|d| d.remove).collect();
+    let secs = started.elapsed().as_secs_f64();
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
+        let mut v = serde_json::to_value(&r).expect("report serializes");
+        v["retention"] = serde_json::to_value(&decisions).expect("decisions serialize");
+        v["seconds"] = serde_json::json!(secs);
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
         let changed = r.added + r.modified + r.deleted + r.metadata_only;
         println!(
             "Restore point {} recorded: {} entries ({}), {} changed ({} added, {} modified, {} deleted, {} metadata only), {} stored",
             r.point, r.files, size(r.bytes), changed, r.added, r.modified, r.deleted, r.metadata_only, size(r.stored_bytes)
+        );
+        for d in &removed {
+            println!(
+                "Removed restore point {}: {}",
+                d.id,
+                d.reason.trim_start_matches("removed: ")
+            );
+        }
+        println!(
+            "Done in {secs:.1} s: {} entries scanned, {changed} changed, {} stored, {} point{} removed",
+            r.files,
+            size(r.stored_bytes),
+            removed.len(),
+            if removed.len() == 1 { "" } else { "s" }
         );
     }
     for w in &r.warnings {
@@ -149,6 +178,53 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     } else {
         WARNINGS
     })
+}
+
+/// What the original tool printed before a scheduled snapshot.
+fn print_preamble(system: &System, policy: &crate::retention::Policy, databases: &[String]) {
+    let used = crate::store::disk_usage(&system.store);
+    let data = system.list().ok().and_then(|p| p.last().map(|p| p.bytes));
+    match data {
+        Some(d) => {
+            let ceiling = (policy.ceiling_ratio * d as f64) as u64;
+            let verdict = if used > ceiling {
+                "over it: the oldest points will go"
+            } else {
+                "within it"
+            };
+            println!(
+                "Current size of the store {}: {} (ceiling {} × {} of data = {}: {verdict})",
+                system.store.display(),
+                size(used),
+                policy.ceiling_ratio,
+                size(d),
+                size(ceiling)
+            );
+        }
+        None => println!(
+            "Current size of the store {}: {} (no restore point yet)",
+            system.store.display(),
+            size(used)
+        ),
+    }
+    println!(
+        "Retention: at least {} points are kept; none younger than {}s is removed; the oldest go while the store exceeds {} × the latest point's data",
+        policy.min_points,
+        policy.age_floor.as_secs(),
+        policy.ceiling_ratio
+    );
+    if databases.is_empty() {
+        println!("Databases excluded: none configured");
+    } else {
+        println!(
+            "Databases excluded (to be dumped by their own jobs): {}",
+            databases.join(", ")
+        );
+    }
+    println!(
+        "Taking snapshot at {}",
+        chrono::Local::now().format("%b-%d-%Y--%Hhrs.%Mmin")
+    );
 }
 
 fn list(cli: &Cli, system: &System) -> CmdResult {
@@ -283,6 +359,26 @@ fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
     } else {
         DAMAGED
     })
+}
+
+fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> CmdResult {
+    let decisions = system.prune(&config.retention.policy(), dry_run)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&decisions).expect("decisions serialize")
+        );
+        return Ok(SUCCESS);
+    }
+    for d in &decisions {
+        let reason = if dry_run && d.remove {
+            d.reason.replacen("removed", "would be removed", 1)
+        } else {
+            d.reason.clone()
+        };
+        println!("Restore point {}: {reason}", d.id);
+    }
+    Ok(SUCCESS)
 }
 
 fn prune(cli: &Cli, system: &System, n: usize, dry_run: bool) -> CmdResult {

@@ -194,6 +194,16 @@ impl<'de> Deserialize<'de> for MinPoints {
     }
 }
 
+impl Retention {
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            ceiling_ratio: self.ceiling_ratio.0,
+            min_points: self.min_points.0,
+            age_floor: self.age_floor.0,
+        }
+    }
+}
+
 impl Config {
     /// Reads `path`; a missing file is the defaults unless it was asked for by name.
     pub fn load(path: &Path, required: bool) -> Result<Config> {

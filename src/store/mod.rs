@@ -134,14 +134,19 @@ impl Store {
 
     /// Total bytes the store uses on disk (everything in it, the index included).
     pub fn disk_usage(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        walkdir::WalkDir::new(&self.dir)
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.blocks() * 512)
-            .sum()
+        disk_usage(&self.dir)
     }
+}
+
+/// Bytes allocated under `dir` (0 when it does not exist).
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 fn make_layout(dir: &Path) -> Result<()> {

@@ -127,3 +127,80 @@ fn the_example_config_is_printed_and_accepted() {
     SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
     SNAPSHOT.expect(0, &["list", "--root", Lab::s(&lab.sys())]);
 }
+
+fn point_ids(lab: &Lab) -> Vec<i64> {
+    let out = SNAPSHOT.expect(0, &["list", "--json", "--root", Lab::s(&lab.sys())]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_small_ceiling_removes_the_oldest_points_while_min_points_and_the_age_floor_hold() {
+    let lab = Lab::new();
+    write_config(
+        &lab,
+        "[retention]\nceiling_ratio = 1.0\nmin_points = 2\nage_floor = \"0s\"\n",
+    );
+    let mut fps = std::collections::BTreeMap::new();
+    for i in 1..=5 {
+        lab.run_sh(&format!(
+            "seq 1 {} > etc/data && echo {i} > etc/n",
+            i * 5000
+        ));
+        let out = SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Taking snapshot at") && text.contains("Current size of the store"),
+            "{text}"
+        );
+        fps.insert(i, fingerprint_except(&lab.sys(), &["root"]));
+        let ids = point_ids(&lab);
+        assert_eq!(
+            ids.len(),
+            (i as usize).min(2),
+            "after snapshot {i}: {ids:?}\n{text}"
+        );
+        assert_eq!(*ids.last().unwrap(), i, "the latest point always stays");
+    }
+    for id in point_ids(&lab) {
+        let t = lab.target(&format!("t{id}"));
+        RESTORE.expect(
+            0,
+            &[
+                "--root",
+                Lab::s(&lab.sys()),
+                "--point",
+                &id.to_string(),
+                "--target",
+                Lab::s(&t),
+                "--yes",
+            ],
+        );
+        assert_same(
+            &fps[&id],
+            &fingerprint_except(&t, &["root"]),
+            &format!("point {id} after retention"),
+        );
+    }
+    // The age floor keeps everything younger, whatever the ceiling says.
+    write_config(
+        &lab,
+        "[retention]\nceiling_ratio = 1.0\nmin_points = 1\nage_floor = \"24h\"\n",
+    );
+    for _ in 0..3 {
+        lab.run_sh("echo more >> etc/n");
+        SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
+    }
+    assert_eq!(point_ids(&lab).len(), 5);
+    let out = SNAPSHOT.expect(0, &["prune", "--dry-run", "--root", Lab::s(&lab.sys())]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("kept: younger than 24h (age_floor)")
+            && text.contains("the latest point is never removed"),
+        "{text}"
+    );
+}
