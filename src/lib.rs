@@ -8,6 +8,7 @@ pub mod error;
 pub mod exclude;
 pub mod failpoint;
 pub mod fsio;
+pub mod hooks;
 pub mod model;
 pub mod progress;
 pub mod prune;

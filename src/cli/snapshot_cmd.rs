@@ -140,8 +140,36 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     if !cli.json {
         print_preamble(system, &policy, &config.database_locations);
     }
+    let env = vec![
+        ("RESTOREPOINT_ROOT", system.root.display().to_string()),
+        ("RESTOREPOINT_STORE", system.store.display().to_string()),
+    ];
+    let mut hook_warnings = Vec::new();
+    for h in &config.hooks.pre_snapshot {
+        if let Err(f) = crate::hooks::run(h, &env) {
+            if h.optional {
+                hook_warnings.push(format!("{f} (optional: the snapshot goes on)"));
+            } else {
+                let msg = format!("pre_snapshot {f}; the snapshot was not taken");
+                eprintln!("error: {msg}");
+                on_failure(config, &env, &msg);
+                return Ok(FAILURE);
+            }
+        }
+    }
     let progress = progress_bar();
-    let (r, decisions) = system.snapshot_and_retain(&opts, &policy, progress.as_ref())?;
+    let (r, decisions) = match system.snapshot_and_retain(&opts, &policy, progress.as_ref()) {
+        Ok(v) => v,
+        Err(e) => {
+            on_failure(config, &env, &e.to_string());
+            return Err(e);
+        }
+    };
+    for h in &config.hooks.post_snapshot {
+        if let Err(f) = crate::hooks::run(h, &env) {
+            hook_warnings.push(format!("post_snapshot {f}"));
+        }
+    }
     let removed: Vec<&crate::retention::Decision> = decisions.iter().filter(|d| d.remove).collect();
     let secs = started.elapsed().as_secs_f64();
     if cli.json {
@@ -173,11 +201,26 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     for w in &r.warnings {
         eprintln!("warning: {}: {}", w.path, w.message);
     }
-    Ok(if r.warnings.is_empty() {
+    for w in &hook_warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(if r.warnings.is_empty() && hook_warnings.is_empty() {
         SUCCESS
     } else {
         WARNINGS
     })
+}
+
+/// Runs the `on_failure` hooks with the error in `RESTOREPOINT_ERROR`; their own failures are
+/// reported, never hidden behind the first error.
+fn on_failure(config: &Config, env: &[(&str, String)], error: &str) {
+    let mut env = env.to_vec();
+    env.push(("RESTOREPOINT_ERROR", error.to_string()));
+    for h in &config.hooks.on_failure {
+        if let Err(f) = crate::hooks::run(h, &env) {
+            eprintln!("warning: on_failure {f}");
+        }
+    }
 }
 
 /// What the original tool printed before a scheduled snapshot.

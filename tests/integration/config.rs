@@ -204,3 +204,72 @@ fn a_small_ceiling_removes_the_oldest_points_while_min_points_and_the_age_floor_
         "{text}"
     );
 }
+
+#[test]
+fn hooks_dump_before_the_walk_abort_on_failure_and_report_it() {
+    let lab = Lab::new();
+    let sys = lab.sys();
+    let marker = lab.target("failure-report");
+    lab.run_sh("mkdir -p var/lib/db var/backups && echo live-rows > var/lib/db/table");
+    // The dump lands in a recorded directory; the live database directory is not recorded.
+    write_config(
+        &lab,
+        &format!(
+            "database_locations = [\"/var/lib/db\"]\n[hooks]\npre_snapshot = [\"cp \\\"$RESTOREPOINT_ROOT/var/lib/db/table\\\" \\\"$RESTOREPOINT_ROOT/var/backups/db.dump\\\"\"]\non_failure = [\"echo \\\"$RESTOREPOINT_ERROR\\\" > {}\"]\n",
+            Lab::s(&marker)
+        ),
+    );
+    SNAPSHOT.expect(0, &["--root", Lab::s(&sys)]);
+    let t = lab.target("t1");
+    RESTORE.expect(
+        0,
+        &[
+            "--root",
+            Lab::s(&sys),
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&t),
+            "--yes",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.join("var/backups/db.dump")).unwrap(),
+        "live-rows\n"
+    );
+    assert!(!t.join("var/lib/db").exists());
+
+    // A failing hook stops the snapshot before anything is written, and on_failure is told why.
+    let config = std::fs::read_to_string(sys.join("etc/system_snapshots.conf")).unwrap();
+    write_config(
+        &lab,
+        &config.replace("pre_snapshot = [", "pre_snapshot = [\"exit 7\", "),
+    );
+    let out = SNAPSHOT.expect(1, &["--root", Lab::s(&sys)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`exit 7` failed with exit code 7") && err.contains("not taken"),
+        "{err}"
+    );
+    assert_eq!(point_ids(&lab), vec![1]);
+    assert!(std::fs::read_to_string(&marker)
+        .unwrap()
+        .contains("exit code 7"));
+
+    // Optional: a warning, and the snapshot goes on.
+    write_config(
+        &lab,
+        "[hooks]\npre_snapshot = [{ command = \"exit 7\", optional = true }]\n",
+    );
+    let out = SNAPSHOT.expect(3, &["--root", Lab::s(&sys)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("optional"));
+    assert_eq!(point_ids(&lab), vec![1, 2]);
+
+    // A hook that hangs is stopped at its timeout.
+    write_config(
+        &lab,
+        "[hooks]\npre_snapshot = [{ command = \"sleep 60\", timeout = \"1s\" }]\n",
+    );
+    let out = SNAPSHOT.expect(1, &["--root", Lab::s(&sys)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish within 1 s"));
+}
