@@ -44,6 +44,8 @@ struct Cli {
 enum Cmd {
     /// Print a commented example of /etc/system_snapshots.conf
     ConfigExample,
+    /// What is NOT backed up: excluded paths with their sizes and rules, mounts not crossed
+    Audit,
     /// List the complete points, oldest first
     List,
     /// What a point changed against the point before it
@@ -85,6 +87,7 @@ pub fn main() -> i32 {
     };
     let result = match &cli.cmd {
         None => take(&cli, &system, &config),
+        Some(Cmd::Audit) => audit(&cli, &system, &config),
         Some(Cmd::ConfigExample) => {
             print!("{}", crate::config::EXAMPLE);
             Ok(SUCCESS)
@@ -108,33 +111,7 @@ pub fn main() -> i32 {
 type CmdResult = Result<i32, crate::error::Error>;
 
 fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
-    let sources = if cli.sources.is_empty() {
-        &config.sources
-    } else {
-        &cli.sources
-    };
-    let sources = sources
-        .iter()
-        .map(|s| source_rel(s))
-        .collect::<Result<_, _>>()?;
-    let mut excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
-    excludes.extend(config.exclude.iter().cloned());
-    excludes.extend(config.database_locations.iter().cloned());
-    excludes.extend(cli.excludes.iter().cloned());
-    // A run from a terminal is someone's decision; one from cron is the schedule's.
-    let kind = if std::io::stdin().is_terminal() {
-        PointKind::Manual
-    } else {
-        PointKind::Scheduled
-    };
-    let opts = SnapshotOptions {
-        sources,
-        excludes,
-        one_file_system: config.one_file_system,
-        kind,
-        label: cli.label.clone(),
-        level: cli.level.map(Level).unwrap_or_default(),
-    };
+    let opts = snapshot_options(cli, config)?;
     let policy = config.retention.policy();
     let started = std::time::Instant::now();
     if !cli.json {
@@ -221,6 +198,73 @@ fn on_failure(config: &Config, env: &[(&str, String)], error: &str) {
             eprintln!("warning: on_failure {f}");
         }
     }
+}
+
+/// The snapshot's settings: flags over the config file over the defaults.
+fn snapshot_options(cli: &Cli, config: &Config) -> Result<SnapshotOptions, crate::error::Error> {
+    let sources = if cli.sources.is_empty() {
+        &config.sources
+    } else {
+        &cli.sources
+    };
+    let sources = sources
+        .iter()
+        .map(|s| source_rel(s))
+        .collect::<Result<_, _>>()?;
+    let mut excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
+    excludes.extend(config.exclude.iter().cloned());
+    excludes.extend(config.database_locations.iter().cloned());
+    excludes.extend(cli.excludes.iter().cloned());
+    // A run from a terminal is someone's decision; one from cron is the schedule's.
+    let kind = if std::io::stdin().is_terminal() {
+        PointKind::Manual
+    } else {
+        PointKind::Scheduled
+    };
+    let opts = SnapshotOptions {
+        sources,
+        excludes,
+        one_file_system: config.one_file_system,
+        kind,
+        label: cli.label.clone(),
+        level: cli.level.map(Level).unwrap_or_default(),
+    };
+    Ok(opts)
+}
+
+fn audit(cli: &Cli, system: &System, config: &Config) -> CmdResult {
+    let opts = snapshot_options(cli, config)?;
+    let store = crate::engine::within(&system.root, &system.store);
+    let r = crate::audit::audit(&system.root, store, &opts)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serializes")
+        );
+    } else {
+        println!("Not backed up ({} paths):", r.excluded.len());
+        for e in &r.excluded {
+            let bytes = e
+                .bytes
+                .map(size)
+                .unwrap_or_else(|| "another filesystem".into());
+            println!("  {:<40} {:>20}  rule {}", e.path, bytes, e.rule);
+        }
+        if !r.mounts_not_crossed.is_empty() {
+            println!("Mounts not crossed (list them as sources to record them):");
+            for m in &r.mounts_not_crossed {
+                println!("  {m}");
+            }
+        }
+        for w in &r.warnings {
+            println!("WARNING: {w}");
+        }
+    }
+    Ok(if r.warnings.is_empty() {
+        SUCCESS
+    } else {
+        WARNINGS
+    })
 }
 
 /// What the original tool printed before a scheduled snapshot.

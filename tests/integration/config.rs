@@ -273,3 +273,87 @@ fn hooks_dump_before_the_walk_abort_on_failure_and_report_it() {
     let out = SNAPSHOT.expect(1, &["--root", Lab::s(&sys)]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish within 1 s"));
 }
+
+#[test]
+fn the_point_and_audit_agree_on_what_is_left_out() {
+    let lab = Lab::new();
+    lab.run_sh(
+        r#"
+        mkdir -p tmp/session mnt/usb media/cd var/cache/app var/lib/dpkg etc home/u
+        echo scratch > tmp/session/f && echo photo > mnt/usb/p && echo iso > media/cd/i
+        echo blob > var/cache/app/b && echo status > var/lib/dpkg/status
+        echo 123 > home/u/app.pid && echo swap > home/u/.notes.swp && echo keep > home/u/notes
+        echo conf > etc/conf
+        "#,
+    );
+    write_config(
+        &lab,
+        "store = \"/root/snapshots\"\nexclude = [\"/var/cache\", \"/var/lib/dpkg\"]\n",
+    );
+    let out = SNAPSHOT.expect(3, &["audit", "--json", "--root", Lab::s(&lab.sys())]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audited: Vec<String> = v["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "/tmp",
+        "/mnt/usb",
+        "/media/cd",
+        "/var/cache",
+        "/var/lib/dpkg",
+        "/home/u/app.pid",
+        "/home/u/.notes.swp",
+    ] {
+        assert!(
+            audited.iter().any(|a| a == want),
+            "{want} not in the audit: {audited:?}"
+        );
+    }
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("/var/lib/dpkg"),
+        "{v}"
+    );
+    let tmp_entry = v["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/tmp")
+        .unwrap();
+    assert_eq!(tmp_entry["bytes"], 8, "the size of what /tmp holds");
+
+    SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
+    let t = lab.target("t");
+    RESTORE.expect(
+        0,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&t),
+            "--yes",
+        ],
+    );
+    let source = fingerprint_except(&lab.sys(), &["root"]);
+    let point = fingerprint(&t);
+    for path in source.keys() {
+        let shown = format!("/{}", String::from_utf8_lossy(path));
+        let left_out = audited
+            .iter()
+            .any(|a| shown == *a || shown.starts_with(&format!("{a}/")));
+        assert_eq!(
+            !point.contains_key(path),
+            left_out,
+            "{shown}: in the point {}, audited as left out {left_out}",
+            point.contains_key(path)
+        );
+    }
+    assert!(
+        t.join("mnt").is_dir() && t.join("media").is_dir(),
+        "/mnt/* keeps /mnt itself"
+    );
+}
