@@ -34,6 +34,7 @@ fn opts() -> SnapshotOptions {
         kind: PointKind::Manual,
         label: None,
         level: Level::default(),
+        admission: None,
     }
 }
 

@@ -347,6 +347,7 @@ impl System {
             kind: crate::store::PointKind::PreRestore,
             label: Some(format!("before restoring point {}", req.point)),
             level: Default::default(),
+            admission: None,
         };
         match snapshot::run(store, &self.root, &opts, progress) {
             Ok(r) => Ok(r.point),
@@ -437,8 +438,8 @@ fn retain(
             })
         })
         .collect();
-    let data = points.last().map_or(0, |p| p.bytes);
-    let decisions = crate::retention::decide(policy, &infos, store.disk_usage(), data, now);
+    let u = store.usage();
+    let decisions = crate::retention::decide(policy, &infos, u.data(), u.replica, now);
     if !dry_run {
         for d in decisions.iter().filter(|d| d.remove) {
             let removed = crate::prune::remove_oldest(store)?;

@@ -39,6 +39,8 @@ pub enum Error {
     NoSuchPoint { id: i64 },
     #[error("the store has no complete restore point yet; run system_snapshot first")]
     NoPoints,
+    #[error("snapshot refused, nothing was written: {why}")]
+    Refused { why: String },
     // -- data
     #[error("damaged: {what}; run `system_snapshot verify --full` to see everything affected")]
     Damaged { what: String },

@@ -11,6 +11,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 
+/// Added to every ceiling: block rounding and the store's own files are a fixed cost that
+/// would otherwise make a small tree look over its ceiling forever.
+pub const SLACK: u64 = 1 << 20;
+
+/// The most the store's data (replica and packs) may take: ratio × the replica, plus SLACK.
+pub fn ceiling(policy: &Policy, replica: u64) -> u64 {
+    (policy.ceiling_ratio * replica as f64) as u64 + SLACK
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
     pub ceiling_ratio: f64,
@@ -42,7 +51,7 @@ pub fn decide(
     data_bytes: u64,
     now: DateTime<FixedOffset>,
 ) -> Vec<Decision> {
-    let ceiling = (policy.ceiling_ratio * data_bytes as f64) as u64;
+    let ceiling = ceiling(policy, data_bytes);
     let mut size = store_bytes;
     let mut stopped = false;
     let n = points.len();
@@ -67,7 +76,7 @@ pub fn decide(
             ))
         } else if size <= ceiling {
             Some(format!(
-                "kept: the store ({}) is within the ceiling ({} × {} = {})",
+                "kept: the store ({}) is within the ceiling ({} × {} + 1 MiB = {})",
                 bytes(size),
                 policy.ceiling_ratio,
                 bytes(data_bytes),
@@ -95,7 +104,7 @@ pub fn decide(
                     id: p.id,
                     remove: true,
                     reason: format!(
-                        "removed: the store ({}) is over the ceiling ({} × {} = {})",
+                        "removed: the store ({}) is over the ceiling ({} × {} + 1 MiB = {})",
                         bytes(size),
                         policy.ceiling_ratio,
                         bytes(data_bytes),
@@ -109,7 +118,7 @@ pub fn decide(
     out
 }
 
-fn human(d: Duration) -> String {
+pub fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0 => "0s".into(),
@@ -241,7 +250,7 @@ mod tests {
             ),
         ];
         for (i, (policy, pts, store, data, want)) in cases.into_iter().enumerate() {
-            let d = decide(&policy, &pts, store, data, now());
+            let d = decide(&policy, &pts, store + SLACK, data, now());
             assert_eq!(d.len(), pts.len(), "case {i}: one decision per point");
             assert_eq!(removed(&d), want, "case {i}: {d:#?}");
         }
@@ -254,7 +263,7 @@ mod tests {
             min_points: 2,
             age_floor: Duration::from_secs(86400),
         };
-        let d = decide(&policy, &points(4, 30, 1, 100), 500, 100, now());
+        let d = decide(&policy, &points(4, 30, 1, 100), 500 + SLACK, 100, now());
         assert!(
             d[0].remove && d[0].reason.contains("over the ceiling"),
             "{d:?}"

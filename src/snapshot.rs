@@ -42,6 +42,9 @@ pub struct SnapshotOptions {
     pub kind: PointKind,
     pub label: Option<String>,
     pub level: Level,
+    /// Refuse the snapshot when the store would stay over this policy's ceiling even after
+    /// retention (None: only the filesystem reserve is checked, as for safety points).
+    pub admission: Option<crate::retention::Policy>,
 }
 
 /// A path the snapshot could not record as it is now; the point keeps its previous state.
@@ -105,6 +108,7 @@ pub fn run(
     progress.phase("scanning", None);
     let walked = scan(root_fd.as_fd(), opts, &excludes, &mut report)?;
     let pending = compare(store, walked, &mut report)?;
+    admit(store, opts, &pending)?;
     let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
     let sources: Vec<String> = opts.sources.iter().map(|s| display_path(s)).collect();
     let id = store.index.insert_point(
@@ -143,6 +147,73 @@ pub fn run(
     store.clear_staging()?;
     progress.finish();
     Ok(report)
+}
+
+/// What one pending path is expected to add to the store: (to the replica, in all). The
+/// replica grows by the change in allocated size. The pack gets the old version: compressed
+/// whole (about half) when the path is deleted, a delta (a tenth is generous for edits and
+/// appends) when it is modified, next to nothing for the holes of a sparse file. A low
+/// estimate only means retention trims more next time; a high one would refuse good points.
+fn estimated_growth(p: &Pending) -> (u64, u64) {
+    let new = p
+        .new
+        .as_ref()
+        .filter(|(b, _)| b.kind == Kind::File)
+        .map_or(0, |(b, _)| b.size.min(b.blocks * 512));
+    let Some(old) = p.old.as_ref().filter(|o| o.kind == Kind::File) else {
+        return (new, new);
+    };
+    let old_size = if old.sparse { 0 } else { old.size };
+    let replica = new.saturating_sub(old_size);
+    let pack = match &p.new {
+        None => old_size / 2,
+        Some((b, _)) if b.kind == Kind::File && b.size == old.size && b.mtime == old.mtime => 0,
+        Some((b, _)) if b.kind == Kind::File => old_size / 10,
+        Some(_) => old_size / 2,
+    };
+    (replica, replica + pack)
+}
+
+/// Refuses, before anything is written, a point the store cannot take (`admission`).
+fn admit(store: &Store, opts: &SnapshotOptions, pending: &[Pending]) -> Result<()> {
+    let (replica_growth, growth) = pending
+        .iter()
+        .map(estimated_growth)
+        .fold((0, 0), |(r, g), (pr, pg)| (r + pr, g + pg));
+    let usage = store.usage();
+    let vfs = rustix::fs::fstatvfs(store.replica())
+        .ctx(|| format!("statvfs of the store {}", store.dir.display()))?;
+    let space = crate::admission::Space {
+        store_bytes: usage.data(),
+        fs_free: vfs.f_bavail * vfs.f_frsize,
+        fs_size: vfs.f_blocks * vfs.f_frsize,
+    };
+    let points: Vec<crate::retention::PointInfo> = store
+        .index
+        .complete_points()?
+        .iter()
+        .filter_map(|p| {
+            let created = chrono::DateTime::parse_from_rfc3339(&p.created_at).ok()?;
+            Some(crate::retention::PointInfo {
+                id: p.id,
+                created,
+                stored_bytes: p.stored_bytes,
+            })
+        })
+        .collect();
+    // The replica on disk after the point: allocated like the store, so the ceiling compares like with like.
+    let est = crate::admission::Estimate {
+        growth,
+        data_after: usage.replica + replica_growth,
+    };
+    crate::admission::check(
+        opts.admission.as_ref(),
+        &points,
+        est,
+        space,
+        chrono::Local::now().fixed_offset(),
+    )
+    .map_err(|why| Error::Refused { why })
 }
 
 /// The store's path relative to the root, when the store lies inside it.

@@ -228,6 +228,7 @@ fn snapshot_options(cli: &Cli, config: &Config) -> Result<SnapshotOptions, crate
         kind,
         label: cli.label.clone(),
         level: cli.level.map(Level).unwrap_or_default(),
+        admission: Some(config.retention.policy()),
     };
     Ok(opts)
 }
@@ -269,18 +270,19 @@ fn audit(cli: &Cli, system: &System, config: &Config) -> CmdResult {
 
 /// What the original tool printed before a scheduled snapshot.
 fn print_preamble(system: &System, policy: &crate::retention::Policy, databases: &[String]) {
-    let used = crate::store::disk_usage(&system.store);
-    let data = system.list().ok().and_then(|p| p.last().map(|p| p.bytes));
+    let u = crate::store::usage(&system.store);
+    let used = u.data();
+    let data = Some(u.replica).filter(|_| system.list().is_ok_and(|p| !p.is_empty()));
     match data {
         Some(d) => {
-            let ceiling = (policy.ceiling_ratio * d as f64) as u64;
+            let ceiling = crate::retention::ceiling(policy, d);
             let verdict = if used > ceiling {
                 "over it: the oldest points will go"
             } else {
                 "within it"
             };
             println!(
-                "Current size of the store {}: {} (ceiling {} × {} of data = {}: {verdict})",
+                "Current size of the store {}: {} of data and history (ceiling {} × {} replica + 1 MiB = {}: {verdict})",
                 system.store.display(),
                 size(used),
                 policy.ceiling_ratio,
@@ -295,9 +297,9 @@ fn print_preamble(system: &System, policy: &crate::retention::Policy, databases:
         ),
     }
     println!(
-        "Retention: at least {} points are kept; none younger than {}s is removed; the oldest go while the store exceeds {} × the latest point's data",
+        "Retention: at least {} points are kept; none younger than {} is removed; the oldest go while the store exceeds {} × the latest point's data",
         policy.min_points,
-        policy.age_floor.as_secs(),
+        crate::retention::human(policy.age_floor),
         policy.ceiling_ratio
     );
     if databases.is_empty() {

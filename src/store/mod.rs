@@ -132,21 +132,49 @@ impl Store {
         Ok(())
     }
 
-    /// Total bytes the store uses on disk (everything in it, the index included).
-    pub fn disk_usage(&self) -> u64 {
-        disk_usage(&self.dir)
+    /// Bytes the store uses on disk, by part.
+    pub fn usage(&self) -> Usage {
+        usage(&self.dir)
     }
 }
 
-/// Bytes allocated under `dir` (0 when it does not exist).
-pub fn disk_usage(dir: &Path) -> u64 {
+/// Allocated bytes of a store, by part. The ceiling compares `data()` (replica and packs) with
+/// the replica: both measured the same way, so block rounding of small files cancels out, and
+/// the index and the store's own directories (a fixed overhead) do not make a small tree look
+/// over its ceiling forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub total: u64,
+    pub replica: u64,
+    pub packs: u64,
+}
+
+impl Usage {
+    pub fn data(&self) -> u64 {
+        self.replica + self.packs
+    }
+}
+
+/// One walk over the store `dir` (all zero when it does not exist).
+pub fn usage(dir: &Path) -> Usage {
     use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(dir)
+    let (replica, packs) = (dir.join("replica"), dir.join("packs"));
+    let mut u = Usage::default();
+    for e in walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.blocks() * 512)
-        .sum()
+    {
+        let Ok(m) = e.metadata() else { continue };
+        let n = m.blocks() * 512;
+        u.total += n;
+        // What is in them, not the two directories themselves (part of the fixed skeleton).
+        if e.path().starts_with(&replica) && e.path() != replica {
+            u.replica += n;
+        } else if e.path().starts_with(&packs) && e.path() != packs {
+            u.packs += n;
+        }
+    }
+    u
 }
 
 fn make_layout(dir: &Path) -> Result<()> {

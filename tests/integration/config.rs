@@ -148,8 +148,7 @@ fn a_small_ceiling_removes_the_oldest_points_while_min_points_and_the_age_floor_
     let mut fps = std::collections::BTreeMap::new();
     for i in 1..=5 {
         lab.run_sh(&format!(
-            "seq 1 {} > etc/data && echo {i} > etc/n",
-            i * 5000
+            "head -c 1500000 /dev/urandom > etc/data && echo {i} > etc/n"
         ));
         let out = SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -356,4 +355,86 @@ fn the_point_and_audit_agree_on_what_is_left_out() {
         t.join("mnt").is_dir() && t.join("media").is_dir(),
         "/mnt/* keeps /mnt itself"
     );
+}
+
+/// Everything in the store, for checking that a refusal wrote nothing.
+fn store_files(lab: &Lab) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = walkdir::WalkDir::new(lab.store_under_root())
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with("index.db")
+        })
+        .map(|e| (e.path().display().to_string(), e.metadata().unwrap().len()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn admission_refuses_a_point_over_the_ceiling_and_writes_nothing() {
+    let lab = Lab::new();
+    write_config(
+        &lab,
+        "[retention]\nceiling_ratio = 1.1\nmin_points = 2\nage_floor = \"0s\"\n",
+    );
+    lab.run_sh("head -c 8000000 /dev/urandom > data.bin");
+    SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
+    // Replacing all the data: the deleted file goes to the pack whole, the new one to the replica.
+    lab.run_sh("rm data.bin && head -c 8000000 /dev/urandom > other.bin");
+    let before = store_files(&lab);
+    let out = SNAPSHOT.expect(7, &["--root", Lab::s(&lab.sys())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing was written") && err.contains("ceiling"),
+        "{err}"
+    );
+    assert_eq!(point_ids(&lab), vec![1]);
+    assert_eq!(
+        store_files(&lab),
+        before,
+        "a refused snapshot changed the store"
+    );
+    // With room to spare the same change is recorded.
+    write_config(&lab, "[retention]\nceiling_ratio = 3\n");
+    SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
+    assert_eq!(point_ids(&lab), vec![1, 2]);
+}
+
+#[test]
+fn admission_keeps_a_reserve_free_on_the_stores_filesystem() {
+    crate::require_root!();
+    let lab = Lab::new();
+    let fs = lab.target("small-fs");
+    std::fs::create_dir_all(&fs).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&fs)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(fs.clone());
+    let store = fs.join("store");
+    let run = |code| {
+        SNAPSHOT.expect(
+            code,
+            &["--root", Lab::s(&lab.sys()), "--store", Lab::s(&store)],
+        )
+    };
+    lab.run_sh("head -c 9000000 /dev/urandom > a.bin");
+    run(0);
+    lab.run_sh("head -c 8000000 /dev/urandom > b.bin");
+    let out = run(7);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("must stay free") && err.contains("nothing was written"),
+        "{err}"
+    );
+    SNAPSHOT.expect(0, &["list", "--store", Lab::s(&store)]);
 }

@@ -296,6 +296,10 @@ impl Lab {
     pub fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }
+    /// The store a config-driven run uses: /root/snapshots under the root.
+    pub fn store_under_root(&self) -> PathBuf {
+        self.sys().join("root/snapshots")
+    }
     pub fn target(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -1,0 +1,193 @@
+//! Admission control: before a snapshot writes anything, its growth is estimated; the snapshot
+//! is refused when the store would stay over its ceiling even after retention removed all it
+//! may, or when the store's filesystem would be left with less than its reserve free. A pure
+//! decision over numbers, tested over cases; the snapshot gathers the numbers.
+
+use chrono::{DateTime, FixedOffset};
+
+use crate::retention::{decide, PointInfo, Policy};
+
+/// The share of the store's filesystem that must stay free (5 %).
+pub const RESERVE_PERCENT: u64 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Bytes the store is expected to grow by (new content in the replica, old content in the pack).
+    pub growth: u64,
+    /// Size of the new point's data (the replica's size once it is recorded).
+    pub data_after: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub store_bytes: u64,
+    pub fs_free: u64,
+    pub fs_size: u64,
+}
+
+/// Why a snapshot is refused, or Ok.
+pub fn check(
+    policy: Option<&Policy>,
+    points: &[PointInfo],
+    est: Estimate,
+    space: Space,
+    now: DateTime<FixedOffset>,
+) -> Result<(), String> {
+    let reserve = space.fs_size / 100 * RESERVE_PERCENT;
+    if space.fs_free < est.growth.saturating_add(reserve) {
+        return Err(format!(
+            "the new point needs about {} but the store's filesystem has {} free, and {} ({RESERVE_PERCENT} %) must stay free; free some space or remove points (system_snapshot prune --oldest N)",
+            bytes(est.growth),
+            bytes(space.fs_free),
+            bytes(reserve)
+        ));
+    }
+    let Some(policy) = policy else { return Ok(()) };
+    let after = space.store_bytes + est.growth;
+    let ceiling = crate::retention::ceiling(policy, est.data_after);
+    // Retention runs after the new point exists: it is then the latest.
+    let mut with_new = points.to_vec();
+    with_new.push(PointInfo {
+        id: i64::MAX,
+        created: now,
+        stored_bytes: est.growth,
+    });
+    let freed: u64 = decide(policy, &with_new, after, est.data_after, now)
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.remove)
+        .map(|(i, _)| with_new.get(i + 1).map_or(0, |s| s.stored_bytes))
+        .sum();
+    // Only a point that takes the store across the ceiling is refused: one that min_points or
+    // the age floor already keep above it stays so by those rules, and refusing every later
+    // point would leave the machine without restore points.
+    let (before_pruned, after_pruned) = (
+        space.store_bytes.saturating_sub(freed),
+        after.saturating_sub(freed),
+    );
+    if after_pruned > ceiling && before_pruned <= ceiling {
+        return Err(format!(
+            "the new point needs about {}: the store would be {} after removing every point retention allows, over its ceiling of {} ({} × {} of replica + 1 MiB); raise [retention] ceiling_ratio, lower min_points or age_floor, or exclude more",
+            bytes(est.growth),
+            bytes(after.saturating_sub(freed)),
+            bytes(ceiling),
+            policy.ceiling_ratio,
+            bytes(est.data_after)
+        ));
+    }
+    Ok(())
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn now() -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339("2026-11-22T12:00:00+00:00").unwrap()
+    }
+
+    fn old_points(n: i64, pack: u64) -> Vec<PointInfo> {
+        (1..=n)
+            .map(|i| PointInfo {
+                id: i,
+                created: now() - chrono::Duration::days(30 - i),
+                stored_bytes: pack,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn refuses_only_what_cannot_fit() {
+        const MB: u64 = 1 << 20;
+        let policy = Policy {
+            ceiling_ratio: 1.5,
+            min_points: 2,
+            age_floor: Duration::ZERO,
+        };
+        let space = |store_mb: u64| Space {
+            store_bytes: store_mb * MB,
+            fs_free: 1000 * MB,
+            fs_size: 2000 * MB,
+        };
+        let est = |growth_mb: u64, data_mb: u64| Estimate {
+            growth: growth_mb * MB,
+            data_after: data_mb * MB,
+        };
+        // Ceiling for 100 MB of replica: 150 MB + 1 MiB slack.
+        assert!(check(
+            Some(&policy),
+            &old_points(3, 10 * MB),
+            est(10, 100),
+            space(120),
+            now()
+        )
+        .is_ok());
+        // Over the ceiling, but retention can free enough (each removal frees 40 MB).
+        assert!(check(
+            Some(&policy),
+            &old_points(5, 40 * MB),
+            est(40, 100),
+            space(140),
+            now()
+        )
+        .is_ok());
+        // Over the ceiling even after retention: min_points keeps everything there is.
+        let err = check(
+            Some(&policy),
+            &old_points(1, 0),
+            est(90, 100),
+            space(100),
+            now(),
+        )
+        .unwrap_err();
+        assert!(err.contains("ceiling"), "{err}");
+        // The age floor keeps the points that could have gone.
+        let young = Policy {
+            age_floor: Duration::from_secs(90 * 86400),
+            ..policy
+        };
+        assert!(check(
+            Some(&young),
+            &old_points(5, 40 * MB),
+            est(40, 100),
+            space(140),
+            now()
+        )
+        .is_err());
+        // Already over the ceiling (kept there by min_points): small points are still taken.
+        assert!(check(
+            Some(&policy),
+            &old_points(1, 0),
+            est(1, 100),
+            space(200),
+            now()
+        )
+        .is_ok());
+        // No ceiling check for safety points, only the reserve.
+        assert!(check(None, &old_points(1, 0), est(90, 100), space(100), now()).is_ok());
+        // The filesystem reserve (5 % of 2000 MB = 100 MB).
+        let tight = Space {
+            store_bytes: MB,
+            fs_free: 150 * MB,
+            fs_size: 2000 * MB,
+        };
+        assert!(check(None, &[], est(40, 1), tight, now()).is_ok());
+        let err = check(None, &[], est(60, 1), tight, now()).unwrap_err();
+        assert!(err.contains("must stay free"), "{err}");
+    }
+}
