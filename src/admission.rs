@@ -5,6 +5,8 @@
 
 use chrono::{DateTime, FixedOffset};
 
+use crate::model::human_size as bytes;
+
 use crate::retention::{decide, PointInfo, Policy};
 
 /// The share of the store's filesystem that must stay free (5 %).
@@ -76,20 +78,6 @@ pub fn check(
         ));
     }
     Ok(())
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut u) = (n as f64, 0);
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::model::{display_path, is_within, RelPath};
 use crate::progress::Progress;
 use crate::restore::Action;
 use crate::restore::{self, RestorePlan, RestoreReport};
-use crate::retention::{Decision, PointInfo, Policy};
+use crate::retention::{Decision, Policy};
 use crate::snapshot::{self, SnapshotOptions, SnapshotReport};
 use crate::store::{ContentKind, Point, PointId, Store};
 use crate::verify::VerifyReport;
@@ -427,17 +427,7 @@ fn retain(
     dry_run: bool,
 ) -> Result<Vec<Decision>> {
     let points = store.index.complete_points()?;
-    let infos: Vec<PointInfo> = points
-        .iter()
-        .filter_map(|p| {
-            let created = chrono::DateTime::parse_from_rfc3339(&p.created_at).ok()?;
-            Some(PointInfo {
-                id: p.id,
-                created,
-                stored_bytes: p.stored_bytes,
-            })
-        })
-        .collect();
+    let infos = crate::retention::point_infos(&points);
     let u = store.usage();
     let decisions = crate::retention::decide(policy, &infos, u.data(), u.replica, now);
     if !dry_run {

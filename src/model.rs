@@ -197,6 +197,21 @@ pub fn display_path(path: &[u8]) -> String {
     out
 }
 
+/// A byte count for people: `512 B`, `1.5 MiB`.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// Parent directory of a relative path ("" for a top-level name); None for the root itself.
 pub fn parent(path: &[u8]) -> Option<&[u8]> {
     if path.is_empty() {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 
+use crate::model::human_size as bytes;
+
 /// Added to every ceiling: block rounding and the store's own files are a fixed cost that
 /// would otherwise make a small tree look over its ceiling forever.
 pub const SLACK: u64 = 1 << 20;
@@ -33,6 +35,22 @@ pub struct PointInfo {
     pub created: DateTime<FixedOffset>,
     /// Bytes of this point's pack: what removing its predecessor frees.
     pub stored_bytes: u64,
+}
+
+/// The retention inputs of complete points (oldest first); a point whose date cannot be read
+/// is left out rather than guessed at.
+pub fn point_infos(points: &[crate::store::Point]) -> Vec<PointInfo> {
+    points
+        .iter()
+        .filter_map(|p| {
+            let created = DateTime::parse_from_rfc3339(&p.created_at).ok()?;
+            Some(PointInfo {
+                id: p.id,
+                created,
+                stored_bytes: p.stored_bytes,
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -126,20 +144,6 @@ pub fn human(d: Duration) -> String {
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut u) = (n as f64, 0);
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -188,19 +188,7 @@ fn admit(store: &Store, opts: &SnapshotOptions, pending: &[Pending]) -> Result<(
         fs_free: vfs.f_bavail * vfs.f_frsize,
         fs_size: vfs.f_blocks * vfs.f_frsize,
     };
-    let points: Vec<crate::retention::PointInfo> = store
-        .index
-        .complete_points()?
-        .iter()
-        .filter_map(|p| {
-            let created = chrono::DateTime::parse_from_rfc3339(&p.created_at).ok()?;
-            Some(crate::retention::PointInfo {
-                id: p.id,
-                created,
-                stored_bytes: p.stored_bytes,
-            })
-        })
-        .collect();
+    let points = crate::retention::point_infos(&store.index.complete_points()?);
     // The replica on disk after the point: allocated like the store, so the ceiling compares like with like.
     let est = crate::admission::Estimate {
         growth,
@@ -555,7 +543,7 @@ fn capture(
                 fd.try_clone_to_owned()
                     .ctx(|| "duplicating a directory fd".into())?,
             ),
-            Err(err) if is_gone(&err) => return Ok(Captured::Gone),
+            Err(err) if fsio::is_missing(&err) => return Ok(Captured::Gone),
             Err(err) => return Ok(Captured::Skip(format!("cannot open its directory: {err}"))),
         }
     };
@@ -564,7 +552,7 @@ fn capture(
         DirRef::Borrowed(fd) => (fd.as_fd(), basename(&p.path)),
     };
     if let Err(err) = fsio::read_entry(dirfd, name, &mut e) {
-        return Ok(if is_gone(&err) {
+        return Ok(if fsio::is_missing(&err) {
             Captured::Gone
         } else {
             Captured::Skip(format!("cannot read metadata: {err}"))
@@ -577,7 +565,7 @@ fn capture(
         match read_file(store, dirfd, name, &mut e, p.old.as_ref(), seq) {
             Ok(Some(content)) => return Ok(Captured::Node(Box::new(e), content)),
             Ok(None) => continue, // changed while being read
-            Err(err) if is_gone(&err) => return Ok(Captured::Gone),
+            Err(err) if fsio::is_missing(&err) => return Ok(Captured::Gone),
             Err(err) => return Ok(Captured::Skip(format!("cannot read: {err}"))),
         }
     }
@@ -589,10 +577,6 @@ fn capture(
 enum DirRef {
     Owned(OwnedFd),
     Borrowed(OwnedFd),
-}
-
-fn is_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOENT.raw_os_error() || c == rustix::io::Errno::NOTDIR.raw_os_error())
 }
 
 /// Opens the source file without following links or touching its atime, checks it is still a

@@ -4,20 +4,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::progress::Progress;
 
-pub fn size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::model::human_size as size;
 
 /// A bar on stderr, drawn only when stderr is a terminal (the caller checks).
 pub struct Bar {

@@ -14,5 +14,5 @@ pub use apply::{
     remove_tree, write_content, ContentReader, MetaWarnings, SETTABLE_FLAGS,
 };
 pub use meta::{hash_reader, read_entry, stat_to_basic, Basic};
-pub use resolve::{open_beneath, open_dir, open_root, DirCache};
+pub use resolve::{is_missing, open_beneath, open_dir, open_root, DirCache};
 pub use walk::{walk, WalkOptions, WalkWarning};

@@ -12,6 +12,11 @@ use crate::model::parent;
 /// resolved in pieces cut at a slash, each below this length.
 const CHUNK: usize = 3072;
 
+/// The path, or a directory on the way to it, does not exist (any more): ENOENT or ENOTDIR.
+pub fn is_missing(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOENT.raw_os_error() || c == rustix::io::Errno::NOTDIR.raw_os_error())
+}
+
 pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     Ok(openat(
         rustix::fs::CWD,

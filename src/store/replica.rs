@@ -43,7 +43,7 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
     for it in items.iter().rev().filter(|it| !it.path.is_empty()) {
         let dir = match cache.parent_of(root, &it.path) {
             Ok(d) => d,
-            Err(e) if is_absent(&e) => continue,
+            Err(e) if fsio::is_missing(&e) => continue,
             Err(e) => {
                 return Err(e)
                     .ctx(|| format!("opening the replica's parent of {}", display_path(&it.path)))
@@ -131,7 +131,7 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
     for d in touched_dirs.iter().rev() {
         // The wanted state when the directory is among the items, else the index's (unchanged).
         let e = match items.binary_search_by(|it| it.path.as_slice().cmp(d)) {
-            Ok(i) => it_state(&items[i]),
+            Ok(i) => items[i].want.clone(),
             Err(_) => store.index.entry(d)?,
         };
         let Some(e) = e else { continue };
@@ -140,20 +140,12 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
         }
         let fd = match fsio::open_dir(root, d) {
             Ok(fd) => fd,
-            Err(err) if is_absent(&err) => continue,
+            Err(err) if fsio::is_missing(&err) => continue,
             Err(err) => return Err(err).ctx(|| format!("opening replica {}", display_path(d))),
         };
         replica_meta_fd(fd.as_fd(), &e).ctx(|| format!("updating replica {}", display_path(d)))?;
     }
     Ok(())
-}
-
-fn is_absent(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOENT.raw_os_error() || c == rustix::io::Errno::NOTDIR.raw_os_error())
-}
-
-fn it_state(it: &Shape) -> Option<Entry> {
-    it.want.clone()
 }
 
 fn symlink_differs(
