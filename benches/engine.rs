@@ -35,6 +35,7 @@ fn opts() -> SnapshotOptions {
         label: None,
         level: Level::default(),
         admission: None,
+        boot: restorepoint::boot::Source::Off,
     }
 }
 

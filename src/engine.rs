@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::boot::restore::BootPlan;
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::ExcludeSet;
 use crate::exclude::DEFAULT_EXCLUDES;
@@ -36,6 +37,8 @@ pub struct RestoreRequest {
     pub safety_point: bool,
     /// Patterns a restore never writes or deletes, besides the point's own exclusions.
     pub protect: Vec<String>,
+    /// Where the pre-restore point reads the boot area from.
+    pub boot: crate::boot::Source,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -45,7 +48,16 @@ pub struct RestoreOutcome {
     /// The interrupted restore this run finished, if any.
     #[serde(skip)]
     pub resumed: Option<crate::store::RestoreJournal>,
+    /// Bytes written to each disk's boot area.
+    pub boot_written: Vec<(PathBuf, u64)>,
     pub report: RestoreReport,
+}
+
+fn write_boot(plans: &[BootPlan]) -> Result<Vec<(PathBuf, u64)>> {
+    plans
+        .iter()
+        .map(|p| Ok((p.device.clone(), crate::boot::restore::apply(p)?)))
+        .collect()
 }
 
 /// What one point changed against the point before it.
@@ -115,7 +127,20 @@ impl System {
             chrono::Local::now().fixed_offset(),
             false,
         )?;
+        let mut report = report;
+        if let Err(e) = self.refresh_kit(&store, report.point) {
+            report.warnings.push(crate::snapshot::Warning {
+                path: self.store.join("kit").display().to_string(),
+                message: format!("recovery kit not updated: {e}"),
+            });
+        }
         Ok((report, decisions))
+    }
+
+    fn refresh_kit(&self, store: &Store, latest: PointId) -> Result<()> {
+        let point = store.index.point(latest)?;
+        let (captures, note) = crate::boot::of_point(store, latest)?;
+        crate::boot::kit::refresh(&self.store, &self.root, &point, &captures, note.as_deref())
     }
 
     /// Applies retention (or, with `dry_run`, only says what it would do).
@@ -275,23 +300,31 @@ impl System {
     /// Applies the plan. In place, a pre-restore point of the current state is taken first (when
     /// asked), and the restore is journaled: running it again after an interruption finishes it
     /// without taking another pre-restore point of the half-restored tree.
+    ///
+    /// `boot` plans are written first, once the safety point holds the current boot area:
+    /// the raw write is the part most likely to fail, and a failure there leaves the files
+    /// untouched (GRUB's lesson: update the boot disk before its modules in /boot).
     pub fn restore(
         &self,
         store: &mut Store,
         req: &RestoreRequest,
         plan: &RestorePlan,
+        boot: &[BootPlan],
         progress: &dyn Progress,
     ) -> Result<RestoreOutcome> {
         let target = req.target.clone().unwrap_or_else(|| self.root.clone());
         let target_fd = fsio::open_root(&target)
             .ctx(|| format!("opening the restore target {}", target.display()))?;
-        if req.target.is_some() || plan.is_empty() {
+        let boot_work = boot.iter().any(|b| !b.is_noop());
+        if req.target.is_some() || (plan.is_empty() && !boot_work) {
             // Nothing of the system changes: no safety point, nothing to journal.
+            let boot_written = write_boot(boot)?;
             let report =
                 restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)?;
             return Ok(RestoreOutcome {
                 safety_point: None,
                 resumed: None,
+                boot_written,
                 report,
             });
         }
@@ -316,13 +349,106 @@ impl System {
                 .begin_restore(req.point, &key, &paths, safety_point)?;
         }
         crate::failpoint::hit("restore-before-apply");
+        let boot_written = write_boot(boot)?;
+        crate::failpoint::hit("restore-after-boot");
         let report = restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)?;
         store.index.finish_restores(&key)?;
         Ok(RestoreOutcome {
             safety_point,
             resumed,
+            boot_written,
             report,
         })
+    }
+
+    /// Plans writing point `point`'s boot area back. The disk is `device` when given, else
+    /// `configured` (boot.device), else the disk under the root's /boot, else the one disk
+    /// whose identity is the captured one. Refuses (before anything is written) a disk
+    /// that is not the captured one or whose layout changed.
+    pub fn plan_boot(
+        &self,
+        store: &Store,
+        point: PointId,
+        device: Option<&Path>,
+        configured: Option<&Path>,
+        with_table: bool,
+    ) -> Result<Vec<BootPlan>> {
+        let (captures, note) = crate::boot::of_point(store, point)?;
+        if captures.is_empty() {
+            return Err(Error::Invalid(format!(
+                "point {point} holds no boot area ({}); restore without --boot, or choose a point that has one (`system_snapshot show ID`)",
+                note.unwrap_or_else(|| "taken before boot capture existed".into())
+            )));
+        }
+        let candidates: Vec<(PathBuf, String)> = if let Some(d) = device {
+            vec![(d.to_path_buf(), "--device".into())]
+        } else if let Some(d) = configured {
+            vec![(d.to_path_buf(), "boot.device in the config".into())]
+        } else {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            match crate::boot::discover::discover(
+                &self.root,
+                &mountinfo,
+                Path::new("/sys"),
+                Path::new("/dev"),
+            ) {
+                Ok(f) => f.disks.into_iter().map(|d| (d, f.how.clone())).collect(),
+                Err(why) => {
+                    let found = crate::boot::discover::by_identity(
+                        Path::new("/sys"),
+                        Path::new("/dev"),
+                        &captures
+                            .iter()
+                            .map(|c| c.layout.clone())
+                            .collect::<Vec<_>>(),
+                    );
+                    if found.is_empty() {
+                        return Err(Error::Invalid(format!(
+                            "cannot find the disk to write point {point}'s boot area to: {why}; and no disk has the captured identity ({}). Name it with --device",
+                            captures.iter().map(|c| format!("{} {}", c.disk, c.layout.id)).collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    found
+                        .into_iter()
+                        .map(|d| (d, "its identity (signature and size)".to_string()))
+                        .collect()
+                }
+            }
+        };
+        let mut plans = Vec::new();
+        for c in &captures {
+            let same_id = |d: &Path| {
+                crate::boot::open_disk(d, false)
+                    .ok()
+                    .and_then(|(f, size, sector)| crate::boot::table::read(&f, size, sector).ok())
+                    .is_some_and(|l| l.id == c.layout.id && l.size == c.layout.size)
+            };
+            let chosen = candidates.iter().find(|(d, _)| same_id(d)).or(
+                if captures.len() == 1 && candidates.len() == 1 {
+                    // Compared in detail by the plan, which says what differs.
+                    candidates.first()
+                } else {
+                    None
+                },
+            );
+            let Some((dev, how)) = chosen else {
+                return Err(Error::Invalid(format!(
+                    "none of {} is the disk {} captured with point {point} (identity {}); name it with --device",
+                    candidates.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>().join(", "),
+                    c.disk,
+                    c.layout.id
+                )));
+            };
+            plans.push(crate::boot::restore::plan(
+                &self.store,
+                point,
+                c,
+                dev,
+                how,
+                with_table,
+            )?);
+        }
+        Ok(plans)
     }
 
     /// A point of everything the restore may change: the point's sources, with its exclusions.
@@ -348,6 +474,7 @@ impl System {
             label: Some(format!("before restoring point {}", req.point)),
             level: Default::default(),
             admission: None,
+            boot: req.boot.clone(),
         };
         match snapshot::run(store, &self.root, &opts, progress) {
             Ok(r) => Ok(r.point),
@@ -381,6 +508,7 @@ impl System {
                     paths: paths.to_vec(),
                     safety_point: false,
                     protect: Vec::new(),
+                    boot: crate::boot::Source::Off,
                 };
                 let plan = self.plan_restore(&store, &req)?;
                 (

@@ -41,6 +41,8 @@ pub enum Error {
     NoPoints,
     #[error("snapshot refused, nothing was written: {why}")]
     Refused { why: String },
+    #[error("boot area restore to {device} refused, nothing was written: {why}")]
+    BootRefused { device: PathBuf, why: String },
     // -- data
     #[error("damaged: {what}; run `system_snapshot verify --full` to see everything affected")]
     Damaged { what: String },

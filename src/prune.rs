@@ -31,5 +31,6 @@ pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
     for id in [oldest.id, successor] {
         store.remove_pack(id)?;
     }
+    crate::boot::remove_unreferenced(store)?;
     Ok(Some(oldest))
 }

@@ -45,6 +45,8 @@ pub struct SnapshotOptions {
     /// Refuse the snapshot when the store would stay over this policy's ceiling even after
     /// retention (None: only the filesystem reserve is checked, as for safety points).
     pub admission: Option<crate::retention::Policy>,
+    /// Where the boot area is read from.
+    pub boot: crate::boot::Source,
 }
 
 /// A path the snapshot could not record as it is now; the point keeps its previous state.
@@ -66,6 +68,10 @@ pub struct SnapshotReport {
     pub deleted: u64,
     pub stored_bytes: u64,
     pub warnings: Vec<Warning>,
+    /// One line per disk whose boot area the point holds.
+    pub boot: Vec<String>,
+    /// Why the point holds no boot area, when it holds none.
+    pub boot_note: Option<String>,
 }
 
 struct Pending {
@@ -109,6 +115,8 @@ pub fn run(
     let walked = scan(root_fd.as_fd(), opts, &excludes, &mut report)?;
     let pending = compare(store, walked, &mut report)?;
     admit(store, opts, &pending)?;
+    let boot = crate::boot::capture(&store.dir, root, &opts.boot);
+    failpoint::hit("snapshot-after-boot-capture");
     let created = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
     let sources: Vec<String> = opts.sources.iter().map(|s| display_path(s)).collect();
     let id = store.index.insert_point(
@@ -119,6 +127,15 @@ pub fn run(
         &opts.excludes,
     )?;
     report.point = id;
+    crate::boot::record(store, id, &boot)?;
+    report.boot = boot.captures.iter().map(|c| c.summary()).collect();
+    report.boot_note = boot.note.clone();
+    report
+        .warnings
+        .extend(boot.warnings.iter().map(|(disk, message)| Warning {
+            path: disk.clone(),
+            message: message.clone(),
+        }));
     failpoint::hit("snapshot-after-point-row");
     progress.phase("recording changes", Some(pending.len() as u64));
     let shapes = record(

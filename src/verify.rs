@@ -44,6 +44,7 @@ pub fn verify(store: &Store, full: bool) -> Result<VerifyReport> {
         }
         Ok(())
     })?;
+    crate::boot::verify(store, &mut report.damage)?;
     if full {
         check_chains(store, &mut report)?;
     }

@@ -8,6 +8,7 @@ use clap::Parser;
 
 use super::render::size;
 use super::*;
+use crate::boot::restore::BootPlan;
 use crate::engine::{source_rel, RestoreRequest};
 use crate::model::display_path;
 use crate::restore::{Action, RestorePlan};
@@ -40,6 +41,18 @@ struct Cli {
     /// Do not take a pre-restore point of the current state first (no way back then)
     #[arg(long)]
     no_safety_point: bool,
+    /// Also write the point's boot area (boot code and GRUB's core image) back to the disk
+    #[arg(long)]
+    boot: bool,
+    /// Write only the boot area, no files
+    #[arg(long, conflicts_with_all = ["paths", "target"])]
+    boot_only: bool,
+    /// The disk (or disk image file) to write the boot area to, instead of the one under /boot
+    #[arg(long, value_name = "DEV")]
+    device: Option<PathBuf>,
+    /// Also write the captured partition table back (every partition of the disk unmounted)
+    #[arg(long)]
+    with_partition_table: bool,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
@@ -95,30 +108,53 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
             crate::error::Error::io(format!("creating the target {}", t.display()), e)
         })?;
     }
+    let boot_plans = if cli.boot || cli.boot_only {
+        system.plan_boot(
+            &store,
+            id,
+            cli.device.as_deref(),
+            config.boot.device.as_deref(),
+            cli.with_partition_table,
+        )?
+    } else {
+        Vec::new()
+    };
     let req = RestoreRequest {
         point: id,
         target: cli.target.clone(),
         paths,
         safety_point: !cli.no_safety_point,
         protect: config.database_locations.clone(),
+        // The pre-restore point holds the boot area about to be overwritten.
+        boot: match boot_plans.as_slice() {
+            [one] => crate::boot::Source::Device(one.device.clone()),
+            _ => config.boot.source(),
+        },
     };
-    let plan = system.plan_restore(&store, &req)?;
+    let plan = if cli.boot_only {
+        RestorePlan {
+            point: id,
+            ..Default::default()
+        }
+    } else {
+        system.plan_restore(&store, &req)?
+    };
     let where_ = cli
         .target
         .as_ref()
         .unwrap_or(&system.root)
         .display()
         .to_string();
-    print_plan(cli, &plan, &where_);
+    print_plan(cli, &plan, &boot_plans, &where_);
     if cli.dry_run {
         return Ok(SUCCESS);
     }
-    if !cli.yes && !confirm(cli, id, &where_) {
+    if !cli.yes && !confirm(cli, id, &where_, &boot_plans) {
         println!("Nothing was changed.");
         return Ok(CANCELLED);
     }
     let progress = progress_bar();
-    let outcome = system.restore(&mut store, &req, &plan, progress.as_ref())?;
+    let outcome = system.restore(&mut store, &req, &plan, &boot_plans, progress.as_ref())?;
     let r = &outcome.report;
     if cli.json {
         println!(
@@ -132,10 +168,26 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
                 j.started_at
             );
         }
-        println!(
-            "Restored point {id} into {where_}: {} created, {} rewritten, {} deleted, {} metadata fixed, {} written",
-            r.created, r.rewritten, r.deleted, r.metadata, size(r.bytes_written)
-        );
+        for (dev, n) in &outcome.boot_written {
+            if *n == 0 {
+                println!(
+                    "The boot area of {} already matched point {id}.",
+                    dev.display()
+                );
+            } else {
+                println!(
+                    "Wrote point {id}'s boot area to {}: {}, read back and checked.",
+                    dev.display(),
+                    size(*n)
+                );
+            }
+        }
+        if !cli.boot_only {
+            println!(
+                "Restored point {id} into {where_}: {} created, {} rewritten, {} deleted, {} metadata fixed, {} written",
+                r.created, r.rewritten, r.deleted, r.metadata, size(r.bytes_written)
+            );
+        }
         if let Some(s) = outcome.safety_point {
             println!("The state before this restore is restore point {s}: restore it to roll forward again.");
         }
@@ -237,7 +289,7 @@ fn boot_critical(path: &[u8]) -> bool {
         || p == "etc/crypttab"
 }
 
-fn print_plan(cli: &Cli, plan: &RestorePlan, target: &str) {
+fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &str) {
     let s = plan.summary();
     let boot: Vec<String> = plan
         .items
@@ -253,8 +305,12 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, target: &str) {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"point": plan.point, "summary": s, "boot_critical": boot, "items": items})
+            serde_json::json!({"point": plan.point, "summary": s, "boot_critical": boot, "items": items, "boot_area": boot_plans})
         );
+        return;
+    }
+    print_boot_plan(boot_plans);
+    if cli.boot_only {
         return;
     }
     println!(
@@ -283,7 +339,50 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, target: &str) {
     }
 }
 
-fn confirm(cli: &Cli, id: i64, target: &str) -> bool {
+fn print_boot_plan(plans: &[BootPlan]) {
+    for b in plans {
+        println!(
+            "Boot area of point {} to {} (chosen by {}; captured from {}):",
+            b.point,
+            b.device.display(),
+            b.chosen_by,
+            b.captured_disk
+        );
+        for w in &b.writes {
+            println!(
+                "  {:<40} at byte {:>10}, {:>9}: {}",
+                w.name,
+                w.offset,
+                size(w.len),
+                if w.differs {
+                    "to write"
+                } else {
+                    "already equal"
+                }
+            );
+        }
+        if b.with_partition_table {
+            if b.table_changes.is_empty() {
+                println!("  The partition table already matches the captured one.");
+            } else {
+                println!(
+                    "  The partition table will be written back, undoing: {}",
+                    b.table_changes.join("; ")
+                );
+            }
+        } else {
+            println!("  The disk signature and partition table (sector 0 from byte 440) are left as they are.");
+        }
+    }
+}
+
+fn confirm(cli: &Cli, id: i64, target: &str, boot: &[BootPlan]) -> bool {
+    for b in boot.iter().filter(|b| !b.is_noop()) {
+        println!(
+            "THE BOOT AREA OF {} WILL BE OVERWRITTEN WITH POINT {id}'S.",
+            b.device.display()
+        );
+    }
     let prompt = if cli.target.is_some() {
         format!("To continue and restore point {id} into {target}, type 'yes' ")
     } else {

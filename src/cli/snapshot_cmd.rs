@@ -160,6 +160,12 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
             "Restore point {} recorded: {} entries ({}), {} changed ({} added, {} modified, {} deleted, {} metadata only), {} stored",
             r.point, r.files, size(r.bytes), changed, r.added, r.modified, r.deleted, r.metadata_only, size(r.stored_bytes)
         );
+        for b in &r.boot {
+            println!("Boot area recorded: {b}");
+        }
+        if let Some(n) = &r.boot_note {
+            println!("Note: {n}");
+        }
         for d in &removed {
             println!(
                 "Removed restore point {}: {}",
@@ -229,6 +235,7 @@ fn snapshot_options(cli: &Cli, config: &Config) -> Result<SnapshotOptions, crate
         label: cli.label.clone(),
         level: cli.level.map(Level).unwrap_or_default(),
         admission: Some(config.retention.policy()),
+        boot: config.boot.source(),
     };
     Ok(opts)
 }

@@ -73,6 +73,16 @@ pub struct Boot {
     pub device: Option<PathBuf>,
 }
 
+impl Boot {
+    pub fn source(&self) -> crate::boot::Source {
+        match (&self.device, self.capture) {
+            (_, false) => crate::boot::Source::Off,
+            (Some(d), true) => crate::boot::Source::Device(d.clone()),
+            (None, true) => crate::boot::Source::Discover,
+        }
+    }
+}
+
 impl Default for Boot {
     fn default() -> Self {
         Boot {

@@ -12,6 +12,7 @@ use crate::model::{Entry, Hash, Kind, RelPath, Timestamp, Xattrs};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_restores.sql"),
+    include_str!("../../migrations/0003_boot.sql"),
 ];
 
 pub type PointId = i64;
@@ -314,6 +315,71 @@ impl Index {
             )
             .map_err(self.err("marking the point complete"))?;
         Ok(())
+    }
+
+    /// Records the boot area captured with a running point: (disk, manifest JSON) pairs, or
+    /// the reason none was captured.
+    pub fn insert_boot(
+        &mut self,
+        point: PointId,
+        captures: &[(String, String)],
+        note: Option<&str>,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let e = |op: &'static str| db_op(&path, op);
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(e("recording the boot area"))?;
+        for (disk, manifest) in captures {
+            tx.execute(
+                "INSERT INTO boot_captures (point_id, disk, manifest) VALUES (?1, ?2, ?3)",
+                params![point, disk, manifest],
+            )
+            .map_err(e("recording the boot area"))?;
+        }
+        tx.execute(
+            "UPDATE points SET boot_note=?2 WHERE id=?1",
+            params![point, note],
+        )
+        .map_err(e("recording the boot area"))?;
+        tx.commit().map_err(e("recording the boot area"))
+    }
+
+    /// The boot manifests of a point (JSON), and the note saying why there are none.
+    pub fn boot_of(&self, point: PointId) -> Result<(Vec<String>, Option<String>)> {
+        let mut st = self
+            .conn
+            .prepare("SELECT manifest FROM boot_captures WHERE point_id=?1 ORDER BY disk")
+            .map_err(self.err("reading the boot area"))?;
+        let manifests = st
+            .query_map([point], |r| r.get(0))
+            .map_err(self.err("reading the boot area"))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.err("reading the boot area"))?;
+        let note = self
+            .conn
+            .query_row("SELECT boot_note FROM points WHERE id=?1", [point], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err("reading the boot area"))?
+            .flatten();
+        Ok((manifests, note))
+    }
+
+    /// Every boot manifest in the store (JSON), to know which boot files are still referred to.
+    pub fn all_boot_manifests(&self) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT manifest FROM boot_captures")
+            .map_err(self.err("reading the boot area"))?;
+        let rows = st
+            .query_map([], |r| r.get(0))
+            .map_err(self.err("reading the boot area"))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.err("reading the boot area"));
+        rows
     }
 
     /// The newest unfinished in-place restore of `target`, if any.

@@ -49,6 +49,7 @@ impl Store {
         let mut store = Store::open_inner(dir, Some(lock))?;
         crate::recover::roll_back_running(&mut store)?;
         store.remove_orphan_packs()?;
+        crate::boot::remove_unreferenced(&store)?;
         Ok(store)
     }
 

@@ -1,0 +1,101 @@
+//! Text records of the disk layout, for a person rebuilding the machine: what the partitioning
+//! and volume tools say, each when the tool exists. Never used to write anything by default.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// cron runs with PATH=/usr/bin:/bin; the disk tools live in sbin.
+const EXTRA_PATH: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(EXTRA_PATH.iter().map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// A record: its name, the command (or file) it came from, its text.
+pub struct Record {
+    pub name: String,
+    pub source: String,
+    pub text: Vec<u8>,
+}
+
+/// Runs `tool args…`; its standard output when it succeeds with some.
+fn run(name: &str, tool: &str, args: &[&str]) -> Option<Record> {
+    let exe = which(tool)?;
+    let out = Command::new(&exe)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return None;
+    }
+    Some(Record {
+        name: name.into(),
+        source: format!("{} {}", tool, args.join(" ")),
+        text: out.stdout,
+    })
+}
+
+/// Records for one disk (`sfdisk --dump`, `lsblk`), and for the system (`blkid`, fstab,
+/// LVM metadata, firmware boot entries).
+pub fn collect(disk: &Path, root: &Path) -> Vec<Record> {
+    let d = disk.to_string_lossy();
+    let mut out: Vec<Record> = [
+        run("sfdisk", "sfdisk", &["--dump", &d]),
+        run("lsblk", "lsblk", &["--json", "--bytes", "--output-all", &d]),
+        run("blkid", "blkid", &[]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let fstab = root.join("etc/fstab");
+    if let Ok(text) = std::fs::read(&fstab) {
+        out.push(Record {
+            name: "fstab".into(),
+            source: fstab.display().to_string(),
+            text,
+        });
+    }
+    if let Some(r) = lvm() {
+        out.push(r);
+    }
+    if Path::new("/sys/firmware/efi").exists() {
+        out.extend(run("efibootmgr", "efibootmgr", &["-v"]));
+    }
+    out
+}
+
+/// `vgcfgbackup` writes each volume group's metadata, the text `vgcfgrestore` reads back.
+fn lvm() -> Option<Record> {
+    let vgs = run("vgs", "vgs", &["--noheadings", "-o", "vg_name"])?;
+    if String::from_utf8_lossy(&vgs.text).trim().is_empty() {
+        return None;
+    }
+    let dir = tempfile::tempdir().ok()?;
+    let pattern = dir.path().join("%s");
+    run("lvm", "vgcfgbackup", &["-f", &pattern.to_string_lossy()])?;
+    let mut text = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path()).ok()?.flatten().collect();
+    files.sort_by_key(|e| e.file_name());
+    for f in files {
+        text.extend_from_slice(
+            format!("# volume group {}\n", f.file_name().to_string_lossy()).as_bytes(),
+        );
+        text.extend(std::fs::read(f.path()).unwrap_or_default());
+    }
+    Some(Record {
+        name: "lvm".into(),
+        source: "vgcfgbackup".into(),
+        text,
+    })
+}
