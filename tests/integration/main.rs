@@ -1,5 +1,6 @@
 //! The integration tests: one binary, real trees on disk, the real binaries, real SQLite and zstd.
 
+mod boot;
 mod cli;
 mod config;
 mod crash;
