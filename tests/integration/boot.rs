@@ -692,3 +692,61 @@ fn a_wiped_boot_area_stops_the_boot_and_the_restore_brings_it_back_in_qemu() {
         );
     }
 }
+
+/// Killed after the boot bytes are stored but before the point names them: the next run
+/// drops the unreferenced files, and killed between the boot write and the files of a
+/// restore: running the restore again finishes both.
+#[test]
+fn crashes_around_the_boot_area_lose_nothing() {
+    require_tool!("sfdisk");
+    let lab = Lab::new();
+    let img = lab.target("disk.img");
+    mbr_image(&img, 81);
+    config_with_device(&lab, &img);
+    lab.run_sh("mkdir -p boot; echo k1 > boot/vmlinuz");
+    snapshot(&lab);
+    let files = || std::fs::read_dir(lab.store().join("boot")).unwrap().count();
+    let before = files();
+    let good_tree = fingerprint(&lab.sys());
+    let good_disk = std::fs::read(&img).unwrap();
+
+    fill_boot(&img, 512, 2047 * 512, 82);
+    lab.run_sh("echo k2 > boot/vmlinuz");
+    let killed = Command::new(SNAPSHOT.path())
+        .args(["--root", Lab::s(&lab.sys()), "--store", Lab::s(&lab.store())])
+        .env("RESTOREPOINT_FAILPOINT", "snapshot-after-boot-capture")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "killed by its failpoint");
+    assert!(files() > before, "the new boot bytes were written before the kill");
+    assert_eq!(points(&lab), 1);
+    SNAPSHOT.expect(0, &["verify", "--store", Lab::s(&lab.store())]);
+    assert_eq!(files(), before, "the next writer removed what no point names");
+
+    let restore = |failpoint: Option<&str>| {
+        let mut c = Command::new(RESTORE.path());
+        c.args([
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+            "--point",
+            "1",
+            "--boot",
+            "--yes",
+        ]);
+        if let Some(f) = failpoint {
+            c.env("RESTOREPOINT_FAILPOINT", f);
+        }
+        c.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    let out = restore(Some("restore-after-boot"));
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    assert!(std::fs::read(&img).unwrap() == good_disk, "boot area first");
+    let out = restore(None);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("interrupted"), "{}", text(&out));
+    assert_same(&good_tree, &fingerprint(&lab.sys()), "files after the rerun");
+    assert!(std::fs::read(&img).unwrap() == good_disk);
+    assert_eq!(points(&lab), 2, "one safety point, not two");
+}
