@@ -70,6 +70,10 @@ pub struct PointChanges {
     pub modified: Vec<PathChange>,
     pub deleted: Vec<PathChange>,
     pub metadata_only: Vec<PathChange>,
+    /// The boot area captured with the point, one per disk.
+    pub boot: Vec<crate::boot::Capture>,
+    /// Why the point holds no boot area, if it holds none.
+    pub boot_note: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -106,11 +110,13 @@ impl System {
         }
     }
 
-    /// Records a new point, then applies retention under the same lock.
+    /// Records a new point, then applies retention under the same lock, then (with `kit`)
+    /// brings the recovery kit up to date.
     pub fn snapshot_and_retain(
         &self,
         opts: &SnapshotOptions,
         policy: &Policy,
+        kit: bool,
         progress: &dyn Progress,
     ) -> Result<(SnapshotReport, Vec<Decision>)> {
         let mut store = Store::open_for_writing(&self.store, true)?;
@@ -128,6 +134,9 @@ impl System {
             false,
         )?;
         let mut report = report;
+        if !kit {
+            return Ok((report, decisions));
+        }
         if let Err(e) = self.refresh_kit(&store, report.point) {
             report.warnings.push(crate::snapshot::Warning {
                 path: self.store.join("kit").display().to_string(),
@@ -164,8 +173,11 @@ impl System {
         let store = Store::open_for_reading(&self.store)?;
         let point = store.index.point(id)?;
         let points = store.index.complete_points()?;
+        let (boot, boot_note) = crate::boot::of_point(&store, id)?;
         let mut out = PointChanges {
             point: Some(point),
+            boot,
+            boot_note,
             ..Default::default()
         };
         if points.first().map(|p| p.id) == Some(id) {

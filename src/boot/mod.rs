@@ -157,10 +157,13 @@ pub fn capture(store: &Path, root: &Path, source: &Source) -> Captured {
                 disk.display().to_string(),
                 "no partition table: no boot area to capture; check boot.device".into(),
             )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                notes.push(format!("{}: {e}", disk.display()))
-            }
-            Err(e) => out.warnings.push((
+            // A disk found by discovery that cannot be opened (a container's device policy,
+            // a run as another user) is a fact of the machine, not a failure of this point.
+            Err(CaptureError::Open(e)) if !explicit => notes.push(format!(
+                "{} ({how}) cannot be opened: {e}",
+                disk.display()
+            )),
+            Err(CaptureError::Open(e) | CaptureError::Read(e)) => out.warnings.push((
                 disk.display().to_string(),
                 format!("boot area not captured: {e}"),
             )),
@@ -170,6 +173,24 @@ pub fn capture(store: &Path, root: &Path, source: &Source) -> Captured {
         out.note = Some(format!("boot area not captured: {}", notes.join("; ")));
     }
     out
+}
+
+/// `boot`, `boot/efi` and `efi` under `root` where each is a mount point (its filesystem is
+/// not its parent's).
+pub fn boot_mounts(root: &Path) -> Vec<crate::model::RelPath> {
+    use std::os::unix::fs::MetadataExt;
+    ["boot", "boot/efi", "efi"]
+        .iter()
+        .filter(|rel| {
+            let p = root.join(rel);
+            let parent = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            match (std::fs::symlink_metadata(&p), std::fs::metadata(&parent)) {
+                (Ok(m), Ok(pm)) => m.is_dir() && m.dev() != pm.dev(),
+                _ => false,
+            }
+        })
+        .map(|rel| rel.as_bytes().to_vec())
+        .collect()
 }
 
 /// Size and logical sector size of a device or image file.
@@ -189,14 +210,31 @@ pub fn open_disk(path: &Path, write: bool) -> std::io::Result<(File, u64, Option
     Ok((f, size, sector))
 }
 
+enum CaptureError {
+    Open(std::io::Error),
+    Read(std::io::Error),
+}
+
 fn capture_disk(
     store: &Path,
     root: &Path,
     disk: &Path,
     how: &str,
+) -> std::result::Result<Option<Capture>, CaptureError> {
+    let (f, size, sector) = open_disk(disk, false).map_err(CaptureError::Open)?;
+    read_disk(store, root, disk, how, &f, size, sector).map_err(CaptureError::Read)
+}
+
+fn read_disk(
+    store: &Path,
+    root: &Path,
+    disk: &Path,
+    how: &str,
+    f: &File,
+    size: u64,
+    sector: Option<u64>,
 ) -> std::io::Result<Option<Capture>> {
-    let (f, size, sector) = open_disk(disk, false)?;
-    let layout = table::read(&f, size, sector)?;
+    let layout = table::read(f, size, sector)?;
     let s = layout.sector;
     let mut regions: Vec<(&str, Role, u64, u64)> = vec![("sector 0", Role::Sector0, 0, s)];
     match layout.table {
@@ -227,7 +265,7 @@ fn capture_disk(
     let mut pieces = Vec::new();
     for (name, role, offset, len) in regions {
         let kept = len.min(PIECE_CAP);
-        let bytes = table::read_at(&f, offset, kept as usize)?;
+        let bytes = table::read_at(f, offset, kept as usize)?;
         if (bytes.len() as u64) < kept {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

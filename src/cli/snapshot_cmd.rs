@@ -111,7 +111,7 @@ pub fn main() -> i32 {
 type CmdResult = Result<i32, crate::error::Error>;
 
 fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
-    let opts = snapshot_options(cli, config)?;
+    let opts = snapshot_options(cli, config, &system.root)?;
     let policy = config.retention.policy();
     let started = std::time::Instant::now();
     if !cli.json {
@@ -135,13 +135,14 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
         }
     }
     let progress = progress_bar();
-    let (r, decisions) = match system.snapshot_and_retain(&opts, &policy, progress.as_ref()) {
-        Ok(v) => v,
-        Err(e) => {
-            on_failure(config, &env, &e.to_string());
-            return Err(e);
-        }
-    };
+    let (r, decisions) =
+        match system.snapshot_and_retain(&opts, &policy, config.boot.kit, progress.as_ref()) {
+            Ok(v) => v,
+            Err(e) => {
+                on_failure(config, &env, &e.to_string());
+                return Err(e);
+            }
+        };
     for h in &config.hooks.post_snapshot {
         if let Err(f) = crate::hooks::run(h, &env) {
             hook_warnings.push(format!("post_snapshot {f}"));
@@ -207,16 +208,31 @@ fn on_failure(config: &Config, env: &[(&str, String)], error: &str) {
 }
 
 /// The snapshot's settings: flags over the config file over the defaults.
-fn snapshot_options(cli: &Cli, config: &Config) -> Result<SnapshotOptions, crate::error::Error> {
+fn snapshot_options(
+    cli: &Cli,
+    config: &Config,
+    root: &std::path::Path,
+) -> Result<SnapshotOptions, crate::error::Error> {
     let sources = if cli.sources.is_empty() {
         &config.sources
     } else {
         &cli.sources
     };
-    let sources = sources
+    let mut sources: Vec<crate::model::RelPath> = sources
         .iter()
         .map(|s| source_rel(s))
         .collect::<Result<_, _>>()?;
+    if config.boot.capture && config.one_file_system && cli.sources.is_empty() {
+        // /boot and the EFI system partition belong with the boot area even when they are
+        // filesystems of their own, which a walk that stays on one filesystem would skip.
+        for m in crate::boot::boot_mounts(root) {
+            let covered = sources.iter().any(|s| s == &m);
+            let under = sources.iter().any(|s| crate::model::is_within(&m, s));
+            if under && !covered {
+                sources.push(m);
+            }
+        }
+    }
     let mut excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
     excludes.extend(config.exclude.iter().cloned());
     excludes.extend(config.database_locations.iter().cloned());
@@ -241,7 +257,7 @@ fn snapshot_options(cli: &Cli, config: &Config) -> Result<SnapshotOptions, crate
 }
 
 fn audit(cli: &Cli, system: &System, config: &Config) -> CmdResult {
-    let opts = snapshot_options(cli, config)?;
+    let opts = snapshot_options(cli, config, &system.root)?;
     let store = crate::engine::within(&system.root, &system.store);
     let r = crate::audit::audit(&system.root, store, &opts)?;
     if cli.json {
@@ -371,6 +387,12 @@ fn show(cli: &Cli, system: &System, id: i64) -> CmdResult {
             .map(|l| format!(", {l}"))
             .unwrap_or_default()
     );
+    for b in &c.boot {
+        println!("Boot area: {} (found by {})", b.summary(), b.found_by);
+    }
+    if let Some(n) = &c.boot_note {
+        println!("Boot area: none: {n}");
+    }
     if c.initial {
         println!(
             "The oldest point: its {} entries are its whole content.",

@@ -71,6 +71,8 @@ pub struct Hooks {
 pub struct Boot {
     pub capture: bool,
     pub device: Option<PathBuf>,
+    /// Keep the recovery kit (both binaries and RECOVERY) in the store.
+    pub kit: bool,
 }
 
 impl Boot {
@@ -88,6 +90,7 @@ impl Default for Boot {
         Boot {
             capture: true,
             device: None,
+            kit: true,
         }
     }
 }

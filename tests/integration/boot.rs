@@ -713,15 +713,27 @@ fn crashes_around_the_boot_area_lose_nothing() {
     fill_boot(&img, 512, 2047 * 512, 82);
     lab.run_sh("echo k2 > boot/vmlinuz");
     let killed = Command::new(SNAPSHOT.path())
-        .args(["--root", Lab::s(&lab.sys()), "--store", Lab::s(&lab.store())])
+        .args([
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+        ])
         .env("RESTOREPOINT_FAILPOINT", "snapshot-after-boot-capture")
         .output()
         .unwrap();
     assert_eq!(killed.status.code(), None, "killed by its failpoint");
-    assert!(files() > before, "the new boot bytes were written before the kill");
+    assert!(
+        files() > before,
+        "the new boot bytes were written before the kill"
+    );
     assert_eq!(points(&lab), 1);
     SNAPSHOT.expect(0, &["verify", "--store", Lab::s(&lab.store())]);
-    assert_eq!(files(), before, "the next writer removed what no point names");
+    assert_eq!(
+        files(),
+        before,
+        "the next writer removed what no point names"
+    );
 
     let restore = |failpoint: Option<&str>| {
         let mut c = Command::new(RESTORE.path());
@@ -746,7 +758,55 @@ fn crashes_around_the_boot_area_lose_nothing() {
     let out = restore(None);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(text(&out).contains("interrupted"), "{}", text(&out));
-    assert_same(&good_tree, &fingerprint(&lab.sys()), "files after the rerun");
+    assert_same(
+        &good_tree,
+        &fingerprint(&lab.sys()),
+        "files after the rerun",
+    );
     assert!(std::fs::read(&img).unwrap() == good_disk);
     assert_eq!(points(&lab), 2, "one safety point, not two");
+}
+
+/// /boot on a filesystem of its own is recorded with the root (the walk stays on one
+/// filesystem), and an in-place restore puts its files back.
+#[test]
+fn a_separate_boot_filesystem_is_recorded_and_restored() {
+    crate::require_root!();
+    let lab = Lab::new();
+    let boot = lab.sys().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    sh(&format!(
+        "mount -t tmpfs -o size=8m rp-boot {}",
+        boot.display()
+    ));
+    let _mount = Unmount(boot.clone());
+    lab.run_sh("echo kernel-1 > boot/vmlinuz; mkdir boot/grub; echo cfg-1 > boot/grub/grub.cfg; echo x > etc-file");
+    let point = snapshot(&lab)["point"].as_i64().unwrap();
+    let out = SNAPSHOT.expect(
+        0,
+        &[
+            "show",
+            &point.to_string(),
+            "--json",
+            "--store",
+            Lab::s(&lab.store()),
+        ],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.contains("boot/grub/grub.cfg"), "{shown}");
+    let good = fingerprint(&lab.sys());
+    lab.run_sh("echo kernel-2 > boot/vmlinuz; rm -r boot/grub; echo new > boot/vmlinuz-2");
+    RESTORE.expect(
+        0,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+            "--point",
+            &point.to_string(),
+            "--yes",
+        ],
+    );
+    assert_same(&good, &fingerprint(&lab.sys()), "after the restore");
 }
