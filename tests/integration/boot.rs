@@ -810,3 +810,115 @@ fn a_separate_boot_filesystem_is_recorded_and_restored() {
     );
     assert_same(&good, &fingerprint(&lab.sys()), "after the restore");
 }
+
+/// A disk with 4096-byte logical sectors (a loop device with -b 4096): the GPT header lies at
+/// byte 4096, sector numbers count 4 KiB sectors, and the capture and restore follow.
+#[test]
+fn a_4k_sector_disk_is_read_and_written_in_its_own_sectors() {
+    crate::require_root!();
+    require_tool!("sfdisk", "losetup");
+    let lab = Lab::new();
+    let img = lab.target("4k.img");
+    sh(&format!("truncate -s 64M {}", img.display()));
+    let out = Command::new("losetup")
+        .args(["-f", "--show", "-b", "4096"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "skipped: no loop device: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    sh(&format!(
+        "printf 'label: gpt\\nstart=256, size=256, type=21686148-6449-6E6F-744E-656564454649\\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\\n' | sfdisk -q {}",
+        dev.0
+    ));
+    let disk = Path::new(&dev.0);
+    write_at(disk, 0, &random(440, 91));
+    write_at(disk, 256 * 4096, &random(MIB as usize, 92));
+    config_with_device(&lab, disk);
+    let report = snapshot(&lab);
+    let line = report["boot"][0].as_str().unwrap_or_default().to_string();
+    assert!(
+        line.contains("gpt") && line.contains("BIOS boot partition 1.0 MiB"),
+        "{report}"
+    );
+    let captured = read_at(disk, 0, 2 * MIB as usize);
+    write_at(disk, 0, &[0; 440]);
+    write_at(disk, 256 * 4096, &vec![0; MIB as usize]);
+    let out = restore_boot(&lab, 1, &["--boot-only"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("at byte    1048576"), "{}", text(&out));
+    assert!(read_at(disk, 0, 2 * MIB as usize) == captured);
+}
+
+/// The operator's session with --boot, in a real terminal: the plan names the disk and what
+/// will be written, `no` writes nothing, `yes` writes the boot area and the files.
+#[test]
+fn interactive_boot_restore_shows_the_disk_and_needs_yes() {
+    require_tool!("sfdisk");
+    let lab = Lab::new();
+    let img = lab.target("disk.img");
+    mbr_image(&img, 101);
+    config_with_device(&lab, &img);
+    lab.run_sh("mkdir -p boot; echo kernel-1 > boot/vmlinuz");
+    lab.snapshot();
+    let good_disk = std::fs::read(&img).unwrap();
+    fill_boot(&img, 512, 2047 * 512, 102);
+    lab.run_sh("echo kernel-2 > boot/vmlinuz");
+    lab.snapshot();
+    let new_disk = std::fs::read(&img).unwrap();
+
+    for answer in ["no", "yes"] {
+        let mut c = Command::new(RESTORE.path());
+        c.args([
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+            "--boot",
+        ])
+        .env("TERM", "xterm");
+        let mut p = rexpect::session::spawn_command(c, Some(30_000)).expect("spawn in a pty");
+        p.exp_string("Enter the number of the restore point to recover to")
+            .unwrap();
+        p.send_line("1").unwrap();
+        p.exp_string(&format!("Boot area of point 1 to {}", img.display()))
+            .unwrap();
+        p.exp_string("boot code (sector 0, bytes 0-439)").unwrap();
+        p.exp_string("to write").unwrap();
+        p.exp_string("Boot-critical paths among them (1): /boot/vmlinuz")
+            .unwrap();
+        p.exp_string(&format!(
+            "THE BOOT AREA OF {} WILL BE OVERWRITTEN WITH POINT 1'S.",
+            img.display()
+        ))
+        .unwrap();
+        p.exp_string("type 'yes'").unwrap();
+        p.send_line(answer).unwrap();
+        if answer == "no" {
+            p.exp_string("Nothing was changed").unwrap();
+            p.exp_eof().unwrap();
+            assert!(
+                std::fs::read(&img).unwrap() == new_disk,
+                "no: nothing written"
+            );
+        } else {
+            p.exp_string("Wrote point 1's boot area").unwrap();
+            p.exp_string("Restored point 1").unwrap();
+            p.exp_eof().unwrap();
+            assert!(
+                std::fs::read(&img).unwrap() == good_disk,
+                "yes: boot area back"
+            );
+            assert_eq!(
+                std::fs::read_to_string(lab.sys().join("boot/vmlinuz")).unwrap(),
+                "kernel-1\n"
+            );
+        }
+    }
+}
