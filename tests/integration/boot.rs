@@ -922,3 +922,45 @@ fn interactive_boot_restore_shows_the_disk_and_needs_yes() {
         }
     }
 }
+
+/// On a rescue system the disk may have another name and /boot no block device behind it
+/// (here a tmpfs): the disk is found among /sys/block by its recorded identity.
+#[test]
+fn without_discovery_the_disk_is_found_by_its_identity() {
+    crate::require_root!();
+    require_tool!("sfdisk", "losetup");
+    let lab = Lab::new();
+    let img = lab.target("id.img");
+    mbr_image(&img, 111);
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "skipped: no loop device: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    config_with_device(&lab, Path::new(&dev.0));
+    snapshot(&lab);
+    let captured = read_at(Path::new(&dev.0), 0, 2048 * 512);
+    write_at(Path::new(&dev.0), 0, &[0; 440]);
+
+    std::fs::remove_file(lab.sys().join("etc/system_snapshots.conf")).unwrap();
+    let boot = lab.sys().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    sh(&format!("mount -t tmpfs rp-boot {}", boot.display()));
+    let _mount = Unmount(boot);
+    let out = restore_boot(&lab, 1, &["--boot-only"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("to {} (chosen by its identity", dev.0)),
+        "{}",
+        text(&out)
+    );
+    assert!(read_at(Path::new(&dev.0), 0, 2048 * 512) == captured);
+}
