@@ -71,6 +71,10 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
+    if (cli.device.is_some() || cli.with_partition_table) && !(cli.boot || cli.boot_only) {
+        eprintln!("error: --device and --with-partition-table go with --boot or --boot-only");
+        return Ok(USAGE);
+    }
     let (system, config) = cli.place.system()?;
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !terminal && (cli.point.is_none() || (!cli.yes && !cli.dry_run)) {

@@ -86,6 +86,15 @@ fn fill_boot(path: &Path, core_at: u64, core_len: u64, seed: u8) {
     );
 }
 
+/// A lab whose config names `disk.img` there, an MBR image filled from `seed`.
+fn mbr_lab(seed: u8) -> (Lab, PathBuf) {
+    let lab = Lab::new();
+    let img = lab.target("disk.img");
+    mbr_image(&img, seed);
+    config_with_device(&lab, &img);
+    (lab, img)
+}
+
 fn config_with_device(lab: &Lab, device: &Path) {
     std::fs::create_dir_all(lab.sys().join("etc")).unwrap();
     std::fs::write(
@@ -140,10 +149,7 @@ fn text(out: &std::process::Output) -> String {
 #[test]
 fn mbr_boot_code_and_gap_come_back_and_the_table_is_left_alone() {
     require_tool!("sfdisk");
-    let lab = Lab::new();
-    let img = lab.target("disk.img");
-    mbr_image(&img, 7);
-    config_with_device(&lab, &img);
+    let (lab, img) = mbr_lab(7);
     let report = snapshot(&lab);
     assert!(
         report["boot"][0]
@@ -223,10 +229,7 @@ fn gpt_boot_code_and_bios_boot_partition_come_back() {
 #[test]
 fn a_changed_layout_or_another_disk_is_refused_and_nothing_is_written() {
     require_tool!("sfdisk");
-    let lab = Lab::new();
-    let img = lab.target("disk.img");
-    mbr_image(&img, 11);
-    config_with_device(&lab, &img);
+    let (lab, img) = mbr_lab(11);
     snapshot(&lab);
     let id = sh(&format!("sfdisk --disk-id {}", img.display()));
 
@@ -314,10 +317,7 @@ fn with_partition_table_puts_the_captured_table_back() {
 #[test]
 fn identical_boot_areas_are_stored_once_and_dropped_with_their_last_point() {
     require_tool!("sfdisk");
-    let lab = Lab::new();
-    let img = lab.target("disk.img");
-    mbr_image(&img, 31);
-    config_with_device(&lab, &img);
+    let (lab, img) = mbr_lab(31);
     let files = || std::fs::read_dir(lab.store().join("boot")).unwrap().count();
     snapshot(&lab);
     let one = files();
@@ -347,10 +347,7 @@ fn identical_boot_areas_are_stored_once_and_dropped_with_their_last_point() {
 #[test]
 fn verify_names_a_damaged_boot_file() {
     require_tool!("sfdisk");
-    let lab = Lab::new();
-    let img = lab.target("disk.img");
-    mbr_image(&img, 41);
-    config_with_device(&lab, &img);
+    let (lab, img) = mbr_lab(41);
     snapshot(&lab);
     let biggest = std::fs::read_dir(lab.store().join("boot"))
         .unwrap()
@@ -393,10 +390,7 @@ fn without_a_partition_table_there_is_nothing_to_capture_and_boot_restore_says_s
 #[test]
 fn the_recovery_kit_holds_both_binaries_and_the_steps() {
     require_tool!("sfdisk");
-    let lab = Lab::new();
-    let img = lab.target("disk.img");
-    mbr_image(&img, 51);
-    config_with_device(&lab, &img);
+    let (lab, img) = mbr_lab(51);
     snapshot(&lab);
     let kit = lab.store().join("kit");
     for bin in [SNAPSHOT, RESTORE] {
@@ -430,10 +424,7 @@ fn the_recovery_kit_holds_both_binaries_and_the_steps() {
 #[test]
 fn rescue_flow_restores_files_and_boot_area_in_one_run() {
     require_tool!("sfdisk");
-    let lab = Lab::new();
-    let img = lab.target("disk.img");
-    mbr_image(&img, 61);
-    config_with_device(&lab, &img);
+    let (lab, img) = mbr_lab(61);
     lab.run_sh(
         "mkdir -p boot/grub lib/modules/6.1.0/kernel etc
          echo kernel-6.1 > boot/vmlinuz-6.1.0; echo initrd-6.1 > boot/initrd.img-6.1.0
@@ -531,11 +522,12 @@ fn the_disk_under_boot_is_found_on_a_real_block_device() {
 struct Loop(String);
 
 impl Loop {
-    /// A loop device with partitions (this kernel may lack the partition parsers: partx
-    /// adds them). None, with the reason printed, when loop devices cannot be used here.
-    fn attach(img: &Path) -> Option<Loop> {
+    /// A loop device over `img` (`extra`: losetup options such as `-b 4096`). None, with the
+    /// reason printed, when loop devices cannot be used here.
+    fn plain(img: &Path, extra: &[&str]) -> Option<Loop> {
         let out = Command::new("losetup")
             .args(["-f", "--show"])
+            .args(extra)
             .arg(img)
             .output()
             .ok()?;
@@ -546,17 +538,23 @@ impl Loop {
             );
             return None;
         }
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let l = Loop(dev.clone());
-        let _ = Command::new("partx").args(["-a", &dev]).output();
-        let p1 = PathBuf::from(format!("{dev}p1"));
+        Some(Loop(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+
+    /// With partition nodes (this kernel may lack the partition parsers: partx adds them).
+    fn attach(img: &Path) -> Option<Loop> {
+        let l = Loop::plain(img, &[])?;
+        let _ = Command::new("partx").args(["-a", &l.0]).output();
+        let p1 = PathBuf::from(format!("{}p1", l.0));
         for _ in 0..50 {
             if p1.exists() {
                 return Some(l);
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        eprintln!("skipped: {} has no partition nodes", dev);
+        eprintln!("skipped: {} has no partition nodes", l.0);
         None
     }
 }
@@ -699,10 +697,7 @@ fn a_wiped_boot_area_stops_the_boot_and_the_restore_brings_it_back_in_qemu() {
 #[test]
 fn crashes_around_the_boot_area_lose_nothing() {
     require_tool!("sfdisk");
-    let lab = Lab::new();
-    let img = lab.target("disk.img");
-    mbr_image(&img, 81);
-    config_with_device(&lab, &img);
+    let (lab, img) = mbr_lab(81);
     lab.run_sh("mkdir -p boot; echo k1 > boot/vmlinuz");
     snapshot(&lab);
     let files = || std::fs::read_dir(lab.store().join("boot")).unwrap().count();
@@ -820,19 +815,9 @@ fn a_4k_sector_disk_is_read_and_written_in_its_own_sectors() {
     let lab = Lab::new();
     let img = lab.target("4k.img");
     sh(&format!("truncate -s 64M {}", img.display()));
-    let out = Command::new("losetup")
-        .args(["-f", "--show", "-b", "4096"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        eprintln!(
-            "skipped: no loop device: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let Some(dev) = Loop::plain(&img, &["-b", "4096"]) else {
         return;
-    }
-    let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    };
     sh(&format!(
         "printf 'label: gpt\\nstart=256, size=256, type=21686148-6449-6E6F-744E-656564454649\\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\\n' | sfdisk -q {}",
         dev.0
@@ -861,10 +846,7 @@ fn a_4k_sector_disk_is_read_and_written_in_its_own_sectors() {
 #[test]
 fn interactive_boot_restore_shows_the_disk_and_needs_yes() {
     require_tool!("sfdisk");
-    let lab = Lab::new();
-    let img = lab.target("disk.img");
-    mbr_image(&img, 101);
-    config_with_device(&lab, &img);
+    let (lab, img) = mbr_lab(101);
     lab.run_sh("mkdir -p boot; echo kernel-1 > boot/vmlinuz");
     lab.snapshot();
     let good_disk = std::fs::read(&img).unwrap();
@@ -932,19 +914,9 @@ fn without_discovery_the_disk_is_found_by_its_identity() {
     let lab = Lab::new();
     let img = lab.target("id.img");
     mbr_image(&img, 111);
-    let out = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        eprintln!(
-            "skipped: no loop device: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let Some(dev) = Loop::plain(&img, &[]) else {
         return;
-    }
-    let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    };
     config_with_device(&lab, Path::new(&dev.0));
     snapshot(&lab);
     let captured = read_at(Path::new(&dev.0), 0, 2048 * 512);
