@@ -390,7 +390,7 @@ fn without_a_partition_table_there_is_nothing_to_capture_and_boot_restore_says_s
 #[test]
 fn the_recovery_kit_holds_both_binaries_and_the_steps() {
     require_tool!("sfdisk");
-    let (lab, img) = mbr_lab(51);
+    let (lab, _img) = mbr_lab(51);
     snapshot(&lab);
     let kit = lab.store().join("kit");
     for bin in [SNAPSHOT, RESTORE] {
