@@ -150,6 +150,9 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         .display()
         .to_string();
     print_plan(cli, &plan, &boot_plans, &where_);
+    if boot_plans.is_empty() && !cli.json {
+        warn_boot_mismatch(&system, &store, &config, &plan);
+    }
     if cli.dry_run {
         return Ok(SUCCESS);
     }
@@ -340,6 +343,36 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &s
             };
             println!("  {verb:<8} {}", display_path(&it.path));
         }
+    }
+}
+
+/// GRUB's boot code and core image must come from the same build as its modules in
+/// /boot/grub: rolling /boot back without the boot area can leave `grub rescue>`. Says so
+/// when the point's boot area differs from the disk's and the plan touches /boot.
+fn warn_boot_mismatch(
+    system: &crate::engine::System,
+    store: &Store,
+    config: &crate::config::Config,
+    plan: &RestorePlan,
+) {
+    if !plan.items.iter().any(|it| it.path.starts_with(b"boot/")) {
+        return;
+    }
+    let Ok(plans) = system.plan_boot(
+        store,
+        plan.point,
+        None,
+        config.boot.device.as_deref(),
+        false,
+    ) else {
+        return;
+    };
+    for b in plans.iter().filter(|b| !b.is_noop()) {
+        println!(
+            "Note: the boot area of {} differs from point {}'s, and this restore changes /boot: add --boot to restore both, so GRUB's boot code and its modules stay from the same build.",
+            b.device.display(),
+            plan.point
+        );
     }
 }
 

@@ -446,6 +446,14 @@ fn rescue_flow_restores_files_and_boot_area_in_one_run() {
     let bad_tree = fingerprint_except(&root, &["root"]);
     let bad_disk = std::fs::read(&img).unwrap();
 
+    // Without --boot, the plan warns that /boot and the boot code would disagree.
+    let out = RESTORE.run(&["--root", Lab::s(&root), "--point", "1", "--dry-run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("add --boot to restore both"),
+        "{}",
+        text(&out)
+    );
     let out = RESTORE.run(&["--root", Lab::s(&root), "--point", "1", "--boot", "--yes"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let msg = text(&out);
