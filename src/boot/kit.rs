@@ -116,7 +116,7 @@ fn recovery_text(
     let boot_dev = captures
         .first()
         .map(|c| c.disk.as_str())
-        .unwrap_or("the boot disk");
+        .unwrap_or("/dev/DISK");
     let _ = writeln!(
         t,
         "1. Boot the rescue CD the way the machine boots ({}). Find the disks: lsblk -f",
@@ -132,31 +132,35 @@ fn recovery_text(
          \x20  mkdir -p /mnt/sysimage && mount /dev/ROOTPART /mnt/sysimage\n\
          \x20  mount /dev/BOOTPART /mnt/sysimage/boot      # only if /boot is its own filesystem"
     );
-    if inside {
-        let _ = writeln!(
-            t,
-            "3. Roll back, files and boot area in one run (it lists the points, asks which one,\n\
-             \x20  shows the plan and asks you to type yes):\n\
-             \x20  {}/system_restore --root /mnt/sysimage --boot",
-            kit.display()
-        );
+    let (what, boot_flag) = if captures.is_empty() {
+        ("the files (this point holds no boot area)", "")
     } else {
+        ("files and boot area", " --boot")
+    };
+    if !inside {
         let _ = writeln!(
             t,
-            "3. The store is not inside the root: mount its filesystem too, then roll back,\n\
-             \x20  files and boot area in one run (it asks which point, shows the plan, asks for yes):\n\
-             \x20  {}/system_restore --root /mnt/sysimage --store {} --boot",
-            kit.display(),
+            "   The store is not inside the root: mount its filesystem at {} too.",
             rescue_store.display()
         );
     }
     let _ = writeln!(
         t,
-        "   The disk is found from the mount of /mnt/sysimage/boot; if the rescue system names it\n\
-         \x20  differently or cannot find it, add --device /dev/DISK (the captured one was {boot_dev}).\n\
-         \x20  A disk whose partition layout differs from the one recorded below is refused.\n\
-         4. umount -R /mnt/sysimage; reboot."
+        "3. Roll back {what} in one run (it lists the points, asks which one,\n\
+         \x20  shows the plan and asks you to type yes):\n\
+         \x20  {}/system_restore --root /mnt/sysimage --store {}{boot_flag}",
+        kit.display(),
+        rescue_store.display()
     );
+    if !captures.is_empty() {
+        let _ = writeln!(
+            t,
+            "   The disk is found from the mount of /mnt/sysimage/boot, else by its identity; if the\n\
+             \x20  rescue system cannot find it, add --device /dev/DISK (it was {boot_dev} here).\n\
+             \x20  A disk whose partition layout differs from the one recorded below is refused."
+        );
+    }
+    let _ = writeln!(t, "4. umount -R /mnt/sysimage; reboot.");
     let _ = writeln!(
         t,
         "If the boot area is refused because the layout changed, reinstall the boot loader:\n\
@@ -166,11 +170,9 @@ fn recovery_text(
     let _ = writeln!(t);
     let _ = writeln!(t, "RECORDED LAYOUT (point {})", latest.id);
     if captures.is_empty() {
-        let _ = writeln!(
-            t,
-            "No boot area captured: {}",
-            note.unwrap_or("unknown reason")
-        );
+        let why = note.unwrap_or("no reason recorded");
+        let why = why.strip_prefix("boot area not captured: ").unwrap_or(why);
+        let _ = writeln!(t, "No boot area captured: {why}");
     }
     for c in captures {
         let _ = writeln!(t, "Disk {} — found by: {}", c.summary(), c.found_by);

@@ -454,7 +454,26 @@ fn rescue_flow_restores_files_and_boot_area_in_one_run() {
         "{}",
         text(&out)
     );
-    let out = RESTORE.run(&["--root", Lab::s(&root), "--point", "1", "--boot", "--yes"]);
+    // The command RECOVERY gives, with the lab's tree where the rescue system mounts the
+    // root, run from the kit.
+    let recovery = std::fs::read_to_string(lab.store_under_root().join("kit/RECOVERY")).unwrap();
+    let line = recovery
+        .lines()
+        .find(|l| l.contains("system_restore --root /mnt/sysimage"))
+        .expect("RECOVERY gives the command");
+    let line = line.trim().replace("/mnt/sysimage", Lab::s(&root));
+    let mut words = line.split(' ');
+    let kit_binary = words.next().unwrap().to_string();
+    assert!(
+        kit_binary.ends_with("root/snapshots/kit/system_restore"),
+        "{line}"
+    );
+    let out = Command::new(&kit_binary)
+        .args(words)
+        .args(["--point", "1", "--yes"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
     let msg = text(&out);
     assert!(msg.contains("Boot-critical paths among them"), "{msg}");
