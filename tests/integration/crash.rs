@@ -49,7 +49,8 @@ fn mutate(lab: &Lab, rng: &mut Rng) {
                 200 + rng.below(3000)
             ),
             3 => format!(
-                "chmod {:o} {p} 2>/dev/null || true\n",
+                // Files only: a directory without x would be unreadable to a non-root run.
+                "[ ! -f {p} ] || chmod {:o} {p}\n",
                 0o600 + rng.below(0o177)
             ),
             4 => format!("rm -rf {p} && mkdir -p {p} && echo inside > {p}/x\n"),
