@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::Hook;
@@ -47,28 +47,35 @@ pub fn run(hook: &Hook, env: &[(&str, String)]) -> Result<(), HookFailure> {
     let mut child = cmd
         .spawn()
         .map_err(|e| fail(format!("could not start: {e}")))?;
-    let deadline = Instant::now() + hook.timeout;
+    match wait_until(&mut child, hook.timeout) {
+        Ok(st) if st.success() => Ok(()),
+        Ok(st) => Err(fail(match st.code() {
+            Some(c) => format!("failed with exit code {c}"),
+            None => "was killed by a signal".into(),
+        })),
+        Err(why) => Err(fail(why)),
+    }
+}
+
+/// Waits for `child` (started as the leader of its own process group) at most `timeout`;
+/// past it, kills the whole group and says so.
+pub fn wait_until(child: &mut Child, timeout: Duration) -> Result<ExitStatus, String> {
+    let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
-            Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => {
-                return Err(fail(match st.code() {
-                    Some(c) => format!("failed with exit code {c}"),
-                    None => "was killed by a signal".into(),
-                }))
-            }
+            Ok(Some(st)) => return Ok(st),
             Ok(None) if Instant::now() >= deadline => {
                 let pgid =
                     rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
                 let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
                 let _ = child.wait();
-                return Err(fail(format!(
+                return Err(format!(
                     "did not finish within {} s and was stopped",
-                    hook.timeout.as_secs()
-                )));
+                    timeout.as_secs()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(fail(format!("could not be waited for: {e}"))),
+            Err(e) => return Err(format!("could not be waited for: {e}")),
         }
     }
 }

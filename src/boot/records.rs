@@ -2,7 +2,8 @@
 //! and volume tools say, each when the tool exists. Never used to write anything by default.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// cron runs with PATH=/usr/bin:/bin; the disk tools live in sbin.
 const EXTRA_PATH: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
@@ -27,22 +28,39 @@ pub struct Record {
     pub text: Vec<u8>,
 }
 
-/// Runs `tool args…`; its standard output when it succeeds with some.
+/// A tool stuck on a dead device must not hold the snapshot (and the store's lock) forever.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `tool args…`; its standard output when it succeeds with some within the timeout.
 fn run(name: &str, tool: &str, args: &[&str]) -> Option<Record> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
     let exe = which(tool)?;
-    let out = Command::new(&exe)
+    let mut child = Command::new(&exe)
         .args(args)
         .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
         .ok()?;
-    if !out.status.success() || out.stdout.is_empty() {
+    let mut stdout = child.stdout.take()?;
+    // Read while it runs: a full pipe would otherwise stall it until the timeout.
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let status = crate::hooks::wait_until(&mut child, TOOL_TIMEOUT).ok()?;
+    let text = reader.join().ok()?;
+    if !status.success() || text.is_empty() {
         return None;
     }
     Some(Record {
         name: name.into(),
         source: format!("{} {}", tool, args.join(" ")),
-        text: out.stdout,
+        text,
     })
 }
 
