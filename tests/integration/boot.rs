@@ -104,20 +104,6 @@ fn config_with_device(lab: &Lab, device: &Path) {
     .unwrap();
 }
 
-fn snapshot(lab: &Lab) -> serde_json::Value {
-    let out = SNAPSHOT.expect(
-        0,
-        &[
-            "--root",
-            Lab::s(&lab.sys()),
-            "--store",
-            Lab::s(&lab.store()),
-            "--json",
-        ],
-    );
-    serde_json::from_slice(&out.stdout).expect("json report")
-}
-
 fn restore_boot(lab: &Lab, point: i64, extra: &[&str]) -> std::process::Output {
     let p = point.to_string();
     let (sys, store) = (lab.sys(), lab.store());
@@ -150,7 +136,7 @@ fn text(out: &std::process::Output) -> String {
 fn mbr_boot_code_and_gap_come_back_and_the_table_is_left_alone() {
     require_tool!("sfdisk");
     let (lab, img) = mbr_lab(7);
-    let report = snapshot(&lab);
+    let report = lab.snapshot_json();
     assert!(
         report["boot"][0]
             .as_str()
@@ -206,7 +192,7 @@ fn gpt_boot_code_and_bios_boot_partition_come_back() {
     let img = lab.target("gpt.img");
     gpt_image(&img, 3);
     config_with_device(&lab, &img);
-    let report = snapshot(&lab);
+    let report = lab.snapshot_json();
     let line = report["boot"][0].as_str().unwrap().to_string();
     assert!(
         line.contains("gpt") && line.contains("BIOS boot partition 1.0 MiB"),
@@ -230,7 +216,7 @@ fn gpt_boot_code_and_bios_boot_partition_come_back() {
 fn a_changed_layout_or_another_disk_is_refused_and_nothing_is_written() {
     require_tool!("sfdisk");
     let (lab, img) = mbr_lab(11);
-    snapshot(&lab);
+    lab.snapshot_json();
     let id = sh(&format!("sfdisk --disk-id {}", img.display()));
 
     // Same disk identifier, partition 1 now starts at sector 63: the captured gap would
@@ -285,7 +271,7 @@ fn with_partition_table_puts_the_captured_table_back() {
             mbr_image(&img, 22);
         }
         config_with_device(&lab, &img);
-        let point = snapshot(&lab)["point"].as_i64().unwrap();
+        let point = lab.snapshot_json()["point"].as_i64().unwrap();
         let captured = std::fs::read(&img).unwrap();
         let dump = sh(&format!("sfdisk --dump {}", img.display()));
         // Repartitioned (new identifier too) and the boot code wiped.
@@ -319,12 +305,12 @@ fn identical_boot_areas_are_stored_once_and_dropped_with_their_last_point() {
     require_tool!("sfdisk");
     let (lab, img) = mbr_lab(31);
     let files = || std::fs::read_dir(lab.store().join("boot")).unwrap().count();
-    snapshot(&lab);
+    lab.snapshot_json();
     let one = files();
-    snapshot(&lab);
+    lab.snapshot_json();
     assert_eq!(files(), one, "an unchanged boot area adds nothing");
     fill_boot(&img, 512, 2047 * 512, 32);
-    snapshot(&lab);
+    lab.snapshot_json();
     assert_eq!(files(), one + 2, "new boot code and gap: two new files");
     SNAPSHOT.expect(
         0,
@@ -348,7 +334,7 @@ fn identical_boot_areas_are_stored_once_and_dropped_with_their_last_point() {
 fn verify_names_a_damaged_boot_file() {
     require_tool!("sfdisk");
     let (lab, img) = mbr_lab(41);
-    snapshot(&lab);
+    lab.snapshot_json();
     let biggest = std::fs::read_dir(lab.store().join("boot"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -391,7 +377,7 @@ fn without_a_partition_table_there_is_nothing_to_capture_and_boot_restore_says_s
 fn the_recovery_kit_holds_both_binaries_and_the_steps() {
     require_tool!("sfdisk");
     let (lab, _img) = mbr_lab(51);
-    snapshot(&lab);
+    lab.snapshot_json();
     let kit = lab.store().join("kit");
     for bin in [SNAPSHOT, RESTORE] {
         let copy = kit.join(bin.0);
@@ -521,7 +507,7 @@ fn the_disk_under_boot_is_found_on_a_real_block_device() {
     ));
     let _mount = Unmount(boot.clone());
     std::fs::write(boot.join("vmlinuz"), "kernel").unwrap();
-    let report = snapshot(&lab);
+    let report = lab.snapshot_json();
     let line = report["boot"][0].as_str().unwrap_or_default().to_string();
     assert!(line.starts_with(&dev.0), "captured the loop disk: {report}");
     let captured = read_at(Path::new(&dev.0), 0, 2048 * 512);
@@ -694,7 +680,7 @@ fn a_wiped_boot_area_stops_the_boot_and_the_restore_brings_it_back_in_qemu() {
         let img = grub_image(lab.dir.path(), gpt);
         assert!(boots(&img, long), "gpt={gpt}: the built image boots");
         config_with_device(&lab, &img);
-        snapshot(&lab);
+        lab.snapshot_json();
         let good = std::fs::read(&img).unwrap();
 
         let core_at = if gpt { 2048 * 512 } else { 512 };
@@ -726,7 +712,7 @@ fn crashes_around_the_boot_area_lose_nothing() {
     require_tool!("sfdisk");
     let (lab, img) = mbr_lab(81);
     lab.run_sh("mkdir -p boot; echo k1 > boot/vmlinuz");
-    snapshot(&lab);
+    lab.snapshot_json();
     let files = || std::fs::read_dir(lab.store().join("boot")).unwrap().count();
     let before = files();
     let good_tree = fingerprint(&lab.sys());
@@ -803,7 +789,7 @@ fn a_separate_boot_filesystem_is_recorded_and_restored() {
     ));
     let _mount = Unmount(boot.clone());
     lab.run_sh("echo kernel-1 > boot/vmlinuz; mkdir boot/grub; echo cfg-1 > boot/grub/grub.cfg; echo x > etc-file");
-    let point = snapshot(&lab)["point"].as_i64().unwrap();
+    let point = lab.snapshot_json()["point"].as_i64().unwrap();
     let out = SNAPSHOT.expect(
         0,
         &[
@@ -853,7 +839,7 @@ fn a_4k_sector_disk_is_read_and_written_in_its_own_sectors() {
     write_at(disk, 0, &random(440, 91));
     write_at(disk, 256 * 4096, &random(MIB as usize, 92));
     config_with_device(&lab, disk);
-    let report = snapshot(&lab);
+    let report = lab.snapshot_json();
     let line = report["boot"][0].as_str().unwrap_or_default().to_string();
     assert!(
         line.contains("gpt") && line.contains("BIOS boot partition 1.0 MiB"),
@@ -945,7 +931,7 @@ fn without_discovery_the_disk_is_found_by_its_identity() {
         return;
     };
     config_with_device(&lab, Path::new(&dev.0));
-    snapshot(&lab);
+    lab.snapshot_json();
     let captured = read_at(Path::new(&dev.0), 0, 2048 * 512);
     write_at(Path::new(&dev.0), 0, &[0; 440]);
 

@@ -309,6 +309,11 @@ impl Lab {
 
     /// Takes a point of the whole `sys/` tree; returns its id.
     pub fn snapshot(&self) -> i64 {
+        self.snapshot_json()["point"].as_i64().expect("point id")
+    }
+
+    /// Takes a point of the whole `sys/` tree (exit 0 expected); returns the JSON report.
+    pub fn snapshot_json(&self) -> serde_json::Value {
         let out = SNAPSHOT.expect(
             0,
             &[
@@ -319,8 +324,7 @@ impl Lab {
                 "--json",
             ],
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
-        v["point"].as_i64().expect("point id")
+        serde_json::from_slice(&out.stdout).expect("json report")
     }
 
     /// Restores point `id` into `target` (created if needed).
