@@ -429,12 +429,8 @@ impl System {
         };
         let mut plans = Vec::new();
         for c in &captures {
-            let same_id = |d: &Path| {
-                crate::boot::open_disk(d, false)
-                    .ok()
-                    .and_then(|(f, size, sector)| crate::boot::table::read(&f, size, sector).ok())
-                    .is_some_and(|l| l.id == c.layout.id && l.size == c.layout.size)
-            };
+            let same_id =
+                |d: &Path| crate::boot::layout_of(d).is_some_and(|l| l.same_disk(&c.layout));
             let chosen = candidates.iter().find(|(d, _)| same_id(d)).or(
                 if captures.len() == 1 && candidates.len() == 1 {
                     // Compared in detail by the plan, which says what differs.

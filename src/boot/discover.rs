@@ -150,15 +150,8 @@ pub fn by_identity(sys: &Path, dev: &Path, wanted: &[super::Layout]) -> Vec<Path
     let mut out = Vec::new();
     for e in rd.flatten() {
         let path = dev.join(device_name(&e.path()));
-        let Ok((f, size, sector)) = super::open_disk(&path, false) else {
-            continue;
-        };
-        let Ok(l) = super::table::read(&f, size, sector) else {
-            continue;
-        };
-        if l.table != super::TableKind::None
-            && wanted.iter().any(|w| w.id == l.id && w.size == l.size)
-        {
+        let found = super::layout_of(&path);
+        if found.is_some_and(|l| wanted.iter().any(|w| l.same_disk(w))) {
             out.push(path);
         }
     }

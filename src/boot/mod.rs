@@ -215,6 +215,12 @@ enum CaptureError {
     Read(std::io::Error),
 }
 
+/// The layout of a device or image file; None when it cannot be opened or read.
+pub fn layout_of(path: &Path) -> Option<Layout> {
+    let (f, size, sector) = open_disk(path, false).ok()?;
+    table::read(&f, size, sector).ok()
+}
+
 fn capture_disk(
     store: &Path,
     root: &Path,

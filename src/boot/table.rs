@@ -73,6 +73,12 @@ impl Layout {
         self.partitions.iter().find(|p| p.kind == BIOS_BOOT)
     }
 
+    /// Whether this is the disk `other` was read from, by identity: its identifier (a disk
+    /// without a partition table has none) and its size.
+    pub fn same_disk(&self, other: &Layout) -> bool {
+        self.table != TableKind::None && self.id == other.id && self.size == other.size
+    }
+
     /// Everything that differs from `other`, for people; empty when the layouts agree.
     pub fn differences(&self, captured: &Layout) -> Vec<String> {
         let mut out = Vec::new();
