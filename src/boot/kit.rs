@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -33,7 +32,9 @@ pub fn refresh(
         }
     }
     let text = recovery_text(store, root, latest, captures, note);
-    write_atomic(&kit.join("RECOVERY"), text.as_bytes())
+    let recovery = kit.join("RECOVERY");
+    super::write_atomic(&recovery, text.as_bytes())
+        .ctx(|| format!("writing {}", recovery.display()))
 }
 
 fn update_binary(from: &Path, to: &Path) -> Result<()> {
@@ -61,19 +62,6 @@ fn update_binary(from: &Path, to: &Path) -> Result<()> {
         f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
     }
     fs::rename(&tmp, to).ctx(|| format!("renaming {} into place", tmp.display()))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).ctx(|| format!("writing {}", path.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .ctx(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .ctx(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 /// The store's path as seen from a rescue system that mounts the root at /mnt/sysimage.

@@ -316,13 +316,19 @@ fn put_blob(store: &Path, bytes: &[u8]) -> std::io::Result<String> {
     if path.exists() {
         return Ok(hash);
     }
-    let dir = store.join("boot");
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-    tmp.write_all(&zstd::bulk::compress(bytes, 19)?)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&path).map_err(|e| e.error)?;
-    File::open(&dir)?.sync_all()?;
+    write_atomic(&path, &zstd::bulk::compress(bytes, 19)?)?;
     Ok(hash)
+}
+
+/// Writes `path` whole or not at all: a synced temp file beside it, renamed over it, and
+/// the directory synced so the rename survives a crash.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
 }
 
 /// The bytes stored under `hash`, checked against it.
