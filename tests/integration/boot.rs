@@ -104,20 +104,23 @@ fn config_with_device(lab: &Lab, device: &Path) {
     .unwrap();
 }
 
+/// `system_restore --root SYS --store STORE --point N --yes EXTRA…`, not yet run.
+fn restore_command(lab: &Lab, point: i64, extra: &[&str]) -> Command {
+    let mut c = Command::new(RESTORE.path());
+    c.arg("--root")
+        .arg(lab.sys())
+        .arg("--store")
+        .arg(lab.store())
+        .args(["--point", &point.to_string(), "--yes"])
+        .args(extra)
+        .stdin(std::process::Stdio::null());
+    c
+}
+
 fn restore_boot(lab: &Lab, point: i64, extra: &[&str]) -> std::process::Output {
-    let p = point.to_string();
-    let (sys, store) = (lab.sys(), lab.store());
-    let mut args = vec![
-        "--root",
-        Lab::s(&sys),
-        "--store",
-        Lab::s(&store),
-        "--point",
-        &p,
-        "--yes",
-    ];
-    args.extend_from_slice(extra);
-    RESTORE.run(&args)
+    restore_command(lab, point, extra)
+        .output()
+        .expect("run system_restore")
 }
 
 fn code(out: &std::process::Output) -> i32 {
@@ -500,12 +503,8 @@ fn the_disk_under_boot_is_found_on_a_real_block_device() {
     };
     let part = format!("{}p1", dev.0);
     let boot = lab.sys().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    sh(&format!(
-        "mkfs.ext4 -q {part} && mount {part} {}",
-        boot.display()
-    ));
-    let _mount = Unmount(boot.clone());
+    sh(&format!("mkfs.ext4 -q {part}"));
+    let _mount = Unmount::mount(&part, &boot);
     std::fs::write(boot.join("vmlinuz"), "kernel").unwrap();
     let report = lab.snapshot_json();
     let line = report["boot"][0].as_str().unwrap_or_default().to_string();
@@ -580,6 +579,15 @@ impl Drop for Loop {
 }
 
 struct Unmount(PathBuf);
+
+impl Unmount {
+    /// Mounts (`mount ARGS… DIR`, DIR created) and unmounts when dropped.
+    fn mount(args: &str, dir: &Path) -> Unmount {
+        std::fs::create_dir_all(dir).unwrap();
+        sh(&format!("mount {args} {}", dir.display()));
+        Unmount(dir.to_path_buf())
+    }
+}
 
 impl Drop for Unmount {
     fn drop(&mut self) {
@@ -744,21 +752,11 @@ fn crashes_around_the_boot_area_lose_nothing() {
     );
 
     let restore = |failpoint: Option<&str>| {
-        let mut c = Command::new(RESTORE.path());
-        c.args([
-            "--root",
-            Lab::s(&lab.sys()),
-            "--store",
-            Lab::s(&lab.store()),
-            "--point",
-            "1",
-            "--boot",
-            "--yes",
-        ]);
+        let mut c = restore_command(&lab, 1, &["--boot"]);
         if let Some(f) = failpoint {
             c.env("RESTOREPOINT_FAILPOINT", f);
         }
-        c.stdin(std::process::Stdio::null()).output().unwrap()
+        c.output().unwrap()
     };
     let out = restore(Some("restore-after-boot"));
     assert_eq!(out.status.code(), None, "{}", text(&out));
@@ -781,13 +779,7 @@ fn crashes_around_the_boot_area_lose_nothing() {
 fn a_separate_boot_filesystem_is_recorded_and_restored() {
     crate::require_root!();
     let lab = Lab::new();
-    let boot = lab.sys().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    sh(&format!(
-        "mount -t tmpfs -o size=8m rp-boot {}",
-        boot.display()
-    ));
-    let _mount = Unmount(boot.clone());
+    let _mount = Unmount::mount("-t tmpfs -o size=8m rp-boot", &lab.sys().join("boot"));
     lab.run_sh("echo kernel-1 > boot/vmlinuz; mkdir boot/grub; echo cfg-1 > boot/grub/grub.cfg; echo x > etc-file");
     let point = lab.snapshot_json()["point"].as_i64().unwrap();
     let out = SNAPSHOT.expect(
@@ -804,18 +796,8 @@ fn a_separate_boot_filesystem_is_recorded_and_restored() {
     assert!(shown.contains("boot/grub/grub.cfg"), "{shown}");
     let good = fingerprint(&lab.sys());
     lab.run_sh("echo kernel-2 > boot/vmlinuz; rm -r boot/grub; echo new > boot/vmlinuz-2");
-    RESTORE.expect(
-        0,
-        &[
-            "--root",
-            Lab::s(&lab.sys()),
-            "--store",
-            Lab::s(&lab.store()),
-            "--point",
-            &point.to_string(),
-            "--yes",
-        ],
-    );
+    let out = restore_boot(&lab, point, &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
     assert_same(&good, &fingerprint(&lab.sys()), "after the restore");
 }
 
@@ -936,10 +918,7 @@ fn without_discovery_the_disk_is_found_by_its_identity() {
     write_at(Path::new(&dev.0), 0, &[0; 440]);
 
     std::fs::remove_file(lab.sys().join("etc/system_snapshots.conf")).unwrap();
-    let boot = lab.sys().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    sh(&format!("mount -t tmpfs rp-boot {}", boot.display()));
-    let _mount = Unmount(boot);
+    let _mount = Unmount::mount("-t tmpfs rp-boot", &lab.sys().join("boot"));
     let out = restore_boot(&lab, 1, &["--boot-only"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(
