@@ -397,13 +397,7 @@ impl System {
         } else if let Some(d) = configured {
             vec![(d.to_path_buf(), "boot.device in the config".into())]
         } else {
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            match crate::boot::discover::discover(
-                &self.root,
-                &mountinfo,
-                Path::new("/sys"),
-                Path::new("/dev"),
-            ) {
+            match crate::boot::discover::on_this_machine(&self.root) {
                 Ok(f) => f.disks.into_iter().map(|d| (d, f.how.clone())).collect(),
                 Err(why) => {
                     let found = crate::boot::discover::by_identity(

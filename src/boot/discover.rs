@@ -87,6 +87,12 @@ pub struct Found {
     pub how: String,
 }
 
+/// `discover` with this machine's mountinfo, `/sys` and `/dev`.
+pub fn on_this_machine(root: &Path) -> Result<Found, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    discover(root, &mountinfo, Path::new("/sys"), Path::new("/dev"))
+}
+
 /// Finds the disks behind `root/boot` (or `root`). `proc_mountinfo` is the text of
 /// `/proc/self/mountinfo`; `sys` and `dev` are `/sys` and `/dev`.
 pub fn discover(

@@ -132,18 +132,15 @@ pub fn capture(store: &Path, root: &Path, source: &Source) -> Captured {
             return out;
         }
         Source::Device(d) => (vec![d.clone()], "boot.device".to_string(), true),
-        Source::Discover => {
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            match discover::discover(root, &mountinfo, Path::new("/sys"), Path::new("/dev")) {
-                Ok(f) => (f.disks, f.how, false),
-                Err(why) => {
-                    out.note = Some(format!(
-                        "boot area not captured: {why}; set boot.device in the config to name the disk"
-                    ));
-                    return out;
-                }
+        Source::Discover => match discover::on_this_machine(root) {
+            Ok(f) => (f.disks, f.how, false),
+            Err(why) => {
+                out.note = Some(format!(
+                    "boot area not captured: {why}; set boot.device in the config to name the disk"
+                ));
+                return out;
             }
-        }
+        },
     };
     let mut notes = Vec::new();
     for disk in disks {
