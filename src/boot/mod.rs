@@ -376,7 +376,7 @@ pub fn of_point(store: &Store, id: PointId) -> Result<(Vec<Capture>, Option<Stri
 /// deleted: `verify` reports the damage).
 fn referenced(store: &Store) -> Result<Option<HashSet<String>>> {
     let mut keep = HashSet::new();
-    for m in store.index.all_boot_manifests()? {
+    for m in store.index.boot_manifests(None)? {
         let Ok(c) = serde_json::from_str::<Capture>(&m) else {
             return Ok(None);
         };

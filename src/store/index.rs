@@ -348,15 +348,7 @@ impl Index {
 
     /// The boot manifests of a point (JSON), and the note saying why there are none.
     pub fn boot_of(&self, point: PointId) -> Result<(Vec<String>, Option<String>)> {
-        let mut st = self
-            .conn
-            .prepare("SELECT manifest FROM boot_captures WHERE point_id=?1 ORDER BY disk")
-            .map_err(self.err("reading the boot area"))?;
-        let manifests = st
-            .query_map([point], |r| r.get(0))
-            .map_err(self.err("reading the boot area"))?
-            .collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(self.err("reading the boot area"))?;
+        let manifests = self.boot_manifests(Some(point))?;
         let note = self
             .conn
             .query_row("SELECT boot_note FROM points WHERE id=?1", [point], |r| {
@@ -368,18 +360,20 @@ impl Index {
         Ok((manifests, note))
     }
 
-    /// Every boot manifest in the store (JSON), to know which boot files are still referred to.
-    pub fn all_boot_manifests(&self) -> Result<Vec<String>> {
+    /// The boot manifests (JSON) of one point, or of every point (to know which boot files
+    /// are still referred to).
+    pub fn boot_manifests(&self, point: Option<PointId>) -> Result<Vec<String>> {
         let mut st = self
             .conn
-            .prepare("SELECT manifest FROM boot_captures")
+            .prepare(
+                "SELECT manifest FROM boot_captures WHERE ?1 IS NULL OR point_id=?1 ORDER BY point_id, disk",
+            )
             .map_err(self.err("reading the boot area"))?;
         let rows = st
-            .query_map([], |r| r.get(0))
-            .map_err(self.err("reading the boot area"))?
-            .collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(self.err("reading the boot area"));
-        rows
+            .query_map([point], |r| r.get(0))
+            .map_err(self.err("reading the boot area"))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.err("reading the boot area"))
     }
 
     /// The newest unfinished in-place restore of `target`, if any.
