@@ -99,7 +99,7 @@ impl System {
         opts: &SnapshotOptions,
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
-        let mut store = Store::open_for_writing(&self.store, true)?;
+        let mut store = open_writer(&self.store, true)?;
         match snapshot::run(&mut store, &self.root, opts, progress) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -119,7 +119,7 @@ impl System {
         kit: bool,
         progress: &dyn Progress,
     ) -> Result<(SnapshotReport, Vec<Decision>)> {
-        let mut store = Store::open_for_writing(&self.store, true)?;
+        let mut store = open_writer(&self.store, true)?;
         let report = match snapshot::run(&mut store, &self.root, opts, progress) {
             Ok(r) => r,
             Err(e) => {
@@ -154,7 +154,7 @@ impl System {
 
     /// Applies retention (or, with `dry_run`, only says what it would do).
     pub fn prune(&self, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>> {
-        let mut store = Store::open_for_writing(&self.store, false)?;
+        let mut store = open_writer(&self.store, false)?;
         retain(
             &mut store,
             policy,
@@ -225,7 +225,7 @@ impl System {
 
     /// Opens the store for a restore: locked, since the replica must not move underneath.
     pub fn open_store(&self) -> Result<Store> {
-        Store::open_for_writing(&self.store, false)
+        open_writer(&self.store, false)
     }
 
     /// The plan that makes the target (the system root, or `req.target`) equal to the point,
@@ -490,7 +490,7 @@ impl System {
     /// What differs between point `a` and point `b`, or the live system when `b` is None,
     /// rendered for people (unified diffs for text files); within `paths` when given.
     pub fn diff(&self, a: PointId, b: Option<PointId>, paths: &[RelPath]) -> Result<Vec<String>> {
-        let store = Store::open_for_writing(&self.store, false)?;
+        let store = Store::open_for_reading(&self.store)?;
         let mut packs = restore::Packs::default();
         let root_fd = fsio::open_root(&self.root)
             .ctx(|| format!("opening the system root {}", self.root.display()))?;
@@ -526,13 +526,13 @@ impl System {
     }
 
     pub fn verify(&self, full: bool) -> Result<VerifyReport> {
-        let store = Store::open_for_writing(&self.store, false)?;
+        let store = Store::open_for_reading(&self.store)?;
         crate::verify::verify(&store, full)
     }
 
     /// Removes the `n` oldest points (never the latest). With `dry_run`, only says which.
     pub fn remove_oldest(&self, n: usize, dry_run: bool) -> Result<Vec<Point>> {
-        let mut store = Store::open_for_writing(&self.store, false)?;
+        let mut store = open_writer(&self.store, false)?;
         if dry_run {
             let points = store.index.complete_points()?;
             let removable = points.len().saturating_sub(1).min(n);
@@ -547,6 +547,13 @@ impl System {
         }
         Ok(removed)
     }
+}
+
+/// Opens the store for an operation that writes it, and first runs the recovery steps.
+fn open_writer(dir: &Path, create: bool) -> Result<Store> {
+    let mut store = Store::open_for_writing(dir, create)?;
+    crate::recover::clean_up(&mut store)?;
+    Ok(store)
 }
 
 /// Decides with `retention::decide` and removes what it says, oldest first.

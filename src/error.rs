@@ -34,6 +34,10 @@ pub enum Error {
         "{store} is not a restorepoint store (no index.db); check --store or the config's `store`"
     )]
     NoStore { store: PathBuf },
+    #[error(
+        "store {store} has data ({what}) but no index.db: nothing was written. Its packs and replica are left as they are; put index.db back from a copy, or move the store aside to start a new one"
+    )]
+    NoIndex { store: PathBuf, what: String },
     // -- points
     #[error("no restore point {id}; `system_snapshot list` shows the points there are")]
     NoSuchPoint { id: i64 },

@@ -3,7 +3,7 @@
 //! first, the pack files are deleted after: a crash leaves at worst an unreferenced pack.
 
 use crate::error::Result;
-use crate::store::{db_op, Point, Store};
+use crate::store::{Point, Store};
 
 /// Removes the oldest complete point, never the latest. Returns it, or None when only one is left.
 pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
@@ -12,21 +12,7 @@ pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
         return Ok(None);
     }
     let (oldest, successor) = (points[0].clone(), points[1].id);
-    let path = store.index.path.clone();
-    let e = |op: &'static str| db_op(&path, op);
-    let tx = store
-        .index
-        .conn
-        .transaction()
-        .map_err(e("starting the removal"))?;
-    tx.execute(
-        "DELETE FROM changes WHERE point_id IN (?1, ?2)",
-        [oldest.id, successor],
-    )
-    .map_err(e("dropping changes"))?;
-    tx.execute("DELETE FROM points WHERE id=?1", [oldest.id])
-        .map_err(e("dropping the point"))?;
-    tx.commit().map_err(e("committing the removal"))?;
+    store.index.remove_oldest_point(oldest.id, successor)?;
     crate::failpoint::hit("prune-after-commit");
     for id in [oldest.id, successor] {
         store.remove_pack(id)?;

@@ -25,7 +25,7 @@ pub const CANCELLED: i32 = 8;
 pub fn exit_code_for(e: &Error) -> i32 {
     match e {
         Error::Locked { .. } => LOCKED,
-        Error::Damaged { .. } => DAMAGED,
+        Error::Damaged { .. } | Error::NoIndex { .. } => DAMAGED,
         Error::Config { .. } => USAGE,
         Error::Refused { .. } | Error::BootRefused { .. } => REFUSED,
         _ => FAILURE,

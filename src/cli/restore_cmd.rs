@@ -230,7 +230,7 @@ pub fn point_line(p: &Point, now: DateTime<Local>) -> String {
         ago / 60 % 24,
         ago % 60
     );
-    if p.kind != "scheduled" || p.label.is_some() {
+    if p.kind != crate::store::PointKind::Scheduled || p.label.is_some() {
         line.push_str(&format!(
             " [{}{}]",
             p.kind,
