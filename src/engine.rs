@@ -100,6 +100,7 @@ impl System {
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
         let mut store = open_writer(&self.store, true)?;
+        refuse_while_restoring(&store, &self.root, "snapshot")?;
         match snapshot::run(&mut store, &self.root, opts, progress) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -120,6 +121,7 @@ impl System {
         progress: &dyn Progress,
     ) -> Result<(SnapshotReport, Vec<Decision>)> {
         let mut store = open_writer(&self.store, true)?;
+        refuse_while_restoring(&store, &self.root, "snapshot")?;
         let report = match snapshot::run(&mut store, &self.root, opts, progress) {
             Ok(r) => r,
             Err(e) => {
@@ -231,6 +233,13 @@ impl System {
     /// The plan that makes the target (the system root, or `req.target`) equal to the point,
     /// within its sources or the requested paths, leaving out what the point left out.
     pub fn plan_restore(&self, store: &Store, req: &RestoreRequest) -> Result<RestorePlan> {
+        // A damaged b-tree can hide rows from a query without any error: the restore would
+        // then take a newer version for an older one. SQLite's full check finds that first.
+        if let Some(p) = store.index.integrity_problems()?.first() {
+            return Err(Error::Damaged {
+                what: format!("index {}: {p}", store.index.path.display()),
+            });
+        }
         let point = store.index.point(req.point)?;
         let target = req.target.clone().unwrap_or_else(|| self.root.clone());
         let target_fd = fsio::open_root(&target)
@@ -340,11 +349,7 @@ impl System {
                 report,
             });
         }
-        let key = target
-            .canonicalize()
-            .unwrap_or(target.clone())
-            .display()
-            .to_string();
+        let key = journal_key(&target);
         let resumed = store
             .index
             .unfinished_restore(&key)?
@@ -549,6 +554,28 @@ impl System {
     }
 }
 
+/// How the restore journal names a root restored in place.
+fn journal_key(root: &Path) -> String {
+    root.canonicalize()
+        .unwrap_or_else(|_| root.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// A point taken of a half-restored tree would record a state that never existed: refused
+/// until the restore is finished.
+fn refuse_while_restoring(store: &Store, root: &Path, op: &str) -> Result<()> {
+    match store.index.unfinished_restore(&journal_key(root))? {
+        Some(j) => Err(Error::RestoreUnfinished {
+            op: op.to_string(),
+            point: j.point,
+            target: j.target,
+            started: j.started_at,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Opens the store for an operation that writes it, and first runs the recovery steps.
 fn open_writer(dir: &Path, create: bool) -> Result<Store> {
     let mut store = Store::open_for_writing(dir, create)?;
@@ -566,7 +593,8 @@ fn retain(
     let points = store.index.complete_points()?;
     let infos = crate::retention::point_infos(&points);
     let u = store.usage();
-    let decisions = crate::retention::decide(policy, &infos, u.data(), u.replica, now);
+    let mut decisions = crate::retention::decide(policy, &infos, u.data(), u.replica, now);
+    keep_for_unfinished_restores(store, &mut decisions)?;
     if !dry_run {
         for d in decisions.iter().filter(|d| d.remove) {
             let removed = crate::prune::remove_oldest(store)?;
@@ -578,6 +606,27 @@ fn retain(
         }
     }
     Ok(decisions)
+}
+
+/// A point an unfinished restore converges to (or its safety point) stays: removing it would
+/// leave the tree half restored for good. Points go oldest first, so none after it goes either.
+fn keep_for_unfinished_restores(store: &Store, decisions: &mut [Decision]) -> Result<()> {
+    let needed = crate::prune::needed_by_restores(store)?;
+    let mut blocked: Option<(PointId, PointId)> = None;
+    for d in decisions.iter_mut().filter(|d| d.remove) {
+        if blocked.is_none() {
+            blocked = needed.iter().find(|(p, _)| *p == d.id).copied();
+        }
+        if let Some((p, restoring)) = blocked {
+            d.remove = false;
+            d.reason = if p == d.id {
+                format!("kept: the unfinished restore of point {restoring} needs it (run system_restore again to finish restoring point {restoring})")
+            } else {
+                format!("kept: older point {p} is needed by an unfinished restore, and points go oldest first")
+            };
+        }
+    }
+    Ok(())
 }
 
 /// `path` relative to `root`, when it lies inside it.

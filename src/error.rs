@@ -45,6 +45,14 @@ pub enum Error {
     NoPoints,
     #[error("snapshot refused, nothing was written: {why}")]
     Refused { why: String },
+    /// An in-place restore was interrupted: the tree is part old, part new until it is rerun.
+    #[error("{op} refused, nothing was written: the in-place restore of point {point} into {target} (started {started}) is unfinished; run system_restore again to finish restoring point {point}")]
+    RestoreUnfinished {
+        op: String,
+        point: i64,
+        target: String,
+        started: String,
+    },
     #[error("boot area restore to {device} refused, nothing was written: {why}")]
     BootRefused { device: PathBuf, why: String },
     // -- data

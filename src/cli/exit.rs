@@ -27,7 +27,9 @@ pub fn exit_code_for(e: &Error) -> i32 {
         Error::Locked { .. } => LOCKED,
         Error::Damaged { .. } | Error::NoIndex { .. } => DAMAGED,
         Error::Config { .. } => USAGE,
-        Error::Refused { .. } | Error::BootRefused { .. } => REFUSED,
+        Error::Refused { .. } | Error::BootRefused { .. } | Error::RestoreUnfinished { .. } => {
+            REFUSED
+        }
         _ => FAILURE,
     }
 }

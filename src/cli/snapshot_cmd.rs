@@ -454,11 +454,15 @@ fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
             let at = d
                 .point
                 .map(|p| format!("point {p}"))
-                .unwrap_or_else(|| "replica".into());
+                .unwrap_or_else(|| "store".into());
             println!("DAMAGED {at}: {}: {}", d.path, d.problem);
         }
+        for id in &r.interrupted {
+            println!("Note: point {id} was interrupted; the next snapshot rolls it back");
+        }
         println!(
-            "Checked {} replica files{}: {}",
+            "Checked the index, {} points, {} replica files{}: {}",
+            r.points_checked,
             r.replica_files,
             if full {
                 format!(" and {} older versions", r.older_versions)

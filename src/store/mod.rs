@@ -41,15 +41,15 @@ impl Store {
     /// `engine::open_writer`.
     pub fn open_for_writing(dir: &Path, create: bool) -> Result<Store> {
         if !dir.join("index.db").exists() {
-            if !create {
-                return Err(Error::NoStore {
-                    store: dir.to_path_buf(),
-                });
-            }
             if let Some(what) = store_data_without_index(dir) {
                 return Err(Error::NoIndex {
                     store: dir.to_path_buf(),
                     what,
+                });
+            }
+            if !create {
+                return Err(Error::NoStore {
+                    store: dir.to_path_buf(),
                 });
             }
             make_layout(dir)?;
@@ -61,6 +61,14 @@ impl Store {
     /// Opens for reading only (list, show, diff, verify): no lock, nothing rolled back,
     /// deleted or written (a migration to this binary's schema aside).
     pub fn open_for_reading(dir: &Path) -> Result<Store> {
+        if !dir.join("index.db").exists() {
+            if let Some(what) = store_data_without_index(dir) {
+                return Err(Error::NoIndex {
+                    store: dir.to_path_buf(),
+                    what,
+                });
+            }
+        }
         Store::open_inner(dir, None)
     }
 

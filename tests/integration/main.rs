@@ -4,6 +4,7 @@ mod boot;
 mod cli;
 mod config;
 mod crash;
+mod damage;
 mod fidelity;
 mod inplace;
 mod interactive;
