@@ -134,13 +134,16 @@ fn len(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
 }
 
+/// Damages the store copy it is given.
+type Damager = Box<dyn Fn(&Path)>;
+
 #[test]
 fn damaged_stores_are_detected_and_never_restore_wrong_data() {
     let lab = Lab::new();
     let expected = four_points(&lab);
     let ids: Vec<i64> = expected.keys().copied().collect();
     let mut rng = Rng(0x5eed_1234_abcd);
-    let mut cases: Vec<(String, Box<dyn Fn(&Path)>)> = Vec::new();
+    let mut cases: Vec<(String, Damager)> = Vec::new();
     for i in 0..16 {
         let (at, mask) = (rng.next(), 1u8 << rng.below(8));
         cases.push((
