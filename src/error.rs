@@ -55,6 +55,16 @@ pub enum Error {
     },
     #[error("boot area restore to {device} refused, nothing was written: {why}")]
     BootRefused { device: PathBuf, why: String },
+    #[error("restore refused, nothing was written: {why}")]
+    RestoreRefused { why: String },
+    /// A restore stopped part way (the disk filled up); `next` says how to finish or go back.
+    #[error("{what}: {source}. {next}")]
+    Unfinished {
+        what: String,
+        #[source]
+        source: io::Error,
+        next: String,
+    },
     // -- data
     #[error("damaged: {what}; run `system_snapshot verify --full` to see everything affected")]
     Damaged { what: String },
@@ -63,6 +73,9 @@ pub enum Error {
     Config { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
+    /// A flag or path given on the command line that cannot work (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Error {

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real trees on disk, the real binaries, real SQLite and zstd.
 
 mod boot;
+mod busy;
 mod cli;
 mod config;
 mod crash;
@@ -9,4 +10,5 @@ mod fidelity;
 mod inplace;
 mod interactive;
 mod props;
+mod refusals;
 mod util;
