@@ -87,6 +87,15 @@ pub fn step_back(
             change.point
         )
     };
+    if change.is_lost() {
+        return Err(Error::Damaged {
+            what: format!(
+                "{}: that version was already damaged in the store when point {} was taken",
+                at(),
+                change.point
+            ),
+        });
+    }
     let frame = change.frame.unwrap_or((0, 0));
     let body = match change.content {
         ContentKind::Absent => return Ok(None),

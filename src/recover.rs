@@ -73,6 +73,10 @@ fn undo_rows(store: &mut Store, id: PointId) -> Result<()> {
 /// `staging/` from the frame (and the new version, for a delta).
 fn old_version(store: &Store, pack: Option<&File>, c: &Change) -> Result<Fill> {
     let old = c.old.as_ref().expect("only called for old files");
+    if c.is_lost() {
+        // The old version was damaged before this point began: nothing better to go back to.
+        return Ok(Fill::Keep);
+    }
     let current = content::replica_body(store.replica(), &c.path)
         .ok()
         .and_then(|mut b| b.hash().ok().map(|h| (b, h)));

@@ -95,6 +95,11 @@ enum NewContent {
         name: Vec<u8>,
         bytes: Option<Vec<u8>>,
     },
+    /// Equal to the old version, but the replica's copy of it is damaged: staged under this
+    /// name to replace that copy.
+    Heal {
+        name: Vec<u8>,
+    },
 }
 
 pub fn run(
@@ -424,8 +429,14 @@ fn record(
         if let Some(n) = &new {
             count(report, n);
         }
+        if let NewContent::Heal { .. } = content {
+            report.warnings.push(Warning {
+                path: display_path(&p.path),
+                message: "the store's copy was damaged; it was rewritten from the live file, which still has the recorded content".into(),
+            });
+        }
         if let (Some(o), Some(n)) = (&p.old, &new) {
-            if o.same_state(n) {
+            if o.same_state(n) && !matches!(content, NewContent::Heal { .. }) {
                 // Only the quick-check fields moved (a rename back, a no-op chmod): refresh them.
                 batch.rows.push((
                     no_change(id, &p.path),
@@ -437,13 +448,13 @@ fn record(
             }
         }
         let staged_name = match &content {
-            NewContent::Staged { name, .. } => Some(name.clone()),
+            NewContent::Staged { name, .. } | NewContent::Heal { name } => Some(name.clone()),
             _ => None,
         };
         let change = if first {
             no_change(id, &p.path)
         } else {
-            reverse_change(
+            let made = reverse_change(
                 store,
                 &mut pack,
                 id,
@@ -452,7 +463,25 @@ fn record(
                 &content,
                 level,
                 &mut full_frames,
-            )?
+            );
+            match made {
+                Ok(c) => c,
+                // One damaged copy costs that file's older versions, not every later point.
+                Err(Error::Damaged { what }) => {
+                    report.warnings.push(Warning {
+                        path: display_path(&p.path),
+                        message: format!("{what}; the new version is recorded, but points before {id} cannot restore this file (`system_snapshot verify --full` lists them)"),
+                    });
+                    Change::lost(
+                        id,
+                        &p.path,
+                        p.old.clone(),
+                        pack.len(),
+                        new.as_ref().and_then(|n| n.hash),
+                    )
+                }
+                Err(e) => return Err(e),
+            }
         };
         tally(report, &p.old, &new, &content);
         batch.bytes += new
@@ -551,7 +580,7 @@ fn tally(
         (Some(o), Some(n))
             if o.kind == Kind::File
                 && n.kind == Kind::File
-                && matches!(content, NewContent::Same) =>
+                && matches!(content, NewContent::Same | NewContent::Heal { .. }) =>
         {
             report.metadata_only += 1
         }
@@ -637,7 +666,7 @@ fn capture(
         return Ok(Captured::Node(Box::new(e), NewContent::None));
     }
     for _ in 0..READ_TRIES {
-        match read_file(store, dirfd, name, &mut e, p.old.as_ref(), names) {
+        match read_file(store, dirfd, name, &mut e, p.old.as_ref(), names, &p.path) {
             Ok(Some(content)) => return Ok(Captured::Node(Box::new(e), content)),
             Ok(None) => continue, // changed while being read
             Err(err) if fsio::is_missing(&err) => return Ok(Captured::Gone),
@@ -664,6 +693,7 @@ fn read_file(
     e: &mut Entry,
     old: Option<&Entry>,
     names: &mut StagingNames,
+    path: &[u8],
 ) -> io::Result<Option<NewContent>> {
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
@@ -720,6 +750,9 @@ fn read_file(
     );
     e.hash = Some(hash);
     if old.is_some_and(|o| o.kind == Kind::File && o.hash == Some(hash)) {
+        if !replica_holds(store, path, hash) {
+            return Ok(Some(NewContent::Heal { name: staged_name }));
+        }
         drop(staged);
         let _ = rustix::fs::unlinkat(
             store.staging(),
@@ -732,6 +765,16 @@ fn read_file(
         name: staged_name,
         bytes,
     }))
+}
+
+/// Whether the replica's copy of `path` has content `hash`. Read only for files whose content
+/// did not change but whose inode did (a chmod, a rewrite with the same bytes): the one moment
+/// a damaged copy can be mended from the live file.
+fn replica_holds(store: &Store, path: &[u8], hash: Hash) -> bool {
+    crate::content::replica_body(store.replica(), path)
+        .ok()
+        .and_then(|mut b| b.hash().ok())
+        == Some(hash)
 }
 
 struct HashingReader<'a> {
@@ -779,7 +822,7 @@ fn reverse_change(
         new_hash,
     };
     let Some(old) = &p.old else { return Ok(change) };
-    if old.kind != Kind::File || matches!(content, NewContent::Same) {
+    if old.kind != Kind::File || matches!(content, NewContent::Same | NewContent::Heal { .. }) {
         change.content = ContentKind::Same;
         return Ok(change);
     }

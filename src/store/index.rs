@@ -152,6 +152,34 @@ pub struct Change {
     pub new_hash: Option<Hash>,
 }
 
+impl Change {
+    /// The change of a file whose previous version was already damaged in the replica when
+    /// point `point` was recorded: a `full` change with an empty frame, which never rebuilds
+    /// (restores of older points report the file as damaged) and which a rollback leaves as
+    /// it is. `at` is the pack's length, where the empty frame sits.
+    pub fn lost(
+        point: PointId,
+        path: &[u8],
+        old: Option<Entry>,
+        at: u64,
+        new_hash: Option<Hash>,
+    ) -> Change {
+        Change {
+            point,
+            path: path.to_vec(),
+            content: ContentKind::Full,
+            old,
+            frame: Some((at, 0)),
+            new_hash,
+        }
+    }
+
+    /// Whether this is a `lost` change (a real frame is never empty: zstd has a header).
+    pub fn is_lost(&self) -> bool {
+        self.content == ContentKind::Full && self.frame.is_some_and(|(_, len)| len == 0)
+    }
+}
+
 /// One write of a snapshot's batch; a batch commits in one transaction.
 pub enum BatchWrite {
     /// A reverse change of the running point.

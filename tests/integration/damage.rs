@@ -361,3 +361,92 @@ fn an_unfinished_restore_refuses_snapshots_and_keeps_its_points() {
     );
     SNAPSHOT.expect(0, &snap);
 }
+
+/// Flips one byte in the replica's copy of `rel`.
+fn flip_replica(lab: &Lab, rel: &str) {
+    flip(&lab.store().join("replica").join(rel), 3, 0x20);
+}
+
+#[test]
+fn a_snapshot_mends_a_damaged_copy_from_the_unchanged_live_file() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir d && seq 1 500 > d/f && echo other > d/g");
+    let mut expected = BTreeMap::new();
+    expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    flip_replica(&lab, "d/f");
+    SNAPSHOT.expect(5, &["verify", "--store", Lab::s(&lab.store())]);
+    lab.run_sh("chmod 600 d/f && echo more >> d/g");
+    let (sys, store) = (lab.sys(), lab.store());
+    let out = SNAPSHOT.expect(3, &["--root", Lab::s(&sys), "--store", Lab::s(&store)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/d/f") && err.contains("rewritten from the live file"),
+        "{err}"
+    );
+    let list = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&store)]);
+    let ids: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    expected.insert(ids[1]["id"].as_i64().unwrap(), fingerprint(&lab.sys()));
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
+    assert_eq!(judge(&lab, &store, &expected), Outcome::Harmless);
+}
+
+#[test]
+fn a_damaged_copy_of_a_changed_file_costs_its_old_versions_not_later_points() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir d && seq 1 500 > d/f && echo other > d/g");
+    let first = lab.snapshot();
+    lab.run_sh("echo two >> d/g");
+    let second = lab.snapshot();
+    flip_replica(&lab, "d/f");
+    lab.run_sh("seq 1 900 > d/f");
+    let (sys, store) = (lab.sys(), lab.store());
+    let snap = ["--root", Lab::s(&sys), "--store", Lab::s(&store)];
+    let out = SNAPSHOT.expect(3, &snap);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/d/f") && err.contains("cannot restore this file"),
+        "{err}"
+    );
+    let third_tree = fingerprint(&lab.sys());
+    // Later points are not poisoned: the file changes again and the next snapshot is clean.
+    lab.run_sh("seq 1 950 > d/f");
+    SNAPSHOT.expect(0, &snap);
+    let fourth_tree = fingerprint(&lab.sys());
+    let verify = SNAPSHOT.expect(5, &["verify", "--full", "--store", Lab::s(&store)]);
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        report.contains(&format!("point {second}: /d/f")),
+        "the version the damage took is named: {report}"
+    );
+    let list = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&store)]);
+    let ids: Vec<i64> = serde_json::from_slice::<serde_json::Value>(&list.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    for (id, fp) in [(ids[2], &third_tree), (ids[3], &fourth_tree)] {
+        let t = lab.target(&format!("t{id}"));
+        lab.restore(id, &t);
+        assert_same(fp, &fingerprint(&t), "a point taken after the damage");
+    }
+    // An older point's version of the file is gone: its restore says so (never exit 0).
+    let t = lab.target("old");
+    let out = RESTORE.run(&[
+        "--store",
+        Lab::s(&store),
+        "--point",
+        &first.to_string(),
+        "--target",
+        Lab::s(&t),
+        "--yes",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
