@@ -102,7 +102,7 @@ pub fn build(
         .filter(|(_, e)| e.kind == Kind::Dir)
         .map(|(p, e)| (p.clone(), e.clone()))
         .collect();
-    let have = scan_target(target, scopes, excludes, &mut plan.warnings)?;
+    let (have, holding) = scan_target(target, scopes, excludes, &mut plan.warnings)?;
     let inode_of: HashMap<&[u8], (u64, u64)> = have
         .iter()
         .map(|(p, b)| (p.as_slice(), (b.dev, b.ino)))
@@ -162,7 +162,30 @@ pub fn build(
     for (p, b) in hi {
         push_delete(&mut plan, p, b, scopes);
     }
+    keep_what_holds_excluded(&mut plan, &holding);
     Ok(plan)
+}
+
+/// Deleting or replacing a directory removes everything in it, excluded paths too (a point
+/// without `/tmp` must not empty the live `/tmp`): such directories stay, with a warning.
+fn keep_what_holds_excluded(plan: &mut RestorePlan, holding: &HashSet<RelPath>) {
+    let mut kept = Vec::new();
+    plan.items.retain(|it| {
+        let removes_dir = it.have.as_ref().is_some_and(|h| h.kind == Kind::Dir)
+            && it.want.as_ref().is_none_or(|w| w.kind != Kind::Dir);
+        let keep = removes_dir && holding.contains(&it.path);
+        if keep {
+            kept.push(Warning {
+                path: display_path(&it.path),
+                message: format!(
+                    "not in point {} but holds paths the point excluded: left in place",
+                    plan.point
+                ),
+            });
+        }
+        !keep
+    });
+    plan.warnings.extend(kept);
 }
 
 fn push_delete(plan: &mut RestorePlan, path: &[u8], b: &Basic, scopes: &[RelPath]) {
@@ -177,13 +200,27 @@ fn push_delete(plan: &mut RestorePlan, path: &[u8], b: &Basic, scopes: &[RelPath
     }
 }
 
+type Walked = Vec<(RelPath, Basic)>;
+
 fn scan_target(
     target: BorrowedFd,
     scopes: &[RelPath],
     excludes: &ExcludeSet,
     warnings: &mut Vec<Warning>,
-) -> Result<Vec<(RelPath, Basic)>> {
-    let exclude = |p: &[u8], _k: Kind| excludes.is_excluded(p);
+) -> Result<(Walked, HashSet<RelPath>)> {
+    // Every directory above an excluded path the walk met.
+    let holding = std::cell::RefCell::new(HashSet::new());
+    let exclude = |p: &[u8], _k: Kind| {
+        let out = excludes.is_excluded(p);
+        let mut up = p;
+        while let Some(dir) = crate::model::parent(up).filter(|_| out) {
+            if !holding.borrow_mut().insert(dir.to_vec()) {
+                break;
+            }
+            up = dir;
+        }
+        out
+    };
     let opts = WalkOptions {
         one_file_system: true,
         exclude: &exclude,
@@ -228,7 +265,7 @@ fn scan_target(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.dedup_by(|a, b| a.0 == b.0);
-    Ok(out)
+    Ok((out, holding.into_inner()))
 }
 
 /// The target's entry with xattrs, flags, link target and (for files the same size as wanted)

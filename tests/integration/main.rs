@@ -8,4 +8,5 @@ mod fidelity;
 mod inplace;
 mod interactive;
 mod props;
+mod selection;
 mod util;

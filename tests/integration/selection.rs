@@ -1,0 +1,147 @@
+//! What a restore selects: the directories kept while their contents are excluded (`/tmp/*`),
+//! and hardlink groups cut by `--path`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::util::{Lab, RESTORE};
+
+const PSEUDO: [&str; 5] = ["dev", "proc", "sys", "run", "tmp"];
+
+fn meta_line(p: &Path) -> String {
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    format!(
+        "mode {:o} owner {}:{} mtime {}.{:09}",
+        m.mode(),
+        m.uid(),
+        m.gid(),
+        m.mtime(),
+        m.mtime_nsec()
+    )
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn pseudo_tree(lab: &Lab) {
+    lab.run_sh(
+        "mkdir -p dev/pts proc/1 sys/kernel run/lock tmp/.X11-unix etc
+         echo tty > dev/console && echo 1 > proc/1/status && echo k > sys/kernel/x
+         echo 42 > run/sshd.pid && echo lock > run/lock/l && echo s > tmp/.X11-unix/X0
+         echo scratch > tmp/f && echo conf > etc/conf
+         chmod 1777 tmp && chmod 0555 proc sys && chmod 0711 run
+         touch -d '2024-03-04 05:06:07.123456789' dev proc sys run tmp",
+    );
+    if crate::util::is_root() {
+        lab.run_sh("chown 1234:5678 run && chown 0:7 tmp");
+    }
+}
+
+/// `/dev/* /proc/* /sys/* /run/* /tmp/*`: a point restored into an empty directory has those
+/// directories, with their mode, owner and times, and nothing in them.
+#[test]
+fn pseudo_filesystem_directories_are_kept_without_their_contents() {
+    let lab = Lab::new();
+    pseudo_tree(&lab);
+    let id = lab.snapshot();
+    let t = lab.target("empty");
+    lab.restore(id, &t);
+    for d in PSEUDO {
+        let (src, dst) = (lab.sys().join(d), t.join(d));
+        assert!(dst.is_dir(), "/{d} is restored as a directory");
+        assert_eq!(meta_line(&src), meta_line(&dst), "/{d}'s metadata");
+        assert!(names_in(&dst).is_empty(), "/{d} is restored empty");
+    }
+    let tmp_mode = std::fs::metadata(t.join("tmp"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(tmp_mode & 0o7777, 0o1777, "/tmp keeps its sticky bit");
+    assert_eq!(read(&t.join("etc/conf")), "conf\n");
+}
+
+/// In place, the live contents of those directories are never deleted, whatever the point
+/// holds, while the directories' own metadata comes back.
+#[test]
+fn an_in_place_restore_never_touches_what_is_inside_them() {
+    let lab = Lab::new();
+    pseudo_tree(&lab);
+    let id = lab.snapshot();
+    lab.run_sh(
+        "echo live > tmp/new && mkdir -p tmp/d && echo x > tmp/d/y && echo 2 > proc/2
+         echo newer > run/lock/l && rm tmp/f && chmod 0755 tmp && echo edited > etc/conf",
+    );
+    let before: Vec<(String, Vec<String>)> = PSEUDO
+        .iter()
+        .map(|d| (d.to_string(), names_in(&lab.sys().join(d))))
+        .collect();
+    RESTORE.expect(
+        0,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+            "--point",
+            &id.to_string(),
+            "--yes",
+        ],
+    );
+    for (d, names) in before {
+        assert_eq!(
+            names_in(&lab.sys().join(&d)),
+            names,
+            "/{d} keeps what it holds"
+        );
+    }
+    assert_eq!(read(&lab.sys().join("tmp/d/y")), "x\n");
+    assert_eq!(read(&lab.sys().join("run/lock/l")), "newer\n");
+    assert!(
+        !lab.sys().join("tmp/f").exists(),
+        "excluded: not brought back"
+    );
+    assert_eq!(read(&lab.sys().join("etc/conf")), "conf\n");
+    let tmp_mode = std::fs::metadata(lab.sys().join("tmp"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(tmp_mode & 0o7777, 0o1777, "/tmp's mode comes back");
+}
+
+/// A point taken before `/tmp` existed: restoring it does not delete the live `/tmp` with what
+/// is in it (the point excluded that), and says so.
+#[test]
+fn a_directory_holding_excluded_paths_is_not_deleted() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir etc && echo conf > etc/conf");
+    let id = lab.snapshot();
+    lab.run_sh("mkdir -m 1777 tmp && echo live > tmp/work && mkdir new && echo n > new/file");
+    let out = RESTORE.expect(
+        3,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+            "--point",
+            &id.to_string(),
+            "--yes",
+            "--no-safety-point",
+        ],
+    );
+    let msg =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(msg.contains("/tmp") && msg.contains("excluded"), "{msg}");
+    assert_eq!(read(&lab.sys().join("tmp/work")), "live\n");
+    assert!(!lab.sys().join("new").exists(), "what the point lacks goes");
+}
