@@ -93,16 +93,18 @@ pub fn build(
         point,
         ..Default::default()
     };
-    let want: Vec<(RelPath, Entry)> = want
+    let mut want: Vec<(RelPath, Entry)> = want
         .into_iter()
         .filter(|(p, _)| !excludes.covers(p))
         .collect();
+    let recorded_leaders = super::links::relead(&mut want);
     plan.dirs = want
         .iter()
         .filter(|(_, e)| e.kind == Kind::Dir)
         .map(|(p, e)| (p.clone(), e.clone()))
         .collect();
     let (have, holding) = scan_target(target, scopes, excludes, &mut plan.warnings)?;
+    let intact = super::links::recorded_leader_inodes(target, &recorded_leaders);
     let inode_of: HashMap<&[u8], (u64, u64)> = have
         .iter()
         .map(|(p, b)| (p.as_slice(), (b.dev, b.ino)))
@@ -133,15 +135,17 @@ pub fn build(
             continue;
         };
         let have_entry = read_full(target, &mut cache, path, b, w)?;
-        let rewrite = needs_rewrite(
-            path,
-            w,
-            b,
-            &have_entry,
-            &inode_of,
-            &group_size,
-            &rewritten_leaders,
-        );
+        let still_linked = intact.get(path) == Some(&(b.dev, b.ino)) && have_entry.hash == w.hash;
+        let rewrite = !still_linked
+            && needs_rewrite(
+                path,
+                w,
+                b,
+                &have_entry,
+                &inode_of,
+                &group_size,
+                &rewritten_leaders,
+            );
         let action = if rewrite {
             rewritten_leaders.insert(path.clone());
             Some(Action::Rewrite)

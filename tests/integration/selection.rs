@@ -4,7 +4,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use crate::util::{Lab, RESTORE};
+use crate::util::{Lab, RESTORE, SNAPSHOT};
 
 const PSEUDO: [&str; 5] = ["dev", "proc", "sys", "run", "tmp"];
 
@@ -31,6 +31,15 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The dry-run plan of a restore, as JSON.
+fn dry_run(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let store = Lab::s(&lab.store()).to_string();
+    let mut all = vec!["--store", &store, "--dry-run", "--json"];
+    all.extend_from_slice(args);
+    let out = RESTORE.expect(0, &all);
+    serde_json::from_slice(&out.stdout).expect("json plan")
 }
 
 fn pseudo_tree(lab: &Lab) {
@@ -144,4 +153,127 @@ fn a_directory_holding_excluded_paths_is_not_deleted() {
     assert!(msg.contains("/tmp") && msg.contains("excluded"), "{msg}");
     assert_eq!(read(&lab.sys().join("tmp/work")), "live\n");
     assert!(!lab.sys().join("new").exists(), "what the point lacks goes");
+}
+
+fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+fn restore_in_place(lab: &Lab, id: i64, paths: &[&str]) -> std::process::Output {
+    let (root, store, id) = (lab.sys(), lab.store(), id.to_string());
+    let mut args = vec![
+        "--root",
+        Lab::s(&root),
+        "--store",
+        Lab::s(&store),
+        "--point",
+        &id,
+        "--yes",
+    ];
+    for p in paths {
+        args.extend_from_slice(&["--path", p]);
+    }
+    RESTORE.expect(0, &args)
+}
+
+/// `--path /b` where `/b/follower` is a hardlink of `/a/leader`, and both (one inode) changed
+/// since the point: the follower gets the point's content, the leader outside the selection
+/// keeps the live one, and a second run has nothing to do.
+#[test]
+fn a_follower_whose_leader_is_not_selected_gets_the_points_content() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir a b && echo point > a/leader && ln a/leader b/follower");
+    let id = lab.snapshot();
+    lab.run_sh("echo live > a/leader");
+    assert_eq!(read(&lab.sys().join("b/follower")), "live\n");
+    restore_in_place(&lab, id, &["/b"]);
+    assert_eq!(read(&lab.sys().join("b/follower")), "point\n");
+    assert_eq!(
+        read(&lab.sys().join("a/leader")),
+        "live\n",
+        "outside the selection"
+    );
+    let again = dry_run(
+        &lab,
+        &["--root", Lab::s(&lab.sys()), "--point", "1", "--path", "/b"],
+    );
+    assert_eq!(again["items"], serde_json::json!([]), "converged: {again}");
+}
+
+/// The same selection while the link is still as the point recorded it: nothing to do (the
+/// group is not split for nothing).
+#[test]
+fn an_intact_link_to_a_leader_outside_the_selection_is_left_alone() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir a b && echo same > a/leader && ln a/leader b/follower");
+    let id = lab.snapshot();
+    let plan = dry_run(
+        &lab,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--point",
+            &id.to_string(),
+            "--path",
+            "/b",
+        ],
+    );
+    assert_eq!(plan["items"], serde_json::json!([]), "{plan}");
+    assert_eq!(
+        ino(&lab.sys().join("a/leader")),
+        ino(&lab.sys().join("b/follower"))
+    );
+}
+
+/// Into an empty target, `--path /opt` where `/opt` holds two links of `/lib/libx.so` (their leader: first in byte order): the
+/// restore succeeds, with the point's content, and the two stay one inode.
+#[test]
+fn followers_of_an_unselected_leader_are_restored_linked_to_each_other() {
+    let lab = Lab::new();
+    lab.run_sh(
+        "mkdir -p lib opt/app && echo shared > lib/libx.so
+         ln lib/libx.so opt/app/libx.so && ln lib/libx.so opt/app/libx.so.1
+         echo own > opt/app/conf",
+    );
+    let id = lab.snapshot();
+    lab.run_sh("echo changed > lib/libx.so");
+    let t = lab.target("empty");
+    let (store_dir, ids) = (lab.store(), id.to_string());
+    let store = Lab::s(&store_dir);
+    RESTORE.expect(
+        0,
+        &[
+            "--store",
+            store,
+            "--point",
+            &ids,
+            "--target",
+            Lab::s(&t),
+            "--path",
+            "/opt",
+            "--yes",
+        ],
+    );
+    let (a, b) = (t.join("opt/app/libx.so"), t.join("opt/app/libx.so.1"));
+    assert_eq!(read(&a), "shared\n");
+    assert_eq!(read(&b), "shared\n");
+    assert_eq!(ino(&a), ino(&b), "the two links stay one file");
+    assert_eq!(std::fs::metadata(&a).unwrap().nlink(), 2);
+    assert!(!t.join("lib").exists(), "nothing outside the selection");
+    let again = dry_run(
+        &lab,
+        &["--point", &ids, "--target", Lab::s(&t), "--path", "/opt"],
+    );
+    assert_eq!(again["items"], serde_json::json!([]), "converged: {again}");
+
+    // In place as well: the live pair is one inode with the live leader's new content.
+    restore_in_place(&lab, id, &["/opt"]);
+    let (a, b) = (
+        lab.sys().join("opt/app/libx.so"),
+        lab.sys().join("opt/app/libx.so.1"),
+    );
+    assert_eq!(read(&a), "shared\n");
+    assert_eq!(ino(&a), ino(&b));
+    assert_eq!(read(&lab.sys().join("lib/libx.so")), "changed\n");
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", store]);
 }
