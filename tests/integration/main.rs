@@ -7,6 +7,7 @@ mod crash;
 mod fidelity;
 mod inplace;
 mod interactive;
+mod kit;
 mod props;
 mod selection;
 mod util;
