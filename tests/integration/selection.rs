@@ -277,3 +277,36 @@ fn followers_of_an_unselected_leader_are_restored_linked_to_each_other() {
     assert_eq!(read(&lab.sys().join("lib/libx.so")), "changed\n");
     SNAPSHOT.expect(0, &["verify", "--full", "--store", store]);
 }
+
+/// A filesystem mounted on `/run` (as on a real system): the point holds the directory, as
+/// mounted, and nothing of what is in it; an in-place restore leaves the mount's contents.
+#[test]
+fn a_mounted_run_is_recorded_as_its_directory_only() {
+    crate::require_root!();
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p run etc && echo conf > etc/conf");
+    let run = lab.sys().join("run");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"])
+        .arg(&run)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs on run");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(run.clone());
+    lab.run_sh("mkdir run/lock && echo 1 > run/lock/x && echo 7 > run/daemon.pid");
+    let id = lab.snapshot();
+    let t = lab.target("empty");
+    lab.restore(id, &t);
+    assert!(t.join("run").is_dir());
+    assert!(names_in(&t.join("run")).is_empty(), "nothing of the mount");
+    assert_eq!(meta_line(&run), meta_line(&t.join("run")));
+    lab.run_sh("echo 8 > run/other");
+    restore_in_place(&lab, id, &[]);
+    assert_eq!(names_in(&run), ["daemon.pid", "lock", "other"]);
+}
