@@ -2,6 +2,7 @@
 //! store the way the operation needs (locked for anything that writes or reads the replica)
 //! and delegates to the module that owns the work.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::boot::restore::BootPlan;
@@ -39,6 +40,9 @@ pub struct RestoreRequest {
     pub protect: Vec<String>,
     /// Where the pre-restore point reads the boot area from.
     pub boot: crate::boot::Source,
+    /// Compare the content of every file the size of the point's, not only of those whose
+    /// mtime differs.
+    pub checksum: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -99,7 +103,8 @@ impl System {
         opts: &SnapshotOptions,
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
-        let mut store = Store::open_for_writing(&self.store, true)?;
+        let mut store = open_writer(&self.store, true)?;
+        refuse_while_restoring(&store, &self.root, "snapshot")?;
         match snapshot::run(&mut store, &self.root, opts, progress) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -119,7 +124,8 @@ impl System {
         kit: bool,
         progress: &dyn Progress,
     ) -> Result<(SnapshotReport, Vec<Decision>)> {
-        let mut store = Store::open_for_writing(&self.store, true)?;
+        let mut store = open_writer(&self.store, true)?;
+        refuse_while_restoring(&store, &self.root, "snapshot")?;
         if kit {
             // A killed refresh's temp files would otherwise count as used space.
             crate::boot::kit::remove_leftovers(&self.store);
@@ -166,7 +172,7 @@ impl System {
 
     /// Applies retention (or, with `dry_run`, only says what it would do).
     pub fn prune(&self, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>> {
-        let mut store = Store::open_for_writing(&self.store, false)?;
+        let mut store = open_writer(&self.store, false)?;
         retain(
             &mut store,
             policy,
@@ -237,16 +243,36 @@ impl System {
 
     /// Opens the store for a restore: locked, since the replica must not move underneath.
     pub fn open_store(&self) -> Result<Store> {
-        Store::open_for_writing(&self.store, false)
+        open_writer(&self.store, false)
     }
 
     /// The plan that makes the target (the system root, or `req.target`) equal to the point,
     /// within its sources or the requested paths, leaving out what the point left out.
     pub fn plan_restore(&self, store: &Store, req: &RestoreRequest) -> Result<RestorePlan> {
+        self.plan_restore_with(store, req, &crate::progress::Silent)
+    }
+
+    /// `plan_restore`, telling `progress` how far the comparison is.
+    pub fn plan_restore_with(
+        &self,
+        store: &Store,
+        req: &RestoreRequest,
+        progress: &dyn Progress,
+    ) -> Result<RestorePlan> {
+        // A damaged b-tree can hide rows from a query without any error: the restore would
+        // then take a newer version for an older one. SQLite's full check finds that first.
+        if let Some(p) = store.index.integrity_problems()?.first() {
+            return Err(Error::Damaged {
+                what: format!("index {}: {p}", store.index.path.display()),
+            });
+        }
         let point = store.index.point(req.point)?;
         let target = req.target.clone().unwrap_or_else(|| self.root.clone());
-        let target_fd = fsio::open_root(&target)
-            .ctx(|| format!("opening the restore target {}", target.display()))?;
+        // A --target that does not exist yet is planned as empty: planning creates nothing.
+        let target_fd = match fsio::open_root(&target) {
+            Err(e) if req.target.is_some() && e.kind() == std::io::ErrorKind::NotFound => None,
+            r => Some(r.ctx(|| format!("opening the restore target {}", target.display()))?),
+        };
         let mut always = Vec::new();
         if let Some(rel) = within(&target, &self.store) {
             always.push(rel);
@@ -264,7 +290,7 @@ impl System {
             .collect();
         for p in &req.paths {
             if !sources.iter().any(|s| is_within(p, s)) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Usage(format!(
                     "{} is not in point {}: its sources are {}",
                     display_path(p),
                     req.point,
@@ -283,14 +309,12 @@ impl System {
         }
         for p in &req.paths {
             let in_point = want.iter().any(|(w, _)| w == p);
-            let on_system = fsio::open_beneath(
-                std::os::fd::AsFd::as_fd(&target_fd),
-                p,
-                rustix::fs::OFlags::PATH,
-            )
-            .is_ok();
+            let on_system = target_fd.as_ref().is_some_and(|fd| {
+                fsio::open_beneath(std::os::fd::AsFd::as_fd(fd), p, rustix::fs::OFlags::PATH)
+                    .is_ok()
+            });
             if !in_point && !on_system {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Usage(format!(
                     "{} is neither in point {} nor on the system; check the path",
                     display_path(p),
                     req.point
@@ -300,9 +324,13 @@ impl System {
         let mut plan = restore::build_plan(
             req.point,
             want,
-            std::os::fd::AsFd::as_fd(&target_fd),
+            target_fd.as_ref().map(std::os::fd::AsFd::as_fd),
             &scopes,
             &excludes,
+            restore::PlanOptions {
+                checksum: req.checksum,
+                progress,
+            },
         )?;
         if !req.paths.is_empty() {
             // Directories above the requested paths are only created when missing; otherwise
@@ -328,7 +356,37 @@ impl System {
     /// `boot` plans are written first, once the safety point holds the current boot area:
     /// the raw write is the part most likely to fail, and a failure there leaves the files
     /// untouched (GRUB's lesson: update the boot disk before its modules in /boot).
+    ///
+    /// Refused before anything is written (or created) when a filesystem of the target lacks
+    /// the space the plan writes; a `--target` directory that did not exist is created only
+    /// then, and removed again if the restore fails before putting anything in it.
     pub fn restore(
+        &self,
+        store: &mut Store,
+        req: &RestoreRequest,
+        plan: &RestorePlan,
+        boot: &[BootPlan],
+        progress: &dyn Progress,
+    ) -> Result<RestoreOutcome> {
+        let target = req.target.clone().unwrap_or_else(|| self.root.clone());
+        check_space(&target, plan)?;
+        let created = match &req.target {
+            Some(t) => make_target(t)?,
+            None => Vec::new(),
+        };
+        let result = self.restore_into(store, req, plan, boot, progress);
+        if result.is_err() {
+            // remove_dir removes only empty directories: whatever was restored stays.
+            for d in &created {
+                if std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    fn restore_into(
         &self,
         store: &mut Store,
         req: &RestoreRequest,
@@ -344,7 +402,8 @@ impl System {
             // Nothing of the system changes: no safety point, nothing to journal.
             let boot_written = write_boot(boot)?;
             let report =
-                restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)?;
+                restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)
+                    .map_err(|e| out_of_space(e, req.point, &target, None))?;
             return Ok(RestoreOutcome {
                 safety_point: None,
                 resumed: None,
@@ -352,11 +411,7 @@ impl System {
                 report,
             });
         }
-        let key = target
-            .canonicalize()
-            .unwrap_or(target.clone())
-            .display()
-            .to_string();
+        let key = journal_key(&target);
         let resumed = store
             .index
             .unfinished_restore(&key)?
@@ -375,7 +430,8 @@ impl System {
         crate::failpoint::hit("restore-before-apply");
         let boot_written = write_boot(boot)?;
         crate::failpoint::hit("restore-after-boot");
-        let report = restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)?;
+        let report = restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)
+            .map_err(|e| out_of_space(e, req.point, &target, Some((&self.store, safety_point))))?;
         store.index.finish_restores(&key)?;
         Ok(RestoreOutcome {
             safety_point,
@@ -503,7 +559,7 @@ impl System {
     /// What differs between point `a` and point `b`, or the live system when `b` is None,
     /// rendered for people (unified diffs for text files); within `paths` when given.
     pub fn diff(&self, a: PointId, b: Option<PointId>, paths: &[RelPath]) -> Result<Vec<String>> {
-        let store = Store::open_for_writing(&self.store, false)?;
+        let store = Store::open_for_reading(&self.store)?;
         let mut packs = restore::Packs::default();
         let root_fd = fsio::open_root(&self.root)
             .ctx(|| format!("opening the system root {}", self.root.display()))?;
@@ -524,6 +580,7 @@ impl System {
                     safety_point: false,
                     protect: Vec::new(),
                     boot: crate::boot::Source::Off,
+                    checksum: false,
                 };
                 let plan = self.plan_restore(&store, &req)?;
                 (
@@ -539,13 +596,13 @@ impl System {
     }
 
     pub fn verify(&self, full: bool) -> Result<VerifyReport> {
-        let store = Store::open_for_writing(&self.store, false)?;
+        let store = Store::open_for_reading(&self.store)?;
         crate::verify::verify(&store, full)
     }
 
     /// Removes the `n` oldest points (never the latest). With `dry_run`, only says which.
     pub fn remove_oldest(&self, n: usize, dry_run: bool) -> Result<Vec<Point>> {
-        let mut store = Store::open_for_writing(&self.store, false)?;
+        let mut store = open_writer(&self.store, false)?;
         if dry_run {
             let points = store.index.complete_points()?;
             let removable = points.len().saturating_sub(1).min(n);
@@ -562,6 +619,35 @@ impl System {
     }
 }
 
+/// How the restore journal names a root restored in place.
+fn journal_key(root: &Path) -> String {
+    root.canonicalize()
+        .unwrap_or_else(|_| root.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// A point taken of a half-restored tree would record a state that never existed: refused
+/// until the restore is finished.
+fn refuse_while_restoring(store: &Store, root: &Path, op: &str) -> Result<()> {
+    match store.index.unfinished_restore(&journal_key(root))? {
+        Some(j) => Err(Error::RestoreUnfinished {
+            op: op.to_string(),
+            point: j.point,
+            target: j.target,
+            started: j.started_at,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Opens the store for an operation that writes it, and first runs the recovery steps.
+fn open_writer(dir: &Path, create: bool) -> Result<Store> {
+    let mut store = Store::open_for_writing(dir, create)?;
+    crate::recover::clean_up(&mut store)?;
+    Ok(store)
+}
+
 /// Decides with `retention::decide` and removes what it says, oldest first.
 fn retain(
     store: &mut Store,
@@ -572,7 +658,8 @@ fn retain(
     let points = store.index.complete_points()?;
     let infos = crate::retention::point_infos(&points);
     let u = store.usage();
-    let decisions = crate::retention::decide(policy, &infos, u.data(), u.replica, now);
+    let mut decisions = crate::retention::decide(policy, &infos, u.data(), u.replica, now);
+    keep_for_unfinished_restores(store, &mut decisions)?;
     if !dry_run {
         for d in decisions.iter().filter(|d| d.remove) {
             let removed = crate::prune::remove_oldest(store)?;
@@ -586,10 +673,143 @@ fn retain(
     Ok(decisions)
 }
 
-/// `path` relative to `root`, when it lies inside it.
+/// A point an unfinished restore converges to (or its safety point) stays: removing it would
+/// leave the tree half restored for good. Points go oldest first, so none after it goes either.
+fn keep_for_unfinished_restores(store: &Store, decisions: &mut [Decision]) -> Result<()> {
+    let needed = crate::prune::needed_by_restores(store)?;
+    let mut blocked: Option<(PointId, PointId)> = None;
+    for d in decisions.iter_mut().filter(|d| d.remove) {
+        if blocked.is_none() {
+            blocked = needed.iter().find(|(p, _)| *p == d.id).copied();
+        }
+        if let Some((p, restoring)) = blocked {
+            d.remove = false;
+            d.reason = if p == d.id {
+                format!("kept: the unfinished restore of point {restoring} needs it (run system_restore again to finish restoring point {restoring})")
+            } else {
+                format!("kept: older point {p} is needed by an unfinished restore, and points go oldest first")
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Refuses the restore when a filesystem of the target has less space available than the plan
+/// writes there. A target that does not exist yet is measured at its nearest existing ancestor.
+fn check_space(target: &Path, plan: &RestorePlan) -> Result<()> {
+    let (fd, exists) = match fsio::open_root(target) {
+        Ok(fd) => (fd, true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let above = existing_ancestor(target);
+            let fd = fsio::open_root(&above)
+                .ctx(|| format!("opening {} (above the restore target)", above.display()))?;
+            (fd, false)
+        }
+        Err(e) => return Err(e).ctx(|| format!("opening the restore target {}", target.display())),
+    };
+    let short: Vec<String> = restore::space_needs(plan, std::os::fd::AsFd::as_fd(&fd), exists)?
+        .iter()
+        .filter(|n| n.needed > n.available)
+        .map(|n| {
+            let dir = if exists {
+                target.join(std::ffi::OsStr::from_bytes(&n.dir))
+            } else {
+                existing_ancestor(target)
+            };
+            format!(
+                "the filesystem of {} needs {} ({} bytes) for the files to write and has {} ({} bytes) available",
+                dir.display(),
+                crate::model::human_size(n.needed),
+                n.needed,
+                crate::model::human_size(n.available),
+                n.available
+            )
+        })
+        .collect();
+    if short.is_empty() {
+        return Ok(());
+    }
+    Err(Error::RestoreRefused {
+        why: format!(
+            "{}; free space there (files that are replaced free theirs only after their new version is written), or restore less with --path",
+            short.join("; ")
+        ),
+    })
+}
+
+fn existing_ancestor(path: &Path) -> PathBuf {
+    let mut p = path;
+    while std::fs::symlink_metadata(p).is_err() {
+        match p.parent() {
+            Some(up) if !up.as_os_str().is_empty() => p = up,
+            _ => return PathBuf::from("."),
+        }
+    }
+    p.to_path_buf()
+}
+
+/// Creates the target directory and the missing ones above it; returns those it created,
+/// deepest first.
+fn make_target(t: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut p = t;
+    while std::fs::symlink_metadata(p).is_err() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(up) if !up.as_os_str().is_empty() => p = up,
+            _ => break,
+        }
+    }
+    std::fs::create_dir_all(t).ctx(|| format!("creating the target {}", t.display()))?;
+    Ok(missing)
+}
+
+/// A restore that ran out of space part way: says where it stands and how to finish it or go
+/// back. `journal` is the store and the pre-restore point of an in-place restore.
+fn out_of_space(
+    e: Error,
+    point: PointId,
+    target: &Path,
+    journal: Option<(&Path, Option<PointId>)>,
+) -> Error {
+    let full = |s: &std::io::Error| {
+        s.kind() == std::io::ErrorKind::StorageFull
+            || s.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error())
+    };
+    let Error::Io { op, source } = e else {
+        return e;
+    };
+    if !full(&source) {
+        return Error::Io { op, source };
+    }
+    let next = match journal {
+        Some((store, safety)) => format!(
+            "The restore of point {point} into {} is journaled as unfinished in {} (table `restores`). Free space there and run the same system_restore again to finish it{}",
+            target.display(),
+            store.join("index.db").display(),
+            match safety {
+                Some(s) => format!(", or restore the pre-restore point {s} (`system_restore --point {s}`) to go back"),
+                None => " (no pre-restore point was taken: --no-safety-point)".to_string(),
+            }
+        ),
+        None => format!(
+            "{} holds part of point {point}. Free space there and run the same system_restore again to finish it",
+            target.display()
+        ),
+    };
+    Error::Unfinished {
+        what: format!("the restore stopped, out of space: {op}"),
+        source,
+        next,
+    }
+}
+
+/// `path` relative to `root`, when it lies inside it. A path that does not exist yet is
+/// resolved through its nearest existing ancestor, so a directory about to be created inside
+/// the store is seen to be there.
 pub fn within(root: &Path, path: &Path) -> Option<RelPath> {
     let root = root.canonicalize().ok()?;
-    let path = path.canonicalize().ok()?;
+    let path = resolve_lexically_below(path)?;
     Some(
         path.strip_prefix(&root)
             .ok()?
@@ -597,6 +817,35 @@ pub fn within(root: &Path, path: &Path) -> Option<RelPath> {
             .as_encoded_bytes()
             .to_vec(),
     )
+}
+
+/// `path` made absolute: its existing part canonicalized (symlinks followed), the rest (which
+/// cannot hold symlinks, since it does not exist) joined component by component.
+fn resolve_lexically_below(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = path.canonicalize() {
+        return Some(p);
+    }
+    let abs = std::env::current_dir().ok()?.join(path);
+    let mut rest = Vec::new();
+    let mut p = abs.as_path();
+    let mut base = loop {
+        if let Ok(c) = p.canonicalize() {
+            break c;
+        }
+        rest.push(p.file_name().map(|n| n.to_os_string()));
+        p = p.parent()?;
+    };
+    // `file_name` is None for a trailing `..`: climb instead.
+    let comps: Vec<Option<std::ffi::OsString>> = rest.into_iter().rev().collect();
+    for c in comps {
+        match c {
+            Some(n) => base.push(n),
+            None => {
+                base.pop();
+            }
+        }
+    }
+    Some(base)
 }
 
 /// A source given on the command line (`/etc`, `etc`, `/`) as a path relative to the root.

@@ -34,6 +34,10 @@ pub enum Error {
         "{store} is not a restorepoint store (no index.db); check --store or the config's `store`"
     )]
     NoStore { store: PathBuf },
+    #[error(
+        "store {store} has data ({what}) but no index.db: nothing was written. Its packs and replica are left as they are; put index.db back from a copy, or move the store aside to start a new one"
+    )]
+    NoIndex { store: PathBuf, what: String },
     // -- points
     #[error("no restore point {id}; `system_snapshot list` shows the points there are")]
     NoSuchPoint { id: i64 },
@@ -41,8 +45,26 @@ pub enum Error {
     NoPoints,
     #[error("snapshot refused, nothing was written: {why}")]
     Refused { why: String },
+    /// An in-place restore was interrupted: the tree is part old, part new until it is rerun.
+    #[error("{op} refused, nothing was written: the in-place restore of point {point} into {target} (started {started}) is unfinished; run system_restore again to finish restoring point {point}")]
+    RestoreUnfinished {
+        op: String,
+        point: i64,
+        target: String,
+        started: String,
+    },
     #[error("boot area restore to {device} refused, nothing was written: {why}")]
     BootRefused { device: PathBuf, why: String },
+    #[error("restore refused, nothing was written: {why}")]
+    RestoreRefused { why: String },
+    /// A restore stopped part way (the disk filled up); `next` says how to finish or go back.
+    #[error("{what}: {source}. {next}")]
+    Unfinished {
+        what: String,
+        #[source]
+        source: io::Error,
+        next: String,
+    },
     // -- data
     #[error("damaged: {what}; run `system_snapshot verify --full` to see everything affected")]
     Damaged { what: String },
@@ -51,6 +73,9 @@ pub enum Error {
     Config { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
+    /// A flag or path given on the command line that cannot work (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Error {

@@ -2,8 +2,22 @@
 //! served to step back to it, so they go; nothing else is rewritten. The index commits
 //! first, the pack files are deleted after: a crash leaves at worst an unreferenced pack.
 
-use crate::error::Result;
-use crate::store::{db_op, Point, Store};
+use crate::error::{Error, Result};
+use crate::store::{Point, PointId, Store};
+
+/// (point, the point being restored) for every point an unfinished in-place restore needs:
+/// the point it converges to, and the safety point that undoes it.
+pub fn needed_by_restores(store: &Store) -> Result<Vec<(PointId, PointId)>> {
+    Ok(store
+        .index
+        .restores()?
+        .into_iter()
+        .filter(|j| !j.complete)
+        .flat_map(|j| {
+            std::iter::once((j.point, j.point)).chain(j.safety_point.map(|s| (s, j.point)))
+        })
+        .collect())
+}
 
 /// Removes the oldest complete point, never the latest. Returns it, or None when only one is left.
 pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
@@ -12,21 +26,24 @@ pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
         return Ok(None);
     }
     let (oldest, successor) = (points[0].clone(), points[1].id);
-    let path = store.index.path.clone();
-    let e = |op: &'static str| db_op(&path, op);
-    let tx = store
-        .index
-        .conn
-        .transaction()
-        .map_err(e("starting the removal"))?;
-    tx.execute(
-        "DELETE FROM changes WHERE point_id IN (?1, ?2)",
-        [oldest.id, successor],
-    )
-    .map_err(e("dropping changes"))?;
-    tx.execute("DELETE FROM points WHERE id=?1", [oldest.id])
-        .map_err(e("dropping the point"))?;
-    tx.commit().map_err(e("committing the removal"))?;
+    if let Some(&(_, restoring)) = needed_by_restores(store)?
+        .iter()
+        .find(|(p, _)| *p == oldest.id)
+    {
+        let j = store
+            .index
+            .restores()?
+            .into_iter()
+            .rfind(|j| !j.complete && j.point == restoring)
+            .expect("needed_by_restores names an unfinished restore");
+        return Err(Error::RestoreUnfinished {
+            op: format!("removing point {}", oldest.id),
+            point: j.point,
+            target: j.target,
+            started: j.started_at,
+        });
+    }
+    store.index.remove_oldest_point(oldest.id, successor)?;
     crate::failpoint::hit("prune-after-commit");
     for id in [oldest.id, successor] {
         store.remove_pack(id)?;

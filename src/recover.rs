@@ -12,7 +12,7 @@ use crate::failpoint;
 use crate::fsio;
 use crate::model::{display_path, Kind};
 use crate::store::replica::{self, Fill, Shape};
-use crate::store::{db_op, delete_entry, upsert_entry, Change, ContentKind, PointId, Store};
+use crate::store::{Change, ContentKind, PointId, Store};
 
 /// Rolls back every running point; returns their ids.
 pub fn roll_back_running(store: &mut Store) -> Result<Vec<PointId>> {
@@ -128,27 +128,17 @@ fn drop_point(
     changes: &[Change],
     wipe_entries: bool,
 ) -> Result<()> {
-    let path = store.index.path.clone();
-    let e = |op: &'static str| db_op(&path, op);
-    let tx = store
-        .index
-        .conn
-        .transaction()
-        .map_err(e("starting the rollback"))?;
-    if wipe_entries {
-        tx.execute("DELETE FROM entries", [])
-            .map_err(e("clearing entries"))?;
-    }
-    for c in changes {
-        match &c.old {
-            Some(old) => upsert_entry(&tx, &c.path, old).map_err(e("restoring an entry"))?,
-            None => delete_entry(&tx, &c.path).map_err(e("removing an entry"))?,
-        }
-    }
-    tx.execute("DELETE FROM changes WHERE point_id=?1", [id])
-        .map_err(e("dropping the point's changes"))?;
-    tx.execute("DELETE FROM points WHERE id=?1", [id])
-        .map_err(e("dropping the point"))?;
-    tx.commit().map_err(e("committing the rollback"))?;
+    store.index.drop_running_point(id, changes, wipe_entries)?;
     store.remove_pack(id)
+}
+
+/// The steps every writing command runs once it holds the lock, before its own work: an
+/// interrupted point is rolled back; packs, boot pieces and staged files that no point refers
+/// to (left by a crash between a commit and a deletion) are removed. Each step is idempotent,
+/// so a crash inside one is finished by the next run.
+pub fn clean_up(store: &mut Store) -> Result<()> {
+    roll_back_running(store)?;
+    store.remove_orphan_packs()?;
+    crate::boot::remove_unreferenced(store)?;
+    store.clear_staging()
 }

@@ -23,8 +23,7 @@ use crate::model::{basename, display_path, Entry, Hash, Kind, RelPath};
 use crate::progress::Progress;
 use crate::store::replica::{self, Fill, Shape};
 use crate::store::{
-    delete_entry, insert_change, upsert_entry, Change, ContentKind, PackWriter, PointId, PointKind,
-    Store,
+    BatchWrite, Change, ContentKind, PackWriter, PointId, PointKind, PointTotals, Store,
 };
 
 /// Rows per transaction and staged bytes per syncfs: batching keeps fsyncs rare.
@@ -154,18 +153,35 @@ pub fn run(
     replica::shape(store, &shapes)?;
     failpoint::hit("snapshot-after-replica");
     store.sync()?;
-    let warnings = report.warnings.len() as u64;
-    store.index.complete_point(
-        id,
-        report.files,
-        report.bytes,
-        report.stored_bytes,
-        warnings,
-    )?;
+    refuse_dangling_links(store, id)?;
+    let totals = PointTotals {
+        files: report.files,
+        bytes: report.bytes,
+        stored_bytes: report.stored_bytes,
+        warnings: report.warnings.len() as u64,
+    };
+    store.index.complete_point(id, totals)?;
     failpoint::hit("snapshot-after-complete");
     store.clear_staging()?;
     progress.finish();
     Ok(report)
+}
+
+/// The last check before a point is marked complete: a follower whose hardlink leader is not
+/// in the point would never restore, so such a point stays `running` and is rolled back.
+fn refuse_dangling_links(store: &Store, id: PointId) -> Result<()> {
+    let dangling = store.index.dangling_links()?;
+    if let Some((p, l)) = dangling.first() {
+        return Err(Error::Damaged {
+            what: format!(
+                "point {id} was not completed: {} (and {} more) would be a hardlink of {}, which the point does not hold; the point is rolled back",
+                display_path(p),
+                dangling.len() - 1,
+                display_path(l)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// What one pending path is expected to add to the store: (to the replica, in all). The
@@ -372,13 +388,20 @@ fn record(
         bytes: 0,
     };
     let mut full_frames: HashMap<Hash, (u64, u64)> = HashMap::new();
-    let mut seq = 0u64;
-    for p in pending {
+    let mut names = StagingNames { point: id, seq: 0 };
+    let mut leads = Releads::default();
+    for mut p in pending {
         progress.advance(1);
+        if let Some((_, link)) = &mut p.new {
+            *link = leads.leader_for(&p.path, link.take());
+        }
         let captured = match &p.new {
             None => Captured::Gone,
-            Some((b, link)) => capture(store, root, &mut cache, &p, *b, link.clone(), &mut seq)?,
+            Some((b, link)) => capture(store, root, &mut cache, &p, *b, link.clone(), &mut names)?,
         };
+        if !matches!(captured, Captured::Node(..)) {
+            leads.not_recorded(&p);
+        }
         let (new, content) = match captured {
             Captured::Skip(why) => {
                 report.warnings.push(Warning {
@@ -461,6 +484,52 @@ fn record(
     Ok(shapes)
 }
 
+/// Names of files staged by point `point`: unique to the point (ids are never reused), so a
+/// file left by another run can never be taken for one of this run's.
+struct StagingNames {
+    point: PointId,
+    seq: u64,
+}
+
+impl StagingNames {
+    fn next(&mut self) -> Vec<u8> {
+        self.seq += 1;
+        format!("n{}-{}", self.point, self.seq).into_bytes()
+    }
+}
+
+/// Hardlink groups whose leader (the first path in byte order) could not be recorded as it is
+/// now (vanished, unreadable): the next member that is recorded leads the group instead, so
+/// no follower ever links to a path the point does not hold with the group's content.
+#[derive(Default)]
+struct Releads {
+    /// Old leader -> the member that now leads, once one was recorded.
+    moved: HashMap<RelPath, Option<RelPath>>,
+}
+
+impl Releads {
+    fn leader_for(&mut self, path: &[u8], link: Option<RelPath>) -> Option<RelPath> {
+        let l = link?;
+        match self.moved.get_mut(&l) {
+            None => Some(l),
+            Some(Some(new)) => Some(new.clone()),
+            Some(slot @ None) => {
+                *slot = Some(path.to_vec());
+                None
+            }
+        }
+    }
+
+    /// `p` is not recorded in its new state: if it led a group, the group needs a new leader.
+    fn not_recorded(&mut self, p: &Pending) {
+        if let Some((b, None)) = &p.new {
+            if b.kind == Kind::File && b.nlink > 1 {
+                self.moved.entry(p.path.clone()).or_insert(None);
+            }
+        }
+    }
+}
+
 /// A placeholder row that is never written: it carries an entry refresh only.
 fn no_change(id: PointId, path: &[u8]) -> Change {
     Change {
@@ -514,28 +583,17 @@ fn commit_batch(
     pack.flush().ctx(|| "writing the pack".to_string())?;
     store.sync()?;
     failpoint::hit("snapshot-before-commit");
-    let path = store.index.path.clone();
-    let tx = store
-        .index
-        .conn
-        .transaction()
-        .map_err(|e| crate::store::db_err(&path, "starting a batch", e))?;
-    for (change, upsert, delete) in batch.rows.drain(..) {
+    let writes = batch.rows.drain(..).flat_map(|(change, upsert, delete)| {
         let real_change = !first && (change.old.is_some() || change.content == ContentKind::Absent);
-        if real_change {
-            insert_change(&tx, &change)
-                .map_err(|e| crate::store::db_err(&path, "recording a change", e))?;
-        }
-        match upsert {
-            Some((p, e)) => upsert_entry(&tx, &p, &e)
-                .map_err(|e| crate::store::db_err(&path, "recording an entry", e))?,
-            None if !delete.is_empty() => delete_entry(&tx, &delete)
-                .map_err(|e| crate::store::db_err(&path, "removing an entry", e))?,
-            None => {}
-        }
-    }
-    tx.commit()
-        .map_err(|e| crate::store::db_err(&path, "committing a batch", e))?;
+        let change = real_change.then_some(BatchWrite::Change(change));
+        let entry = match upsert {
+            Some((p, e)) => Some(BatchWrite::Entry(p, e)),
+            None if !delete.is_empty() => Some(BatchWrite::Forget(delete)),
+            None => None,
+        };
+        change.into_iter().chain(entry)
+    });
+    store.index.write_batch(writes)?;
     batch.bytes = 0;
     failpoint::hit("snapshot-after-commit");
     Ok(())
@@ -549,7 +607,7 @@ fn capture(
     p: &Pending,
     basic: Basic,
     link: Option<RelPath>,
-    seq: &mut u64,
+    names: &mut StagingNames,
 ) -> Result<Captured> {
     let mut e = basic.to_entry(link);
     let dir = if p.path.is_empty() {
@@ -582,7 +640,7 @@ fn capture(
         return Ok(Captured::Node(Box::new(e), NewContent::None));
     }
     for _ in 0..READ_TRIES {
-        match read_file(store, dirfd, name, &mut e, p.old.as_ref(), seq) {
+        match read_file(store, dirfd, name, &mut e, p.old.as_ref(), names) {
             Ok(Some(content)) => return Ok(Captured::Node(Box::new(e), content)),
             Ok(None) => continue, // changed while being read
             Err(err) if fsio::is_missing(&err) => return Ok(Captured::Gone),
@@ -608,7 +666,7 @@ fn read_file(
     name: &[u8],
     e: &mut Entry,
     old: Option<&Entry>,
-    seq: &mut u64,
+    names: &mut StagingNames,
 ) -> io::Result<Option<NewContent>> {
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
@@ -620,8 +678,7 @@ fn read_file(
         .filter(|b| b.kind == Kind::File)
         .ok_or_else(|| io::Error::other("is no longer a regular file"))?;
     let mut file = File::from(fd);
-    *seq += 1;
-    let staged_name = format!("n{seq}").into_bytes();
+    let staged_name = names.next();
     let staged = File::from(rustix::fs::openat(
         store.staging(),
         &staged_name[..],

@@ -16,8 +16,9 @@ pub const LOCKED: i32 = 4;
 pub const DAMAGED: i32 = 5;
 /// A restore needs confirmation: no terminal to ask on and no `--yes`.
 pub const NEEDS_CONFIRMATION: i32 = 6;
-/// Admission control refused the snapshot (store ceiling or filesystem reserve), or a boot area
-/// restore was refused (another disk, or its layout changed): nothing written.
+/// Admission control refused the snapshot (store ceiling or filesystem reserve), a restore was
+/// refused (not enough free space on the target), or a boot area restore was refused (another
+/// disk, or its layout changed): nothing written.
 pub const REFUSED: i32 = 7;
 /// The operator answered anything but `yes`, or pressed Ctrl-C: nothing was changed.
 pub const CANCELLED: i32 = 8;
@@ -25,9 +26,12 @@ pub const CANCELLED: i32 = 8;
 pub fn exit_code_for(e: &Error) -> i32 {
     match e {
         Error::Locked { .. } => LOCKED,
-        Error::Damaged { .. } => DAMAGED,
-        Error::Config { .. } => USAGE,
-        Error::Refused { .. } | Error::BootRefused { .. } => REFUSED,
+        Error::Damaged { .. } | Error::NoIndex { .. } => DAMAGED,
+        Error::Config { .. } | Error::Usage(_) => USAGE,
+        Error::Refused { .. }
+        | Error::BootRefused { .. }
+        | Error::RestoreRefused { .. }
+        | Error::RestoreUnfinished { .. } => REFUSED,
         _ => FAILURE,
     }
 }

@@ -1,6 +1,23 @@
 //! The two commands: parse (clap) → validate into library types → call `engine::System` →
 //! render. Prompts (dialoguer) and progress bars (indicatif) live here, never in the core.
 
+/// `println!` that never panics on a closed stdout: see `write_out`.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_out(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `print!` that never panics on a closed stdout: see `write_out`.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::cli::write_out(format_args!($($t)*))
+    };
+}
+
 mod exit;
 mod render;
 mod restore_cmd;
@@ -10,8 +27,9 @@ pub use exit::*;
 pub use restore_cmd::main as restore_main;
 pub use snapshot_cmd::main as snapshot_main;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Config;
 
@@ -35,6 +53,13 @@ impl Place {
     /// The system and its configuration; flags override the config file.
     fn system(&self) -> Result<(crate::engine::System, Config), Error> {
         let root = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        // Checked first: a store, lock or target must never be created under a mistyped root.
+        if !root.is_dir() {
+            return Err(Error::Usage(format!(
+                "the root {} is not a directory (missing?); check --root",
+                root.display()
+            )));
+        }
         let config = match &self.config {
             Some(path) => Config::load(path, true)?,
             None => Config::load(
@@ -86,5 +111,22 @@ fn progress_bar() -> Box<dyn crate::progress::Progress> {
         Box::new(render::Bar::new())
     } else {
         Box::new(crate::progress::Silent)
+    }
+}
+
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Writes to stdout. Once its reader has gone (`system_snapshot list --json | head`) the rest
+/// of the output is dropped and the command finishes its work with its own exit code: a closed
+/// pipe must neither panic nor stop a snapshot or a restore half-way.
+pub(crate) fn write_out(args: std::fmt::Arguments) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+        }
     }
 }

@@ -38,6 +38,9 @@ struct Cli {
     /// Do not ask: this replaces typing `yes`
     #[arg(long)]
     yes: bool,
+    /// Compare the content of every file, not only of those whose size or mtime differs
+    #[arg(long)]
+    checksum: bool,
     /// Do not take a pre-restore point of the current state first (no way back then)
     #[arg(long)]
     no_safety_point: bool,
@@ -102,16 +105,11 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         None => match choose_point(&store, &config.database_locations)? {
             Some(id) => id,
             None => {
-                println!("Nothing was changed.");
+                outln!("Nothing was changed.");
                 return Ok(CANCELLED);
             }
         },
     };
-    if let Some(t) = &cli.target {
-        std::fs::create_dir_all(t).map_err(|e| {
-            crate::error::Error::io(format!("creating the target {}", t.display()), e)
-        })?;
-    }
     let boot_plans = if cli.boot || cli.boot_only {
         system.plan_boot(
             &store,
@@ -134,6 +132,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
             [one] => crate::boot::Source::Device(one.device.clone()),
             _ => config.boot.source(),
         },
+        checksum: cli.checksum,
     };
     let plan = if cli.boot_only {
         RestorePlan {
@@ -141,7 +140,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
             ..Default::default()
         }
     } else {
-        system.plan_restore(&store, &req)?
+        system.plan_restore_with(&store, &req, progress_bar().as_ref())?
     };
     let where_ = cli
         .target
@@ -157,32 +156,32 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         return Ok(SUCCESS);
     }
     if !cli.yes && !confirm(cli, id, &where_, &boot_plans) {
-        println!("Nothing was changed.");
+        outln!("Nothing was changed.");
         return Ok(CANCELLED);
     }
     let progress = progress_bar();
     let outcome = system.restore(&mut store, &req, &plan, &boot_plans, progress.as_ref())?;
     let r = &outcome.report;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&outcome).expect("outcome serializes")
         );
     } else {
         if let Some(j) = &outcome.resumed {
-            println!(
+            outln!(
                 "Finished the restore of point {id} that was interrupted (started {}).",
                 j.started_at
             );
         }
         for (dev, n) in &outcome.boot_written {
             if *n == 0 {
-                println!(
+                outln!(
                     "The boot area of {} already matched point {id}.",
                     dev.display()
                 );
             } else {
-                println!(
+                outln!(
                     "Wrote point {id}'s boot area to {}: {}, read back and checked.",
                     dev.display(),
                     size(*n)
@@ -190,16 +189,16 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
             }
         }
         if !cli.boot_only {
-            println!(
+            outln!(
                 "Restored point {id} into {where_}: {} created, {} rewritten, {} deleted, {} metadata fixed, {} written",
                 r.created, r.rewritten, r.deleted, r.metadata, size(r.bytes_written)
             );
         }
         if let Some(s) = outcome.safety_point {
-            println!("The state before this restore is restore point {s}: restore it to roll forward again.");
+            outln!("The state before this restore is restore point {s}: restore it to roll forward again.");
         }
         if cli.target.is_none() {
-            println!("Reboot so that running programs use the restored files.");
+            outln!("Reboot so that running programs use the restored files.");
         }
     }
     for w in &r.warnings {
@@ -230,7 +229,7 @@ pub fn point_line(p: &Point, now: DateTime<Local>) -> String {
         ago / 60 % 24,
         ago % 60
     );
-    if p.kind != "scheduled" || p.label.is_some() {
+    if p.kind != crate::store::PointKind::Scheduled || p.label.is_some() {
         line.push_str(&format!(
             " [{}{}]",
             p.kind,
@@ -250,18 +249,18 @@ fn choose_point(store: &Store, databases: &[String]) -> Result<Option<i64>, crat
         return Err(crate::error::Error::NoPoints);
     }
     let now = Local::now();
-    println!("Backups currently available:");
+    outln!("Backups currently available:");
     for p in &points {
-        println!("{}", point_line(p, now));
+        outln!("{}", point_line(p, now));
     }
-    println!(
+    outln!(
         "The current server time is {}",
         now.format("%a %b %e %H:%M:%S %Z %Y")
     );
     if databases.is_empty() {
-        println!("Database locations that will not be touched: none configured");
+        outln!("Database locations that will not be touched: none configured");
     } else {
-        println!(
+        outln!(
             "Database locations that will not be touched: {}",
             databases.join(", ")
         );
@@ -276,7 +275,7 @@ fn choose_point(store: &Store, databases: &[String]) -> Result<Option<i64>, crat
         let Ok(answer) = answer else { return Ok(None) };
         match answer.trim().parse::<i64>() {
             Ok(n) if points.iter().any(|p| p.id == n) => return Ok(Some(n)),
-            _ => println!(
+            _ => outln!(
                 "There is no restore point {:?}; enter one of the numbers listed above.",
                 answer.trim()
             ),
@@ -310,7 +309,7 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &s
             .iter()
             .map(|it| serde_json::json!({"action": it.action, "path": display_path(&it.path)}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"point": plan.point, "summary": s, "boot_critical": boot, "items": items, "boot_area": boot_plans})
         );
@@ -320,14 +319,14 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &s
     if cli.boot_only {
         return;
     }
-    println!(
+    outln!(
         "Plan for point {} into {target}: {} to create, {} to rewrite, {} to delete, {} metadata to fix, {} to write",
         plan.point, s.create, s.rewrite, s.delete, s.metadata, size(s.bytes_to_write)
     );
     if boot.is_empty() {
-        println!("Boot-critical paths among them: none");
+        outln!("Boot-critical paths among them: none");
     } else {
-        println!(
+        outln!(
             "Boot-critical paths among them ({}): {}",
             boot.len(),
             boot.iter().take(12).cloned().collect::<Vec<_>>().join(", ")
@@ -341,7 +340,7 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &s
                 Action::Delete => "delete",
                 Action::Metadata => "metadata",
             };
-            println!("  {verb:<8} {}", display_path(&it.path));
+            outln!("  {verb:<8} {}", display_path(&it.path));
         }
     }
 }
@@ -368,7 +367,7 @@ fn warn_boot_mismatch(
         return;
     };
     for b in plans.iter().filter(|b| !b.is_noop()) {
-        println!(
+        outln!(
             "Note: the boot area of {} differs from point {}'s, and this restore changes /boot: add --boot to restore both, so GRUB's boot code and its modules stay from the same build.",
             b.device.display(),
             plan.point
@@ -378,7 +377,7 @@ fn warn_boot_mismatch(
 
 fn print_boot_plan(plans: &[BootPlan]) {
     for b in plans {
-        println!(
+        outln!(
             "Boot area of point {} to {} (chosen by {}; captured from {}):",
             b.point,
             b.device.display(),
@@ -386,7 +385,7 @@ fn print_boot_plan(plans: &[BootPlan]) {
             b.captured_disk
         );
         for w in &b.writes {
-            println!(
+            outln!(
                 "  {:<40} at byte {:>10}, {:>9}: {}",
                 w.name,
                 w.offset,
@@ -400,22 +399,22 @@ fn print_boot_plan(plans: &[BootPlan]) {
         }
         if b.with_partition_table {
             if b.table_changes.is_empty() {
-                println!("  The partition table already matches the captured one.");
+                outln!("  The partition table already matches the captured one.");
             } else {
-                println!(
+                outln!(
                     "  The partition table will be written back, undoing: {}",
                     b.table_changes.join("; ")
                 );
             }
         } else {
-            println!("  The disk signature and partition table (sector 0 from byte 440) are left as they are.");
+            outln!("  The disk signature and partition table (sector 0 from byte 440) are left as they are.");
         }
     }
 }
 
 fn confirm(cli: &Cli, id: i64, target: &str, boot: &[BootPlan]) -> bool {
     for b in boot.iter().filter(|b| !b.is_noop()) {
-        println!(
+        outln!(
             "THE BOOT AREA OF {} WILL BE OVERWRITTEN WITH POINT {id}'S.",
             b.device.display()
         );
@@ -423,11 +422,11 @@ fn confirm(cli: &Cli, id: i64, target: &str, boot: &[BootPlan]) -> bool {
     let prompt = if cli.target.is_some() {
         format!("To continue and restore point {id} into {target}, type 'yes' ")
     } else {
-        println!("ARE YOU SURE? THIS WILL REVERT THE FILESYSTEM TO THIS POINT IN TIME!");
+        outln!("ARE YOU SURE? THIS WILL REVERT THE FILESYSTEM TO THIS POINT IN TIME!");
         if cli.no_safety_point {
-            println!("No restore point of the current state will be taken (--no-safety-point): there is no way back.");
+            outln!("No restore point of the current state will be taken (--no-safety-point): there is no way back.");
         } else {
-            println!("A restore point of the current state is taken first: restoring it rolls the system forward again.");
+            outln!("A restore point of the current state is taken first: restoring it rolls the system forward again.");
         }
         "To continue and revert the system to a prior point in time, type 'yes' ".to_string()
     };

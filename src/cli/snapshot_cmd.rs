@@ -89,7 +89,7 @@ pub fn main() -> i32 {
         None => take(&cli, &system, &config),
         Some(Cmd::Audit) => audit(&cli, &system, &config),
         Some(Cmd::ConfigExample) => {
-            print!("{}", crate::config::EXAMPLE);
+            out!("{}", crate::config::EXAMPLE);
             Ok(SUCCESS)
         }
         Some(Cmd::List) => list(&cli, &system),
@@ -154,27 +154,27 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
         let mut v = serde_json::to_value(&r).expect("report serializes");
         v["retention"] = serde_json::to_value(&decisions).expect("decisions serialize");
         v["seconds"] = serde_json::json!(secs);
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
         let changed = r.added + r.modified + r.deleted + r.metadata_only;
-        println!(
+        outln!(
             "Restore point {} recorded: {} entries ({}), {} changed ({} added, {} modified, {} deleted, {} metadata only), {} stored",
             r.point, r.files, size(r.bytes), changed, r.added, r.modified, r.deleted, r.metadata_only, size(r.stored_bytes)
         );
         for b in &r.boot {
-            println!("Boot area recorded: {b}");
+            outln!("Boot area recorded: {b}");
         }
         if let Some(n) = &r.boot_note {
-            println!("Note: {n}");
+            outln!("Note: {n}");
         }
         for d in &removed {
-            println!(
+            outln!(
                 "Removed restore point {}: {}",
                 d.id,
                 d.reason.trim_start_matches("removed: ")
             );
         }
-        println!(
+        outln!(
             "Done in {secs:.1} s: {} entries scanned, {changed} changed, {} stored, {} point{} removed",
             r.files,
             size(r.stored_bytes),
@@ -262,27 +262,27 @@ fn audit(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     let store = crate::engine::within(&system.root, &system.store);
     let r = crate::audit::audit(&system.root, store, &opts)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&r).expect("report serializes")
         );
     } else {
-        println!("Not backed up ({} paths):", r.excluded.len());
+        outln!("Not backed up ({} paths):", r.excluded.len());
         for e in &r.excluded {
             let bytes = e
                 .bytes
                 .map(size)
                 .unwrap_or_else(|| "another filesystem".into());
-            println!("  {:<40} {:>20}  rule {}", e.path, bytes, e.rule);
+            outln!("  {:<40} {:>20}  rule {}", e.path, bytes, e.rule);
         }
         if !r.mounts_not_crossed.is_empty() {
-            println!("Mounts not crossed (list them as sources to record them):");
+            outln!("Mounts not crossed (list them as sources to record them):");
             for m in &r.mounts_not_crossed {
-                println!("  {m}");
+                outln!("  {m}");
             }
         }
         for w in &r.warnings {
-            println!("WARNING: {w}");
+            outln!("WARNING: {w}");
         }
     }
     Ok(if r.warnings.is_empty() {
@@ -305,7 +305,7 @@ fn print_preamble(system: &System, policy: &crate::retention::Policy, databases:
             } else {
                 "within it"
             };
-            println!(
+            outln!(
                 "Current size of the store {}: {} of data and history (ceiling {} × {} replica + 1 MiB = {}: {verdict})",
                 system.store.display(),
                 size(used),
@@ -314,27 +314,27 @@ fn print_preamble(system: &System, policy: &crate::retention::Policy, databases:
                 size(ceiling)
             );
         }
-        None => println!(
+        None => outln!(
             "Current size of the store {}: {} (no restore point yet)",
             system.store.display(),
             size(used)
         ),
     }
-    println!(
+    outln!(
         "Retention: at least {} points are kept; none younger than {} is removed; the oldest go while the store exceeds {} × the latest point's data",
         policy.min_points,
         crate::retention::human(policy.age_floor),
         policy.ceiling_ratio
     );
     if databases.is_empty() {
-        println!("Databases excluded: none configured");
+        outln!("Databases excluded: none configured");
     } else {
-        println!(
+        outln!(
             "Databases excluded (to be dumped by their own jobs): {}",
             databases.join(", ")
         );
     }
-    println!(
+    outln!(
         "Taking snapshot at {}",
         chrono::Local::now().format("%b-%d-%Y--%Hhrs.%Mmin")
     );
@@ -343,18 +343,23 @@ fn print_preamble(system: &System, policy: &crate::retention::Policy, databases:
 fn list(cli: &Cli, system: &System) -> CmdResult {
     let points = system.list()?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&points).expect("points serialize")
         );
         return Ok(SUCCESS);
     }
-    println!(
+    outln!(
         "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {:>10}  LABEL",
-        "ID", "CREATED", "KIND", "ENTRIES", "SIZE", "STORED"
+        "ID",
+        "CREATED",
+        "KIND",
+        "ENTRIES",
+        "SIZE",
+        "STORED"
     );
     for p in points {
-        println!(
+        outln!(
             "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {:>10}  {}",
             p.id,
             p.created_at,
@@ -371,14 +376,14 @@ fn list(cli: &Cli, system: &System) -> CmdResult {
 fn show(cli: &Cli, system: &System, id: i64) -> CmdResult {
     let c = system.show(id)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&c).expect("changes serialize")
         );
         return Ok(SUCCESS);
     }
     let p = c.point.as_ref().expect("show returns its point");
-    println!(
+    outln!(
         "Restore point {} ({}, {}{})",
         p.id,
         p.created_at,
@@ -389,13 +394,13 @@ fn show(cli: &Cli, system: &System, id: i64) -> CmdResult {
             .unwrap_or_default()
     );
     for b in &c.boot {
-        println!("Boot area: {} (found by {})", b.summary(), b.found_by);
+        outln!("Boot area: {} (found by {})", b.summary(), b.found_by);
     }
     if let Some(n) = &c.boot_note {
-        println!("Boot area: none: {n}");
+        outln!("Boot area: none: {n}");
     }
     if c.initial {
-        println!(
+        outln!(
             "The oldest point: its {} entries are its whole content.",
             c.added.len()
         );
@@ -404,9 +409,9 @@ fn show(cli: &Cli, system: &System, id: i64) -> CmdResult {
         if items.is_empty() {
             return;
         }
-        println!("{title} ({}):", items.len());
+        outln!("{title} ({}):", items.len());
         for i in items {
-            println!(
+            outln!(
                 "  {:<13} {:>10}  stored {:>10}  {}",
                 i.kind,
                 size(i.size),
@@ -435,10 +440,10 @@ fn diff(system: &System, a: i64, rest: &[String]) -> CmdResult {
         .collect::<Result<Vec<_>, _>>()?;
     let blocks = system.diff(a, b, &paths)?;
     for block in &blocks {
-        print!("{block}");
+        out!("{block}");
     }
     if blocks.is_empty() {
-        println!("No differences.");
+        outln!("No differences.");
     }
     Ok(SUCCESS)
 }
@@ -446,7 +451,7 @@ fn diff(system: &System, a: i64, rest: &[String]) -> CmdResult {
 fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
     let r = system.verify(full)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&r).expect("report serializes")
         );
@@ -455,11 +460,15 @@ fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
             let at = d
                 .point
                 .map(|p| format!("point {p}"))
-                .unwrap_or_else(|| "replica".into());
-            println!("DAMAGED {at}: {}: {}", d.path, d.problem);
+                .unwrap_or_else(|| "store".into());
+            outln!("DAMAGED {at}: {}: {}", d.path, d.problem);
         }
-        println!(
-            "Checked {} replica files{}: {}",
+        for id in &r.interrupted {
+            outln!("Note: point {id} was interrupted; the next snapshot rolls it back");
+        }
+        outln!(
+            "Checked the index, {} points, {} replica files{}: {}",
+            r.points_checked,
             r.replica_files,
             if full {
                 format!(" and {} older versions", r.older_versions)
@@ -483,7 +492,7 @@ fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
 fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> CmdResult {
     let decisions = system.prune(&config.retention.policy(), dry_run)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&decisions).expect("decisions serialize")
         );
@@ -495,7 +504,7 @@ fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> C
         } else {
             d.reason.clone()
         };
-        println!("Restore point {}: {reason}", d.id);
+        outln!("Restore point {}: {reason}", d.id);
     }
     Ok(SUCCESS)
 }
@@ -503,20 +512,21 @@ fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> C
 fn prune(cli: &Cli, system: &System, n: usize, dry_run: bool) -> CmdResult {
     let removed = system.remove_oldest(n, dry_run)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&removed).expect("points serialize")
         );
     } else {
         let verb = if dry_run { "Would remove" } else { "Removed" };
         for p in &removed {
-            println!(
+            outln!(
                 "{verb} restore point {} ({}): oldest point, --oldest {n}",
-                p.id, p.created_at
+                p.id,
+                p.created_at
             );
         }
         if removed.len() < n {
-            println!("Kept the latest point: it is never removed.");
+            outln!("Kept the latest point: it is never removed.");
         }
     }
     Ok(SUCCESS)

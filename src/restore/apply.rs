@@ -72,7 +72,8 @@ pub fn apply(
     }
     for it in plan.items.iter().filter(|it| it.action != Action::Delete) {
         progress.advance(1);
-        place(&mut cx, it).map_err(|e| with_path(e, &it.path))?;
+        let r = place(&mut cx, it).map_err(|e| with_path(e, &it.path));
+        tolerate(&mut cx, &it.path, r)?;
         failpoint::hit("restore-after-item");
     }
     for it in plan
@@ -82,11 +83,13 @@ pub fn apply(
         .filter(|it| it.action == Action::Delete)
     {
         progress.advance(1);
-        delete(&mut cx, &it.path)?;
+        let r = delete(&mut cx, &it.path);
+        tolerate(&mut cx, &it.path, r)?;
     }
     for d in touched_dirs.iter().rev() {
         if let Some(w) = plan.dirs.get(d) {
-            dir_meta(&mut cx, d, w)?;
+            let r = dir_meta(&mut cx, d, w);
+            tolerate(&mut cx, d, r)?;
         }
     }
     let file_items = plan
@@ -98,12 +101,45 @@ pub fn apply(
         .filter_map(|d| plan.dirs.get(d).map(|w| (d, w)));
     for (path, w) in file_items.chain(dir_items) {
         if matches!(w.kind, Kind::File | Kind::Dir) && w.link.is_none() {
-            flags(&mut cx, path, w)?;
+            let r = flags(&mut cx, path, w);
+            tolerate(&mut cx, path, r)?;
         }
     }
     rustix::fs::syncfs(target).ctx(|| "syncing the restored filesystem".into())?;
     progress.finish();
     Ok(cx.report)
+}
+
+/// A live system changes under the restore: a path (or a directory on its way) that vanished or
+/// became something else since the plan is a warning, and the rest of the plan goes on.
+/// Errors of the store side never get here as such (see `store_side`).
+fn tolerate(cx: &mut Ctx, path: &[u8], r: Result<()>) -> Result<()> {
+    match r {
+        Err(Error::Io { op, source }) if super::vanished(&source) => {
+            // A cached directory fd may be of a directory that was replaced: reopen next time.
+            cx.cache.forget(parent(path).unwrap_or(path));
+            cx.report.warnings.push(Warning {
+                path: display_path(path),
+                message: format!(
+                    "changed while it was restored, left as it is now: {op}: {source}"
+                ),
+            });
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// An error from reading the store, stripped of its errno: an ENOENT there is damage or a
+/// failure, never a target path that vanished. The kind stays (a full disk is still one).
+fn store_side(e: Error) -> Error {
+    match e {
+        Error::Io { op, source } => Error::Io {
+            op,
+            source: std::io::Error::new(source.kind(), source),
+        },
+        other => other,
+    }
 }
 
 fn with_path(e: Error, path: &[u8]) -> Error {
@@ -147,20 +183,23 @@ fn place(cx: &mut Ctx, it: &PlanItem) -> Result<()> {
     match (it.action, w.kind) {
         (Action::Metadata, Kind::Dir) => Ok(()), // with the directories, last
         (Action::Metadata, _) => {
+            fix_meta(cx, &it.path, w)?;
             cx.report.metadata += 1;
-            fix_meta(cx, &it.path, w)
+            Ok(())
         }
         (_, Kind::Dir) => {
+            make_dir(cx, &it.path, it.have.as_ref())?;
             cx.report.created += 1;
-            make_dir(cx, &it.path, it.have.as_ref())
+            Ok(())
         }
         (action, _) => {
+            replace_node(cx, &it.path, w, it.have.as_ref())?;
             if action == Action::Create {
                 cx.report.created += 1;
             } else {
                 cx.report.rewritten += 1;
             }
-            replace_node(cx, &it.path, w, it.have.as_ref())
+            Ok(())
         }
     }
 }
@@ -178,11 +217,33 @@ fn make_dir(cx: &mut Ctx, path: &[u8], have: Option<&Entry>) -> Result<()> {
     }
 }
 
-/// Builds the node under a temp name beside its destination, then renames it into place.
+/// Builds the node under a temp name beside its destination, then renames it into place. A
+/// failure removes the temp node (ours: created with O_EXCL under our pid), never the old one.
 fn replace_node(cx: &mut Ctx, path: &[u8], w: &Entry, have: Option<&Entry>) -> Result<()> {
     cx.seq += 1;
     let tmp = format!(".restorepoint-{}-{}", std::process::id(), cx.seq).into_bytes();
     let mut warn = Vec::new();
+    let mut made = false;
+    let r = build_temp(cx, path, w, &tmp, &mut made, &mut warn)
+        .and_then(|()| put_in_place(cx, path, have, &tmp));
+    if r.is_err() && made {
+        if let Ok(dir) = parent_fd(cx, path) {
+            let _ = rustix::fs::unlinkat(dir, &tmp[..], AtFlags::empty());
+        }
+    }
+    r?;
+    push_warnings(cx, path, warn);
+    Ok(())
+}
+
+fn build_temp(
+    cx: &mut Ctx,
+    path: &[u8],
+    w: &Entry,
+    tmp: &[u8],
+    made: &mut bool,
+    warn: &mut Vec<String>,
+) -> Result<()> {
     match (&w.link, w.kind) {
         (Some(leader), Kind::File) => {
             let target = cx.target;
@@ -193,54 +254,67 @@ fn replace_node(cx: &mut Ctx, path: &[u8], w: &Entry, have: Option<&Entry>) -> R
                 .try_clone_to_owned()
                 .ctx(|| "dup".into())?;
             let dir = parent_fd(cx, path)?;
-            rustix::fs::linkat(&lp, basename(leader), dir, &tmp[..], AtFlags::empty())
+            rustix::fs::linkat(&lp, basename(leader), dir, tmp, AtFlags::empty())
                 .ctx(|| format!("linking {} to {}", display_path(path), display_path(leader)))?;
+            *made = true;
         }
         (None, Kind::File) => {
             let staging = cx.store.staging();
-            let mut body = rebuild(cx.store, &mut cx.packs, cx.report.point, path, w, staging)?;
+            let mut body = rebuild(cx.store, &mut cx.packs, cx.report.point, path, w, staging)
+                .map_err(store_side)?;
             let dir = parent_fd(cx, path)?;
             let fd = rustix::fs::openat(
                 dir,
-                &tmp[..],
+                tmp,
                 OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             )
             .ctx(|| format!("creating a temp file for {}", display_path(path)))?;
+            *made = true;
             let file = File::from(fd);
             let n = fsio::write_content(
                 &file,
-                &mut body.reader().ctx(|| "reading rebuilt content".into())?,
+                &mut body
+                    .reader()
+                    .ctx(|| "reading rebuilt content".into())
+                    .map_err(store_side)?,
                 w.sparse,
                 w.flags,
             )
             .ctx(|| format!("writing {}", display_path(path)))?;
             cx.report.bytes_written += n;
-            fsio::apply_meta_fd(file.as_fd(), w, &mut warn)
+            fsio::apply_meta_fd(file.as_fd(), w, warn)
                 .ctx(|| format!("setting metadata of {}", display_path(path)))?;
         }
         _ => {
             let dir = parent_fd(cx, path)?;
-            fsio::create_node(dir, &tmp, w).ctx(|| format!("creating {}", display_path(path)))?;
-            fsio::apply_meta_at(dir, &tmp, w, &mut warn)
+            fsio::create_node(dir, tmp, w).ctx(|| format!("creating {}", display_path(path)))?;
+            *made = true;
+            fsio::apply_meta_at(dir, tmp, w, warn)
                 .ctx(|| format!("setting metadata of {}", display_path(path)))?;
         }
     }
+    Ok(())
+}
+
+fn put_in_place(cx: &mut Ctx, path: &[u8], have: Option<&Entry>, tmp: &[u8]) -> Result<()> {
     let dir = parent_fd(cx, path)?;
     let name = basename(path);
+    let gone = |r: std::io::Result<()>| match r {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => Ok(()),
+        other => other,
+    };
     if let Some(h) = have {
         if h.kind == Kind::Dir {
-            fsio::remove_tree(dir, name, None)
+            gone(fsio::remove_tree(dir, name, None))
                 .ctx(|| format!("removing directory {} to replace it", display_path(path)))?;
         } else if h.flags & 0x30 != 0 {
-            fsio::clear_immutable(dir, name)
+            gone(fsio::clear_immutable(dir, name))
                 .ctx(|| format!("clearing the immutable flag of {}", display_path(path)))?;
         }
     }
-    rustix::fs::renameat(dir, &tmp[..], dir, name)
-        .ctx(|| format!("renaming {} into place", display_path(path)))?;
-    push_warnings(cx, path, warn);
-    Ok(())
+    rustix::fs::renameat(dir, tmp, dir, name)
+        .ctx(|| format!("renaming {} into place", display_path(path)))
 }
 
 fn push_warnings(cx: &mut Ctx, path: &[u8], warn: Vec<String>) {
@@ -283,7 +357,12 @@ fn delete(cx: &mut Ctx, path: &[u8]) -> Result<()> {
         Err(_) => return Ok(()), // its directory went with an earlier deletion
     };
     let dev = rustix::fs::fstat(dir).ok().map(|st| st.st_dev);
-    let res = fsio::remove_tree(dir, basename(path), dev);
+    // A path already gone is what the point wants (remove_tree says Ok). A directory whose
+    // entries a live system adds or removes while it is emptied gets one more try.
+    let mut res = fsio::remove_tree(dir, basename(path), dev);
+    if res.as_ref().is_err_and(super::vanished) {
+        res = fsio::remove_tree(dir, basename(path), dev);
+    }
     cx.cache.forget(path);
     match res {
         Ok(()) => {

@@ -4,8 +4,31 @@
 mod apply;
 mod links;
 mod plan;
+mod space;
 mod state;
 
 pub use apply::{apply, RestoreReport};
-pub use plan::{build as build_plan, Action, PlanItem, PlanSummary, RestorePlan};
+pub use plan::{build as build_plan, Action, PlanItem, PlanOptions, PlanSummary, RestorePlan};
+pub use space::{needs as space_needs, FsNeed};
 pub use state::{point_state, rebuild, Packs};
+
+/// The path, or a directory on its way, is gone or is now something else: a live system
+/// changed under the restore. ENOENT and ENOTDIR (gone), ESTALE (gone, over NFS), ELOOP (a
+/// symlink now stands where a file or directory was), EISDIR and ENOTEMPTY (a directory now
+/// stands where a file was, or gained entries while it was being removed).
+pub(crate) fn vanished(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let Some(code) = e.raw_os_error() else {
+        return false;
+    };
+    [
+        Errno::NOENT,
+        Errno::NOTDIR,
+        Errno::STALE,
+        Errno::LOOP,
+        Errno::ISDIR,
+        Errno::NOTEMPTY,
+    ]
+    .iter()
+    .any(|x| x.raw_os_error() == code)
+}

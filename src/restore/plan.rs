@@ -8,6 +8,7 @@ use crate::error::{IoContext, Result};
 use crate::exclude::ExcludeSet;
 use crate::fsio::{self, Basic, DirCache, WalkOptions};
 use crate::model::{basename, display_path, is_within, Entry, Kind, RelPath};
+use crate::progress::Progress;
 use crate::snapshot::Warning;
 use crate::store::PointId;
 
@@ -80,14 +81,28 @@ impl RestorePlan {
     }
 }
 
+/// How the target is read while planning.
+#[derive(Clone, Copy)]
+pub struct PlanOptions<'a> {
+    /// Hash every target file whose size is the wanted one, instead of trusting a file whose
+    /// type, size and mtime (ns) are the point's (rsync's quick check).
+    pub checksum: bool,
+    pub progress: &'a dyn Progress,
+}
+
 /// Compares `want` (the point's entries, sorted) with the tree under `target`, looking only
-/// within `scopes` (the point's sources) and never at excluded paths.
+/// within `scopes` (the point's sources) and never at excluded paths. `target` None is a
+/// target directory that does not exist yet: everything is created.
+///
+/// The target may be a live system: a path that vanishes or changes type between the walk
+/// and its reading is a warning, planned from what is there now, never an abort.
 pub fn build(
     point: PointId,
     want: Vec<(RelPath, Entry)>,
-    target: BorrowedFd,
+    target: Option<BorrowedFd>,
     scopes: &[RelPath],
     excludes: &ExcludeSet,
+    opts: PlanOptions,
 ) -> Result<RestorePlan> {
     let mut plan = RestorePlan {
         point,
@@ -103,8 +118,15 @@ pub fn build(
         .filter(|(_, e)| e.kind == Kind::Dir)
         .map(|(p, e)| (p.clone(), e.clone()))
         .collect();
-    let (have, holding) = scan_target(target, scopes, excludes, &mut plan.warnings)?;
-    let intact = super::links::recorded_leader_inodes(target, &recorded_leaders);
+    let (have, holding) = match target {
+        Some(t) => scan_target(t, scopes, excludes, &mut plan.warnings)?,
+        None => (Vec::new(), HashSet::new()),
+    };
+    let intact = match target {
+        Some(t) => super::links::recorded_leader_inodes(t, &recorded_leaders),
+        None => HashMap::new(),
+    };
+    opts.progress.phase("planning", Some(want.len() as u64));
     let inode_of: HashMap<&[u8], (u64, u64)> = have
         .iter()
         .map(|(p, b)| (p.as_slice(), (b.dev, b.ino)))
@@ -121,10 +143,11 @@ pub fn build(
     let mut cache = DirCache::default();
     let mut hi = have.iter().peekable();
     for (path, w) in &want {
+        opts.progress.advance(1);
         while let Some((p, b)) = hi.next_if(|(p, _)| p < path) {
             push_delete(&mut plan, p, b, scopes);
         }
-        let Some((_, b)) = hi.next_if(|(p, _)| p == path) else {
+        let (Some(target), Some((_, b))) = (target, hi.next_if(|(p, _)| p == path)) else {
             rewritten_leaders.insert(path.clone());
             plan.items.push(PlanItem {
                 path: path.clone(),
@@ -134,7 +157,29 @@ pub fn build(
             });
             continue;
         };
-        let have_entry = read_full(target, &mut cache, path, b, w)?;
+        let mut read = read_full(target, &mut cache, path, b, w, opts.checksum);
+        if read.is_err() {
+            // The cached directory may be one that was replaced since: look again, afresh.
+            if let Some(p) = crate::model::parent(path) {
+                cache.forget(p);
+            }
+            read = read_full(target, &mut cache, path, b, w, opts.checksum);
+        }
+        let have_entry = match read {
+            Ok(e) => e,
+            Err(err) => {
+                let (action, have, warning) = changed_while_planning(target, path, b, err)?;
+                plan.warnings.push(warning);
+                rewritten_leaders.insert(path.clone());
+                plan.items.push(PlanItem {
+                    path: path.clone(),
+                    action,
+                    want: Some(w.clone()),
+                    have,
+                });
+                continue;
+            }
+        };
         let still_linked = intact.get(path) == Some(&(b.dev, b.ino)) && have_entry.hash == w.hash;
         let rewrite = !still_linked
             && needs_rewrite(
@@ -167,6 +212,7 @@ pub fn build(
         push_delete(&mut plan, p, b, scopes);
     }
     keep_what_holds_excluded(&mut plan, &holding);
+    opts.progress.finish();
     Ok(plan)
 }
 
@@ -190,6 +236,45 @@ fn keep_what_holds_excluded(plan: &mut RestorePlan, holding: &HashSet<RelPath>) 
         !keep
     });
     plan.warnings.extend(kept);
+}
+
+/// A path the walk saw (`b`) that could not be read afterwards (`err`). When it vanished or
+/// changed type meanwhile (a live system), it is planned from what is there now — created, or
+/// rewritten — with a warning; any other failure stops the plan.
+fn changed_while_planning(
+    target: BorrowedFd,
+    path: &[u8],
+    b: &Basic,
+    err: std::io::Error,
+) -> Result<(Action, Option<Entry>, Warning)> {
+    let (action, have, what) = match restat(target, path) {
+        None => (Action::Create, None, "vanished"),
+        Some(now) if now.kind != b.kind => {
+            (Action::Rewrite, Some(now.to_entry(None)), "changed type")
+        }
+        Some(now) if super::vanished(&err) => {
+            (Action::Rewrite, Some(now.to_entry(None)), "changed")
+        }
+        Some(_) => return Err(err).ctx(|| format!("reading the target's {}", display_path(path))),
+    };
+    let warning = Warning {
+        path: display_path(path),
+        message: format!(
+            "{what} while the restore was planned ({err}); it is {} from the point",
+            if action == Action::Create {
+                "created"
+            } else {
+                "rewritten"
+            }
+        ),
+    };
+    Ok((action, have, warning))
+}
+
+/// What is at `path` now, if anything.
+fn restat(target: BorrowedFd, path: &[u8]) -> Option<Basic> {
+    let fd = fsio::open_beneath(target, path, rustix::fs::OFlags::PATH).ok()?;
+    fsio::stat_to_basic(&rustix::fs::fstat(&fd).ok()?)
 }
 
 fn push_delete(plan: &mut RestorePlan, path: &[u8], b: &Basic, scopes: &[RelPath]) {
@@ -239,23 +324,28 @@ fn scan_target(
                 p,
                 rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
             ) {
-                let st = rustix::fs::fstat(&fd).ctx(|| format!("stat of {}", display_path(p)))?;
-                out.push((p.to_vec(), fsio::stat_to_basic(&st).expect("a directory")));
+                // Gone between the open and the stat: the walk below finds nothing either.
+                if let Some(b) = rustix::fs::fstat(&fd)
+                    .ok()
+                    .and_then(|st| fsio::stat_to_basic(&st))
+                {
+                    out.push((p.to_vec(), b));
+                }
             }
             anc = p;
         }
         match fsio::walk(target, s, &opts, &mut out, &mut warns) {
             Ok(()) => {}
-            // A source the target does not have yet: everything in it is created.
-            Err(e) if matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOENT.raw_os_error()) =>
-                {}
             Err(e) => {
-                // A non-directory where the source directory belongs: it is rewritten.
+                // A non-directory where the source directory belongs (or a --path naming a
+                // file): it is compared as it is. Nothing there, or gone meanwhile: all of it
+                // is created.
                 let name = display_path(s);
                 let st = fsio::open_beneath(target, s, rustix::fs::OFlags::PATH)
                     .and_then(|fd| Ok(rustix::fs::fstat(&fd)?));
                 match st {
-                    Ok(st) => out.push((s.clone(), fsio::stat_to_basic(&st).expect("known type"))),
+                    Ok(st) => out.extend(fsio::stat_to_basic(&st).map(|b| (s.clone(), b))),
+                    Err(e2) if super::vanished(&e2) => {}
                     Err(_) => return Err(e).ctx(|| format!("reading the target's {name}")),
                 }
             }
@@ -272,34 +362,31 @@ fn scan_target(
     Ok((out, holding.into_inner()))
 }
 
-/// The target's entry with xattrs, flags, link target and (for files the same size as wanted)
-/// content hash.
+/// The target's entry with xattrs, flags, link target and content hash. A file whose type,
+/// size and mtime are the wanted ones is trusted to hold the wanted content unless `checksum`
+/// (hashing every file of a whole system takes minutes); other files the size of the wanted
+/// one are hashed. Errors are bare: the caller tells a path that changed from a real failure.
 fn read_full(
     target: BorrowedFd,
     cache: &mut DirCache,
     path: &[u8],
     b: &Basic,
     want: &Entry,
-) -> Result<Entry> {
+    checksum: bool,
+) -> std::io::Result<Entry> {
     let mut e = b.to_entry(None);
     let (dir, name): (std::os::fd::OwnedFd, &[u8]) = if path.is_empty() {
-        (
-            fsio::open_dir(target, b"").ctx(|| "opening the target root".into())?,
-            b".",
-        )
+        (fsio::open_dir(target, b"")?, b".")
     } else {
-        let d = cache
-            .parent_of(target, path)
-            .ctx(|| format!("opening the target's parent of {}", display_path(path)))?;
-        (
-            d.try_clone_to_owned()
-                .ctx(|| "duplicating a directory fd".into())?,
-            basename(path),
-        )
+        let d = cache.parent_of(target, path)?;
+        (d.try_clone_to_owned()?, basename(path))
     };
-    fsio::read_entry(std::os::fd::AsFd::as_fd(&dir), name, &mut e)
-        .ctx(|| format!("reading the target's {}", display_path(path)))?;
+    fsio::read_entry(std::os::fd::AsFd::as_fd(&dir), name, &mut e)?;
     if e.kind == Kind::File && want.kind == Kind::File && e.size == want.size {
+        if !checksum && e.mtime == want.mtime {
+            e.hash = want.hash;
+            return Ok(e);
+        }
         let fd = rustix::fs::openat(
             &dir,
             name,
@@ -308,13 +395,8 @@ fn read_full(
                 | rustix::fs::OFlags::NONBLOCK
                 | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
-        )
-        .ctx(|| format!("opening the target's {}", display_path(path)))?;
-        e.hash = Some(
-            fsio::hash_reader(std::fs::File::from(fd))
-                .ctx(|| format!("reading the target's {}", display_path(path)))?
-                .0,
-        );
+        )?;
+        e.hash = Some(fsio::hash_reader(std::fs::File::from(fd))?.0);
     }
     Ok(e)
 }
@@ -360,4 +442,143 @@ fn same_meta(w: &Entry, have: &Entry) -> bool {
         && w.mtime == have.mtime
         && w.xattrs == have.xattrs
         && (w.flags & fsio::SETTABLE_FLAGS) == (have.flags & fsio::SETTABLE_FLAGS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::os::fd::{AsFd, OwnedFd};
+
+    fn open(dir: &std::path::Path) -> OwnedFd {
+        fsio::open_root(dir).unwrap()
+    }
+
+    /// The tree's own state, read in full (content hashed), as a point would hold it.
+    fn state_of(root: BorrowedFd) -> Vec<(RelPath, Entry)> {
+        let none = ExcludeSet::new(&[], Vec::new()).unwrap();
+        let mut warnings = Vec::new();
+        let mut cache = DirCache::default();
+        scan_target(root, &[Vec::new()], &none, &mut warnings)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|(p, b)| {
+                let e = read_full(root, &mut cache, &p, &b, &b.to_entry(None), true).unwrap();
+                (p, e)
+            })
+            .collect()
+    }
+
+    #[derive(Default)]
+    struct Recorder(RefCell<Vec<(String, u64)>>);
+
+    impl Progress for Recorder {
+        fn phase(&self, name: &str, total: Option<u64>) {
+            self.0
+                .borrow_mut()
+                .push((name.to_string(), total.unwrap_or(0)));
+        }
+        fn advance(&self, units: u64) {
+            self.0.borrow_mut().last_mut().expect("a phase").1 -= units;
+        }
+    }
+
+    #[test]
+    fn a_file_gone_between_the_walk_and_its_reading_is_created_with_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let root = open(d.path());
+        let b = restat(root.as_fd(), b"f").unwrap();
+        let mut want = b.to_entry(None);
+        want.mtime.sec -= 1; // not trusted by the quick check: it must be read
+        std::fs::remove_file(d.path().join("f")).unwrap();
+        let mut cache = DirCache::default();
+        let err = read_full(root.as_fd(), &mut cache, b"f", &b, &want, false).unwrap_err();
+        let (action, have, w) = changed_while_planning(root.as_fd(), b"f", &b, err).unwrap();
+        assert_eq!(action, Action::Create);
+        assert!(have.is_none());
+        assert!(
+            w.path.ends_with('f') && w.message.contains("vanished"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_became_a_directory_while_planned_is_rewritten_with_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let root = open(d.path());
+        let b = restat(root.as_fd(), b"f").unwrap();
+        std::fs::remove_file(d.path().join("f")).unwrap();
+        std::fs::create_dir(d.path().join("f")).unwrap();
+        let mut cache = DirCache::default();
+        let want = b.to_entry(None);
+        let err = read_full(root.as_fd(), &mut cache, b"f", &b, &want, true).unwrap_err();
+        let (action, have, w) = changed_while_planning(root.as_fd(), b"f", &b, err).unwrap();
+        assert_eq!(action, Action::Rewrite);
+        assert_eq!(have.map(|h| h.kind), Some(Kind::Dir));
+        assert!(w.message.contains("changed type"), "{w:?}");
+    }
+
+    #[test]
+    fn the_quick_check_trusts_size_and_mtime_and_checksum_reads_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a");
+        std::fs::write(&f, b"hello").unwrap();
+        let root = open(d.path());
+        let want = state_of(root.as_fd());
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        // Same size, same mtime, other content: what rsync's quick check does not see.
+        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        std::os::unix::fs::FileExt::write_at(&file, b"j", 0).unwrap();
+        file.set_times(std::fs::FileTimes::new().set_modified(mtime))
+            .unwrap();
+        let none = ExcludeSet::new(&[], Vec::new()).unwrap();
+        let progress = Recorder::default();
+        let plan = |checksum| {
+            let opts = PlanOptions {
+                checksum,
+                progress: &progress,
+            };
+            build(
+                1,
+                want.clone(),
+                Some(root.as_fd()),
+                &[Vec::new()],
+                &none,
+                opts,
+            )
+            .unwrap()
+        };
+        let quick = plan(false);
+        assert!(quick.is_empty(), "{:?}", quick.items);
+        assert_eq!(
+            progress.0.borrow().first(),
+            Some(&("planning".to_string(), 0)),
+            "one unit of progress per path compared"
+        );
+        let full = plan(true);
+        let actions: Vec<(RelPath, Action)> = full
+            .items
+            .iter()
+            .map(|i| (i.path.clone(), i.action))
+            .collect();
+        assert_eq!(actions, vec![(b"a".to_vec(), Action::Rewrite)]);
+    }
+
+    #[test]
+    fn a_target_that_does_not_exist_yet_is_planned_as_empty() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"hello").unwrap();
+        let want = state_of(open(d.path()).as_fd());
+        let none = ExcludeSet::new(&[], Vec::new()).unwrap();
+        let opts = PlanOptions {
+            checksum: false,
+            progress: &crate::progress::Silent,
+        };
+        let plan = build(1, want, None, &[Vec::new()], &none, opts).unwrap();
+        assert!(plan.items.iter().all(|i| i.action == Action::Create));
+        assert_eq!(plan.items.len(), 2, "the root and a");
+    }
 }

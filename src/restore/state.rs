@@ -46,7 +46,19 @@ impl Packs {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let path = store.pack_path(id);
-                let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+                let f = match File::open(&path) {
+                    Ok(f) => f,
+                    // The index names frames in it: a missing pack is lost history.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(crate::error::Error::Damaged {
+                            what: format!(
+                                "the pack {} of point {id} is missing: {e}",
+                                path.display()
+                            ),
+                        })
+                    }
+                    Err(e) => return Err(e).ctx(|| format!("opening {}", path.display())),
+                };
                 Ok(v.insert(f))
             }
         }
@@ -78,7 +90,21 @@ pub fn rebuild(
     };
     for c in &chain {
         let pack = packs.get(store, c.point)?;
-        cur = content::step_back(pack, c, cur, tmp)?;
+        cur = content::step_back(pack, c, cur, tmp).map_err(|e| match e {
+            // A frame that ends past the end of its pack: the pack was truncated.
+            crate::error::Error::Io { op, source }
+                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                crate::error::Error::Damaged {
+                    what: format!(
+                        "{op}: the pack {} of point {} is truncated: {source}",
+                        store.pack_path(c.point).display(),
+                        c.point
+                    ),
+                }
+            }
+            other => other,
+        })?;
     }
     cur.ok_or_else(|| crate::error::Error::Damaged {
         what: format!("{} has no content at point {id}", display_path(path)),

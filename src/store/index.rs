@@ -1,11 +1,19 @@
-//! The SQLite index (WAL, synchronous=FULL): points, the replica's entries, per-point changes.
-//! Authoritative for all metadata. Migrations are append-only, tracked by `PRAGMA user_version`,
-//! applied in one exclusive transaction; a store newer than this binary is refused.
+//! The SQLite index (WAL, synchronous=FULL): points, the replica's entries, per-point changes,
+//! the restore journal and the boot captures. Authoritative for all metadata, and the only
+//! place where SQL is written: the rest of the program sees typed rows.
+//!
+//! Every row carries a checksum of its values (`rowsum`), checked whenever it is read; a row
+//! that fails it, a value this program does not know, or a page SQLite finds malformed is
+//! `Error::Damaged`, never a default. Migrations are append-only, tracked by
+//! `PRAGMA user_version`, applied in one exclusive transaction; a store newer than this
+//! binary is refused.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
 
+use super::rowsum::{self, damaged, sealed, RowDamaged};
 use crate::error::{Error, Result};
 use crate::model::{Entry, Hash, Kind, RelPath, Timestamp, Xattrs};
 
@@ -13,11 +21,15 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_restores.sql"),
     include_str!("../../migrations/0003_boot.sql"),
+    include_str!("../../migrations/0004_row_sums.sql"),
 ];
+/// The first schema whose rows carry checksums: older rows are sealed when migrating past it.
+const SUMS_SINCE: usize = 4;
 
 pub type PointId = i64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PointKind {
     Scheduled,
     Manual,
@@ -33,12 +45,19 @@ impl PointKind {
         }
     }
 
-    fn parse(s: &str) -> PointKind {
-        match s {
+    fn parse(s: &str) -> Option<PointKind> {
+        Some(match s {
+            "scheduled" => PointKind::Scheduled,
             "manual" => PointKind::Manual,
             "pre-restore" => PointKind::PreRestore,
-            _ => PointKind::Scheduled,
-        }
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for PointKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -46,7 +65,7 @@ impl PointKind {
 pub struct Point {
     pub id: PointId,
     pub created_at: String,
-    pub kind: &'static str,
+    pub kind: PointKind,
     pub label: Option<String>,
     #[serde(skip)]
     pub complete: bool,
@@ -59,15 +78,31 @@ pub struct Point {
     pub bytes: u64,
     pub stored_bytes: u64,
     pub warnings: u64,
+    /// Why no boot area was captured with the point, if none was.
+    #[serde(skip)]
+    pub boot_note: Option<String>,
 }
 
-/// An in-place restore that was started (and, while `running`, not finished).
+/// What a point's row ends with once its last batch is durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PointTotals {
+    pub files: u64,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    pub warnings: u64,
+}
+
+/// An in-place restore that was started (and, while not `complete`, not finished).
 #[derive(Debug, Clone)]
 pub struct RestoreJournal {
     pub id: i64,
     pub point: PointId,
+    /// The root restored in place (canonical path).
+    pub target: String,
+    pub paths: Vec<String>,
     pub safety_point: Option<PointId>,
     pub started_at: String,
+    pub complete: bool,
 }
 
 /// How the old content of a changed path is stored.
@@ -117,83 +152,400 @@ pub struct Change {
     pub new_hash: Option<Hash>,
 }
 
+/// One write of a snapshot's batch; a batch commits in one transaction.
+pub enum BatchWrite {
+    /// A reverse change of the running point.
+    Change(Change),
+    /// The replica's entry for a path (the new state).
+    Entry(RelPath, Entry),
+    /// The path is no longer in the replica.
+    Forget(RelPath),
+}
+
 pub struct Index {
-    pub conn: Connection,
+    conn: Connection,
     pub path: PathBuf,
 }
 
+/// The restorable fields of an entry, in this order wherever a table holds one.
 const ENTRY_COLS: &str = "kind, mode, uid, gid, size, mtime_s, mtime_ns, rdev, target, hash, xattrs, flags, link, sparse";
+const ENTRY_N: usize = 14;
+const POINT_COLS: &str = "id, created_at, kind, label, state, sources, files, bytes, stored_bytes, warnings, excludes, boot_note";
+const POINT_N: usize = 12;
+const RESTORE_COLS: &str = "id, point_id, target, paths, safety_point, started_at, state";
+const RESTORE_N: usize = 7;
+const BOOT_COLS: &str = "point_id, disk, manifest";
+const BOOT_N: usize = 3;
 
-fn hash_from(v: Option<Vec<u8>>) -> Option<Hash> {
-    v.and_then(|b| b.try_into().ok())
+fn entries_cols() -> String {
+    format!("path, {ENTRY_COLS}, ino, ctime_s, ctime_ns")
+}
+const ENTRIES_N: usize = ENTRY_N + 4;
+
+fn changes_cols() -> String {
+    format!("point_id, path, content, {ENTRY_COLS}, frame_offset, frame_len, new_hash")
+}
+const CHANGES_N: usize = ENTRY_N + 6;
+
+/// (table, its columns, the columns that identify a row): what the migration seals.
+fn tables() -> [(&'static str, String, &'static [&'static str]); 5] {
+    [
+        ("points", POINT_COLS.to_string(), &["id"]),
+        ("entries", entries_cols(), &["path"]),
+        ("changes", changes_cols(), &["point_id", "path"]),
+        ("restores", RESTORE_COLS.to_string(), &["id"]),
+        (
+            "boot_captures",
+            BOOT_COLS.to_string(),
+            &["point_id", "disk"],
+        ),
+    ]
 }
 
-/// Reads the ENTRY_COLS starting at column `at`; ino/ctime are filled by the caller.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn hash_at(row: &Row, i: usize) -> rusqlite::Result<Option<Hash>> {
+    match row.get::<_, Option<Vec<u8>>>(i)? {
+        None => Ok(None),
+        Some(b) => b
+            .try_into()
+            .map(Some)
+            .map_err(|_| damaged("a content hash is not 32 bytes")),
+    }
+}
+
+fn u64_at(row: &Row, i: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(i)?;
+    u64::try_from(v).map_err(|_| damaged(format!("negative count {v}")))
+}
+
+/// Reads the ENTRY_COLS starting at column `at`; None when the row holds no state (an
+/// `absent` change). ino/ctime are filled by the caller.
 fn entry_at(row: &Row, at: usize) -> rusqlite::Result<Option<Entry>> {
-    let kind: Option<i64> = row.get(at)?;
-    let Some(kind) = kind.and_then(Kind::from_code) else {
+    let Some(code) = row.get::<_, Option<i64>>(at)? else {
         return Ok(None);
     };
-    let xattrs: Option<Vec<u8>> = row.get(at + 10)?;
-    Ok(Some(Entry {
+    let kind =
+        Kind::from_code(code).ok_or_else(|| damaged(format!("unknown entry kind {code}")))?;
+    let xattrs = match row.get::<_, Option<Vec<u8>>>(at + 10)? {
+        None => Xattrs::default(),
+        Some(b) => {
+            Xattrs::decode(&b).ok_or_else(|| damaged("extended attributes do not decode"))?
+        }
+    };
+    let e = Entry {
         kind,
         mode: row.get(at + 1)?,
         uid: row.get(at + 2)?,
         gid: row.get(at + 3)?,
-        size: row.get::<_, i64>(at + 4)? as u64,
+        size: u64_at(row, at + 4)?,
         mtime: Timestamp {
             sec: row.get(at + 5)?,
             nsec: row.get(at + 6)?,
         },
         rdev: row.get::<_, i64>(at + 7)? as u64,
         target: row.get(at + 8)?,
-        hash: hash_from(row.get(at + 9)?),
-        xattrs: xattrs.and_then(|b| Xattrs::decode(&b)).unwrap_or_default(),
+        hash: hash_at(row, at + 9)?,
+        xattrs,
         flags: row.get(at + 11)?,
         link: row.get(at + 12)?,
         sparse: row.get(at + 13)?,
         ino: 0,
         ctime: Timestamp::default(),
-    }))
+    };
+    if e.kind == Kind::File && e.hash.is_none() {
+        return Err(damaged("a regular file without a content hash"));
+    }
+    Ok(Some(e))
 }
 
-type EntryParams = (
-    i64,
-    u32,
-    u32,
-    u32,
-    i64,
-    i64,
-    u32,
-    i64,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    u32,
-    Option<Vec<u8>>,
-    bool,
-);
+fn entry_values(e: Option<&Entry>) -> Vec<Value> {
+    let Some(e) = e else {
+        return vec![Value::Null; ENTRY_N];
+    };
+    let blob = |b: Option<Vec<u8>>| b.map_or(Value::Null, Value::Blob);
+    vec![
+        Value::Integer(e.kind as i64),
+        Value::Integer(e.mode.into()),
+        Value::Integer(e.uid.into()),
+        Value::Integer(e.gid.into()),
+        Value::Integer(e.size as i64),
+        Value::Integer(e.mtime.sec),
+        Value::Integer(e.mtime.nsec.into()),
+        Value::Integer(e.rdev as i64),
+        blob(e.target.clone()),
+        blob(e.hash.map(|h| h.to_vec())),
+        blob((!e.xattrs.is_empty()).then(|| e.xattrs.encode())),
+        Value::Integer(e.flags.into()),
+        blob(e.link.clone()),
+        Value::Integer(e.sparse.into()),
+    ]
+}
 
-fn entry_params(e: &Entry) -> EntryParams {
-    (
-        e.kind as i64,
-        e.mode,
-        e.uid,
-        e.gid,
-        e.size as i64,
-        e.mtime.sec,
-        e.mtime.nsec,
-        e.rdev as i64,
-        e.target.clone(),
-        e.hash.map(|h| h.to_vec()),
-        (!e.xattrs.is_empty()).then(|| e.xattrs.encode()),
-        e.flags,
-        e.link.clone(),
-        e.sparse,
-    )
+fn text(s: Option<String>) -> Value {
+    s.map_or(Value::Null, Value::Text)
+}
+
+fn json(v: &[String]) -> String {
+    serde_json::to_string(v).expect("strings serialize")
+}
+
+fn json_at(row: &Row, i: usize, what: &str) -> rusqlite::Result<Option<Vec<String>>> {
+    match row.get::<_, Option<String>>(i)? {
+        None => Ok(None),
+        Some(j) => serde_json::from_str(&j)
+            .map(Some)
+            .map_err(|e| damaged(format!("{what} is not a JSON list of strings: {e}"))),
+    }
+}
+
+fn point_from_row(r: &Row) -> rusqlite::Result<Point> {
+    let id: PointId = r.get(0)?;
+    rowsum::check(r, "points", POINT_N, || format!("point {id}"))?;
+    let kind: String = r.get(2)?;
+    let state: String = r.get(4)?;
+    Ok(Point {
+        id,
+        created_at: r.get(1)?,
+        kind: PointKind::parse(&kind)
+            .ok_or_else(|| damaged(format!("point {id}: unknown kind {kind:?}")))?,
+        label: r.get(3)?,
+        complete: match state.as_str() {
+            "complete" => true,
+            "running" => false,
+            other => return Err(damaged(format!("point {id}: unknown state {other:?}"))),
+        },
+        sources: json_at(r, 5, "sources")?
+            .ok_or_else(|| damaged(format!("point {id}: no sources")))?,
+        files: u64_at(r, 6)?,
+        bytes: u64_at(r, 7)?,
+        stored_bytes: u64_at(r, 8)?,
+        warnings: u64_at(r, 9)?,
+        excludes: json_at(r, 10, "excludes")?,
+        boot_note: r.get(11)?,
+    })
+}
+
+fn point_values(p: &Point) -> Vec<Value> {
+    vec![
+        Value::Integer(p.id),
+        Value::Text(p.created_at.clone()),
+        Value::Text(p.kind.as_str().into()),
+        text(p.label.clone()),
+        Value::Text(if p.complete { "complete" } else { "running" }.into()),
+        Value::Text(json(&p.sources)),
+        Value::Integer(p.files as i64),
+        Value::Integer(p.bytes as i64),
+        Value::Integer(p.stored_bytes as i64),
+        Value::Integer(p.warnings as i64),
+        text(p.excludes.as_deref().map(json)),
+        text(p.boot_note.clone()),
+    ]
+}
+
+/// Rewrites every column of the point's row, with its new sum.
+fn write_point(conn: &Connection, p: &Point) -> rusqlite::Result<()> {
+    let sets = POINT_COLS
+        .split(", ")
+        .enumerate()
+        .skip(1)
+        .map(|(i, c)| format!("{c}=?{}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.prepare_cached(&format!(
+        "UPDATE points SET {sets}, sum=?{} WHERE id=?1",
+        POINT_N + 1
+    ))?
+    .execute(params_from_iter(sealed("points", point_values(p))))?;
+    Ok(())
+}
+
+fn restore_from_row(r: &Row) -> rusqlite::Result<RestoreJournal> {
+    let id: i64 = r.get(0)?;
+    rowsum::check(r, "restores", RESTORE_N, || format!("restore journal {id}"))?;
+    let state: String = r.get(6)?;
+    Ok(RestoreJournal {
+        id,
+        point: r.get(1)?,
+        target: r.get(2)?,
+        paths: json_at(r, 3, "paths")?.unwrap_or_default(),
+        safety_point: r.get(4)?,
+        started_at: r.get(5)?,
+        complete: match state.as_str() {
+            "complete" => true,
+            "running" => false,
+            other => return Err(damaged(format!("restore {id}: unknown state {other:?}"))),
+        },
+    })
+}
+
+fn restore_values(j: &RestoreJournal) -> Vec<Value> {
+    vec![
+        Value::Integer(j.id),
+        Value::Integer(j.point),
+        Value::Text(j.target.clone()),
+        Value::Text(json(&j.paths)),
+        j.safety_point.map_or(Value::Null, Value::Integer),
+        Value::Text(j.started_at.clone()),
+        Value::Text(if j.complete { "complete" } else { "running" }.into()),
+    ]
+}
+
+fn write_restore(conn: &Connection, j: &RestoreJournal) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT OR REPLACE INTO restores ({RESTORE_COLS}, sum) VALUES ({})",
+            placeholders(RESTORE_N + 1)
+        ),
+        params_from_iter(sealed("restores", restore_values(j))),
+    )?;
+    Ok(())
+}
+
+fn change_from_row(r: &Row) -> rusqlite::Result<Change> {
+    let point: PointId = r.get(0)?;
+    rowsum::check(r, "changes", CHANGES_N, || {
+        format!("a change of point {point}")
+    })?;
+    let content: String = r.get(2)?;
+    let off: Option<i64> = r.get(ENTRY_N + 3)?;
+    let len: Option<i64> = r.get(ENTRY_N + 4)?;
+    let content = ContentKind::parse(&content)
+        .ok_or_else(|| damaged(format!("point {point}: unknown content kind {content:?}")))?;
+    let old = entry_at(r, 3)?;
+    let frame = match (off, len) {
+        (Some(o), Some(l)) if o >= 0 && l >= 0 => Some((o as u64, l as u64)),
+        (None, None) => None,
+        _ => {
+            return Err(damaged(format!(
+                "point {point}: a frame location is invalid"
+            )))
+        }
+    };
+    let needs_frame = matches!(
+        content,
+        ContentKind::Delta | ContentKind::Chunked | ContentKind::Full
+    );
+    if needs_frame && frame.is_none() || (content == ContentKind::Absent) != old.is_none() {
+        return Err(damaged(format!(
+            "point {point}: a {} change does not hold what it needs",
+            content.as_str()
+        )));
+    }
+    Ok(Change {
+        point,
+        path: r.get(1)?,
+        content,
+        old,
+        frame,
+        new_hash: hash_at(r, ENTRY_N + 5)?,
+    })
+}
+
+fn entry_from_row(r: &Row) -> rusqlite::Result<(RelPath, Entry)> {
+    let path: Vec<u8> = r.get(0)?;
+    rowsum::check(r, "entries", ENTRIES_N, || {
+        format!("the entry of {}", crate::model::display_path(&path))
+    })?;
+    let mut e = entry_at(r, 1)?.ok_or_else(|| damaged("a replica entry without a kind"))?;
+    e.ino = r.get::<_, i64>(ENTRY_N + 1)? as u64;
+    e.ctime = Timestamp {
+        sec: r.get(ENTRY_N + 2)?,
+        nsec: r.get(ENTRY_N + 3)?,
+    };
+    Ok((path, e))
+}
+
+fn upsert_entry(tx: &Transaction, path: &[u8], e: &Entry) -> rusqlite::Result<()> {
+    let mut v = vec![Value::Blob(path.to_vec())];
+    v.extend(entry_values(Some(e)));
+    v.extend([
+        Value::Integer(e.ino as i64),
+        Value::Integer(e.ctime.sec),
+        Value::Integer(e.ctime.nsec.into()),
+    ]);
+    tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO entries ({}, sum) VALUES ({})",
+        entries_cols(),
+        placeholders(ENTRIES_N + 1)
+    ))?
+    .execute(params_from_iter(sealed("entries", v)))?;
+    Ok(())
+}
+
+fn delete_entry(tx: &Transaction, path: &[u8]) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM entries WHERE path=?1")?
+        .execute([path])?;
+    Ok(())
+}
+
+fn insert_change(tx: &Transaction, c: &Change) -> rusqlite::Result<()> {
+    let mut v = vec![
+        Value::Integer(c.point),
+        Value::Blob(c.path.clone()),
+        Value::Text(c.content.as_str().into()),
+    ];
+    v.extend(entry_values(c.old.as_ref()));
+    let (off, len) = match c.frame {
+        Some((o, l)) => (Value::Integer(o as i64), Value::Integer(l as i64)),
+        None => (Value::Null, Value::Null),
+    };
+    v.extend([
+        off,
+        len,
+        c.new_hash.map_or(Value::Null, |h| Value::Blob(h.to_vec())),
+    ]);
+    tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO changes ({}, sum) VALUES ({})",
+        changes_cols(),
+        placeholders(CHANGES_N + 1)
+    ))?
+    .execute(params_from_iter(sealed("changes", v)))?;
+    Ok(())
+}
+
+/// Seals every row of a store migrated from a schema without checksums, from the values the
+/// rows hold now (they were trusted as they are until this point).
+fn seal_all(tx: &Transaction) -> rusqlite::Result<()> {
+    for (table, cols, keys) in tables() {
+        let n = cols.split(", ").count();
+        let key_at: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                cols.split(", ")
+                    .position(|c| c == *k)
+                    .expect("key is a column")
+            })
+            .collect();
+        let rows: Vec<Vec<Value>> = {
+            let mut st = tx.prepare(&format!("SELECT {cols} FROM {table}"))?;
+            let it = st.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect())?;
+            it.collect::<rusqlite::Result<_>>()?
+        };
+        let cond = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k}=?{}", i + 2))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mut up = tx.prepare(&format!("UPDATE {table} SET sum=?1 WHERE {cond}"))?;
+        for row in rows {
+            let sum = Value::Blob(rowsum::sum(table, row.iter().map(Into::into)));
+            let mut p = vec![sum];
+            p.extend(key_at.iter().map(|&i| row[i].clone()));
+            up.execute(params_from_iter(p))?;
+        }
+    }
+    Ok(())
 }
 
 impl Index {
+    /// Opens the index of `store`; `create` makes a new one when there is none.
     pub fn open(store: &Path, create: bool) -> Result<Index> {
         let path = store.join("index.db");
         if !create && !path.exists() {
@@ -227,9 +579,15 @@ impl Index {
                 supported,
             });
         }
+        if version == supported {
+            return Ok(());
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(sql)
                 .map_err(|e| db(&path, &format!("applying migration {}", i + 1), e))?;
+        }
+        if (version as usize) < SUMS_SINCE {
+            seal_all(&tx).map_err(|e| db(&path, "sealing rows with checksums", e))?;
         }
         tx.pragma_update(None, "user_version", supported)
             .map_err(|e| db(&path, "writing schema version", e))?;
@@ -237,35 +595,32 @@ impl Index {
             .map_err(|e| db(&path, "committing migration", e))
     }
 
-    pub fn err(&self, op: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    fn err(&self, op: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         let op = op.to_string();
         move |e| db(&self.path, &op, e)
     }
 
+    /// Runs `f` in one transaction; an error rolls it back.
+    fn in_tx<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&Transaction) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| db(&path, op, e))?;
+        let out = f(&tx).map_err(|e| db(&path, op, e))?;
+        tx.commit().map_err(|e| db(&path, op, e))?;
+        Ok(out)
+    }
+
+    /// Every point, running ones included, oldest first.
     pub fn points(&self) -> Result<Vec<Point>> {
         let mut st = self
             .conn
-            .prepare("SELECT id, created_at, kind, label, state, sources, files, bytes, stored_bytes, warnings, excludes FROM points ORDER BY id")
+            .prepare(&format!("SELECT {POINT_COLS}, sum FROM points ORDER BY id"))
             .map_err(self.err("listing points"))?;
         let rows = st
-            .query_map([], |r| {
-                let sources: String = r.get(5)?;
-                Ok(Point {
-                    id: r.get(0)?,
-                    created_at: r.get(1)?,
-                    kind: PointKind::parse(&r.get::<_, String>(2)?).as_str(),
-                    label: r.get(3)?,
-                    complete: r.get::<_, String>(4)? == "complete",
-                    sources: serde_json::from_str(&sources).unwrap_or_default(),
-                    files: r.get::<_, i64>(6)? as u64,
-                    bytes: r.get::<_, i64>(7)? as u64,
-                    stored_bytes: r.get::<_, i64>(8)? as u64,
-                    warnings: r.get::<_, i64>(9)? as u64,
-                    excludes: r
-                        .get::<_, Option<String>>(10)?
-                        .and_then(|j| serde_json::from_str(&j).ok()),
-                })
-            })
+            .query_map([], point_from_row)
             .map_err(self.err("listing points"))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.err("listing points"))
@@ -282,39 +637,117 @@ impl Index {
             .ok_or(Error::NoSuchPoint { id })
     }
 
+    /// A point in any state (a running one included).
+    fn point_row(conn: &Connection, id: PointId) -> rusqlite::Result<Point> {
+        conn.query_row(
+            &format!("SELECT {POINT_COLS}, sum FROM points WHERE id=?1"),
+            [id],
+            point_from_row,
+        )
+    }
+
+    /// Records a new `running` point and returns its id (never one used before).
     pub fn insert_point(
-        &self,
+        &mut self,
         created_at: &str,
         kind: PointKind,
         label: Option<&str>,
         sources: &[String],
         excludes: &[String],
     ) -> Result<PointId> {
-        let json = |v: &[String]| serde_json::to_string(v).expect("strings serialize");
-        self.conn
-            .execute(
-                "INSERT INTO points (created_at, kind, label, state, sources, excludes) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
-                params![created_at, kind.as_str(), label, json(sources), json(excludes)],
-            )
-            .map_err(self.err("recording a new point"))?;
-        Ok(self.conn.last_insert_rowid())
+        self.in_tx("recording a new point", |tx| {
+            tx.execute(
+                "INSERT INTO points (created_at, kind, state, sources) VALUES (?1, ?2, 'running', '[]')",
+                params![created_at, kind.as_str()],
+            )?;
+            let p = Point {
+                id: tx.last_insert_rowid(),
+                created_at: created_at.to_string(),
+                kind,
+                label: label.map(str::to_string),
+                complete: false,
+                sources: sources.to_vec(),
+                excludes: Some(excludes.to_vec()),
+                files: 0,
+                bytes: 0,
+                stored_bytes: 0,
+                warnings: 0,
+                boot_note: None,
+            };
+            write_point(tx, &p)?;
+            Ok(p.id)
+        })
     }
 
-    pub fn complete_point(
-        &self,
+    pub fn complete_point(&mut self, id: PointId, totals: PointTotals) -> Result<()> {
+        self.in_tx("marking the point complete", |tx| {
+            let mut p = Index::point_row(tx, id)?;
+            p.complete = true;
+            p.files = totals.files;
+            p.bytes = totals.bytes;
+            p.stored_bytes = totals.stored_bytes;
+            p.warnings = totals.warnings;
+            write_point(tx, &p)
+        })
+    }
+
+    /// One snapshot batch, in one transaction.
+    pub fn write_batch(&mut self, writes: impl IntoIterator<Item = BatchWrite>) -> Result<()> {
+        self.in_tx("recording a batch of changes", |tx| {
+            for w in writes {
+                match w {
+                    BatchWrite::Change(c) => insert_change(tx, &c)?,
+                    BatchWrite::Entry(p, e) => upsert_entry(tx, &p, &e)?,
+                    BatchWrite::Forget(p) => delete_entry(tx, &p)?,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops a running point in one transaction: entries back to the states its `changes`
+    /// recorded (or all entries, for the first point, which built them from nothing), its
+    /// changes, its boot captures and its row.
+    pub fn drop_running_point(
+        &mut self,
         id: PointId,
-        files: u64,
-        bytes: u64,
-        stored: u64,
-        warnings: u64,
+        changes: &[Change],
+        wipe_entries: bool,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE points SET state='complete', files=?2, bytes=?3, stored_bytes=?4, warnings=?5 WHERE id=?1",
-                params![id, files as i64, bytes as i64, stored as i64, warnings as i64],
-            )
-            .map_err(self.err("marking the point complete"))?;
-        Ok(())
+        self.in_tx("rolling back an interrupted point", |tx| {
+            if Index::point_row(tx, id)?.complete {
+                return Err(damaged(format!(
+                    "point {id} is complete: it is never rolled back"
+                )));
+            }
+            if wipe_entries {
+                tx.execute("DELETE FROM entries", [])?;
+            }
+            for c in changes {
+                match &c.old {
+                    Some(old) => upsert_entry(tx, &c.path, old)?,
+                    None => delete_entry(tx, &c.path)?,
+                }
+            }
+            tx.execute("DELETE FROM changes WHERE point_id=?1", [id])?;
+            tx.execute("DELETE FROM boot_captures WHERE point_id=?1", [id])?;
+            tx.execute("DELETE FROM points WHERE id=?1", [id])?;
+            Ok(())
+        })
+    }
+
+    /// Removes the oldest point `oldest` in one transaction: its row, its boot captures and
+    /// the changes of `successor`, which only served to step back to it.
+    pub fn remove_oldest_point(&mut self, oldest: PointId, successor: PointId) -> Result<()> {
+        self.in_tx("removing the oldest point", |tx| {
+            tx.execute(
+                "DELETE FROM changes WHERE point_id IN (?1, ?2)",
+                [oldest, successor],
+            )?;
+            tx.execute("DELETE FROM boot_captures WHERE point_id=?1", [oldest])?;
+            tx.execute("DELETE FROM points WHERE id=?1", [oldest])?;
+            Ok(())
+        })
     }
 
     /// Records the boot area captured with a running point: (disk, manifest JSON) pairs, or
@@ -325,38 +758,33 @@ impl Index {
         captures: &[(String, String)],
         note: Option<&str>,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let e = |op: &'static str| db_op(&path, op);
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(e("recording the boot area"))?;
-        for (disk, manifest) in captures {
-            tx.execute(
-                "INSERT INTO boot_captures (point_id, disk, manifest) VALUES (?1, ?2, ?3)",
-                params![point, disk, manifest],
-            )
-            .map_err(e("recording the boot area"))?;
-        }
-        tx.execute(
-            "UPDATE points SET boot_note=?2 WHERE id=?1",
-            params![point, note],
-        )
-        .map_err(e("recording the boot area"))?;
-        tx.commit().map_err(e("recording the boot area"))
+        self.in_tx("recording the boot area", |tx| {
+            for (disk, manifest) in captures {
+                let v = vec![
+                    Value::Integer(point),
+                    Value::Text(disk.clone()),
+                    Value::Text(manifest.clone()),
+                ];
+                tx.execute(
+                    &format!(
+                        "INSERT INTO boot_captures ({BOOT_COLS}, sum) VALUES (?1, ?2, ?3, ?4)"
+                    ),
+                    params_from_iter(sealed("boot_captures", v)),
+                )?;
+            }
+            let mut p = Index::point_row(tx, point)?;
+            p.boot_note = note.map(str::to_string);
+            write_point(tx, &p)
+        })
     }
 
     /// The boot manifests of a point (JSON), and the note saying why there are none.
     pub fn boot_of(&self, point: PointId) -> Result<(Vec<String>, Option<String>)> {
         let manifests = self.boot_manifests(Some(point))?;
-        let note = self
-            .conn
-            .query_row("SELECT boot_note FROM points WHERE id=?1", [point], |r| {
-                r.get(0)
-            })
+        let note = Index::point_row(&self.conn, point)
             .optional()
             .map_err(self.err("reading the boot area"))?
-            .flatten();
+            .and_then(|p| p.boot_note);
         Ok((manifests, note))
     }
 
@@ -365,55 +793,94 @@ impl Index {
     pub fn boot_manifests(&self, point: Option<PointId>) -> Result<Vec<String>> {
         let mut st = self
             .conn
-            .prepare(
-                "SELECT manifest FROM boot_captures WHERE ?1 IS NULL OR point_id=?1 ORDER BY point_id, disk",
-            )
+            .prepare(&format!(
+                "SELECT {BOOT_COLS}, sum FROM boot_captures ORDER BY point_id, disk"
+            ))
             .map_err(self.err("reading the boot area"))?;
         let rows = st
-            .query_map([point], |r| r.get(0))
+            .query_map([], |r| {
+                let id: PointId = r.get(0)?;
+                rowsum::check(r, "boot_captures", BOOT_N, || {
+                    format!("the boot area of point {id}")
+                })?;
+                Ok((id, r.get::<_, String>(2)?))
+            })
             .map_err(self.err("reading the boot area"))?;
-        rows.collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(self.err("reading the boot area"))
+        let all = rows
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("reading the boot area"))?;
+        Ok(all
+            .into_iter()
+            .filter(|(id, _)| point.is_none_or(|p| p == *id))
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// Every restore journal row, oldest first (all are read, so damage to any is found).
+    pub fn restores(&self) -> Result<Vec<RestoreJournal>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {RESTORE_COLS}, sum FROM restores ORDER BY id"
+            ))
+            .map_err(self.err("reading the restore journal"))?;
+        let rows = st
+            .query_map([], restore_from_row)
+            .map_err(self.err("reading the restore journal"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("reading the restore journal"))
     }
 
     /// The newest unfinished in-place restore of `target`, if any.
     pub fn unfinished_restore(&self, target: &str) -> Result<Option<RestoreJournal>> {
-        self.conn
-            .query_row(
-                "SELECT id, point_id, safety_point, started_at FROM restores WHERE target=?1 AND state='running' ORDER BY id DESC LIMIT 1",
-                [target],
-                |r| Ok(RestoreJournal { id: r.get(0)?, point: r.get(1)?, safety_point: r.get(2)?, started_at: r.get(3)? }),
-            )
-            .optional()
-            .map_err(self.err("reading the restore journal"))
+        Ok(self
+            .restores()?
+            .into_iter()
+            .rev()
+            .find(|j| !j.complete && j.target == target))
     }
 
     pub fn begin_restore(
-        &self,
+        &mut self,
         point: PointId,
         target: &str,
         paths: &[String],
         safety: Option<PointId>,
     ) -> Result<i64> {
         let started = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
-        self.conn
-            .execute(
-                "INSERT INTO restores (point_id, target, paths, safety_point, started_at, state) VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
-                params![point, target, serde_json::to_string(paths).expect("strings serialize"), safety, started],
-            )
-            .map_err(self.err("writing the restore journal"))?;
-        Ok(self.conn.last_insert_rowid())
+        self.in_tx("writing the restore journal", |tx| {
+            tx.execute(
+                "INSERT INTO restores (point_id, target, paths, started_at, state) VALUES (?1, ?2, '[]', ?3, 'running')",
+                params![point, target, started],
+            )?;
+            let j = RestoreJournal {
+                id: tx.last_insert_rowid(),
+                point,
+                target: target.to_string(),
+                paths: paths.to_vec(),
+                safety_point: safety,
+                started_at: started.clone(),
+                complete: false,
+            };
+            write_restore(tx, &j)?;
+            Ok(j.id)
+        })
     }
 
     /// Marks every restore of `target` finished: the tree now equals the last one's point.
-    pub fn finish_restores(&self, target: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE restores SET state='complete' WHERE target=?1",
-                [target],
-            )
-            .map_err(self.err("writing the restore journal"))?;
-        Ok(())
+    pub fn finish_restores(&mut self, target: &str) -> Result<()> {
+        let open: Vec<RestoreJournal> = self
+            .restores()?
+            .into_iter()
+            .filter(|j| !j.complete && j.target == target)
+            .collect();
+        self.in_tx("writing the restore journal", |tx| {
+            for mut j in open {
+                j.complete = true;
+                write_restore(tx, &j)?;
+            }
+            Ok(())
+        })
     }
 
     /// Calls `f` for every replica entry in byte order of path.
@@ -421,20 +888,13 @@ impl Index {
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT path, {ENTRY_COLS}, ino, ctime_s, ctime_ns FROM entries ORDER BY path"
+                "SELECT {}, sum FROM entries ORDER BY path",
+                entries_cols()
             ))
             .map_err(self.err("reading entries"))?;
         let mut rows = st.query([]).map_err(self.err("reading entries"))?;
         while let Some(r) = rows.next().map_err(self.err("reading entries"))? {
-            let path: Vec<u8> = r.get(0).map_err(self.err("reading entries"))?;
-            let mut e = entry_at(r, 1)
-                .map_err(self.err("reading entries"))?
-                .expect("entries rows have a kind");
-            e.ino = r.get::<_, i64>(15).map_err(self.err("reading entries"))? as u64;
-            e.ctime = Timestamp {
-                sec: r.get(16).map_err(self.err("reading entries"))?,
-                nsec: r.get(17).map_err(self.err("reading entries"))?,
-            };
+            let (path, e) = entry_from_row(r).map_err(self.err("reading entries"))?;
             f(path, e)?;
         }
         Ok(())
@@ -442,14 +902,31 @@ impl Index {
 
     pub fn entry(&self, path: &[u8]) -> Result<Option<Entry>> {
         self.conn
-            .query_row(
-                &format!("SELECT {ENTRY_COLS} FROM entries WHERE path=?1"),
-                [path],
-                |r| entry_at(r, 0),
-            )
-            .optional()
-            .map(Option::flatten)
+            .prepare_cached(&format!(
+                "SELECT {}, sum FROM entries WHERE path=?1",
+                entries_cols()
+            ))
+            .and_then(|mut st| st.query_row([path], entry_from_row).optional())
+            .map(|o| o.map(|(_, e)| e))
             .map_err(self.err("reading an entry"))
+    }
+
+    /// Replica entries with a hardlink leader that is not a lone or leading regular file: a
+    /// point with such an entry would never restore (its followers link to nothing).
+    pub fn dangling_links(&self) -> Result<Vec<(RelPath, RelPath)>> {
+        let mut files: std::collections::HashMap<RelPath, bool> = Default::default();
+        let mut links = Vec::new();
+        self.for_each_entry(|p, e| {
+            if e.kind == Kind::File {
+                files.insert(p.clone(), e.link.is_none());
+            }
+            if let Some(l) = e.link {
+                links.push((p, l));
+            }
+            Ok(())
+        })?;
+        links.retain(|(_, l)| files.get(l) != Some(&true));
+        Ok(links)
     }
 
     /// All changes of points after `after`, ordered by path, then point (ascending).
@@ -472,7 +949,10 @@ impl Index {
 
     /// Changes of `path` in points after `after`, newest first: the chain that rebuilds it.
     pub fn chain_of(&self, path: &[u8], after: PointId) -> Result<Vec<Change>> {
-        let sql = format!("SELECT point_id, path, content, {ENTRY_COLS}, frame_offset, frame_len, new_hash FROM changes WHERE path=?1 AND point_id > ?2 ORDER BY point_id DESC");
+        let sql = format!(
+            "SELECT {}, sum FROM changes WHERE path=?1 AND point_id > ?2 ORDER BY point_id DESC",
+            changes_cols()
+        );
         let mut st = self
             .conn
             .prepare_cached(&sql)
@@ -490,7 +970,7 @@ impl Index {
         arg: PointId,
         f: &mut dyn FnMut(Change) -> Result<()>,
     ) -> Result<()> {
-        let sql = format!("SELECT point_id, path, content, {ENTRY_COLS}, frame_offset, frame_len, new_hash FROM changes WHERE {cond}");
+        let sql = format!("SELECT {}, sum FROM changes WHERE {cond}", changes_cols());
         let mut st = self
             .conn
             .prepare(&sql)
@@ -501,110 +981,53 @@ impl Index {
         }
         Ok(())
     }
-}
 
-fn change_from_row(r: &Row) -> rusqlite::Result<Change> {
-    let content: String = r.get(2)?;
-    let off: Option<i64> = r.get(17)?;
-    let len: Option<i64> = r.get(18)?;
-    Ok(Change {
-        point: r.get(0)?,
-        path: r.get(1)?,
-        content: ContentKind::parse(&content).unwrap_or(ContentKind::Same),
-        old: entry_at(r, 3)?,
-        frame: off.zip(len).map(|(o, l)| (o as u64, l as u64)),
-        new_hash: hash_from(r.get(19)?),
-    })
-}
-
-/// Maps a rusqlite error of operation `op` on the index at `path`; usable while the
-/// connection is mutably borrowed by a transaction.
-pub fn db_op(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
-    let path = path.to_path_buf();
-    move |e| db(&path, op, e)
-}
-
-pub fn db(path: &Path, op: &str, source: rusqlite::Error) -> Error {
-    Error::Db {
-        path: path.to_path_buf(),
-        op: op.to_string(),
-        source,
+    /// Runs SQLite's own structure check (b-trees, indexes, free list): damage in pages no
+    /// row read touches.
+    pub fn integrity_problems(&self) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(self.err("checking the index"))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.err("checking the index"))?;
+        let out = rows
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("checking the index"))?;
+        Ok(out.into_iter().filter(|l| l != "ok").collect())
     }
 }
 
-/// Writes of one batch, all in one transaction.
-pub fn upsert_entry(tx: &Transaction, path: &[u8], e: &Entry) -> rusqlite::Result<()> {
-    let p = entry_params(e);
-    tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO entries (path, {ENTRY_COLS}, ino, ctime_s, ctime_ns) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"
-    ))?
-    .execute(params![path, p.0, p.1, p.2, p.3, p.4, p.5, p.6, p.7, p.8, p.9, p.10, p.11, p.12, p.13, e.ino as i64, e.ctime.sec, e.ctime.nsec])?;
-    Ok(())
-}
-
-pub fn delete_entry(tx: &Transaction, path: &[u8]) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM entries WHERE path=?1")?
-        .execute([path])?;
-    Ok(())
-}
-
-pub fn insert_change(tx: &Transaction, c: &Change) -> rusqlite::Result<()> {
-    let (off, len) = match c.frame {
-        Some((o, l)) => (Some(o as i64), Some(l as i64)),
-        None => (None, None),
-    };
-    let new_hash = c.new_hash.map(|h| h.to_vec());
-    let mut st = tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO changes (point_id, path, content, {ENTRY_COLS}, frame_offset, frame_len, new_hash) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)"
-    ))?;
-    match &c.old {
-        Some(e) => {
-            let p = entry_params(e);
-            st.execute(params![
-                c.point,
-                c.path,
-                c.content.as_str(),
-                p.0,
-                p.1,
-                p.2,
-                p.3,
-                p.4,
-                p.5,
-                p.6,
-                p.7,
-                p.8,
-                p.9,
-                p.10,
-                p.11,
-                p.12,
-                p.13,
-                off,
-                len,
-                new_hash
-            ])?
+/// What in a rusqlite error says the index itself is damaged, rather than unreachable.
+fn damage_in(e: &rusqlite::Error) -> Option<String> {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(_, _, b) if b.is::<RowDamaged>() => {
+            Some(b.to_string())
         }
-        None => st.execute(params![
-            c.point,
-            c.path,
-            c.content.as_str(),
-            None::<i64>,
-            None::<i64>,
-            None::<i64>,
-            None::<i64>,
-            None::<i64>,
-            None::<i64>,
-            None::<i64>,
-            None::<i64>,
-            None::<Vec<u8>>,
-            None::<Vec<u8>>,
-            None::<Vec<u8>>,
-            None::<i64>,
-            None::<Vec<u8>>,
-            None::<i64>,
-            off,
-            len,
-            new_hash
-        ])?,
-    };
-    Ok(())
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, DatabaseCorrupt | NotADatabase) =>
+        {
+            Some(e.to_string())
+        }
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..) => Some(format!("a value has the wrong type: {e}")),
+        _ => None,
+    }
+}
+
+pub fn db(path: &Path, op: &str, source: rusqlite::Error) -> Error {
+    match damage_in(&source) {
+        Some(what) => Error::Damaged {
+            what: format!("index {} ({op}): {what}", path.display()),
+        },
+        None => Error::Db {
+            path: path.to_path_buf(),
+            op: op.to_string(),
+            source,
+        },
+    }
 }

@@ -7,6 +7,7 @@
 mod index;
 mod pack;
 pub mod replica;
+mod rowsum;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -14,10 +15,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub use index::{db as db_err, db_op};
 pub use index::{
-    delete_entry, insert_change, upsert_entry, Change, ContentKind, Index, Point, PointId,
-    PointKind, RestoreJournal,
+    BatchWrite, Change, ContentKind, Index, Point, PointId, PointKind, PointTotals, RestoreJournal,
 };
 pub use pack::{FrameReader, PackWriter};
 
@@ -35,26 +34,41 @@ pub struct Store {
 const SUBDIRS: [&str; 4] = ["replica", "packs", "staging", "boot"];
 
 impl Store {
-    /// Opens (creating it if needed) the store for writing: takes the lock and rolls back an
-    /// interrupted point.
+    /// Opens the store for writing: takes the lock. With `create`, a new store is made where
+    /// there is none; a directory that holds a store's data but no index is refused, never
+    /// started afresh (that would reuse point ids and delete every pack as an orphan). The
+    /// caller runs the recovery steps (rollback, garbage collection) it needs: see
+    /// `engine::open_writer`.
     pub fn open_for_writing(dir: &Path, create: bool) -> Result<Store> {
-        if create {
+        if !dir.join("index.db").exists() {
+            if let Some(what) = store_data_without_index(dir) {
+                return Err(Error::NoIndex {
+                    store: dir.to_path_buf(),
+                    what,
+                });
+            }
+            if !create {
+                return Err(Error::NoStore {
+                    store: dir.to_path_buf(),
+                });
+            }
             make_layout(dir)?;
-        } else if !dir.join("index.db").exists() {
-            return Err(Error::NoStore {
-                store: dir.to_path_buf(),
-            });
         }
         let lock = take_lock(dir)?;
-        let mut store = Store::open_inner(dir, Some(lock))?;
-        crate::recover::roll_back_running(&mut store)?;
-        store.remove_orphan_packs()?;
-        crate::boot::remove_unreferenced(&store)?;
-        Ok(store)
+        Store::open_inner(dir, Some(lock))
     }
 
-    /// Opens for reading only (list, show): no lock, running points ignored.
+    /// Opens for reading only (list, show, diff, verify): no lock, nothing rolled back,
+    /// deleted or written (a migration to this binary's schema aside).
     pub fn open_for_reading(dir: &Path) -> Result<Store> {
+        if !dir.join("index.db").exists() {
+            if let Some(what) = store_data_without_index(dir) {
+                return Err(Error::NoIndex {
+                    store: dir.to_path_buf(),
+                    what,
+                });
+            }
+        }
         Store::open_inner(dir, None)
     }
 
@@ -97,7 +111,7 @@ impl Store {
 
     /// Packs no point refers to: left when a removal crashed between its commit and the file
     /// deletion. Called under the lock, after rollback, so no running point owns one.
-    fn remove_orphan_packs(&self) -> Result<()> {
+    pub fn remove_orphan_packs(&self) -> Result<()> {
         let known: std::collections::HashSet<PointId> =
             self.index.points()?.iter().map(|p| p.id).collect();
         let dir = self.dir.join("packs");
@@ -176,6 +190,21 @@ pub fn usage(dir: &Path) -> Usage {
         }
     }
     u
+}
+
+/// What in `dir` shows it held a store, when its index is gone: a replica with content,
+/// packs, or boot pieces.
+fn store_data_without_index(dir: &Path) -> Option<String> {
+    let nonempty = |sub: &str| {
+        fs::read_dir(dir.join(sub))
+            .map(|mut rd| rd.next().is_some())
+            .unwrap_or(false)
+    };
+    let found: Vec<&str> = ["replica", "packs", "boot"]
+        .into_iter()
+        .filter(|s| nonempty(s))
+        .collect();
+    (!found.is_empty()).then(|| found.join(", "))
 }
 
 fn make_layout(dir: &Path) -> Result<()> {

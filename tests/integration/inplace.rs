@@ -229,7 +229,7 @@ fn restore_of_one_path_leaves_everything_else_alone() {
         "keep v2\n"
     );
     let out = RESTORE.expect(
-        1,
+        2,
         &[
             "--root",
             Lab::s(&lab.sys()),

@@ -1,13 +1,16 @@
 //! The integration tests: one binary, real trees on disk, the real binaries, real SQLite and zstd.
 
 mod boot;
+mod busy;
 mod cli;
 mod config;
 mod crash;
+mod damage;
 mod fidelity;
 mod inplace;
 mod interactive;
 mod kit;
 mod props;
+mod refusals;
 mod selection;
 mod util;

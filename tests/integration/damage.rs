@@ -1,0 +1,363 @@
+//! A store damaged on purpose: bit flips in replica files, pack frames and random bytes of
+//! `index.db`; truncated, missing and extra packs; a deleted index; leftover staging files;
+//! an in-place restore left unfinished. For each, `verify --full` finds it, and no restore
+//! writes a wrong byte or metadata field with exit 0.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Four points of a tree that changes between them (content, modes, xattrs, hardlinks,
+/// additions and deletions); returns each point's fingerprint.
+fn four_points(lab: &Lab) -> BTreeMap<i64, Fingerprint> {
+    let steps = [
+        r#"
+        mkdir -p etc/app var/log bin
+        for f in $(seq 1 30); do seq 1 $((f * 50)) > etc/app/conf$f; done
+        head -c 300000 /dev/urandom > bin/tool && chmod 755 bin/tool
+        echo log > var/log/syslog && ln etc/app/conf1 etc/app/conf1.link
+        setfattr -n user.tag -v one etc/app/conf2
+        ln -s app/conf3 etc/link
+        "#,
+        r#"
+        seq 1 999 >> etc/app/conf4 && chmod 600 etc/app/conf5 && rm etc/app/conf6
+        setfattr -n user.tag -v two etc/app/conf2 && echo more >> var/log/syslog
+        head -c 1000 /dev/urandom | dd of=bin/tool bs=1 seek=5000 conv=notrunc 2>/dev/null
+        "#,
+        r#"
+        echo new > etc/app/added && seq 5 7000 > etc/app/conf7 && echo changed > etc/app/conf1
+        touch -d '2020-01-02 03:04:05.123456789' etc/app/conf8 && rm etc/link
+        "#,
+        r#"
+        rm -r var/log && seq 1 20 > etc/app/conf9 && chmod 640 etc/app/conf10
+        "#,
+    ];
+    let mut out = BTreeMap::new();
+    for s in steps {
+        lab.run_sh(s);
+        out.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    }
+    out
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Detected,
+    /// Not found by verify, and every point still restores exactly (a byte nothing reads).
+    Harmless,
+    /// Not found by verify, but a restore refused: verify missed damage.
+    Missed(String),
+    SilentlyWrong(String),
+}
+
+/// Runs `verify --full` and restores every point from `store` into fresh targets.
+fn judge(lab: &Lab, store: &Path, expected: &BTreeMap<i64, Fingerprint>) -> Outcome {
+    let verify = SNAPSHOT.run(&["verify", "--full", "--store", Lab::s(store)]);
+    let detected = verify.status.code() != Some(0);
+    let mut refused = None;
+    for (id, fp) in expected {
+        let target = lab.target("judged");
+        let _ = std::fs::remove_dir_all(&target);
+        let out = RESTORE.run(&[
+            "--store",
+            Lab::s(store),
+            "--point",
+            &id.to_string(),
+            "--target",
+            Lab::s(&target),
+            "--yes",
+        ]);
+        match out.status.code() {
+            Some(0) | Some(3) => {
+                if &fingerprint(&target) != fp {
+                    return Outcome::SilentlyWrong(format!(
+                        "point {id} restored with exit {:?} but differs",
+                        out.status.code()
+                    ));
+                }
+            }
+            code => {
+                refused = Some(format!(
+                    "point {id}: exit {code:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        }
+    }
+    match (detected, refused) {
+        (true, _) => Outcome::Detected,
+        (false, None) => Outcome::Harmless,
+        (false, Some(why)) => Outcome::Missed(why),
+    }
+}
+
+fn copy_store(lab: &Lab, name: &str) -> PathBuf {
+    let to = lab.target(name);
+    let _ = std::fs::remove_dir_all(&to);
+    let st = std::process::Command::new("cp")
+        .args(["-a", Lab::s(&lab.store()), Lab::s(&to)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    to
+}
+
+fn flip(path: &Path, at: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, at).unwrap();
+}
+
+fn len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// Damages the store copy it is given.
+type Damager = Box<dyn Fn(&Path)>;
+
+#[test]
+fn damaged_stores_are_detected_and_never_restore_wrong_data() {
+    let lab = Lab::new();
+    let expected = four_points(&lab);
+    let ids: Vec<i64> = expected.keys().copied().collect();
+    let mut rng = Rng(0x5eed_1234_abcd);
+    let mut cases: Vec<(String, Damager)> = Vec::new();
+    for i in 0..16 {
+        let (at, mask) = (rng.next(), 1u8 << rng.below(8));
+        cases.push((
+            format!("index.db byte flip {i}"),
+            Box::new(move |s: &Path| {
+                let db = s.join("index.db");
+                flip(&db, at % len(&db), mask)
+            }),
+        ));
+    }
+    for (name, file) in [
+        ("bin/tool", "replica/bin/tool"),
+        ("conf4", "replica/etc/app/conf4"),
+    ] {
+        let at = rng.next();
+        cases.push((
+            format!("replica flip in {name}"),
+            Box::new(move |s: &Path| {
+                let p = s.join(file);
+                flip(&p, at % len(&p), 0x10)
+            }),
+        ));
+    }
+    for &id in &ids[1..] {
+        let at = rng.next();
+        cases.push((
+            format!("pack {id} byte flip"),
+            Box::new(move |s: &Path| {
+                let p = s.join(format!("packs/{id}.pack"));
+                if len(&p) > 0 {
+                    flip(&p, at % len(&p), 0x01)
+                }
+            }),
+        ));
+    }
+    // Damage that lands inside a row's values, one field at a time, as a flipped bit would
+    // (SQLite has no xor: (x | m) - (x & m) flips bit m of x).
+    for sql in [
+        "UPDATE entries SET gid = (gid | 1) - (gid & 1) WHERE path = CAST('etc/app/conf5' AS BLOB)",
+        "UPDATE entries SET mode = (mode | 1024) - (mode & 1024) WHERE path = CAST('bin/tool' AS BLOB)",
+        "UPDATE entries SET mtime_ns = (mtime_ns | 4) - (mtime_ns & 4) WHERE path = CAST('etc/app/conf8' AS BLOB)",
+        "UPDATE entries SET xattrs = CAST('garbage' AS BLOB) WHERE path = CAST('etc/app/conf2' AS BLOB)",
+        "UPDATE entries SET kind = 9 WHERE path = CAST('etc/app/conf3' AS BLOB)",
+        "UPDATE changes SET uid = (uid | 2) - (uid & 2) WHERE uid IS NOT NULL",
+        "UPDATE changes SET frame_offset = frame_offset + 1 WHERE frame_offset IS NOT NULL",
+        "UPDATE changes SET hash = zeroblob(32) WHERE hash IS NOT NULL",
+        "UPDATE changes SET content = 'other' WHERE content = 'delta'",
+        "UPDATE points SET kind = 'weekly' WHERE id = 1",
+        "UPDATE points SET excludes = '[not json' WHERE id = 2",
+    ] {
+        cases.push((
+            format!("index row: {sql}"),
+            Box::new(move |s: &Path| {
+                let c = rusqlite::Connection::open(s.join("index.db")).unwrap();
+                // A flipped byte is not held to the schema's CHECKs either.
+                c.pragma_update(None, "ignore_check_constraints", true).unwrap();
+                assert!(c.execute(sql, []).unwrap() > 0, "{sql} changed nothing");
+            }),
+        ));
+    }
+    let last = *ids.last().unwrap();
+    cases.push((
+        "truncated pack".into(),
+        Box::new(move |s: &Path| {
+            let p = s.join(format!("packs/{last}.pack"));
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_len(len(&p) / 2).unwrap();
+        }),
+    ));
+    cases.push((
+        "missing pack".into(),
+        Box::new(move |s: &Path| {
+            std::fs::remove_file(s.join(format!("packs/{last}.pack"))).unwrap()
+        }),
+    ));
+    cases.push((
+        "extra pack".into(),
+        Box::new(|s: &Path| std::fs::write(s.join("packs/999.pack"), b"stray").unwrap()),
+    ));
+    cases.push((
+        "lost index".into(),
+        Box::new(|s: &Path| std::fs::remove_file(s.join("index.db")).unwrap()),
+    ));
+
+    let mut tally: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for (name, damage) in &cases {
+        let store = copy_store(&lab, "damaged");
+        damage(&store);
+        let outcome = judge(&lab, &store, &expected);
+        eprintln!("{name}: {outcome:?}");
+        let key = match &outcome {
+            Outcome::Detected => "detected",
+            Outcome::Harmless => "harmless",
+            Outcome::Missed(_) => "missed",
+            Outcome::SilentlyWrong(_) => "silently wrong",
+        };
+        *tally.entry(key).or_insert(0) += 1;
+        if matches!(outcome, Outcome::Missed(_) | Outcome::SilentlyWrong(_)) {
+            wrong.push(format!("{name}: {outcome:?}"));
+        }
+    }
+    let n = |k: &str| tally.get(k).copied().unwrap_or(0);
+    println!(
+        "{} damage cases: {} detected, {} harmless (a byte nothing reads), {} missed by verify, {} silently wrong",
+        cases.len(),
+        n("detected"),
+        n("harmless"),
+        n("missed"),
+        n("silently wrong")
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Every damage to data that is read must be found, not only survived.
+    assert!(n("detected") >= cases.len() as u64 - 16, "{tally:?}");
+}
+
+#[test]
+fn a_lost_index_stops_every_command_and_keeps_the_data() {
+    let lab = Lab::new();
+    four_points(&lab);
+    std::fs::remove_file(lab.store().join("index.db")).unwrap();
+    let before = fingerprint(&lab.store());
+    let (sys, store) = (lab.sys(), lab.store());
+    let root = ["--root", Lab::s(&sys), "--store", Lab::s(&store)];
+    let out = SNAPSHOT.expect(5, &root);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no index.db") && err.contains("nothing was written"),
+        "{err}"
+    );
+    SNAPSHOT.expect(5, &["list", "--store", Lab::s(&lab.store())]);
+    SNAPSHOT.expect(
+        5,
+        &["prune", "--oldest", "1", "--store", Lab::s(&lab.store())],
+    );
+    assert!(
+        !lab.store().join("index.db").exists(),
+        "an index was made anew"
+    );
+    assert_same(
+        &before,
+        &fingerprint(&lab.store()),
+        "the store after the refusals",
+    );
+}
+
+#[test]
+fn leftover_staging_files_never_enter_a_point() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir d && echo one > d/a");
+    let mut expected = BTreeMap::new();
+    expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    // What a kill during a rollback leaves, under every name a snapshot could pick.
+    let staging = lab.store().join("staging");
+    for i in 1..50 {
+        std::fs::write(staging.join(format!("n{i}")), b"stale").unwrap();
+        std::fs::write(staging.join(format!("n2-{i}")), b"stale").unwrap();
+    }
+    lab.run_sh("for i in $(seq 1 20); do echo new$i > d/new$i; done; ln d/new1 d/zlink");
+    let report = lab.snapshot_json();
+    assert_eq!(report["warnings"].as_array().unwrap().len(), 0, "{report}");
+    expected.insert(report["point"].as_i64().unwrap(), fingerprint(&lab.sys()));
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&lab.store())]);
+    assert_eq!(judge(&lab, &lab.store(), &expected), Outcome::Harmless);
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+}
+
+#[test]
+fn an_unfinished_restore_refuses_snapshots_and_keeps_its_points() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir d && for i in $(seq 1 40); do echo v1-$i > d/f$i; done");
+    let p1 = lab.snapshot();
+    let fp1 = fingerprint(&lab.sys());
+    lab.run_sh("for i in $(seq 1 40); do echo v2-$i > d/f$i; done");
+    lab.snapshot();
+    let (sys, store) = (lab.sys(), lab.store());
+    let restore = [
+        "--root",
+        Lab::s(&sys),
+        "--store",
+        Lab::s(&store),
+        "--point",
+        &p1.to_string(),
+        "--yes",
+    ];
+    let killed = std::process::Command::new(RESTORE.path())
+        .args(restore)
+        .env("RESTOREPOINT_FAILPOINT", "restore-after-item:10")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "the restore was killed");
+    let snap = ["--root", Lab::s(&sys), "--store", Lab::s(&store)];
+    let out = SNAPSHOT.expect(7, &snap);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "run system_restore again to finish restoring point {p1}"
+        )),
+        "{err}"
+    );
+    // Retention may not take the point the restore converges to.
+    let out = SNAPSHOT.expect(
+        7,
+        &["prune", "--oldest", "5", "--store", Lab::s(&lab.store())],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unfinished"));
+    let list = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
+    let points: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(points.as_array().unwrap().iter().any(|p| p["id"] == p1));
+    RESTORE.expect(0, &restore);
+    assert_same(
+        &fp1,
+        &fingerprint_except(&lab.sys(), &[]),
+        "the tree after the rerun",
+    );
+    SNAPSHOT.expect(0, &snap);
+}
