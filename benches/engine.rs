@@ -36,6 +36,7 @@ fn opts() -> SnapshotOptions {
         level: Level::default(),
         admission: None,
         boot: restorepoint::boot::Source::Off,
+        kit_bytes: 0,
     }
 }
 

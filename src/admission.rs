@@ -18,6 +18,9 @@ pub struct Estimate {
     pub growth: u64,
     /// Size of the new point's data (the replica's size once it is recorded).
     pub data_after: u64,
+    /// Bytes written beside the store's data (the recovery kit's new copies): they take the
+    /// filesystem's space, not the store's ceiling.
+    pub kit: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +39,25 @@ pub fn check(
     now: DateTime<FixedOffset>,
 ) -> Result<(), String> {
     let reserve = space.fs_size / 100 * RESERVE_PERCENT;
-    if space.fs_free < est.growth.saturating_add(reserve) {
+    let needed = est.growth.saturating_add(est.kit);
+    if space.fs_free < needed.saturating_add(reserve) {
+        let what = if est.kit > 0 {
+            format!(
+                "the new point and the recovery kit's new binaries need about {} ({} + {})",
+                bytes(needed),
+                bytes(est.growth),
+                bytes(est.kit)
+            )
+        } else {
+            format!("the new point needs about {}", bytes(needed))
+        };
+        let kit_hint = if est.kit > 0 {
+            ", or turn the kit off ([boot] kit = false)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "the new point needs about {} but the store's filesystem has {} free, and {} ({RESERVE_PERCENT} %) must stay free; free some space or remove points (system_snapshot prune --oldest N)",
-            bytes(est.growth),
+            "{what} but the store's filesystem has {} free, and {} ({RESERVE_PERCENT} %) must stay free; free some space or remove points (system_snapshot prune --oldest N){kit_hint}",
             bytes(space.fs_free),
             bytes(reserve)
         ));
@@ -115,6 +133,7 @@ mod tests {
         let est = |growth_mb: u64, data_mb: u64| Estimate {
             growth: growth_mb * MB,
             data_after: data_mb * MB,
+            kit: 0,
         };
         // Ceiling for 100 MB of replica: 150 MB + 1 MiB slack.
         assert!(check(
@@ -177,5 +196,17 @@ mod tests {
         assert!(check(None, &[], est(40, 1), tight, now()).is_ok());
         let err = check(None, &[], est(60, 1), tight, now()).unwrap_err();
         assert!(err.contains("must stay free"), "{err}");
+        // The kit's copies count against the filesystem, not the store's ceiling.
+        let with_kit = Estimate {
+            kit: 20 * MB,
+            ..est(40, 1)
+        };
+        let err = check(None, &[], with_kit, tight, now()).unwrap_err();
+        assert!(err.contains("recovery kit"), "{err}");
+        let big_kit = Estimate {
+            kit: 500 * MB,
+            ..est(1, 100)
+        };
+        assert!(check(Some(&policy), &old_points(1, 0), big_kit, space(120), now()).is_ok());
     }
 }

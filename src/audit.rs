@@ -67,7 +67,16 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
                 && opts.one_file_system
                 && !opts.sources.iter().any(|s| s == p)
             {
-                report.mounts_not_crossed.push(display_path(p));
+                // /proc, /sys, /dev: the directory is recorded, its contents are left out by
+                // rule, so listing it as a source would record nothing more.
+                match excludes.contents_rule(p) {
+                    Some(rule) => report.excluded.push(Excluded {
+                        path: format!("{}/*", display_path(p).trim_end_matches('/')),
+                        rule,
+                        bytes: None,
+                    }),
+                    None => report.mounts_not_crossed.push(display_path(p)),
+                }
             }
         }
         for p in hit.borrow_mut().drain(..) {

@@ -126,6 +126,18 @@ impl System {
     ) -> Result<(SnapshotReport, Vec<Decision>)> {
         let mut store = open_writer(&self.store, true)?;
         refuse_while_restoring(&store, &self.root, "snapshot")?;
+        if kit {
+            // A killed refresh's temp files would otherwise count as used space.
+            crate::boot::kit::remove_leftovers(&self.store);
+        }
+        let opts = &SnapshotOptions {
+            kit_bytes: if kit {
+                crate::boot::kit::expected_growth(&self.store)
+            } else {
+                0
+            },
+            ..opts.clone()
+        };
         let report = match snapshot::run(&mut store, &self.root, opts, progress) {
             Ok(r) => r,
             Err(e) => {
@@ -533,6 +545,7 @@ impl System {
             level: Default::default(),
             admission: None,
             boot: req.boot.clone(),
+            kit_bytes: 0,
         };
         match snapshot::run(store, &self.root, &opts, progress) {
             Ok(r) => Ok(r.point),

@@ -1,6 +1,6 @@
 //! What a snapshot leaves out and a restore never touches. Patterns that start with `/` are
-//! anchored at the system root (`/tmp`, `/mnt/*` — which keeps `/mnt` itself); others match a
-//! path's last component anywhere (`*.pid`). The store is always out.
+//! anchored at the system root (`/var/cache`, `/tmp/*` — which keeps `/tmp` itself); others
+//! match a path's last component anywhere (`*.pid`). The store is always out.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -10,14 +10,16 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::error::{Error, Result};
 use crate::model::{basename, is_within, RelPath};
 
-/// DESIGN.md's defaults: pseudo-filesystems, scratch space, mounts of removable media, lock and
-/// pid files.
+/// DESIGN.md's defaults: the contents of pseudo-filesystems, scratch space and mounts of
+/// removable media, lock and pid files. The directories themselves stay in, with their mode
+/// (`/tmp`'s 1777), owner and times: a point restored into an empty filesystem needs them as
+/// mount points and scratch space to boot.
 pub const DEFAULT_EXCLUDES: &[&str] = &[
-    "/dev",
-    "/proc",
-    "/sys",
-    "/tmp",
-    "/run",
+    "/dev/*",
+    "/proc/*",
+    "/sys/*",
+    "/tmp/*",
+    "/run/*",
     "/mnt/*",
     "/media/*",
     "/var/lib/heartbeat/*",
@@ -111,6 +113,12 @@ impl ExcludeSet {
         }
     }
 
+    /// The rule that leaves out everything directly inside `dir` (`/proc/*` for `proc`), if any:
+    /// probed with a name no literal rule names, so only a wildcard for any name matches it.
+    pub fn contents_rule(&self, dir: &[u8]) -> Option<String> {
+        self.matching_rule(&crate::model::join(dir, b"\x01"))
+    }
+
     fn nth(&self, anchored: bool, i: usize) -> String {
         self.patterns
             .iter()
@@ -129,7 +137,18 @@ mod tests {
     fn anchored_basename_and_always_rules() {
         let pats: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
         let x = ExcludeSet::new(&pats, vec![b"root/snapshots".to_vec()]).unwrap();
-        assert!(x.is_excluded(b"tmp"));
+        for pseudo in ["dev", "proc", "sys", "tmp", "run"] {
+            assert!(!x.is_excluded(pseudo.as_bytes()), "{pseudo} itself is kept");
+            assert!(x.is_excluded(format!("{pseudo}/x").as_bytes()));
+            assert!(x.is_excluded(format!("{pseudo}/.hidden").as_bytes()));
+            assert!(x.covers(format!("{pseudo}/a/b").as_bytes()));
+            assert_eq!(
+                x.contents_rule(pseudo.as_bytes()),
+                Some(format!("/{pseudo}/*"))
+            );
+        }
+        assert!(x.contents_rule(b"etc").is_none());
+        assert!(x.is_excluded(b"tmp/x"));
         assert!(!x.is_excluded(b"var/tmp"));
         assert!(!x.is_excluded(b"mnt"));
         assert!(x.is_excluded(b"mnt/usb"));

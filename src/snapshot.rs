@@ -46,6 +46,8 @@ pub struct SnapshotOptions {
     pub admission: Option<crate::retention::Policy>,
     /// Where the boot area is read from.
     pub boot: crate::boot::Source,
+    /// Bytes the recovery kit's refresh after the point will write beside the store's data.
+    pub kit_bytes: u64,
 }
 
 /// A path the snapshot could not record as it is now; the point keeps its previous state.
@@ -231,6 +233,7 @@ fn admit(store: &Store, opts: &SnapshotOptions, pending: &[Pending]) -> Result<(
     let est = crate::admission::Estimate {
         growth,
         data_after: usage.replica + replica_growth,
+        kit: opts.kit_bytes,
     };
     crate::admission::check(
         opts.admission.as_ref(),

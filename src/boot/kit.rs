@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -12,8 +13,17 @@ use crate::store::Point;
 
 pub const BINARIES: [&str; 2] = ["system_snapshot", "system_restore"];
 
+/// Kit files being written are named `.kit-…` until renamed into place.
+const TEMP_PREFIX: &str = ".kit-";
+/// What RECOVERY may take, for the estimate (its text is a few KiB).
+const RECOVERY_ALLOWANCE: u64 = 64 << 10;
+
 /// Brings the kit up to date after point `latest`: binaries (hard-linked when on the same
 /// filesystem, else copied; left alone when unchanged) and RECOVERY.
+///
+/// Every new file is written and synced under a temp name first, and only then renamed into
+/// place, RECOVERY last: a failure while writing (a full filesystem) leaves the previous kit
+/// as it was and no temp file. A kit that lacks a binary keeps no RECOVERY claiming it is whole.
 pub fn refresh(
     store: &Path,
     root: &Path,
@@ -23,45 +33,144 @@ pub fn refresh(
 ) -> Result<()> {
     let kit = store.join("kit");
     fs::create_dir_all(&kit).ctx(|| format!("creating {}", kit.display()))?;
+    remove_leftovers(store);
+    let staged = stage_all(store, root, latest, captures, note, &kit);
+    let staged = match staged {
+        Ok(s) => s,
+        Err(e) => {
+            forget_recovery_if_incomplete(&kit);
+            return Err(e);
+        }
+    };
+    crate::failpoint::hit("kit-staged");
+    for (tmp, to) in staged {
+        tmp.persist(&to)
+            .map_err(|e| e.error)
+            .ctx(|| format!("renaming a new {} into place", to.display()))?;
+    }
+    fs::File::open(&kit)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing {}", kit.display()))
+}
+
+/// The binaries next to this program, as the kit should hold them.
+fn sources() -> Result<Vec<(PathBuf, &'static str)>> {
     let exe = std::env::current_exe().ctx(|| "finding this program's path".to_string())?;
     let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    for name in BINARIES {
-        let from = bin_dir.join(name);
-        if from.exists() {
-            update_binary(&from, &kit.join(name))?;
+    Ok(BINARIES
+        .iter()
+        .map(|name| (bin_dir.join(name), *name))
+        .filter(|(from, _)| from.exists())
+        .collect())
+}
+
+/// Every file the kit needs anew, written and synced under temp names, with where it goes.
+fn stage_all(
+    store: &Path,
+    root: &Path,
+    latest: &Point,
+    captures: &[Capture],
+    note: Option<&str>,
+    kit: &Path,
+) -> Result<Vec<(tempfile::TempPath, PathBuf)>> {
+    let mut staged = Vec::new();
+    for (from, name) in sources()? {
+        let to = kit.join(name);
+        if !up_to_date(&from, &to)? {
+            staged.push((stage_binary(&from, kit, name)?, to));
         }
     }
     let text = recovery_text(store, root, latest, captures, note);
-    let recovery = kit.join("RECOVERY");
-    super::write_atomic(&recovery, text.as_bytes())
-        .ctx(|| format!("writing {}", recovery.display()))
+    let mut tmp = temp_in(kit, "RECOVERY")?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .ctx(|| format!("writing RECOVERY into {}", kit.display()))?;
+    staged.push((tmp.into_temp_path(), kit.join("RECOVERY")));
+    Ok(staged)
 }
 
-fn update_binary(from: &Path, to: &Path) -> Result<()> {
+fn temp_in(kit: &Path, name: &str) -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&format!("{TEMP_PREFIX}{name}-"))
+        .tempfile_in(kit)
+        .ctx(|| format!("creating a temp file in {}", kit.display()))
+}
+
+fn up_to_date(from: &Path, to: &Path) -> Result<bool> {
     let src = fs::metadata(from).ctx(|| format!("reading {}", from.display()))?;
-    if let Ok(dst) = fs::metadata(to) {
+    Ok(fs::metadata(to).is_ok_and(|dst| {
         let same_file = dst.dev() == src.dev() && dst.ino() == src.ino();
         let same_copy = dst.len() == src.len() && dst.mtime() == src.mtime();
-        if same_file || same_copy {
-            return Ok(());
+        same_file || same_copy
+    }))
+}
+
+/// A hard link of `from` when the kit is on its filesystem, else a synced copy with its mode
+/// and mtime; removed again when dropped before being renamed into place.
+fn stage_binary(from: &Path, kit: &Path, name: &str) -> Result<tempfile::TempPath> {
+    let link = kit.join(format!("{TEMP_PREFIX}{name}-link{}", std::process::id()));
+    let _ = fs::remove_file(&link);
+    if fs::hard_link(from, &link).is_ok() {
+        return tempfile::TempPath::try_from_path(&link).or_else(|e| {
+            let _ = fs::remove_file(&link);
+            Err(e).ctx(|| format!("staging {}", link.display()))
+        });
+    }
+    let src = fs::metadata(from).ctx(|| format!("reading {}", from.display()))?;
+    let mut tmp = temp_in(kit, name)?;
+    let what = || format!("copying {} into {}", from.display(), kit.display());
+    let mut input = fs::File::open(from).ctx(what)?;
+    std::io::copy(&mut input, tmp.as_file_mut()).ctx(what)?;
+    let f = tmp.as_file();
+    f.set_permissions(src.permissions()).ctx(what)?;
+    f.set_modified(src.modified().ctx(what)?).ctx(what)?;
+    f.sync_all().ctx(what)?;
+    Ok(tmp.into_temp_path())
+}
+
+/// Removes the temp files of a refresh that was killed, and `NAME.new` left by versions
+/// before this one. Only under the store's lock: a running refresh owns its temp files.
+pub fn remove_leftovers(store: &Path) {
+    let Ok(dir) = fs::read_dir(store.join("kit")) else {
+        return;
+    };
+    for ent in dir.flatten() {
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        let legacy = BINARIES.iter().any(|b| name == format!("{b}.new"));
+        if name.starts_with(TEMP_PREFIX) || legacy {
+            let _ = fs::remove_file(ent.path());
         }
     }
-    let tmp = to.with_extension("new");
-    let _ = fs::remove_file(&tmp);
-    if fs::hard_link(from, &tmp).is_err() {
-        fs::copy(from, &tmp).ctx(|| format!("copying {} into the kit", from.display()))?;
-        let f = fs::File::options()
-            .write(true)
-            .open(&tmp)
-            .ctx(|| format!("opening {}", tmp.display()))?;
-        f.set_modified(
-            src.modified()
-                .ctx(|| format!("reading {}", from.display()))?,
-        )
-        .ctx(|| format!("setting the time of {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
+}
+
+fn forget_recovery_if_incomplete(kit: &Path) {
+    let missing = sources()
+        .unwrap_or_default()
+        .iter()
+        .any(|(_, name)| !kit.join(name).exists());
+    if missing {
+        let _ = fs::remove_file(kit.join("RECOVERY"));
     }
-    fs::rename(&tmp, to).ctx(|| format!("renaming {} into place", tmp.display()))
+}
+
+/// Bytes a refresh would write to the store's filesystem now: each binary that differs from
+/// the kit's copy and lives on another filesystem (a copy, not a link), and RECOVERY. For
+/// admission control, so a snapshot whose kit would not fit is refused before it writes.
+pub fn expected_growth(store: &Path) -> u64 {
+    let kit = store.join("kit");
+    let Ok(here) = fs::metadata(&kit).or_else(|_| fs::metadata(store)) else {
+        return 0;
+    };
+    let binaries: u64 = sources()
+        .unwrap_or_default()
+        .iter()
+        .filter(|(from, name)| !up_to_date(from, &kit.join(name)).unwrap_or(false))
+        .filter_map(|(from, _)| fs::metadata(from).ok())
+        .filter(|m| m.dev() != here.dev())
+        .map(|m| m.len())
+        .sum();
+    binaries + RECOVERY_ALLOWANCE
 }
 
 /// The store's path as seen from a rescue system that mounts the root at /mnt/sysimage.

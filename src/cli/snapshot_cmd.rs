@@ -252,6 +252,7 @@ fn snapshot_options(
         level: cli.level.map(Level).unwrap_or_default(),
         admission: Some(config.retention.policy()),
         boot: config.boot.source(),
+        kit_bytes: 0, // measured by the engine once the store is open
     };
     Ok(opts)
 }

@@ -2,6 +2,7 @@
 //! pure and printable), and its application (`apply`, ordered and convergent).
 
 mod apply;
+mod links;
 mod plan;
 mod space;
 mod state;

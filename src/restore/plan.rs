@@ -108,18 +108,23 @@ pub fn build(
         point,
         ..Default::default()
     };
-    let want: Vec<(RelPath, Entry)> = want
+    let mut want: Vec<(RelPath, Entry)> = want
         .into_iter()
         .filter(|(p, _)| !excludes.covers(p))
         .collect();
+    let recorded_leaders = super::links::relead(&mut want);
     plan.dirs = want
         .iter()
         .filter(|(_, e)| e.kind == Kind::Dir)
         .map(|(p, e)| (p.clone(), e.clone()))
         .collect();
-    let have = match target {
+    let (have, holding) = match target {
         Some(t) => scan_target(t, scopes, excludes, &mut plan.warnings)?,
-        None => Vec::new(),
+        None => (Vec::new(), HashSet::new()),
+    };
+    let intact = match target {
+        Some(t) => super::links::recorded_leader_inodes(t, &recorded_leaders),
+        None => HashMap::new(),
     };
     opts.progress.phase("planning", Some(want.len() as u64));
     let inode_of: HashMap<&[u8], (u64, u64)> = have
@@ -175,15 +180,17 @@ pub fn build(
                 continue;
             }
         };
-        let rewrite = needs_rewrite(
-            path,
-            w,
-            b,
-            &have_entry,
-            &inode_of,
-            &group_size,
-            &rewritten_leaders,
-        );
+        let still_linked = intact.get(path) == Some(&(b.dev, b.ino)) && have_entry.hash == w.hash;
+        let rewrite = !still_linked
+            && needs_rewrite(
+                path,
+                w,
+                b,
+                &have_entry,
+                &inode_of,
+                &group_size,
+                &rewritten_leaders,
+            );
         let action = if rewrite {
             rewritten_leaders.insert(path.clone());
             Some(Action::Rewrite)
@@ -204,8 +211,31 @@ pub fn build(
     for (p, b) in hi {
         push_delete(&mut plan, p, b, scopes);
     }
+    keep_what_holds_excluded(&mut plan, &holding);
     opts.progress.finish();
     Ok(plan)
+}
+
+/// Deleting or replacing a directory removes everything in it, excluded paths too (a point
+/// without `/tmp` must not empty the live `/tmp`): such directories stay, with a warning.
+fn keep_what_holds_excluded(plan: &mut RestorePlan, holding: &HashSet<RelPath>) {
+    let mut kept = Vec::new();
+    plan.items.retain(|it| {
+        let removes_dir = it.have.as_ref().is_some_and(|h| h.kind == Kind::Dir)
+            && it.want.as_ref().is_none_or(|w| w.kind != Kind::Dir);
+        let keep = removes_dir && holding.contains(&it.path);
+        if keep {
+            kept.push(Warning {
+                path: display_path(&it.path),
+                message: format!(
+                    "not in point {} but holds paths the point excluded: left in place",
+                    plan.point
+                ),
+            });
+        }
+        !keep
+    });
+    plan.warnings.extend(kept);
 }
 
 /// A path the walk saw (`b`) that could not be read afterwards (`err`). When it vanished or
@@ -259,13 +289,27 @@ fn push_delete(plan: &mut RestorePlan, path: &[u8], b: &Basic, scopes: &[RelPath
     }
 }
 
+type Walked = Vec<(RelPath, Basic)>;
+
 fn scan_target(
     target: BorrowedFd,
     scopes: &[RelPath],
     excludes: &ExcludeSet,
     warnings: &mut Vec<Warning>,
-) -> Result<Vec<(RelPath, Basic)>> {
-    let exclude = |p: &[u8], _k: Kind| excludes.is_excluded(p);
+) -> Result<(Walked, HashSet<RelPath>)> {
+    // Every directory above an excluded path the walk met.
+    let holding = std::cell::RefCell::new(HashSet::new());
+    let exclude = |p: &[u8], _k: Kind| {
+        let out = excludes.is_excluded(p);
+        let mut up = p;
+        while let Some(dir) = crate::model::parent(up).filter(|_| out) {
+            if !holding.borrow_mut().insert(dir.to_vec()) {
+                break;
+            }
+            up = dir;
+        }
+        out
+    };
     let opts = WalkOptions {
         one_file_system: true,
         exclude: &exclude,
@@ -315,7 +359,7 @@ fn scan_target(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.dedup_by(|a, b| a.0 == b.0);
-    Ok(out)
+    Ok((out, holding.into_inner()))
 }
 
 /// The target's entry with xattrs, flags, link target and content hash. A file whose type,
@@ -417,6 +461,7 @@ mod tests {
         let mut cache = DirCache::default();
         scan_target(root, &[Vec::new()], &none, &mut warnings)
             .unwrap()
+            .0
             .into_iter()
             .map(|(p, b)| {
                 let e = read_full(root, &mut cache, &p, &b, &b.to_entry(None), true).unwrap();

@@ -298,7 +298,7 @@ fn the_point_and_audit_agree_on_what_is_left_out() {
         .map(|e| e["path"].as_str().unwrap().to_string())
         .collect();
     for want in [
-        "/tmp",
+        "/tmp/session",
         "/mnt/usb",
         "/media/cd",
         "/var/cache",
@@ -319,9 +319,9 @@ fn the_point_and_audit_agree_on_what_is_left_out() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["path"] == "/tmp")
+        .find(|e| e["path"] == "/tmp/session")
         .unwrap();
-    assert_eq!(tmp_entry["bytes"], 8, "the size of what /tmp holds");
+    assert_eq!(tmp_entry["bytes"], 8, "the size of what /tmp/session holds");
 
     SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
     let t = lab.target("t");
@@ -352,8 +352,8 @@ fn the_point_and_audit_agree_on_what_is_left_out() {
         );
     }
     assert!(
-        t.join("mnt").is_dir() && t.join("media").is_dir(),
-        "/mnt/* keeps /mnt itself"
+        t.join("mnt").is_dir() && t.join("media").is_dir() && t.join("tmp").is_dir(),
+        "/mnt/* keeps /mnt itself, /tmp/* keeps /tmp"
     );
 }
 

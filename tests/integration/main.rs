@@ -9,6 +9,8 @@ mod damage;
 mod fidelity;
 mod inplace;
 mod interactive;
+mod kit;
 mod props;
 mod refusals;
+mod selection;
 mod util;
