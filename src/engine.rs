@@ -595,6 +595,14 @@ impl System {
             .collect()
     }
 
+    /// Rebuilds a lost or damaged index from the log (or the log from an intact index), then
+    /// verifies the whole store.
+    pub fn repair(&self, force: bool) -> Result<(crate::store::RepairReport, VerifyReport)> {
+        let r = crate::store::repair(&self.store, force)?;
+        let v = self.verify(true)?;
+        Ok((r, v))
+    }
+
     pub fn verify(&self, full: bool) -> Result<VerifyReport> {
         let store = Store::open_for_reading(&self.store)?;
         crate::verify::verify(&store, full)

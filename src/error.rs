@@ -35,7 +35,7 @@ pub enum Error {
     )]
     NoStore { store: PathBuf },
     #[error(
-        "store {store} has data ({what}) but no index.db: nothing was written. Its packs and replica are left as they are; put index.db back from a copy, or move the store aside to start a new one"
+        "store {store} has data ({what}) but no index.db: nothing was written. Run `system_snapshot repair --store {store}` to rebuild the index from index.log"
     )]
     NoIndex { store: PathBuf, what: String },
     // -- points

@@ -55,6 +55,19 @@ pub fn verify(store: &Store, full: bool) -> Result<VerifyReport> {
             return Ok(report); // without the points nothing else can be judged
         }
     };
+    if let Ok(bad) = crate::store::log_damage(&store.dir) {
+        if !bad.is_empty() {
+            report.damage.push(Damage {
+                point: None,
+                path: "index.log".into(),
+                problem: format!(
+                    "{} damaged stretches (at offsets {}); `system_snapshot repair` rewrites the log from the index",
+                    bad.len(),
+                    bad.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
     let r = store.index.restores().map(drop);
     whole(&mut report, "index.db (restore journal)", r);
     report.interrupted = points

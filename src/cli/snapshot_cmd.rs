@@ -62,6 +62,13 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
+    /// Rebuild a lost or damaged index.db from index.log (or a damaged index.log from the
+    /// index), then verify everything
+    Repair {
+        /// Rebuild the index from the log even when it reads back whole
+        #[arg(long)]
+        force: bool,
+    },
     /// Apply retention now: each point kept or removed, and the rule that decided
     Prune {
         /// Remove the N oldest points instead of applying the retention policy
@@ -95,6 +102,7 @@ pub fn main() -> i32 {
         Some(Cmd::List) => list(&cli, &system),
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
+        Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
         Some(Cmd::Diff { id, rest }) => diff(&system, *id, rest),
         Some(Cmd::Prune {
             oldest: Some(n),
@@ -448,6 +456,57 @@ fn diff(system: &System, a: i64, rest: &[String]) -> CmdResult {
     Ok(SUCCESS)
 }
 
+fn repair(cli: &Cli, system: &System, force: bool) -> CmdResult {
+    let (r, v) = system.repair(force)?;
+    if cli.json {
+        let both = serde_json::json!({ "repair": r, "verify": v });
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&both).expect("report serializes")
+        );
+    } else {
+        if r.index_intact {
+            outln!("index.db reads back whole: nothing to rebuild");
+        } else {
+            outln!(
+                "index.db rebuilt from index.log: {} records, {} points ({})",
+                r.records,
+                r.points.len(),
+                r.points
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if r.log_rewritten {
+            outln!("index.log rewritten from the index");
+        }
+        if let Some(k) = &r.kept_damaged_index {
+            outln!("The damaged index was kept as {}", k.display());
+        }
+        if !r.damaged_records.is_empty() {
+            outln!(
+                "NOT rebuilt: {} damaged stretches of index.log (at offsets {}); what they held is missing, see below",
+                r.damaged_records.len(),
+                r.damaged_records.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        for p in &r.moved_packs {
+            outln!(
+                "Moved {}: no point of the rebuilt index names it",
+                p.display()
+            );
+        }
+        print_verify(&v, true);
+    }
+    Ok(if v.damage.is_empty() && r.damaged_records.is_empty() {
+        SUCCESS
+    } else {
+        DAMAGED
+    })
+}
+
 fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
     let r = system.verify(full)?;
     if cli.json {
@@ -456,37 +515,41 @@ fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
             serde_json::to_string_pretty(&r).expect("report serializes")
         );
     } else {
-        for d in &r.damage {
-            let at = d
-                .point
-                .map(|p| format!("point {p}"))
-                .unwrap_or_else(|| "store".into());
-            outln!("DAMAGED {at}: {}: {}", d.path, d.problem);
-        }
-        for id in &r.interrupted {
-            outln!("Note: point {id} was interrupted; the next snapshot rolls it back");
-        }
-        outln!(
-            "Checked the index, {} points, {} replica files{}: {}",
-            r.points_checked,
-            r.replica_files,
-            if full {
-                format!(" and {} older versions", r.older_versions)
-            } else {
-                String::new()
-            },
-            if r.damage.is_empty() {
-                "all intact".to_string()
-            } else {
-                format!("{} damaged", r.damage.len())
-            }
-        );
+        print_verify(&r, full);
     }
     Ok(if r.damage.is_empty() {
         SUCCESS
     } else {
         DAMAGED
     })
+}
+
+fn print_verify(r: &crate::verify::VerifyReport, full: bool) {
+    for d in &r.damage {
+        let at = d
+            .point
+            .map(|p| format!("point {p}"))
+            .unwrap_or_else(|| "store".into());
+        outln!("DAMAGED {at}: {}: {}", d.path, d.problem);
+    }
+    for id in &r.interrupted {
+        outln!("Note: point {id} was interrupted; the next snapshot rolls it back");
+    }
+    outln!(
+        "Checked the index, {} points, {} replica files{}: {}",
+        r.points_checked,
+        r.replica_files,
+        if full {
+            format!(" and {} older versions", r.older_versions)
+        } else {
+            String::new()
+        },
+        if r.damage.is_empty() {
+            "all intact".to_string()
+        } else {
+            format!("{} damaged", r.damage.len())
+        }
+    );
 }
 
 fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> CmdResult {

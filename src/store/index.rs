@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
 
+use super::log::{self, IndexLog, Op};
 use super::rowsum::{self, damaged, sealed, RowDamaged};
 use crate::error::{Error, Result};
 use crate::model::{Entry, Hash, Kind, RelPath, Timestamp, Xattrs};
@@ -193,6 +194,8 @@ pub enum BatchWrite {
 pub struct Index {
     conn: Connection,
     pub path: PathBuf,
+    /// Writers only: every committed write is in it first (`log`).
+    log: Option<IndexLog>,
 }
 
 /// The restorable fields of an entry, in this order wherever a table holds one.
@@ -228,6 +231,90 @@ fn tables() -> [(&'static str, String, &'static [&'static str]); 5] {
             &["point_id", "disk"],
         ),
     ]
+}
+
+const POINTS: u8 = 0;
+const ENTRIES: u8 = 1;
+const CHANGES: u8 = 2;
+const RESTORES: u8 = 3;
+const BOOT: u8 = 4;
+
+/// Applies one logged write. The same function commits a write and replays the log, so the
+/// index rebuilt by `repair` is the index the writes made.
+pub(super) fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
+    let def = |t: u8| {
+        tables()
+            .into_iter()
+            .nth(t as usize)
+            .ok_or_else(|| damaged(format!("log record for unknown table {t}")))
+    };
+    match op {
+        Op::Header { .. } => Ok(()),
+        Op::Put { table, values } => {
+            let (name, cols, keys) = def(*table)?;
+            let colv: Vec<&str> = cols.split(", ").collect();
+            if values.len() != colv.len() + 1 {
+                return Err(damaged(format!(
+                    "a {name} record has {} values",
+                    values.len()
+                )));
+            }
+            let sets: Vec<String> = colv
+                .iter()
+                .filter(|c| !keys.contains(c))
+                .chain(std::iter::once(&"sum"))
+                .map(|c| format!("{c}=excluded.{c}"))
+                .collect();
+            conn.prepare_cached(&format!(
+                "INSERT INTO {name} ({cols}, sum) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
+                placeholders(values.len()),
+                keys.join(", "),
+                sets.join(", ")
+            ))?
+            .execute(params_from_iter(values))?;
+            Ok(())
+        }
+        Op::Delete { table, key } => {
+            let (name, _, keys) = def(*table)?;
+            if key.len() != keys.len() {
+                return Err(damaged(format!("a {name} deletion has {} keys", key.len())));
+            }
+            let cond: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("{k}=?{}", i + 1))
+                .collect();
+            conn.prepare_cached(&format!("DELETE FROM {name} WHERE {}", cond.join(" AND ")))?
+                .execute(params_from_iter(key))?;
+            Ok(())
+        }
+        Op::DeleteWhere {
+            table,
+            column,
+            value,
+        } => {
+            let (name, cols, _) = def(*table)?;
+            let col = cols
+                .split(", ")
+                .nth(*column as usize)
+                .ok_or_else(|| damaged(format!("a {name} deletion names column {column}")))?;
+            conn.prepare_cached(&format!("DELETE FROM {name} WHERE {col}=?1"))?
+                .execute([value])?;
+            Ok(())
+        }
+        Op::Clear { table } => {
+            let (name, _, _) = def(*table)?;
+            conn.execute(&format!("DELETE FROM {name}"), [])?;
+            Ok(())
+        }
+    }
+}
+
+fn put(table: u8, values: Vec<Value>) -> Op {
+    Op::Put {
+        table,
+        values: sealed(log::TABLES[table as usize], values),
+    }
 }
 
 fn placeholders(n: usize) -> String {
@@ -376,23 +463,6 @@ fn point_values(p: &Point) -> Vec<Value> {
     ]
 }
 
-/// Rewrites every column of the point's row, with its new sum.
-fn write_point(conn: &Connection, p: &Point) -> rusqlite::Result<()> {
-    let sets = POINT_COLS
-        .split(", ")
-        .enumerate()
-        .skip(1)
-        .map(|(i, c)| format!("{c}=?{}", i + 1))
-        .collect::<Vec<_>>()
-        .join(", ");
-    conn.prepare_cached(&format!(
-        "UPDATE points SET {sets}, sum=?{} WHERE id=?1",
-        POINT_N + 1
-    ))?
-    .execute(params_from_iter(sealed("points", point_values(p))))?;
-    Ok(())
-}
-
 fn restore_from_row(r: &Row) -> rusqlite::Result<RestoreJournal> {
     let id: i64 = r.get(0)?;
     rowsum::check(r, "restores", RESTORE_N, || format!("restore journal {id}"))?;
@@ -422,17 +492,6 @@ fn restore_values(j: &RestoreJournal) -> Vec<Value> {
         Value::Text(j.started_at.clone()),
         Value::Text(if j.complete { "complete" } else { "running" }.into()),
     ]
-}
-
-fn write_restore(conn: &Connection, j: &RestoreJournal) -> rusqlite::Result<()> {
-    conn.execute(
-        &format!(
-            "INSERT OR REPLACE INTO restores ({RESTORE_COLS}, sum) VALUES ({})",
-            placeholders(RESTORE_N + 1)
-        ),
-        params_from_iter(sealed("restores", restore_values(j))),
-    )?;
-    Ok(())
 }
 
 fn change_from_row(r: &Row) -> rusqlite::Result<Change> {
@@ -489,7 +548,7 @@ fn entry_from_row(r: &Row) -> rusqlite::Result<(RelPath, Entry)> {
     Ok((path, e))
 }
 
-fn upsert_entry(tx: &Transaction, path: &[u8], e: &Entry) -> rusqlite::Result<()> {
+fn entry_op(path: &[u8], e: &Entry) -> Op {
     let mut v = vec![Value::Blob(path.to_vec())];
     v.extend(entry_values(Some(e)));
     v.extend([
@@ -497,22 +556,17 @@ fn upsert_entry(tx: &Transaction, path: &[u8], e: &Entry) -> rusqlite::Result<()
         Value::Integer(e.ctime.sec),
         Value::Integer(e.ctime.nsec.into()),
     ]);
-    tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO entries ({}, sum) VALUES ({})",
-        entries_cols(),
-        placeholders(ENTRIES_N + 1)
-    ))?
-    .execute(params_from_iter(sealed("entries", v)))?;
-    Ok(())
+    put(ENTRIES, v)
 }
 
-fn delete_entry(tx: &Transaction, path: &[u8]) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM entries WHERE path=?1")?
-        .execute([path])?;
-    Ok(())
+fn forget_op(path: &[u8]) -> Op {
+    Op::Delete {
+        table: ENTRIES,
+        key: vec![Value::Blob(path.to_vec())],
+    }
 }
 
-fn insert_change(tx: &Transaction, c: &Change) -> rusqlite::Result<()> {
+fn change_op(c: &Change) -> Op {
     let mut v = vec![
         Value::Integer(c.point),
         Value::Blob(c.path.clone()),
@@ -528,13 +582,16 @@ fn insert_change(tx: &Transaction, c: &Change) -> rusqlite::Result<()> {
         len,
         c.new_hash.map_or(Value::Null, |h| Value::Blob(h.to_vec())),
     ]);
-    tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO changes ({}, sum) VALUES ({})",
-        changes_cols(),
-        placeholders(CHANGES_N + 1)
-    ))?
-    .execute(params_from_iter(sealed("changes", v)))?;
-    Ok(())
+    put(CHANGES, v)
+}
+
+/// The rows of `point` in every table that names points by id.
+fn of_point(table: u8, point: PointId) -> Op {
+    Op::DeleteWhere {
+        table,
+        column: 0,
+        value: Value::Integer(point),
+    }
 }
 
 /// Seals every row of a store migrated from a schema without checksums, from the values the
@@ -573,24 +630,85 @@ fn seal_all(tx: &Transaction) -> rusqlite::Result<()> {
 }
 
 impl Index {
-    /// Opens the index of `store`; `create` makes a new one when there is none.
-    pub fn open(store: &Path, create: bool) -> Result<Index> {
+    /// Opens the index of `store`. A writer (`write`) also opens `index.log`, which it
+    /// creates (from a dump of the index) when there is none — a new store, or one made
+    /// before the log existed — and compacts when it has grown past twice its last dump.
+    pub fn open(store: &Path, write: bool) -> Result<Index> {
         let path = store.join("index.db");
-        if !create && !path.exists() {
+        if !write && !path.exists() {
             return Err(Error::NoStore {
                 store: store.to_path_buf(),
             });
         }
         let conn = Connection::open(&path).map_err(|e| db(&path, "opening", e))?;
-        let mut idx = Index { conn, path };
+        let mut idx = Index {
+            conn,
+            path,
+            log: None,
+        };
         idx.conn
             .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;")
             .map_err(|e| db(&idx.path, "setting pragmas", e))?;
         idx.migrate(store)?;
+        if write {
+            let lp = log::log_path(store);
+            let ctx = |e| Error::io(format!("opening {}", lp.display()), e);
+            let stale = match IndexLog::open(store).map_err(ctx)? {
+                None => true,
+                Some(l) => l.wants_compaction().map_err(ctx)?,
+            };
+            if stale {
+                idx.dump_log(store)?;
+            }
+            idx.log = IndexLog::open(store).map_err(ctx)?;
+        }
         Ok(idx)
     }
 
-    fn migrate(&mut self, store: &Path) -> Result<()> {
+    /// Rewrites `index.log` as a dump of the index. Every row is checked against its sum
+    /// first: a damaged index is never written over the log that could repair it.
+    pub fn dump_log(&self, store: &Path) -> Result<()> {
+        let lp = log::log_path(store);
+        let io = |e| Error::io(format!("writing {}", lp.display()), e);
+        let mut w = log::Rewrite::create(store).map_err(io)?;
+        for (code, (table, cols, _)) in tables().into_iter().enumerate() {
+            let n = cols.split(", ").count();
+            let mut st = self
+                .conn
+                .prepare(&format!("SELECT {cols}, sum FROM {table}"))
+                .map_err(self.err("dumping the index"))?;
+            let mut rows = st.query([]).map_err(self.err("dumping the index"))?;
+            while let Some(r) = rows.next().map_err(self.err("dumping the index"))? {
+                rowsum::check(r, table, n, || format!("a row of {table}"))
+                    .map_err(self.err("dumping the index"))?;
+                let values = (0..=n)
+                    .map(|i| r.get::<_, Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(self.err("dumping the index"))?;
+                w.push(&Op::Put {
+                    table: code as u8,
+                    values,
+                })
+                .map_err(io)?;
+            }
+        }
+        w.finish().map_err(io)
+    }
+
+    /// An index on a connection of the caller's (repair's new file): no log.
+    pub(super) fn from_connection(conn: Connection, path: PathBuf) -> Index {
+        Index {
+            conn,
+            path,
+            log: None,
+        }
+    }
+
+    pub(super) fn into_connection(self) -> Connection {
+        self.conn
+    }
+
+    pub(super) fn migrate(&mut self, store: &Path) -> Result<()> {
         let path = self.path.clone();
         let tx = self
             .conn
@@ -628,17 +746,39 @@ impl Index {
         move |e| db(&self.path, &op, e)
     }
 
-    /// Runs `f` in one transaction; an error rolls it back.
-    fn in_tx<T>(
-        &mut self,
-        op: &'static str,
-        f: impl FnOnce(&Transaction) -> rusqlite::Result<T>,
-    ) -> Result<T> {
+    /// Commits `ops` in one transaction, after they are durable in the log.
+    fn commit(&mut self, op: &'static str, ops: Vec<Op>) -> Result<()> {
+        let log = self
+            .log
+            .as_mut()
+            .expect("only a store opened for writing is written");
+        log.append(&ops)
+            .map_err(|e| Error::io(format!("writing {} ({op})", log.path.display()), e))?;
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| db(&path, op, e))?;
-        let out = f(&tx).map_err(|e| db(&path, op, e))?;
-        tx.commit().map_err(|e| db(&path, op, e))?;
-        Ok(out)
+        for o in &ops {
+            apply_op(&tx, o).map_err(|e| db(&path, op, e))?;
+        }
+        tx.commit().map_err(|e| db(&path, op, e))
+    }
+
+    /// The next id of an AUTOINCREMENT table: never one used before, even by a row since
+    /// deleted. Chosen here (not by SQLite) so that the log records it.
+    fn next_id(&self, table: &str) -> Result<i64> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name=?1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("choosing an id"))?;
+        let max: Option<i64> = self
+            .conn
+            .query_row(&format!("SELECT max(id) FROM {table}"), [], |r| r.get(0))
+            .map_err(self.err("choosing an id"))?;
+        Ok(seq.unwrap_or(0).max(max.unwrap_or(0)) + 1)
     }
 
     /// Every point, running ones included, oldest first.
@@ -683,54 +823,48 @@ impl Index {
         sources: &[String],
         excludes: &[String],
     ) -> Result<PointId> {
-        self.in_tx("recording a new point", |tx| {
-            tx.execute(
-                "INSERT INTO points (created_at, kind, state, sources) VALUES (?1, ?2, 'running', '[]')",
-                params![created_at, kind.as_str()],
-            )?;
-            let p = Point {
-                id: tx.last_insert_rowid(),
-                created_at: created_at.to_string(),
-                kind,
-                label: label.map(str::to_string),
-                complete: false,
-                sources: sources.to_vec(),
-                excludes: Some(excludes.to_vec()),
-                files: 0,
-                bytes: 0,
-                stored_bytes: 0,
-                warnings: 0,
-                boot_note: None,
-            };
-            write_point(tx, &p)?;
-            Ok(p.id)
-        })
+        let p = Point {
+            id: self.next_id("points")?,
+            created_at: created_at.to_string(),
+            kind,
+            label: label.map(str::to_string),
+            complete: false,
+            sources: sources.to_vec(),
+            excludes: Some(excludes.to_vec()),
+            files: 0,
+            bytes: 0,
+            stored_bytes: 0,
+            warnings: 0,
+            boot_note: None,
+        };
+        self.commit("recording a new point", vec![put(POINTS, point_values(&p))])?;
+        Ok(p.id)
     }
 
     pub fn complete_point(&mut self, id: PointId, totals: PointTotals) -> Result<()> {
-        self.in_tx("marking the point complete", |tx| {
-            let mut p = Index::point_row(tx, id)?;
-            p.complete = true;
-            p.files = totals.files;
-            p.bytes = totals.bytes;
-            p.stored_bytes = totals.stored_bytes;
-            p.warnings = totals.warnings;
-            write_point(tx, &p)
-        })
+        let mut p = Index::point_row(&self.conn, id).map_err(self.err("reading the point"))?;
+        p.complete = true;
+        p.files = totals.files;
+        p.bytes = totals.bytes;
+        p.stored_bytes = totals.stored_bytes;
+        p.warnings = totals.warnings;
+        self.commit(
+            "marking the point complete",
+            vec![put(POINTS, point_values(&p))],
+        )
     }
 
     /// One snapshot batch, in one transaction.
     pub fn write_batch(&mut self, writes: impl IntoIterator<Item = BatchWrite>) -> Result<()> {
-        self.in_tx("recording a batch of changes", |tx| {
-            for w in writes {
-                match w {
-                    BatchWrite::Change(c) => insert_change(tx, &c)?,
-                    BatchWrite::Entry(p, e) => upsert_entry(tx, &p, &e)?,
-                    BatchWrite::Forget(p) => delete_entry(tx, &p)?,
-                }
-            }
-            Ok(())
-        })
+        let ops = writes
+            .into_iter()
+            .map(|w| match w {
+                BatchWrite::Change(c) => change_op(&c),
+                BatchWrite::Entry(p, e) => entry_op(&p, &e),
+                BatchWrite::Forget(p) => forget_op(&p),
+            })
+            .collect();
+        self.commit("recording a batch of changes", ops)
     }
 
     /// Drops a running point in one transaction: entries back to the states its `changes`
@@ -742,40 +876,40 @@ impl Index {
         changes: &[Change],
         wipe_entries: bool,
     ) -> Result<()> {
-        self.in_tx("rolling back an interrupted point", |tx| {
-            if Index::point_row(tx, id)?.complete {
-                return Err(damaged(format!(
-                    "point {id} is complete: it is never rolled back"
-                )));
-            }
-            if wipe_entries {
-                tx.execute("DELETE FROM entries", [])?;
-            }
-            for c in changes {
-                match &c.old {
-                    Some(old) => upsert_entry(tx, &c.path, old)?,
-                    None => delete_entry(tx, &c.path)?,
-                }
-            }
-            tx.execute("DELETE FROM changes WHERE point_id=?1", [id])?;
-            tx.execute("DELETE FROM boot_captures WHERE point_id=?1", [id])?;
-            tx.execute("DELETE FROM points WHERE id=?1", [id])?;
-            Ok(())
-        })
+        let p = Index::point_row(&self.conn, id).map_err(self.err("reading the point"))?;
+        if p.complete {
+            return Err(Error::Damaged {
+                what: format!("point {id} is complete, yet a rollback was asked for it"),
+            });
+        }
+        let mut ops = Vec::with_capacity(changes.len() + 4);
+        if wipe_entries {
+            ops.push(Op::Clear { table: ENTRIES });
+        }
+        for c in changes {
+            ops.push(match &c.old {
+                Some(old) => entry_op(&c.path, old),
+                None => forget_op(&c.path),
+            });
+        }
+        ops.extend([
+            of_point(CHANGES, id),
+            of_point(BOOT, id),
+            of_point(POINTS, id),
+        ]);
+        self.commit("rolling back an interrupted point", ops)
     }
 
     /// Removes the oldest point `oldest` in one transaction: its row, its boot captures and
     /// the changes of `successor`, which only served to step back to it.
     pub fn remove_oldest_point(&mut self, oldest: PointId, successor: PointId) -> Result<()> {
-        self.in_tx("removing the oldest point", |tx| {
-            tx.execute(
-                "DELETE FROM changes WHERE point_id IN (?1, ?2)",
-                [oldest, successor],
-            )?;
-            tx.execute("DELETE FROM boot_captures WHERE point_id=?1", [oldest])?;
-            tx.execute("DELETE FROM points WHERE id=?1", [oldest])?;
-            Ok(())
-        })
+        let ops = vec![
+            of_point(CHANGES, oldest),
+            of_point(CHANGES, successor),
+            of_point(BOOT, oldest),
+            of_point(POINTS, oldest),
+        ];
+        self.commit("removing the oldest point", ops)
     }
 
     /// Records the boot area captured with a running point: (disk, manifest JSON) pairs, or
@@ -786,24 +920,23 @@ impl Index {
         captures: &[(String, String)],
         note: Option<&str>,
     ) -> Result<()> {
-        self.in_tx("recording the boot area", |tx| {
-            for (disk, manifest) in captures {
-                let v = vec![
-                    Value::Integer(point),
-                    Value::Text(disk.clone()),
-                    Value::Text(manifest.clone()),
-                ];
-                tx.execute(
-                    &format!(
-                        "INSERT INTO boot_captures ({BOOT_COLS}, sum) VALUES (?1, ?2, ?3, ?4)"
-                    ),
-                    params_from_iter(sealed("boot_captures", v)),
-                )?;
-            }
-            let mut p = Index::point_row(tx, point)?;
-            p.boot_note = note.map(str::to_string);
-            write_point(tx, &p)
-        })
+        let mut ops: Vec<Op> = captures
+            .iter()
+            .map(|(disk, manifest)| {
+                put(
+                    BOOT,
+                    vec![
+                        Value::Integer(point),
+                        Value::Text(disk.clone()),
+                        Value::Text(manifest.clone()),
+                    ],
+                )
+            })
+            .collect();
+        let mut p = Index::point_row(&self.conn, point).map_err(self.err("reading the point"))?;
+        p.boot_note = note.map(str::to_string);
+        ops.push(put(POINTS, point_values(&p)));
+        self.commit("recording the boot area", ops)
     }
 
     /// The boot manifests of a point (JSON), and the note saying why there are none.
@@ -875,40 +1008,34 @@ impl Index {
         paths: &[String],
         safety: Option<PointId>,
     ) -> Result<i64> {
-        let started = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
-        self.in_tx("writing the restore journal", |tx| {
-            tx.execute(
-                "INSERT INTO restores (point_id, target, paths, started_at, state) VALUES (?1, ?2, '[]', ?3, 'running')",
-                params![point, target, started],
-            )?;
-            let j = RestoreJournal {
-                id: tx.last_insert_rowid(),
-                point,
-                target: target.to_string(),
-                paths: paths.to_vec(),
-                safety_point: safety,
-                started_at: started.clone(),
-                complete: false,
-            };
-            write_restore(tx, &j)?;
-            Ok(j.id)
-        })
+        let j = RestoreJournal {
+            id: self.next_id("restores")?,
+            point,
+            target: target.to_string(),
+            paths: paths.to_vec(),
+            safety_point: safety,
+            started_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            complete: false,
+        };
+        self.commit(
+            "writing the restore journal",
+            vec![put(RESTORES, restore_values(&j))],
+        )?;
+        Ok(j.id)
     }
 
     /// Marks every restore of `target` finished: the tree now equals the last one's point.
     pub fn finish_restores(&mut self, target: &str) -> Result<()> {
-        let open: Vec<RestoreJournal> = self
+        let ops = self
             .restores()?
             .into_iter()
             .filter(|j| !j.complete && j.target == target)
-            .collect();
-        self.in_tx("writing the restore journal", |tx| {
-            for mut j in open {
+            .map(|mut j| {
                 j.complete = true;
-                write_restore(tx, &j)?;
-            }
-            Ok(())
-        })
+                put(RESTORES, restore_values(&j))
+            })
+            .collect();
+        self.commit("writing the restore journal", ops)
     }
 
     /// Calls `f` for every replica entry in byte order of path.

@@ -5,7 +5,9 @@
 //! in their own modules.
 
 mod index;
+mod log;
 mod pack;
+mod repair;
 pub mod replica;
 mod rowsum;
 
@@ -19,6 +21,7 @@ pub use index::{
     BatchWrite, Change, ContentKind, Index, Point, PointId, PointKind, PointTotals, RestoreJournal,
 };
 pub use pack::{FrameReader, PackWriter};
+pub use repair::{log_damage, repair, RepairReport};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsio;
@@ -221,7 +224,7 @@ fn make_layout(dir: &Path) -> Result<()> {
 
 /// flock on `lock`: the kernel releases it when the holder dies, so a crashed run never blocks
 /// the next one. The holder's pid is written into the file to name it in the message.
-fn take_lock(dir: &Path) -> Result<File> {
+pub(crate) fn take_lock(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
     let mut f = OpenOptions::new()
         .read(true)
