@@ -9,6 +9,7 @@ mod damage;
 mod fidelity;
 mod inplace;
 mod interactive;
+mod partial;
 mod props;
 mod refusals;
 mod util;
