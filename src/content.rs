@@ -103,14 +103,15 @@ pub fn step_back(
             what: format!("{}: no newer content to keep", at()),
         })?,
         ContentKind::Full => {
-            let mut dec = decode_full_reader(FrameReader::new(pack, frame)).ctx(at)?;
+            let mut dec = decode_full_reader(FrameReader::new(pack, frame))
+                .map_err(|e| undecodable(&at(), e))?;
             if old.size <= LARGE_FILE {
                 let mut v = Vec::with_capacity(old.size as usize);
-                dec.read_to_end(&mut v).ctx(at)?;
+                dec.read_to_end(&mut v).map_err(|e| undecodable(&at(), e))?;
                 Body::Mem(v)
             } else {
                 let mut f = temp_file(tmp_dir).ctx(at)?;
-                io::copy(&mut dec, &mut f).ctx(at)?;
+                io::copy(&mut dec, &mut f).map_err(|e| undecodable(&at(), e))?;
                 Body::File(f)
             }
         }
@@ -134,6 +135,17 @@ pub fn step_back(
         }
     };
     check(body, old.hash, &at())
+}
+
+/// zstd's complaints about a frame carry no errno: the frame is damaged, and only that file's
+/// version is lost. An errno (EIO, ENOSPC in staging) is an I/O failure of the operation, and
+/// an early end is left to the caller, who knows the pack was truncated.
+fn undecodable(what: &str, e: io::Error) -> Error {
+    if e.raw_os_error().is_none() && e.kind() != io::ErrorKind::UnexpectedEof {
+        damaged(what, e)
+    } else {
+        Error::io(what, e)
+    }
 }
 
 fn damaged(what: &str, e: io::Error) -> Error {

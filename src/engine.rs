@@ -43,6 +43,9 @@ pub struct RestoreRequest {
     /// Compare the content of every file the size of the point's, not only of those whose
     /// mtime differs.
     pub checksum: bool,
+    /// In place: leave out the files whose stored content is damaged (they stay as they are)
+    /// instead of refusing the whole restore.
+    pub skip_damaged: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -386,6 +389,20 @@ impl System {
         result
     }
 
+    /// Checks that every file `plan` writes can be rebuilt from the store (`plan.damaged`):
+    /// what an in-place restore does before its first write. Run it before asking for
+    /// confirmation, so the administrator sees the damage first; `restore` then skips it.
+    pub fn check_plan(
+        &self,
+        store: &Store,
+        plan: &mut RestorePlan,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        plan.damaged = restore::check_content(store, plan, progress)?;
+        plan.content_checked = true;
+        Ok(())
+    }
+
     fn restore_into(
         &self,
         store: &mut Store,
@@ -397,6 +414,26 @@ impl System {
         let target = req.target.clone().unwrap_or_else(|| self.root.clone());
         let target_fd = fsio::open_root(&target)
             .ctx(|| format!("opening the restore target {}", target.display()))?;
+        // In place, damage found half way would leave the system part old, part new: it is
+        // found before the pre-restore point and the journal, and refused or left out whole.
+        let mut checked;
+        let mut plan = plan;
+        if req.target.is_none() && !plan.is_empty() {
+            if !plan.content_checked {
+                checked = plan.clone();
+                self.check_plan(store, &mut checked, progress)?;
+                plan = &checked;
+            }
+            if !plan.damaged.is_empty() {
+                if !req.skip_damaged {
+                    return Err(restore::damaged_refusal(req.point, &plan.damaged));
+                }
+                let mut kept = restore::without_damaged(plan, &plan.damaged);
+                kept.damaged = plan.damaged.clone();
+                checked = kept;
+                plan = &checked;
+            }
+        }
         let boot_work = boot.iter().any(|b| !b.is_noop());
         if req.target.is_some() || (plan.is_empty() && !boot_work) {
             // Nothing of the system changes: no safety point, nothing to journal.
@@ -581,6 +618,7 @@ impl System {
                     protect: Vec::new(),
                     boot: crate::boot::Source::Off,
                     checksum: false,
+                    skip_damaged: false,
                 };
                 let plan = self.plan_restore(&store, &req)?;
                 (

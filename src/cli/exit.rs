@@ -12,7 +12,8 @@ pub const USAGE: i32 = 2;
 pub const WARNINGS: i32 = 3;
 /// Another run holds the store's lock.
 pub const LOCKED: i32 = 4;
-/// Damage found in the store (verify, or while reading a point).
+/// Damage found in the store (verify, or while reading a point). A `--target` or
+/// `--skip-damaged` restore has written everything else; an in-place one without it, nothing.
 pub const DAMAGED: i32 = 5;
 /// A restore needs confirmation: no terminal to ask on and no `--yes`.
 pub const NEEDS_CONFIRMATION: i32 = 6;

@@ -44,6 +44,10 @@ struct Cli {
     /// Do not take a pre-restore point of the current state first (no way back then)
     #[arg(long)]
     no_safety_point: bool,
+    /// In place: restore everything else when some files' stored content is damaged, leaving
+    /// those files as they are (exit 5 then)
+    #[arg(long)]
+    skip_damaged: bool,
     /// Also write the point's boot area (boot code and GRUB's core image) back to the disk
     #[arg(long)]
     boot: bool,
@@ -133,8 +137,9 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
             _ => config.boot.source(),
         },
         checksum: cli.checksum,
+        skip_damaged: cli.skip_damaged,
     };
-    let plan = if cli.boot_only {
+    let mut plan = if cli.boot_only {
         RestorePlan {
             point: id,
             ..Default::default()
@@ -142,6 +147,11 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     } else {
         system.plan_restore_with(&store, &req, progress_bar().as_ref())?
     };
+    // In place, damage is found before the question (and shown by --dry-run): the restore
+    // would refuse it later, before its first write, anyway.
+    if cli.target.is_none() && !plan.is_empty() {
+        system.check_plan(&store, &mut plan, progress_bar().as_ref())?;
+    }
     let where_ = cli
         .target
         .as_ref()
@@ -152,8 +162,15 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     if boot_plans.is_empty() && !cli.json {
         warn_boot_mismatch(&system, &store, &config, &plan);
     }
+    if !plan.damaged.is_empty() && !cli.dry_run && !cli.skip_damaged {
+        return Err(crate::restore::damaged_refusal(id, &plan.damaged));
+    }
     if cli.dry_run {
-        return Ok(SUCCESS);
+        return Ok(if plan.damaged.is_empty() {
+            SUCCESS
+        } else {
+            DAMAGED
+        });
     }
     if !cli.yes && !confirm(cli, id, &where_, &boot_plans) {
         outln!("Nothing was changed.");
@@ -203,6 +220,16 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     }
     for w in &r.warnings {
         eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    for d in &r.damaged {
+        eprintln!("DAMAGED {}: {}", d.path, d.problem);
+    }
+    if !r.damaged.is_empty() {
+        eprintln!(
+            "{} path(s) of point {id} were not restored: their stored content is damaged; everything else was. Run `system_snapshot verify --full` to see everything affected.",
+            r.damaged.len()
+        );
+        return Ok(DAMAGED);
     }
     Ok(if r.warnings.is_empty() {
         SUCCESS
@@ -311,7 +338,7 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &s
             .collect();
         outln!(
             "{}",
-            serde_json::json!({"point": plan.point, "summary": s, "boot_critical": boot, "items": items, "boot_area": boot_plans})
+            serde_json::json!({"point": plan.point, "summary": s, "boot_critical": boot, "items": items, "boot_area": boot_plans, "damaged": plan.damaged})
         );
         return;
     }
@@ -323,6 +350,18 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &s
         "Plan for point {} into {target}: {} to create, {} to rewrite, {} to delete, {} metadata to fix, {} to write",
         plan.point, s.create, s.rewrite, s.delete, s.metadata, size(s.bytes_to_write)
     );
+    for d in &plan.damaged {
+        outln!(
+            "DAMAGED {}: {} (its stored content cannot be rebuilt: it {})",
+            d.path,
+            d.problem,
+            if cli.skip_damaged {
+                "is left as it is (--skip-damaged)"
+            } else {
+                "stops this restore; --skip-damaged leaves it as it is"
+            }
+        );
+    }
     if boot.is_empty() {
         outln!("Boot-critical paths among them: none");
     } else {

@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use super::check::DamagedPath;
 use super::plan::{Action, PlanItem, RestorePlan};
 use super::state::{rebuild, Packs};
 use crate::error::{Error, IoContext, Result};
@@ -29,6 +30,8 @@ pub struct RestoreReport {
     pub metadata: u64,
     pub bytes_written: u64,
     pub warnings: Vec<Warning>,
+    /// Paths not written because their stored content is damaged; everything else was.
+    pub damaged: Vec<DamagedPath>,
 }
 
 struct Ctx<'a> {
@@ -38,6 +41,8 @@ struct Ctx<'a> {
     cache: DirCache,
     seq: u64,
     report: RestoreReport,
+    /// Paths of this run left unwritten as damaged: their followers are too.
+    damaged: BTreeSet<RelPath>,
 }
 
 pub fn apply(
@@ -53,9 +58,11 @@ pub fn apply(
         cache: DirCache::default(),
         seq: 0,
         report: RestoreReport::default(),
+        damaged: BTreeSet::new(),
     };
     cx.report.point = plan.point;
     cx.report.warnings = plan.warnings.clone();
+    cx.report.damaged = plan.damaged.clone();
     progress.phase("restoring", Some(plan.items.len() as u64));
     let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
     for it in &plan.items {
@@ -73,6 +80,7 @@ pub fn apply(
     for it in plan.items.iter().filter(|it| it.action != Action::Delete) {
         progress.advance(1);
         let r = place(&mut cx, it).map_err(|e| with_path(e, &it.path));
+        let r = skip_damaged(&mut cx, &it.path, r);
         tolerate(&mut cx, &it.path, r)?;
         failpoint::hit("restore-after-item");
     }
@@ -100,7 +108,10 @@ pub fn apply(
         .iter()
         .filter_map(|d| plan.dirs.get(d).map(|w| (d, w)));
     for (path, w) in file_items.chain(dir_items) {
-        if matches!(w.kind, Kind::File | Kind::Dir) && w.link.is_none() {
+        if matches!(w.kind, Kind::File | Kind::Dir)
+            && w.link.is_none()
+            && !cx.damaged.contains(path)
+        {
             let r = flags(&mut cx, path, w);
             tolerate(&mut cx, path, r)?;
         }
@@ -124,6 +135,19 @@ fn tolerate(cx: &mut Ctx, path: &[u8], r: Result<()>) -> Result<()> {
                     "changed while it was restored, left as it is now: {op}: {source}"
                 ),
             });
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Damage in the store costs the one path whose content it is: it is reported, never written
+/// (its temp file is already gone), and the rest of the plan goes on.
+fn skip_damaged(cx: &mut Ctx, path: &[u8], r: Result<()>) -> Result<()> {
+    match r {
+        Err(Error::Damaged { what }) => {
+            cx.damaged.insert(path.to_vec());
+            cx.report.damaged.push(DamagedPath::new(path, what));
             Ok(())
         }
         other => other,
@@ -246,6 +270,12 @@ fn build_temp(
 ) -> Result<()> {
     match (&w.link, w.kind) {
         (Some(leader), Kind::File) => {
+            if cx.damaged.contains(leader) {
+                // Linking to what the target has there would give this path other content.
+                return Err(Error::Damaged {
+                    what: DamagedPath::follower(path, leader).problem,
+                });
+            }
             let target = cx.target;
             let lp = cx
                 .cache

@@ -2,12 +2,14 @@
 //! pure and printable), and its application (`apply`, ordered and convergent).
 
 mod apply;
+mod check;
 mod links;
 mod plan;
 mod space;
 mod state;
 
 pub use apply::{apply, RestoreReport};
+pub use check::{check_content, refusal as damaged_refusal, without_damaged, DamagedPath};
 pub use plan::{build as build_plan, Action, PlanItem, PlanOptions, PlanSummary, RestorePlan};
 pub use space::{needs as space_needs, FsNeed};
 pub use state::{point_state, rebuild, Packs};

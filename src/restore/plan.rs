@@ -42,6 +42,11 @@ pub struct RestorePlan {
     /// The point's directories: a directory whose contents change gets its mtime back.
     pub dirs: BTreeMap<RelPath, Entry>,
     pub warnings: Vec<Warning>,
+    /// Set once `check_content` ran over this plan (an in-place restore runs it before its
+    /// first write unless the caller did, e.g. before asking for confirmation).
+    pub content_checked: bool,
+    /// The paths `check_content` found damaged in the store.
+    pub damaged: Vec<super::DamagedPath>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

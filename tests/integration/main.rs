@@ -10,6 +10,7 @@ mod fidelity;
 mod inplace;
 mod interactive;
 mod kit;
+mod partial;
 mod props;
 mod refusals;
 mod selection;

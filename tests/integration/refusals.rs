@@ -79,22 +79,23 @@ fn a_dry_run_creates_nothing() {
     );
 }
 
+/// A missing pack costs the versions it held, not the point (issue 9 item 10).
 #[test]
-fn a_missing_pack_is_damage_and_the_failed_restore_leaves_no_target_behind() {
+fn a_missing_pack_is_damage_to_the_files_it_held_only() {
     let lab = two_points();
     std::fs::remove_file(lab.store().join("packs/2.pack")).unwrap();
     let target = lab.target("new/restored");
     let out = restore_into(&lab, "1", &target, &[]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
-        text(&out).contains("2.pack") && text(&out).contains("missing"),
+        text(&out).contains("DAMAGED /data.bin")
+            && text(&out).contains("2.pack")
+            && text(&out).contains("missing"),
         "{}",
         text(&out)
     );
-    assert!(
-        !lab.target("new").exists(),
-        "an empty target was left behind"
-    );
+    assert!(!target.join("data.bin").exists(), "no damaged data written");
+    assert_eq!(std::fs::read(target.join("etc/conf")).unwrap(), b"one\n");
 }
 
 #[test]
