@@ -71,10 +71,13 @@ pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
     if db_path.exists() && !force && index_whole(dir) {
         report.index_intact = true;
         let damaged = log_damage(dir)?;
+        let idx = Index::open(dir, false)?;
         if !damaged.is_empty() || !log::log_path(dir).exists() {
-            Index::open(dir, false)?.dump_log(dir)?;
+            idx.dump_log(dir)?;
             report.log_rewritten = true;
         }
+        report.points = idx.points()?.iter().map(|p| p.id).collect();
+        report.moved_packs = move_unreferenced_packs(dir, &report.points)?;
         return Ok(report);
     }
     let lp = log::log_path(dir);

@@ -245,15 +245,33 @@ fn damaged_stores_are_detected_and_never_restore_wrong_data() {
         if matches!(outcome, Outcome::Missed(_) | Outcome::SilentlyWrong(_)) {
             wrong.push(format!("{name}: {outcome:?}"));
         }
+        // Repair: the index comes back from its log; data that is gone stays reported.
+        let repair = SNAPSHOT.run(&["repair", "--store", Lab::s(&store)]);
+        let after = judge(&lab, &store, &expected);
+        let index_only = name.starts_with("index") || name == "lost index" || name == "extra pack";
+        if index_only {
+            if repair.status.code() != Some(0) || after != Outcome::Harmless {
+                wrong.push(format!(
+                    "{name}: after repair (exit {:?}: {}) {after:?}",
+                    repair.status.code(),
+                    String::from_utf8_lossy(&repair.stdout)
+                ));
+            }
+            *tally.entry("repaired").or_insert(0) += 1;
+        } else if !matches!(after, Outcome::Detected) {
+            wrong.push(format!("{name}: after repair {after:?}"));
+        }
     }
     let n = |k: &str| tally.get(k).copied().unwrap_or(0);
     println!(
-        "{} damage cases: {} detected, {} harmless (a byte nothing reads), {} missed by verify, {} silently wrong",
+        "{} damage cases: {} detected, {} harmless (a byte nothing reads), {} missed by verify, {} silently wrong; repair brought back every point in {} of {} cases of index damage",
         cases.len(),
         n("detected"),
         n("harmless"),
         n("missed"),
-        n("silently wrong")
+        n("silently wrong"),
+        n("repaired") - wrong.iter().filter(|w| w.contains("after repair")).count() as u64,
+        n("repaired"),
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Every damage to data that is read must be found, not only survived.
@@ -271,7 +289,9 @@ fn a_lost_index_stops_every_command_and_keeps_the_data() {
     let out = SNAPSHOT.expect(5, &root);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("no index.db") && err.contains("nothing was written"),
+        err.contains("no index.db")
+            && err.contains("nothing was written")
+            && err.contains("system_snapshot repair"),
         "{err}"
     );
     SNAPSHOT.expect(5, &["list", "--store", Lab::s(&lab.store())]);
@@ -449,4 +469,92 @@ fn a_damaged_copy_of_a_changed_file_costs_its_old_versions_not_later_points() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A store that went through every kind of write (points, a rolled-back snapshot, retention, an
+/// in-place restore with its safety point and journal) loses its index: repair rebuilds it
+/// from the log, and the store is the same as before.
+#[test]
+fn repair_rebuilds_a_lost_index_from_its_log() {
+    let lab = Lab::new();
+    let mut expected = four_points(&lab);
+    let (sys, store) = (lab.sys(), lab.store());
+    let snap = ["--root", Lab::s(&sys), "--store", Lab::s(&store)];
+    lab.run_sh("echo killed >> etc/app/conf11");
+    let killed = std::process::Command::new(SNAPSHOT.path())
+        .args(snap)
+        .env("RESTOREPOINT_FAILPOINT", "snapshot-before-replica")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None);
+    SNAPSHOT.expect(0, &["prune", "--oldest", "1", "--store", Lab::s(&store)]);
+    let first = *expected.keys().next().unwrap();
+    expected.remove(&first);
+    let second = *expected.keys().next().unwrap();
+    let before_restore = fingerprint(&lab.sys());
+    RESTORE.expect(
+        0,
+        &[
+            "--root",
+            Lab::s(&sys),
+            "--store",
+            Lab::s(&store),
+            "--point",
+            &second.to_string(),
+            "--yes",
+        ],
+    );
+    let list = |store: &Path| {
+        SNAPSHOT
+            .expect(0, &["list", "--json", "--store", Lab::s(store)])
+            .stdout
+    };
+    let before = list(&store);
+    let points: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    let safety = points.as_array().unwrap().last().unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        points.as_array().unwrap().last().unwrap()["kind"],
+        "pre-restore"
+    );
+    expected.insert(safety, before_restore);
+
+    std::fs::remove_file(store.join("index.db")).unwrap();
+    SNAPSHOT.expect(5, &snap);
+    let out = SNAPSHOT.expect(0, &["repair", "--store", Lab::s(&store)]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("rebuilt from index.log") && said.contains("all intact"),
+        "{said}"
+    );
+    assert_eq!(
+        list(&store),
+        before,
+        "the rebuilt index lists the same points"
+    );
+    assert_eq!(judge(&lab, &store, &expected), Outcome::Harmless);
+    // It goes on: the next snapshot is point safety + 1 (ids are never reused).
+    lab.run_sh("echo after >> etc/app/conf12");
+    let next = lab.snapshot_json()["point"].as_i64().unwrap();
+    // 1-4 were taken, 5 was killed and rolled back, 6 is the safety point.
+    assert_eq!((safety, next), (6, 7), "point ids are never reused");
+}
+
+#[test]
+fn a_damaged_log_is_reported_and_rewritten_from_the_intact_index() {
+    let lab = Lab::new();
+    let expected = four_points(&lab);
+    let store = lab.store();
+    let log = store.join("index.log");
+    flip(&log, len(&log) / 2, 0x08);
+    let out = SNAPSHOT.expect(5, &["verify", "--store", Lab::s(&store)]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("index.log"));
+    let out = SNAPSHOT.expect(0, &["repair", "--store", Lab::s(&store)]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("index.log rewritten"));
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
+    // The rewritten log is whole: it alone rebuilds the index.
+    std::fs::remove_file(store.join("index.db")).unwrap();
+    SNAPSHOT.expect(0, &["repair", "--store", Lab::s(&store)]);
+    assert_eq!(judge(&lab, &store, &expected), Outcome::Harmless);
 }
