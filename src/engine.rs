@@ -159,7 +159,7 @@ impl System {
             return Ok((report, decisions));
         }
         if let Err(e) = self.refresh_kit(&store, report.point) {
-            report.warnings.push(crate::snapshot::Warning {
+            report.warnings.push(crate::model::Warning {
                 path: self.store.join("kit").display().to_string(),
                 message: format!("recovery kit not updated: {e}"),
             });

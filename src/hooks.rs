@@ -6,7 +6,15 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::Hook;
+/// A command run by `/bin/sh -c`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hook {
+    pub command: String,
+    pub timeout: Duration,
+    /// A failing optional hook is a warning, not a reason to abort.
+    pub optional: bool,
+}
+
 
 /// Why a hook failed, for the message and for `RESTOREPOINT_ERROR`.
 #[derive(Debug, Clone, PartialEq, Eq)]

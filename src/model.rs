@@ -180,6 +180,24 @@ impl Entry {
     }
 }
 
+/// Something an operation could not do for one path, that did not stop it: the path keeps its
+/// previous state (a snapshot) or is left as it is (a restore).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Warning {
+    pub path: String,
+    pub message: String,
+}
+
+/// Damage found in the store: a point's version of a path (or the store as a whole) that
+/// cannot be read back as it was recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damage {
+    /// The point whose version is damaged (None: the store as a whole).
+    pub point: Option<i64>,
+    pub path: String,
+    pub problem: String,
+}
+
 /// Renders a relative path for people: `/etc/hosts`, bytes that are not UTF-8 escaped.
 pub fn display_path(path: &[u8]) -> String {
     let mut out = String::from("/");

@@ -50,12 +50,7 @@ pub struct SnapshotOptions {
     pub kit_bytes: u64,
 }
 
-/// A path the snapshot could not record as it is now; the point keeps its previous state.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Warning {
-    pub path: String,
-    pub message: String,
-}
+pub use crate::model::Warning;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SnapshotReport {

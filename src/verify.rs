@@ -16,13 +16,7 @@ use crate::model::{display_path, parent, Entry, Kind, RelPath};
 use crate::restore::Packs;
 use crate::store::{Point, PointId, Store};
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Damage {
-    /// The point whose version is damaged (None: the store as a whole).
-    pub point: Option<PointId>,
-    pub path: String,
-    pub problem: String,
-}
+pub use crate::model::Damage;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VerifyReport {

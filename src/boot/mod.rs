@@ -410,10 +410,10 @@ pub fn remove_unreferenced(store: &Store) -> Result<()> {
 }
 
 /// Checks every boot file a point refers to is there and matches its hash.
-pub fn verify(store: &Store, damage: &mut Vec<crate::verify::Damage>) -> Result<()> {
+pub fn verify(store: &Store, damage: &mut Vec<crate::model::Damage>) -> Result<()> {
     for p in store.index.complete_points()? {
         let mut push = |path: String, problem: String| {
-            damage.push(crate::verify::Damage {
+            damage.push(crate::model::Damage {
                 point: Some(p.id),
                 path,
                 problem,

@@ -95,14 +95,7 @@ impl Default for Boot {
     }
 }
 
-/// A command run by `/bin/sh -c`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hook {
-    pub command: String,
-    pub timeout: Duration,
-    /// A failing optional hook is a warning, not a reason to abort.
-    pub optional: bool,
-}
+pub use crate::hooks::Hook;
 
 impl<'de> Deserialize<'de> for Hook {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

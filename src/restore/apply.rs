@@ -18,7 +18,7 @@ use crate::failpoint;
 use crate::fsio::{self, DirCache};
 use crate::model::{basename, display_path, parent, Entry, Kind, RelPath};
 use crate::progress::Progress;
-use crate::snapshot::Warning;
+use crate::model::Warning;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

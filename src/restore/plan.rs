@@ -9,7 +9,7 @@ use crate::exclude::ExcludeSet;
 use crate::fsio::{self, Basic, DirCache, WalkOptions};
 use crate::model::{basename, display_path, is_within, Entry, Kind, RelPath};
 use crate::progress::Progress;
-use crate::snapshot::Warning;
+use crate::model::Warning;
 use crate::store::PointId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
