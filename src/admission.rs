@@ -68,7 +68,7 @@ pub fn check(
     // Retention runs after the new point exists: it is then the latest.
     let mut with_new = points.to_vec();
     with_new.push(PointInfo {
-        id: i64::MAX,
+        id: crate::model::PointId(i64::MAX),
         created: now,
         stored_bytes: est.growth,
     });
@@ -110,7 +110,7 @@ mod tests {
     fn old_points(n: i64, pack: u64) -> Vec<PointInfo> {
         (1..=n)
             .map(|i| PointInfo {
-                id: i,
+                id: crate::model::PointId(i),
                 created: now() - chrono::Duration::days(30 - i),
                 stored_bytes: pack,
             })

@@ -49,7 +49,7 @@ pub enum Error {
     #[error("{op} refused, nothing was written: the in-place restore of point {point} into {target} (started {started}) is unfinished; run system_restore again to finish restoring point {point}")]
     RestoreUnfinished {
         op: String,
-        point: i64,
+        point: crate::model::PointId,
         target: String,
         started: String,
     },

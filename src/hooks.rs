@@ -15,7 +15,6 @@ pub struct Hook {
     pub optional: bool,
 }
 
-
 /// Why a hook failed, for the message and for `RESTOREPOINT_ERROR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookFailure {

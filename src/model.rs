@@ -8,6 +8,36 @@ use std::fmt;
 /// Relative path from the system root, as raw bytes without a leading slash ("" is the root).
 pub type RelPath = Vec<u8>;
 
+/// A point's stable id: assigned once, never reused, even after the point is removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct PointId(pub i64);
+
+impl std::fmt::Display for PointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for PointId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        s.parse().map(PointId)
+    }
+}
+
+impl rusqlite::ToSql for PointId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.0.to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for PointId {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(v).map(PointId)
+    }
+}
+
 /// The 32-byte BLAKE3 hash of a regular file's content.
 pub type Hash = [u8; 32];
 
@@ -193,7 +223,7 @@ pub struct Warning {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Damage {
     /// The point whose version is damaged (None: the store as a whole).
-    pub point: Option<i64>,
+    pub point: Option<PointId>,
     pub path: String,
     pub problem: String,
 }

@@ -31,7 +31,7 @@ pub struct Policy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointInfo {
-    pub id: i64,
+    pub id: crate::model::PointId,
     pub created: DateTime<FixedOffset>,
     /// Bytes of this point's pack: what removing its predecessor frees.
     pub stored_bytes: u64,
@@ -55,7 +55,7 @@ pub fn point_infos(points: &[crate::store::Point]) -> Vec<PointInfo> {
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Decision {
-    pub id: i64,
+    pub id: crate::model::PointId,
     pub remove: bool,
     pub reason: String,
 }
@@ -163,7 +163,7 @@ mod tests {
     fn points(n: usize, gap: i64, latest_age: i64, pack: u64) -> Vec<PointInfo> {
         (0..n)
             .map(|i| PointInfo {
-                id: i as i64 + 1,
+                id: crate::model::PointId(i as i64 + 1),
                 created: at(latest_age + gap * (n - 1 - i) as i64),
                 stored_bytes: pack,
             })
@@ -171,7 +171,7 @@ mod tests {
     }
 
     fn removed(d: &[Decision]) -> Vec<i64> {
-        d.iter().filter(|d| d.remove).map(|d| d.id).collect()
+        d.iter().filter(|d| d.remove).map(|d| d.id.0).collect()
     }
 
     #[test]

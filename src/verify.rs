@@ -185,7 +185,7 @@ fn packs(
     report: &mut VerifyReport,
 ) -> Result<()> {
     let mut framed: HashMap<PointId, u64> = HashMap::new();
-    store.index.changes_after(0, |c| {
+    store.index.changes_after(PointId(0), |c| {
         if let Some((off, len)) = c.frame {
             let end = framed.entry(c.point).or_insert(0);
             *end = (*end).max(off + len);
@@ -245,14 +245,14 @@ fn check_chains(store: &Store, points: &[Point], report: &mut VerifyReport) -> R
     let complete: HashSet<PointId> = points.iter().map(|p| p.id).collect();
     let mut packs = Packs::default();
     let mut paths: Vec<Vec<u8>> = Vec::new();
-    store.index.changes_after(0, |c| {
+    store.index.changes_after(PointId(0), |c| {
         if complete.contains(&c.point) && paths.last() != Some(&c.path) {
             paths.push(c.path);
         }
         Ok(())
     })?;
     for path in paths {
-        let chain = store.index.chain_of(&path, 0)?;
+        let chain = store.index.chain_of(&path, PointId(0))?;
         if chain.iter().any(|c| !complete.contains(&c.point)) {
             continue; // touched by an interrupted point: rolled back before it is read
         }

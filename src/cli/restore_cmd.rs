@@ -12,7 +12,7 @@ use crate::boot::restore::BootPlan;
 use crate::engine::{source_rel, RestoreRequest};
 use crate::model::display_path;
 use crate::restore::{Action, RestorePlan};
-use crate::store::{Point, Store};
+use crate::store::{Point, PointId, Store};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,7 +25,7 @@ struct Cli {
     place: Place,
     /// The point to restore (its id, as `system_snapshot list` shows); asked for when omitted
     #[arg(long, value_name = "ID")]
-    point: Option<i64>,
+    point: Option<PointId>,
     /// Materialize the point with DIR as its root instead of rolling the system back
     #[arg(long, value_name = "DIR")]
     target: Option<PathBuf>,
@@ -270,7 +270,10 @@ pub fn point_line(p: &Point, now: DateTime<Local>) -> String {
 }
 
 /// Lists the points and asks for one until a listed number is given. None: the operator left.
-fn choose_point(store: &Store, databases: &[String]) -> Result<Option<i64>, crate::error::Error> {
+fn choose_point(
+    store: &Store,
+    databases: &[String],
+) -> Result<Option<PointId>, crate::error::Error> {
     let points = store.index.complete_points()?;
     if points.is_empty() {
         return Err(crate::error::Error::NoPoints);
@@ -300,7 +303,7 @@ fn choose_point(store: &Store, databases: &[String]) -> Result<Option<i64>, crat
             .allow_empty(true)
             .interact_text();
         let Ok(answer) = answer else { return Ok(None) };
-        match answer.trim().parse::<i64>() {
+        match answer.trim().parse::<PointId>() {
             Ok(n) if points.iter().any(|p| p.id == n) => return Ok(Some(n)),
             _ => outln!(
                 "There is no restore point {:?}; enter one of the numbers listed above.",
@@ -451,7 +454,7 @@ fn print_boot_plan(plans: &[BootPlan]) {
     }
 }
 
-fn confirm(cli: &Cli, id: i64, target: &str, boot: &[BootPlan]) -> bool {
+fn confirm(cli: &Cli, id: PointId, target: &str, boot: &[BootPlan]) -> bool {
     for b in boot.iter().filter(|b| !b.is_noop()) {
         outln!(
             "THE BOOT AREA OF {} WILL BE OVERWRITTEN WITH POINT {id}'S.",

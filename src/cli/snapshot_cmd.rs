@@ -10,7 +10,7 @@ use crate::delta::Level;
 use crate::engine::{source_rel, PathChange, System};
 use crate::exclude::DEFAULT_EXCLUDES;
 use crate::snapshot::SnapshotOptions;
-use crate::store::PointKind;
+use crate::store::{PointId, PointKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,10 +49,10 @@ enum Cmd {
     /// List the complete points, oldest first
     List,
     /// What a point changed against the point before it
-    Show { id: i64 },
+    Show { id: PointId },
     /// What changed between two points, or between a point and the live system
     Diff {
-        id: i64,
+        id: PointId,
         /// A second point id, then paths (/etc/fstab …) to limit the diff to
         #[arg(value_name = "ID2|PATH")]
         rest: Vec<String>,
@@ -381,7 +381,7 @@ fn list(cli: &Cli, system: &System) -> CmdResult {
     Ok(SUCCESS)
 }
 
-fn show(cli: &Cli, system: &System, id: i64) -> CmdResult {
+fn show(cli: &Cli, system: &System, id: PointId) -> CmdResult {
     let c = system.show(id)?;
     if cli.json {
         outln!(
@@ -437,8 +437,8 @@ fn show(cli: &Cli, system: &System, id: i64) -> CmdResult {
     Ok(SUCCESS)
 }
 
-fn diff(system: &System, a: i64, rest: &[String]) -> CmdResult {
-    let (b, paths) = match rest.first().and_then(|r| r.parse::<i64>().ok()) {
+fn diff(system: &System, a: PointId, rest: &[String]) -> CmdResult {
+    let (b, paths) = match rest.first().and_then(|r| r.parse::<PointId>().ok()) {
         Some(b) => (Some(b), &rest[1..]),
         None => (None, rest),
     };

@@ -16,14 +16,14 @@ use super::state::{rebuild, Packs};
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::fsio::{self, DirCache};
+use crate::model::Warning;
 use crate::model::{basename, display_path, parent, Entry, Kind, RelPath};
 use crate::progress::Progress;
-use crate::model::Warning;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RestoreReport {
-    pub point: i64,
+    pub point: crate::model::PointId,
     pub created: u64,
     pub rewritten: u64,
     pub deleted: u64,

@@ -91,7 +91,7 @@ pub fn without_damaged(plan: &RestorePlan, damaged: &[DamagedPath]) -> RestorePl
 }
 
 /// The refusal of an in-place restore that found damage before writing anything.
-pub fn refusal(point: i64, damaged: &[DamagedPath]) -> Error {
+pub fn refusal(point: crate::model::PointId, damaged: &[DamagedPath]) -> Error {
     const SHOWN: usize = 20;
     let mut names: Vec<String> = damaged
         .iter()

@@ -7,9 +7,9 @@ use std::os::fd::BorrowedFd;
 use crate::error::{IoContext, Result};
 use crate::exclude::ExcludeSet;
 use crate::fsio::{self, Basic, DirCache, WalkOptions};
+use crate::model::Warning;
 use crate::model::{basename, display_path, is_within, Entry, Kind, RelPath};
 use crate::progress::Progress;
-use crate::model::Warning;
 use crate::store::PointId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -547,7 +547,7 @@ mod tests {
                 progress: &progress,
             };
             build(
-                1,
+                PointId(1),
                 want.clone(),
                 Some(root.as_fd()),
                 &[Vec::new()],
@@ -582,7 +582,7 @@ mod tests {
             checksum: false,
             progress: &crate::progress::Silent,
         };
-        let plan = build(1, want, None, &[Vec::new()], &none, opts).unwrap();
+        let plan = build(PointId(1), want, None, &[Vec::new()], &none, opts).unwrap();
         assert!(plan.items.iter().all(|i| i.action == Action::Create));
         assert_eq!(plan.items.len(), 2, "the root and a");
     }

@@ -27,8 +27,7 @@ const MIGRATIONS: &[&str] = &[
 /// The first schema whose rows carry checksums: older rows are sealed when migrating past it.
 const SUMS_SINCE: usize = 4;
 
-pub type PointId = i64;
-
+pub use crate::model::PointId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PointKind {
@@ -448,7 +447,7 @@ fn point_from_row(r: &Row) -> rusqlite::Result<Point> {
 
 fn point_values(p: &Point) -> Vec<Value> {
     vec![
-        Value::Integer(p.id),
+        Value::Integer(p.id.0),
         Value::Text(p.created_at.clone()),
         Value::Text(p.kind.as_str().into()),
         text(p.label.clone()),
@@ -485,10 +484,10 @@ fn restore_from_row(r: &Row) -> rusqlite::Result<RestoreJournal> {
 fn restore_values(j: &RestoreJournal) -> Vec<Value> {
     vec![
         Value::Integer(j.id),
-        Value::Integer(j.point),
+        Value::Integer(j.point.0),
         Value::Text(j.target.clone()),
         Value::Text(json(&j.paths)),
-        j.safety_point.map_or(Value::Null, Value::Integer),
+        j.safety_point.map_or(Value::Null, |p| Value::Integer(p.0)),
         Value::Text(j.started_at.clone()),
         Value::Text(if j.complete { "complete" } else { "running" }.into()),
     ]
@@ -568,7 +567,7 @@ fn forget_op(path: &[u8]) -> Op {
 
 fn change_op(c: &Change) -> Op {
     let mut v = vec![
-        Value::Integer(c.point),
+        Value::Integer(c.point.0),
         Value::Blob(c.path.clone()),
         Value::Text(c.content.as_str().into()),
     ];
@@ -590,7 +589,7 @@ fn of_point(table: u8, point: PointId) -> Op {
     Op::DeleteWhere {
         table,
         column: 0,
-        value: Value::Integer(point),
+        value: Value::Integer(point.0),
     }
 }
 
@@ -802,7 +801,7 @@ impl Index {
         self.complete_points()?
             .into_iter()
             .find(|p| p.id == id)
-            .ok_or(Error::NoSuchPoint { id })
+            .ok_or(Error::NoSuchPoint { id: id.0 })
     }
 
     /// A point in any state (a running one included).
@@ -824,7 +823,7 @@ impl Index {
         excludes: &[String],
     ) -> Result<PointId> {
         let p = Point {
-            id: self.next_id("points")?,
+            id: PointId(self.next_id("points")?),
             created_at: created_at.to_string(),
             kind,
             label: label.map(str::to_string),
@@ -926,7 +925,7 @@ impl Index {
                 put(
                     BOOT,
                     vec![
-                        Value::Integer(point),
+                        Value::Integer(point.0),
                         Value::Text(disk.clone()),
                         Value::Text(manifest.clone()),
                     ],

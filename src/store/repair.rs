@@ -59,7 +59,7 @@ fn index_whole(dir: &Path) -> bool {
         idx.restores()?;
         idx.boot_manifests(None)?;
         idx.for_each_entry(|_, _| Ok(()))?;
-        idx.changes_after(i64::MIN, |_| Ok(()))
+        idx.changes_after(PointId(i64::MIN), |_| Ok(()))
     };
     rows().is_ok()
 }
