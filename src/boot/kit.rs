@@ -7,8 +7,9 @@ use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{get_blob, Capture};
+use super::Capture;
 use crate::error::{IoContext, Result};
+use crate::store::blobs::get as get_blob;
 use crate::store::Point;
 
 pub const BINARIES: [&str; 2] = ["system_snapshot", "system_restore"];

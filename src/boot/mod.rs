@@ -14,13 +14,12 @@ pub mod table;
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::store::{PointId, Store};
 pub use table::{Layout, TableKind};
 
@@ -280,7 +279,7 @@ fn read_disk(
             role,
             offset,
             len: kept,
-            hash: put_blob(store, &bytes)?,
+            hash: crate::store::blobs::put(store, &bytes)?,
             truncated: kept < len,
         });
     }
@@ -289,7 +288,7 @@ fn read_disk(
         refs.push(RecordRef {
             name: r.name,
             source: r.source,
-            hash: put_blob(store, &r.text)?,
+            hash: crate::store::blobs::put(store, &r.text)?,
         });
     }
     Ok(Some(Capture {
@@ -300,47 +299,6 @@ fn read_disk(
         records: refs,
         uefi: Path::new("/sys/firmware/efi").exists(),
     }))
-}
-
-fn blob_path(store: &Path, hash: &str) -> PathBuf {
-    store.join("boot").join(format!("{hash}.zst"))
-}
-
-/// Stores `bytes` once: compressed, synced, renamed into place. Returns their hash.
-fn put_blob(store: &Path, bytes: &[u8]) -> std::io::Result<String> {
-    let hash = blake3::hash(bytes).to_hex().to_string();
-    let path = blob_path(store, &hash);
-    if path.exists() {
-        return Ok(hash);
-    }
-    write_atomic(&path, &zstd::bulk::compress(bytes, 19)?)?;
-    Ok(hash)
-}
-
-/// Writes `path` whole or not at all: a synced temp file beside it, renamed over it, and
-/// the directory synced so the rename survives a crash.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
-}
-
-/// The bytes stored under `hash`, checked against it.
-pub fn get_blob(store: &Path, hash: &str) -> Result<Vec<u8>> {
-    let path = blob_path(store, hash);
-    let packed = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-    let bytes = zstd::stream::decode_all(&packed[..]).map_err(|e| Error::Damaged {
-        what: format!("{}: {e}", path.display()),
-    })?;
-    if blake3::hash(&bytes).to_hex().as_str() != hash {
-        return Err(Error::Damaged {
-            what: format!("{} does not match its hash", path.display()),
-        });
-    }
-    Ok(bytes)
 }
 
 /// Records the captures with the running point `id`.
@@ -389,24 +347,10 @@ fn referenced(store: &Store) -> Result<Option<HashSet<String>>> {
 /// Deletes boot files no point refers to any more (after retention, or left by a snapshot
 /// that died before its rows were written). Called under the lock.
 pub fn remove_unreferenced(store: &Store) -> Result<()> {
-    let Some(keep) = referenced(store)? else {
-        return Ok(());
-    };
-    let dir = store.dir.join("boot");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(());
-    };
-    for ent in rd.flatten() {
-        let name = ent.file_name();
-        let name = name.to_string_lossy();
-        let stem = name.strip_suffix(".zst").unwrap_or(&name);
-        let temp = name.starts_with(".tmp");
-        if temp || (name.ends_with(".zst") && !keep.contains(stem)) {
-            std::fs::remove_file(ent.path())
-                .ctx(|| format!("removing {}", ent.path().display()))?;
-        }
+    match referenced(store)? {
+        Some(keep) => crate::store::blobs::remove_except(&store.dir, &keep),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks every boot file a point refers to is there and matches its hash.
@@ -433,7 +377,7 @@ pub fn verify(store: &Store, damage: &mut Vec<crate::model::Damage>) -> Result<(
                 .map(|x| (&x.name, &x.hash))
                 .chain(c.records.iter().map(|r| (&r.name, &r.hash)));
             for (name, hash) in hashes {
-                if let Err(e) = get_blob(&store.dir, hash) {
+                if let Err(e) = crate::store::blobs::get(&store.dir, hash) {
                     push(format!("boot area of {}: {name}", c.disk), e.to_string());
                 }
             }

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::table::{self, BOOT_CODE};
-use super::{get_blob, open_disk, Capture, Role};
+use super::{open_disk, Capture, Role};
 use crate::error::{Error, IoContext, Result};
+use crate::store::blobs::get as get_blob;
 use crate::store::PointId;
 
 #[derive(Debug, Clone, Serialize)]

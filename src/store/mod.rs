@@ -4,6 +4,7 @@
 //! Owns the layout, the single-writer lock and the index; the snapshot and restore logic live
 //! in their own modules.
 
+pub mod blobs;
 mod index;
 mod log;
 mod pack;
