@@ -87,7 +87,7 @@ fn an_in_place_restore_never_touches_what_is_inside_them() {
     pseudo_tree(&lab);
     let id = lab.snapshot();
     lab.run_sh(
-        "echo live > tmp/new && mkdir -p tmp/d && echo x > tmp/d/y && echo 2 > proc/2
+        "echo live > tmp/new && mkdir -p tmp/d && echo x > tmp/d/y && chmod u+w proc && echo 2 > proc/2 && chmod 0555 proc
          echo newer > run/lock/l && rm tmp/f && chmod 0755 tmp && echo edited > etc/conf",
     );
     let before: Vec<(String, Vec<String>)> = PSEUDO
