@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_restores.sql"),
     include_str!("../../migrations/0003_boot.sql"),
     include_str!("../../migrations/0004_row_sums.sql"),
+    include_str!("../../migrations/0005_log_state.sql"),
 ];
 /// The first schema whose rows carry checksums: older rows are sealed when migrating past it.
 const SUMS_SINCE: usize = 4;
@@ -307,6 +308,28 @@ pub(super) fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Records how far the log is committed, in the transaction that commits its records.
+pub(super) fn set_log_len(conn: &Connection, len: u64) -> rusqlite::Result<()> {
+    let v = vec![Value::Integer(1), Value::Integer(len as i64)];
+    conn.prepare_cached("INSERT OR REPLACE INTO log_state (id, len, sum) VALUES (?1, ?2, ?3)")?
+        .execute(params_from_iter(sealed("log_state", v)))?;
+    Ok(())
+}
+
+/// The committed length of the log; None when not recorded yet, or when the row fails its
+/// checksum (then nothing may be cut from the log on its word).
+fn log_len(conn: &Connection) -> rusqlite::Result<Option<u64>> {
+    conn.query_row("SELECT id, len, sum FROM log_state WHERE id = 1", [], |r| {
+        Ok(rowsum::check(r, "log_state", 2, || "log_state".into())
+            .ok()
+            .map(|_| r.get::<_, i64>(1))
+            .transpose()?
+            .map(|l| l as u64))
+    })
+    .optional()
+    .map(Option::flatten)
 }
 
 fn put(table: u8, values: Vec<Value>) -> Op {
@@ -652,9 +675,19 @@ impl Index {
         if write {
             let lp = log::log_path(store);
             let ctx = |e| Error::io(format!("opening {}", lp.display()), e);
+            let committed = log_len(&idx.conn).map_err(idx.err("reading the log's length"))?;
             let stale = match IndexLog::open(store).map_err(ctx)? {
                 None => true,
-                Some(l) => l.wants_compaction().map_err(ctx)?,
+                // Records past the committed length belong to a transaction that never
+                // committed (a kill between the append and the commit): they go.
+                Some(l) => match committed {
+                    Some(c) if c > l.len().map_err(ctx)? => true, // committed records lost
+                    Some(c) => {
+                        l.cut_to(c).map_err(ctx)?;
+                        l.wants_compaction().map_err(ctx)?
+                    }
+                    None => l.wants_compaction().map_err(ctx)?,
+                },
             };
             if stale {
                 idx.dump_log(store)?;
@@ -691,7 +724,8 @@ impl Index {
                 .map_err(io)?;
             }
         }
-        w.finish().map_err(io)
+        let len = w.finish().map_err(io)?;
+        set_log_len(&self.conn, len).map_err(self.err("recording the log's length"))
     }
 
     /// An index on a connection of the caller's (repair's new file): no log.
@@ -751,13 +785,16 @@ impl Index {
             .log
             .as_mut()
             .expect("only a store opened for writing is written");
-        log.append(&ops)
+        let len = log
+            .append(&ops)
             .map_err(|e| Error::io(format!("writing {} ({op})", log.path.display()), e))?;
+        crate::failpoint::hit("index-after-log-append");
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| db(&path, op, e))?;
         for o in &ops {
             apply_op(&tx, o).map_err(|e| db(&path, op, e))?;
         }
+        set_log_len(&tx, len).map_err(|e| db(&path, op, e))?;
         tx.commit().map_err(|e| db(&path, op, e))
     }
 

@@ -207,13 +207,28 @@ impl IndexLog {
 
     /// Appends the records and makes them durable: they reach the disk before the index
     /// transaction they describe commits.
-    pub fn append(&mut self, ops: &[Op]) -> io::Result<()> {
+    /// Returns the log's length after them.
+    pub fn append(&mut self, ops: &[Op]) -> io::Result<u64> {
         let mut buf = Vec::new();
         for op in ops {
             buf.extend_from_slice(&op.record());
         }
         self.file.write_all(&buf)?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.len()
+    }
+
+    pub fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Cuts the log back to `len` bytes (what the index committed), durably.
+    pub fn cut_to(&self, len: u64) -> io::Result<()> {
+        if self.len()? > len {
+            self.file.set_len(len)?;
+            self.file.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Whether the log has grown past twice its dump (plus some slack): time to compact.
@@ -269,14 +284,16 @@ impl Rewrite {
         self.file.write_all(&r)
     }
 
-    pub fn finish(self) -> io::Result<()> {
+    /// Puts the new log in place; returns its length.
+    pub fn finish(self) -> io::Result<u64> {
         use std::io::Seek;
         let mut file = self.file.into_inner().map_err(|e| e.into_error())?;
         file.seek(io::SeekFrom::Start(0))?;
         file.write_all(&Op::Header { dump_len: self.len }.record())?;
         file.sync_all()?;
         std::fs::rename(&self.tmp, log_path(&self.store))?;
-        File::open(&self.store)?.sync_all()
+        File::open(&self.store)?.sync_all()?;
+        Ok(self.len)
     }
 }
 

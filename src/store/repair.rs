@@ -137,6 +137,8 @@ fn replay(dir: &Path, to: &Path, bytes: &[u8], report: &mut RepairReport) -> Res
             Err(_) => report.damaged_records.push(at),
         }
     }
+    super::index::set_log_len(&tx, bytes.len() as u64)
+        .map_err(|e| db(to, "replaying the log", e))?;
     tx.commit().map_err(|e| db(to, "replaying the log", e))?;
     conn.close().map_err(|(_, e)| db(to, "closing", e))
 }

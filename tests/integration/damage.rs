@@ -558,3 +558,37 @@ fn a_damaged_log_is_reported_and_rewritten_from_the_intact_index() {
     SNAPSHOT.expect(0, &["repair", "--store", Lab::s(&store)]);
     assert_eq!(judge(&lab, &store, &expected), Outcome::Harmless);
 }
+
+/// Killed between a log append and the index commit it describes: the next writer cuts those
+/// records from the log, so a later repair never replays a write that never happened.
+#[test]
+fn records_of_a_transaction_that_never_committed_are_cut_from_the_log() {
+    for nth in [2, 3, 4] {
+        let lab = Lab::new();
+        lab.run_sh("mkdir d && for i in $(seq 1 30); do echo v1-$i > d/f$i; done");
+        let mut expected = BTreeMap::new();
+        expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+        lab.run_sh("for i in $(seq 1 30); do echo v2-$i > d/f$i; done; chmod 600 d/f1");
+        let (sys, store) = (lab.sys(), lab.store());
+        let snap = ["--root", Lab::s(&sys), "--store", Lab::s(&store)];
+        let killed = std::process::Command::new(SNAPSHOT.path())
+            .args(snap)
+            .env(
+                "RESTOREPOINT_FAILPOINT",
+                format!("index-after-log-append:{nth}"),
+            )
+            .output()
+            .unwrap();
+        assert_eq!(killed.status.code(), None, "killed at append {nth}");
+        // The next writer rolls the point back; the store holds point 1 only.
+        SNAPSHOT.expect(0, &["prune", "--dry-run", "--store", Lab::s(&store)]);
+        SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
+        std::fs::remove_file(store.join("index.db")).unwrap();
+        SNAPSHOT.expect(0, &["repair", "--store", Lab::s(&store)]);
+        assert_eq!(
+            judge(&lab, &store, &expected),
+            Outcome::Harmless,
+            "after a kill at append {nth}"
+        );
+    }
+}
