@@ -13,5 +13,6 @@ mod kit;
 mod partial;
 mod props;
 mod refusals;
+mod relog;
 mod selection;
 mod util;

@@ -1,0 +1,76 @@
+//! The index log under kills: snapshots (and their rollbacks and retention) killed at many
+//! moments, then the index lost. The log replays into the index the store had.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::util::*;
+
+fn points_json(lab: &Lab) -> Vec<u8> {
+    SNAPSHOT
+        .expect(0, &["list", "--json", "--store", Lab::s(&lab.store())])
+        .stdout
+}
+
+#[test]
+fn after_kills_at_random_moments_a_lost_index_is_rebuilt_as_it_was() {
+    let lab = Lab::new();
+    lab.run_sh(
+        r#"for d in 0 1 2; do mkdir -p "d$d"; for f in $(seq 1 80); do seq 1 $((f * 30)) > "d$d/f$f"; done; done
+        head -c 3000000 /dev/urandom > big && ln d0/f1 d1/link"#,
+    );
+    let mut expected: BTreeMap<i64, Fingerprint> = BTreeMap::new();
+    expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    let (sys, store) = (lab.sys(), lab.store());
+    for round in 0..10u64 {
+        lab.run_sh(&format!(
+            "for f in $(seq {a} {b}); do echo r{round} >> d{d}/f$f; done; rm -f d{d}/f{c}; echo n > d{d}/new{round}; \
+             head -c 1000 /dev/urandom | dd of=big bs=1 seek={s} conv=notrunc 2>/dev/null",
+            a = 1 + round * 7 % 50,
+            b = 10 + round * 7 % 50,
+            c = 60 + round,
+            d = round % 3,
+            s = round * 12345
+        ));
+        let fp = fingerprint(&lab.sys());
+        let mut child = std::process::Command::new(SNAPSHOT.path())
+            .args(["--root", Lab::s(&sys), "--store", Lab::s(&store)])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(round * 37 % 300));
+        let _ = child.kill();
+        child.wait().unwrap();
+        // A kill after the point completed leaves it; otherwise it is rolled back.
+        let ids: Vec<i64> = serde_json::from_slice::<serde_json::Value>(&points_json(&lab))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_i64().unwrap())
+            .collect();
+        if let Some(&last) = ids.last() {
+            expected.entry(last).or_insert_with(|| fp.clone());
+        }
+        let id = lab.snapshot();
+        expected.entry(id).or_insert(fp);
+        if round % 4 == 3 {
+            SNAPSHOT.expect(0, &["prune", "--oldest", "1", "--store", Lab::s(&store)]);
+            let oldest = *expected.keys().next().unwrap();
+            expected.remove(&oldest);
+        }
+    }
+    let before = points_json(&lab);
+    std::fs::remove_file(store.join("index.db")).unwrap();
+    let out = SNAPSHOT.expect(0, &["repair", "--store", Lab::s(&store)]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("all intact"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(points_json(&lab), before, "the same points, ids and totals");
+    for (id, fp) in &expected {
+        let t = lab.target(&format!("p{id}"));
+        lab.restore(*id, &t);
+        assert_same(fp, &fingerprint(&t), &format!("point {id} after repair"));
+    }
+}
