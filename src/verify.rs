@@ -111,8 +111,51 @@ fn replica(store: &Store, complete: &[Point], report: &mut VerifyReport) -> Resu
     }
     let mut damage = Vec::new();
     let mut files = 0;
+    // What the replica holds, to find rows that are missing (a row gone from index.db fails
+    // no checksum) and replica paths that are gone.
+    let mut on_disk: HashMap<RelPath, Kind> = HashMap::new();
+    let no_exclude = |_: &[u8], _: Kind| false;
+    let opts = crate::fsio::WalkOptions {
+        one_file_system: true,
+        exclude: &no_exclude,
+    };
+    let (mut walked, mut warns) = (Vec::new(), Vec::new());
+    crate::fsio::walk(store.replica(), b"", &opts, &mut walked, &mut warns)
+        .map_err(|e| Error::io("walking the replica", e))?;
+    on_disk.extend(walked.into_iter().map(|(p, b)| (p, b.kind)));
+    let push = |damage: &mut Vec<Damage>, path: &[u8], problem: String| {
+        damage.push(Damage {
+            point: latest,
+            path: display_path(path),
+            problem,
+        })
+    };
     store.index.for_each_entry(|path, e| {
-        if e.kind != Kind::File || in_flight.contains(&path) {
+        let in_replica = matches!(e.kind, Kind::File | Kind::Dir | Kind::Symlink);
+        let have = on_disk.remove(&path);
+        if in_flight.contains(&path) {
+            return Ok(());
+        }
+        if in_replica && have.is_some_and(|k| k != e.kind) {
+            push(
+                &mut damage,
+                &path,
+                format!(
+                    "the replica holds a {} where the index has a {}",
+                    have.map_or("", Kind::name),
+                    e.kind.name()
+                ),
+            );
+            return Ok(());
+        }
+        if in_replica && have.is_none() && e.kind != Kind::File {
+            push(
+                &mut damage,
+                &path,
+                format!("the {} is missing from the replica", e.kind.name()),
+            );
+        }
+        if e.kind != Kind::File {
             return Ok(());
         }
         files += 1;
@@ -128,7 +171,17 @@ fn replica(store: &Store, complete: &[Point], report: &mut VerifyReport) -> Resu
         }
         Ok(())
     })?;
+    for (path, _) in on_disk {
+        if !in_flight.contains(&path) {
+            push(
+                &mut damage,
+                &path,
+                "in the replica but not in the index: its row is missing".into(),
+            );
+        }
+    }
     report.replica_files = files;
+    damage.sort_by(|a, b| a.path.cmp(&b.path));
     report.damage.extend(damage);
     Ok(())
 }
