@@ -160,6 +160,7 @@ pub fn run(
         stored_bytes: report.stored_bytes,
         warnings: report.warnings.len() as u64,
     };
+    store.append_to_pack(id, &store.index.pack_head(id, Some(totals))?)?;
     store.index.complete_point(id, totals)?;
     failpoint::hit("snapshot-after-complete");
     store.clear_staging()?;
@@ -378,8 +379,11 @@ fn record(
     report: &mut SnapshotReport,
     progress: &dyn Progress,
 ) -> Result<Vec<Shape>> {
-    let mut pack = PackWriter::create(&store.pack_path(id))
-        .ctx(|| format!("creating {}", store.pack_path(id).display()))?;
+    let pack_path = store.pack_path(id);
+    let pack_err = || format!("writing {}", pack_path.display());
+    let mut pack = PackWriter::create(&store.pack_path(id)).ctx(pack_err)?;
+    pack.append_records(&store.index.pack_head(id, None)?)
+        .ctx(pack_err)?;
     let first = !store.index.points()?.iter().any(|p| p.complete);
     let mut cache = DirCache::default();
     let mut shapes = Vec::new();
@@ -481,6 +485,10 @@ fn record(
                 Err(e) => return Err(e),
             }
         };
+        if !first {
+            pack.append_records(&[crate::store::change_record(&change)])
+                .ctx(pack_err)?;
+        }
         tally(report, &p.old, &new, &content);
         batch.bytes += new
             .as_ref()

@@ -467,6 +467,13 @@ fn repair(cli: &Cli, system: &System, force: bool) -> CmdResult {
     } else {
         if r.index_intact {
             outln!("index.db reads back whole: nothing to rebuild");
+        } else if r.from_packs {
+            outln!(
+                "index.db rebuilt from the packs and the replica (index.log was missing or unusable): {} records, {} points ({})",
+                r.records,
+                r.points.len(),
+                r.points.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            );
         } else {
             outln!(
                 "index.db rebuilt from index.log: {} records, {} points ({})",
@@ -492,6 +499,9 @@ fn repair(cli: &Cli, system: &System, force: bool) -> CmdResult {
                 r.damaged_records.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
             );
         }
+        for n in &r.not_rebuilt {
+            outln!("NOT rebuilt: {n}");
+        }
         for p in &r.moved_packs {
             outln!(
                 "Moved {}: no point of the rebuilt index names it",
@@ -500,10 +510,12 @@ fn repair(cli: &Cli, system: &System, force: bool) -> CmdResult {
         }
         print_verify(&v, true);
     }
-    Ok(if v.damage.is_empty() && r.damaged_records.is_empty() {
-        SUCCESS
-    } else {
+    Ok(if !v.damage.is_empty() || !r.damaged_records.is_empty() {
         DAMAGED
+    } else if !r.not_rebuilt.is_empty() {
+        WARNINGS
+    } else {
+        SUCCESS
     })
 }
 

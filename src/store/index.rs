@@ -570,7 +570,7 @@ fn entry_from_row(r: &Row) -> rusqlite::Result<(RelPath, Entry)> {
     Ok((path, e))
 }
 
-fn entry_op(path: &[u8], e: &Entry) -> Op {
+pub(super) fn entry_op(path: &[u8], e: &Entry) -> Op {
     let mut v = vec![Value::Blob(path.to_vec())];
     v.extend(entry_values(Some(e)));
     v.extend([
@@ -588,7 +588,8 @@ fn forget_op(path: &[u8]) -> Op {
     }
 }
 
-fn change_op(c: &Change) -> Op {
+/// The record of a change row, as the index and its pack hold it.
+pub fn change_op(c: &Change) -> Op {
     let mut v = vec![
         Value::Integer(c.point.0),
         Value::Blob(c.path.clone()),
@@ -848,6 +849,33 @@ impl Index {
             [id],
             point_from_row,
         )
+    }
+
+    /// The records that make point `id`'s pack describe itself (docs/DESIGN.md "Packs"): its
+    /// row, with `totals` when it completes, else as it is now; and at creation the row of the
+    /// point before it, whose own pack goes when retention removes the point before that.
+    pub fn pack_head(&self, id: PointId, totals: Option<PointTotals>) -> Result<Vec<Op>> {
+        let points = self.points()?;
+        let mut p = points
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
+            .ok_or(Error::NoSuchPoint { id: id.0 })?;
+        let mut out = Vec::new();
+        match totals {
+            Some(t) => {
+                p.complete = true;
+                (p.files, p.bytes, p.stored_bytes, p.warnings) =
+                    (t.files, t.bytes, t.stored_bytes, t.warnings);
+            }
+            None => {
+                if let Some(before) = points.iter().rfind(|q| q.complete && q.id < id) {
+                    out.push(put(POINTS, point_values(before)));
+                }
+            }
+        }
+        out.push(put(POINTS, point_values(&p)));
+        Ok(out)
     }
 
     /// Records a new `running` point and returns its id (never one used before).

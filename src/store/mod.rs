@@ -18,9 +18,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+pub use index::change_op as change_record;
 pub use index::{
     BatchWrite, Change, ContentKind, Index, Point, PointId, PointKind, PointTotals, RestoreJournal,
 };
+pub use log::Op as Record;
 pub use pack::{FrameReader, PackWriter};
 pub use repair::{log_damage, repair, RepairReport};
 
@@ -132,6 +134,20 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Appends `records` to point `id`'s pack and syncs it: the completion record, written
+    /// before the index marks the point complete.
+    pub fn append_to_pack(&self, id: PointId, records: &[Record]) -> Result<()> {
+        let path = self.pack_path(id);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        let bytes: Vec<u8> = records.iter().flat_map(|r| r.record()).collect();
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_data())
+            .ctx(|| format!("writing {}", path.display()))
     }
 
     /// Makes everything written to the store's filesystem so far durable.

@@ -50,6 +50,17 @@ impl PackWriter {
         Ok((start, n))
     }
 
+    /// Appends self-describing records (a point's row, a change row): the pack can be read
+    /// without the index (`repair`). They are not frames: no row points at them.
+    pub fn append_records(&mut self, ops: &[super::log::Op]) -> io::Result<()> {
+        for op in ops {
+            let r = op.record();
+            self.file.write_all(&r)?;
+            self.len += r.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Flushes buffered frames to the file (durability comes from the store's syncfs).
     pub fn flush(&mut self) -> io::Result<()> {
         self.file.flush()

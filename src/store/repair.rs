@@ -3,6 +3,7 @@
 //! beside it, packs the rebuilt index does not name go to `lost+found/`. An intact index with
 //! a damaged log gets its log rewritten from it.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,10 @@ pub struct RepairReport {
     pub points: Vec<PointId>,
     /// Packs no point of the rebuilt index names, moved to `lost+found/`.
     pub moved_packs: Vec<PathBuf>,
+    /// The log was missing or unusable: the index was rebuilt from the packs' own records and
+    /// the replica, and `not_rebuilt` says what that cannot give back.
+    pub from_packs: bool,
+    pub not_rebuilt: Vec<String>,
 }
 
 /// Damaged stretches in the log, by offset (empty when it is missing).
@@ -81,17 +86,23 @@ pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
         return Ok(report);
     }
     let lp = log::log_path(dir);
-    let bytes = fs::read(&lp).map_err(|e| Error::Damaged {
-        what: format!(
-            "index.db cannot be rebuilt: {} cannot be read ({e}); the packs and the replica are left as they are",
-            lp.display()
-        ),
-    })?;
     let rebuilt = dir.join("index.db.rebuilt");
     for stale in ["", "-wal", "-shm", "-journal"] {
         let _ = fs::remove_file(format!("{}{stale}", rebuilt.display()));
     }
-    replay(dir, &rebuilt, &bytes, &mut report)?;
+    match fs::read(&lp) {
+        Ok(bytes) if usable_log(&bytes) => replay(dir, &rebuilt, &bytes, &mut report)?,
+        other => {
+            if other.is_ok() {
+                let kept = dir.join(format!(
+                    "index.log.damaged-{}",
+                    chrono::Local::now().format("%Y%m%d-%H%M%S")
+                ));
+                fs::rename(&lp, &kept).ctx(|| format!("moving {} aside", lp.display()))?;
+            }
+            from_packs(dir, &rebuilt, &mut report)?;
+        }
+    }
     if db_path.exists() {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         let kept = dir.join(format!("index.db.damaged-{stamp}"));
@@ -109,9 +120,176 @@ pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
         .and_then(|d| d.sync_all())
         .ctx(|| format!("syncing {}", dir.display()))?;
     let idx = Index::open(dir, false)?;
+    if report.from_packs {
+        idx.dump_log(dir)?;
+        report.log_rewritten = true;
+    }
     report.points = idx.points()?.iter().map(|p| p.id).collect();
     report.moved_packs = move_unreferenced_packs(dir, &report.points)?;
     Ok(report)
+}
+
+/// A log whose first record is its header: anything else is not worth replaying.
+fn usable_log(bytes: &[u8]) -> bool {
+    matches!(
+        (Reader { bytes, pos: 0 }).next(),
+        Some(Ok(log::Op::Header { .. }))
+    )
+}
+
+/// The index rebuilt without its log: the points and their changes from the records each pack
+/// carries (docs/DESIGN.md "Packs"), the latest point's entries from the replica itself.
+fn from_packs(dir: &Path, to: &Path, report: &mut RepairReport) -> Result<()> {
+    use rusqlite::types::Value;
+    report.from_packs = true;
+    let int = |v: &Value| match v {
+        Value::Integer(i) => Some(*i),
+        _ => None,
+    };
+    // id -> (complete, row values); a complete row wins over a running one.
+    let mut points: BTreeMap<i64, (bool, Vec<Value>)> = BTreeMap::new();
+    let mut changes: Vec<(i64, Vec<Value>)> = Vec::new();
+    let packs = dir.join("packs");
+    let mut names: Vec<(i64, PathBuf)> = fs::read_dir(&packs)
+        .ctx(|| format!("listing {}", packs.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let id = e
+                .file_name()
+                .to_str()?
+                .strip_suffix(".pack")?
+                .parse()
+                .ok()?;
+            Some((id, e.path()))
+        })
+        .collect();
+    names.sort();
+    for (id, path) in names {
+        let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        let mut described = false;
+        for rec in (Reader {
+            bytes: &bytes,
+            pos: 0,
+        })
+        .flatten()
+        {
+            match rec {
+                log::Op::Put { table: 0, values } => {
+                    let (Some(pid), Value::Text(state)) = (int(&values[0]), &values[4]) else {
+                        continue;
+                    };
+                    let complete = state == "complete";
+                    described |= pid == id;
+                    match points.get(&pid) {
+                        Some((true, _)) if !complete => {}
+                        _ => {
+                            points.insert(pid, (complete, values));
+                        }
+                    }
+                }
+                log::Op::Put { table: 2, values } if int(&values[0]) == Some(id) => {
+                    changes.push((id, values))
+                }
+                _ => {}
+            }
+        }
+        if !described {
+            report.not_rebuilt.push(format!(
+                "{}: holds no records (written before packs described themselves, or damaged)",
+                path.display()
+            ));
+        }
+    }
+    for (id, (complete, _)) in &points {
+        if !complete {
+            report.not_rebuilt.push(format!(
+                "point {id}: interrupted, never completed (its changes are left out)"
+            ));
+        }
+    }
+    points.retain(|_, (complete, _)| *complete);
+    let conn = Connection::open(to).map_err(|e| db(to, "creating", e))?;
+    conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;")
+        .map_err(|e| db(to, "setting pragmas", e))?;
+    let mut idx = Index::from_connection(conn, to.to_path_buf());
+    idx.migrate(dir)?;
+    let conn = idx.into_connection();
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(|e| db(to, "rebuilding from the packs", e))?;
+    let mut apply = |op: log::Op| apply_op(&tx, &op).map(|_| report.records += 1);
+    for (_, (_, values)) in points.iter() {
+        apply(log::Op::Put {
+            table: 0,
+            values: values.clone(),
+        })
+        .map_err(|e| db(to, "rebuilding a point", e))?;
+    }
+    for (id, values) in changes {
+        if points.contains_key(&id) {
+            apply(log::Op::Put { table: 2, values })
+                .map_err(|e| db(to, "rebuilding a change", e))?;
+        }
+    }
+    let replica = crate::fsio::open_root(&dir.join("replica"))
+        .ctx(|| format!("opening {}", dir.join("replica").display()))?;
+    for (path, e) in replica_entries(std::os::fd::AsFd::as_fd(&replica))? {
+        apply(super::index::entry_op(&path, &e)).map_err(|e| db(to, "rebuilding an entry", e))?;
+    }
+    tx.commit()
+        .map_err(|e| db(to, "rebuilding from the packs", e))?;
+    conn.close().map_err(|(_, e)| db(to, "closing", e))?;
+    report.not_rebuilt.push(
+        "the latest point's extended attributes (ACLs, capabilities), inode flags, device nodes, FIFOs, sockets and hardlink groups live only in the index: the replica gives back its files, directories and symlinks with owner, mode, times and content; older points keep what their changes recorded".into(),
+    );
+    Ok(())
+}
+
+/// Every path of the replica as an entry: what the replica keeps (type, owner, mode, times,
+/// symlink target, content hash). No inode numbers or ctimes: the next snapshot reads
+/// every file again, and records what the live system has.
+fn replica_entries(
+    replica: std::os::fd::BorrowedFd,
+) -> Result<Vec<(crate::model::RelPath, crate::model::Entry)>> {
+    use crate::model::Kind;
+    let no_exclude = |_: &[u8], _: Kind| false;
+    let opts = crate::fsio::WalkOptions {
+        one_file_system: true,
+        exclude: &no_exclude,
+    };
+    let (mut walked, mut warns) = (Vec::new(), Vec::new());
+    crate::fsio::walk(replica, b"", &opts, &mut walked, &mut warns)
+        .map_err(|e| Error::io("walking the replica", e))?;
+    let mut out = Vec::with_capacity(walked.len());
+    for (path, b) in walked {
+        let mut e = b.to_entry(None);
+        (e.ino, e.ctime) = (0, Default::default());
+        match e.kind {
+            Kind::Symlink => {
+                let fd = crate::fsio::open_beneath(
+                    replica,
+                    &path,
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW,
+                )
+                .ctx(|| format!("opening replica {}", crate::model::display_path(&path)))?;
+                e.target = Some(
+                    rustix::fs::readlinkat(&fd, c"", Vec::new())
+                        .ctx(|| format!("reading replica {}", crate::model::display_path(&path)))?
+                        .into_bytes(),
+                );
+            }
+            Kind::File => {
+                e.hash = Some(
+                    crate::content::replica_body(replica, &path)?
+                        .hash()
+                        .ctx(|| format!("reading replica {}", crate::model::display_path(&path)))?,
+                );
+            }
+            _ => {}
+        }
+        out.push((path, e));
+    }
+    Ok(out)
 }
 
 fn replay(dir: &Path, to: &Path, bytes: &[u8], report: &mut RepairReport) -> Result<()> {

@@ -98,3 +98,44 @@ fn verify_finds_a_row_missing_from_the_index() {
         "{said}"
     );
 }
+
+/// Index and log both lost: the packs describe themselves and the replica gives the latest
+/// state, so the points come back; repair says what only the index held.
+#[test]
+fn repair_without_a_log_rebuilds_from_the_packs_and_the_replica() {
+    let lab = Lab::new();
+    let mut expected = BTreeMap::new();
+    for step in [
+        "mkdir -p etc/app bin && for f in $(seq 1 20); do seq 1 $((f * 40)) > etc/app/c$f; done; ln -s app/c1 etc/l",
+        "seq 1 700 >> etc/app/c2 && rm etc/app/c3 && chmod 600 etc/app/c4 && echo new > bin/n",
+        "touch -d '2021-02-03 04:05:06.7' etc/app/c5 && rm etc/l && mkdir etc/d && echo x > etc/d/x",
+    ] {
+        lab.run_sh(step);
+        expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    }
+    SNAPSHOT.expect(
+        0,
+        &["prune", "--oldest", "1", "--store", Lab::s(&lab.store())],
+    );
+    expected.remove(&1);
+    let before = points_json(&lab);
+    std::fs::remove_file(lab.store().join("index.db")).unwrap();
+    std::fs::remove_file(lab.store().join("index.log")).unwrap();
+    // Exit 3: done, and what only the index held is named.
+    let out = SNAPSHOT.expect(3, &["repair", "--store", Lab::s(&lab.store())]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("from the packs") && said.contains("extended attributes"),
+        "{said}"
+    );
+    assert_eq!(points_json(&lab), before, "the same points, ids and totals");
+    for (id, fp) in &expected {
+        let t = lab.target(&format!("p{id}"));
+        lab.restore(*id, &t);
+        assert_same(fp, &fingerprint(&t), &format!("point {id} after repair"));
+    }
+    // The store goes on, with a log again.
+    assert!(lab.store().join("index.log").exists());
+    lab.run_sh("echo later >> etc/app/c6");
+    lab.snapshot();
+}
