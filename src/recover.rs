@@ -73,15 +73,19 @@ fn undo_rows(store: &mut Store, id: PointId) -> Result<()> {
 /// `staging/` from the frame (and the new version, for a delta).
 fn old_version(store: &Store, pack: Option<&File>, c: &Change) -> Result<Fill> {
     let old = c.old.as_ref().expect("only called for old files");
-    if c.is_lost() {
-        // The old version was damaged before this point began: nothing better to go back to.
-        return Ok(Fill::Keep);
-    }
     let current = content::replica_body(store.replica(), &c.path)
         .ok()
         .and_then(|mut b| b.hash().ok().map(|h| (b, h)));
+    if current.as_ref().is_some_and(|(_, h)| Some(*h) == old.hash) {
+        return Ok(Fill::Keep);
+    }
+    // The old version was already damaged before this point began (a lost change), or the
+    // point only healed its copy (same content): there is nothing better to go back to. The
+    // path keeps what the replica has, as it was before the point, damaged.
+    if c.is_lost() || c.content == ContentKind::Same {
+        return keep_as_is(store, c);
+    }
     let newer = match current {
-        Some((_, h)) if Some(h) == old.hash => return Ok(Fill::Keep),
         Some((b, h)) if Some(h) == c.new_hash => Some(b),
         _ => None,
     };
@@ -108,6 +112,23 @@ fn old_version(store: &Store, pack: Option<&File>, c: &Change) -> Result<Fill> {
     let name = format!("r{}", blake3::hash(&c.path).to_hex()).into_bytes();
     stage(store, &name, rebuilt, old.sparse)
         .ctx(|| format!("staging the old version of {}", display_path(&c.path)))?;
+    Ok(Fill::Staged(name))
+}
+
+/// Keeps the replica's copy of a path that has no better old version; a copy the point had
+/// already removed is put back empty (still damaged, as it was), so shaping the replica back
+/// never fails on it and every later writer can proceed.
+fn keep_as_is(store: &Store, c: &Change) -> Result<Fill> {
+    let is_file = fsio::open_beneath(store.replica(), &c.path, rustix::fs::OFlags::PATH)
+        .ok()
+        .and_then(|fd| rustix::fs::fstat(&fd).ok())
+        .is_some_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+    if is_file {
+        return Ok(Fill::Keep);
+    }
+    let name = format!("r{}", blake3::hash(&c.path).to_hex()).into_bytes();
+    stage(store, &name, Body::Mem(Vec::new()), false)
+        .ctx(|| format!("staging a placeholder for {}", display_path(&c.path)))?;
     Ok(Fill::Staged(name))
 }
 

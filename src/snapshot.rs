@@ -399,12 +399,13 @@ fn record(
         if let Some((_, link)) = &mut p.new {
             *link = leads.leader_for(&p.path, link.take());
         }
-        let captured = match &p.new {
+        let mut captured = match &p.new {
             None => Captured::Gone,
             Some((b, link)) => capture(store, root, &mut cache, &p, *b, link.clone(), &mut names)?,
         };
-        if !matches!(captured, Captured::Node(..)) {
-            leads.not_recorded(&p);
+        match &mut captured {
+            Captured::Node(e, _) => leads.check_inode(store, &p.path, e)?,
+            _ => leads.not_recorded(&p),
         }
         let (new, content) = match captured {
             Captured::Skip(why) => {
@@ -537,9 +538,30 @@ impl StagingNames {
 struct Releads {
     /// Old leader -> the member that now leads, once one was recorded.
     moved: HashMap<RelPath, Option<RelPath>>,
+    /// Inode each file recorded by this run was read from.
+    inodes: HashMap<RelPath, u64>,
 }
 
 impl Releads {
+    /// A follower read from another inode than its leader's (one of them was replaced between
+    /// the walk and the read) is no longer a hardlink of it: it keeps its own content.
+    fn check_inode(&mut self, store: &Store, path: &[u8], e: &mut Entry) -> Result<()> {
+        if e.kind != Kind::File {
+            return Ok(());
+        }
+        if let Some(l) = &e.link {
+            let leader = match self.inodes.get(l) {
+                Some(&ino) => Some(ino),
+                None => store.index.entry(l)?.map(|x| x.ino),
+            };
+            if leader != Some(e.ino) {
+                e.link = None;
+            }
+        }
+        self.inodes.insert(path.to_vec(), e.ino);
+        Ok(())
+    }
+
     fn leader_for(&mut self, path: &[u8], link: Option<RelPath>) -> Option<RelPath> {
         let l = link?;
         match self.moved.get_mut(&l) {
@@ -552,8 +574,14 @@ impl Releads {
         }
     }
 
-    /// `p` is not recorded in its new state: if it led a group, the group needs a new leader.
+    /// `p` is not recorded in its new state: if it led a group (from the start, or since an
+    /// earlier leader failed), the group needs a new leader.
     fn not_recorded(&mut self, p: &Pending) {
+        for slot in self.moved.values_mut() {
+            if slot.as_deref() == Some(p.path.as_slice()) {
+                *slot = None;
+            }
+        }
         if let Some((b, None)) = &p.new {
             if b.kind == Kind::File && b.nlink > 1 {
                 self.moved.entry(p.path.clone()).or_insert(None);

@@ -49,7 +49,15 @@ pub fn verify(store: &Store, full: bool) -> Result<VerifyReport> {
             return Ok(report); // without the points nothing else can be judged
         }
     };
-    if let Ok(bad) = crate::store::log_damage(&store.dir) {
+    let bad = crate::store::log_damage(&store.dir);
+    if let Err(e) = &bad {
+        report.damage.push(Damage {
+            point: None,
+            path: "index.log".into(),
+            problem: format!("cannot be read: {e}"),
+        });
+    }
+    if let Ok(bad) = bad {
         if !bad.is_empty() {
             report.damage.push(Damage {
                 point: None,
@@ -237,19 +245,32 @@ fn packs(
     interrupted: &[PointId],
     report: &mut VerifyReport,
 ) -> Result<()> {
-    let mut framed: HashMap<PointId, u64> = HashMap::new();
+    let mut framed: HashMap<PointId, Vec<(u64, u64)>> = HashMap::new();
     store.index.changes_after(PointId(0), |c| {
-        if let Some((off, len)) = c.frame {
-            let end = framed.entry(c.point).or_insert(0);
-            *end = (*end).max(off + len);
+        if let Some(f) = c.frame {
+            framed.entry(c.point).or_default().push(f);
         }
         Ok(())
     })?;
     for p in complete {
-        let Some(&end) = framed.get(&p.id) else {
-            continue;
-        };
+        let frames = framed.remove(&p.id).unwrap_or_default();
+        let end = frames.iter().map(|(o, l)| o + l).max().unwrap_or(0);
         let path = store.pack_path(p.id);
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Some(at) = crate::store::damaged_pack_record(&bytes, frames) {
+                report.damage.push(Damage {
+                    point: Some(p.id),
+                    path: "pack".into(),
+                    problem: format!(
+                        "{}: the record at offset {at} is damaged (the pack no longer describes itself; restores use the index)",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        if end == 0 {
+            continue;
+        }
         let problem = match std::fs::metadata(&path) {
             Ok(m) if m.len() >= end => continue,
             Ok(m) => format!(

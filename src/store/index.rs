@@ -786,17 +786,30 @@ impl Index {
             .log
             .as_mut()
             .expect("only a store opened for writing is written");
-        let len = log
-            .append(&ops)
-            .map_err(|e| Error::io(format!("writing {} ({op})", log.path.display()), e))?;
+        let log_path = log.path.clone();
+        let io = |e| Error::io(format!("writing {} ({op})", log_path.display()), e);
+        let before = log.len().map_err(io)?;
+        let appended = log.append(&ops);
         crate::failpoint::hit("index-after-log-append");
-        let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| db(&path, op, e))?;
-        for o in &ops {
-            apply_op(&tx, o).map_err(|e| db(&path, op, e))?;
+        let result = appended.map_err(io).and_then(|len| {
+            let path = self.path.clone();
+            let tx = self.conn.transaction().map_err(|e| db(&path, op, e))?;
+            for o in &ops {
+                apply_op(&tx, o).map_err(|e| db(&path, op, e))?;
+            }
+            set_log_len(&tx, len).map_err(|e| db(&path, op, e))?;
+            tx.commit().map_err(|e| db(&path, op, e))
+        });
+        if result.is_err() {
+            // The records of a write that did not commit must not stay in the log, where a
+            // later commit's length would cover them. If they cannot be cut, nothing more is
+            // written in this run; the next writer cuts them at open.
+            let log = self.log.as_mut().expect("checked above");
+            if log.cut_to(before).is_err() {
+                self.log = None;
+            }
         }
-        set_log_len(&tx, len).map_err(|e| db(&path, op, e))?;
-        tx.commit().map_err(|e| db(&path, op, e))
+        result
     }
 
     /// The next id of an AUTOINCREMENT table: never one used before, even by a row since
@@ -1130,22 +1143,22 @@ impl Index {
             .map_err(self.err("reading an entry"))
     }
 
-    /// Replica entries with a hardlink leader that is not a lone or leading regular file: a
-    /// point with such an entry would never restore (its followers link to nothing).
+    /// Replica entries whose hardlink leader is not a leading regular file with the same
+    /// content: a point with one would restore a follower wrong, or not at all. One join on the
+    /// path key, not a pass over every entry.
     pub fn dangling_links(&self) -> Result<Vec<(RelPath, RelPath)>> {
-        let mut files: std::collections::HashMap<RelPath, bool> = Default::default();
-        let mut links = Vec::new();
-        self.for_each_entry(|p, e| {
-            if e.kind == Kind::File {
-                files.insert(p.clone(), e.link.is_none());
-            }
-            if let Some(l) = e.link {
-                links.push((p, l));
-            }
-            Ok(())
-        })?;
-        links.retain(|(_, l)| files.get(l) != Some(&true));
-        Ok(links)
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT f.path, f.link FROM entries f LEFT JOIN entries l ON l.path = f.link \
+                 WHERE f.link IS NOT NULL AND (l.path IS NULL OR l.kind != 1 OR l.link IS NOT NULL OR l.hash IS NOT f.hash)",
+            )
+            .map_err(self.err("checking hardlinks"))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err("checking hardlinks"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("checking hardlinks"))
     }
 
     /// All changes of points after `after`, ordered by path, then point (ascending).

@@ -297,6 +297,33 @@ impl Rewrite {
     }
 }
 
+/// The offset of the first stretch of a pack that is neither a frame (`frames`: offset,
+/// length) nor a whole record; None when every byte is accounted for. Packs written before
+/// they carried records are all frames.
+pub fn damaged_pack_record(bytes: &[u8], mut frames: Vec<(u64, u64)>) -> Option<u64> {
+    frames.sort_unstable();
+    frames.dedup();
+    let reader = Reader { bytes, pos: 0 };
+    let mut pos = 0usize;
+    let mut next = frames.into_iter().filter(|f| f.1 > 0).peekable();
+    while pos < bytes.len() {
+        while next.peek().is_some_and(|&(o, l)| (o + l) as usize <= pos) {
+            next.next();
+        }
+        if let Some(&(o, l)) = next.peek() {
+            if o as usize <= pos {
+                pos = (o + l) as usize;
+                continue;
+            }
+        }
+        match reader.at(pos) {
+            Some((_, n)) => pos += n,
+            None => return Some(pos as u64),
+        }
+    }
+    None
+}
+
 /// Reads records in order. A damaged stretch yields one `Err(offset)` and reading resumes at
 /// the next record that checks.
 pub struct Reader<'a> {

@@ -22,7 +22,7 @@ pub use index::change_op as change_record;
 pub use index::{
     BatchWrite, Change, ContentKind, Index, Point, PointId, PointKind, PointTotals, RestoreJournal,
 };
-pub use log::Op as Record;
+pub use log::{damaged_pack_record, Op as Record};
 pub use pack::{FrameReader, PackWriter};
 pub use repair::{log_damage, repair, RepairReport};
 

@@ -103,17 +103,19 @@ pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
             from_packs(dir, &rebuilt, &mut report)?;
         }
     }
-    if db_path.exists() {
-        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-        let kept = dir.join(format!("index.db.damaged-{stamp}"));
-        for suffix in ["", "-wal", "-shm"] {
-            let from = PathBuf::from(format!("{}{suffix}", db_path.display()));
-            if from.exists() {
-                let to = PathBuf::from(format!("{}{suffix}", kept.display()));
-                fs::rename(&from, &to).ctx(|| format!("moving {} aside", from.display()))?;
+    // The WAL and shared memory go aside with (and before) the index, even when the index
+    // itself is gone: SQLite would replay an old WAL onto the rebuilt file.
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let kept = dir.join(format!("index.db.damaged-{stamp}"));
+    for suffix in ["-wal", "-shm", ""] {
+        let from = PathBuf::from(format!("{}{suffix}", db_path.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", kept.display()));
+            fs::rename(&from, &to).ctx(|| format!("moving {} aside", from.display()))?;
+            if suffix.is_empty() {
+                report.kept_damaged_index = Some(kept.clone());
             }
         }
-        report.kept_damaged_index = Some(kept);
     }
     fs::rename(&rebuilt, &db_path).ctx(|| format!("putting {} in place", db_path.display()))?;
     fs::File::open(dir)
