@@ -6,14 +6,6 @@ use std::path::Path;
 
 use crate::util::*;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Which damage a case does, and the paths it costs at point 1 (a hardlink follower of a
 /// damaged file is damaged with it).
 #[derive(Clone, Copy)]

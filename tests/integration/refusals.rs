@@ -6,14 +6,6 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A lab with point 1 of a small tree, and point 2 in which `data.bin` was replaced (so point
 /// 1's version of it lives only in point 2's pack).
 fn two_points() -> Lab {

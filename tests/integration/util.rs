@@ -281,6 +281,15 @@ pub fn restorepoint_temps(dir: &Path) -> Vec<std::fs::DirEntry> {
         .collect()
 }
 
+/// What a run printed: its stdout, then its stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub struct Bin(pub &'static str);
 
 pub const SNAPSHOT: Bin = Bin("system_snapshot");
