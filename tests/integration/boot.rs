@@ -107,12 +107,7 @@ fn config_with_device(lab: &Lab, device: &Path) {
 /// `system_restore --root SYS --store STORE --point N --yes EXTRA…`, not yet run.
 fn restore_command(lab: &Lab, point: i64, extra: &[&str]) -> Command {
     let mut c = Command::new(RESTORE.path());
-    c.arg("--root")
-        .arg(lab.sys())
-        .arg("--store")
-        .arg(lab.store())
-        .args(["--point", &point.to_string(), "--yes"])
-        .args(extra)
+    c.args(lab.restore_args(point, extra))
         .stdin(std::process::Stdio::null());
     c
 }
@@ -125,14 +120,6 @@ fn restore_boot(lab: &Lab, point: i64, extra: &[&str]) -> std::process::Output {
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

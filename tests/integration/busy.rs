@@ -73,15 +73,7 @@ fn an_in_place_restore_finishes_while_files_come_and_go() {
     // Twice: a plan against the changed tree, then one against the restored tree (the quick
     // check trusts everything outside the busy directory); both meet the churn.
     for _ in 0..2 {
-        outs.push(RESTORE.run(&[
-            "--root",
-            Lab::s(&lab.sys()),
-            "--store",
-            Lab::s(&lab.store()),
-            "--point",
-            "1",
-            "--yes",
-        ]));
+        outs.push(RESTORE.run(&lab.restore_args(1, &[])));
     }
     stop.store(true, Ordering::Relaxed);
     let rounds = busy.join().unwrap();
@@ -100,14 +92,6 @@ fn an_in_place_restore_finishes_while_files_come_and_go() {
         &outside_busy(fingerprint(&lab.sys())),
         "outside the busy directory, after restoring on a live system",
     );
-    let leftovers: Vec<_> = std::fs::read_dir(lab.sys().join(BUSY))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(".restorepoint-")
-        })
-        .collect();
+    let leftovers = restorepoint_temps(&lab.sys().join(BUSY));
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 }

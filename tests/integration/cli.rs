@@ -94,18 +94,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 #[test]
 fn unknown_point_is_an_error_naming_it() {
     let lab = lab_with_points(1);
-    let out = RESTORE.expect(
-        1,
-        &[
-            "--store",
-            Lab::s(&lab.store()),
-            "--point",
-            "99",
-            "--target",
-            Lab::s(&lab.target("t")),
-            "--yes",
-        ],
-    );
+    let out = RESTORE.expect(1, &lab.restore_to_args(99, &lab.target("t"), &[]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("no restore point 99") && err.contains("system_snapshot list"),
@@ -134,18 +123,7 @@ fn verify_reports_damage_by_path_and_point_with_its_own_exit_code() {
         "{text}"
     );
     // A restore that needs the damaged file stops before writing it, with the same exit code.
-    let out = RESTORE.expect(
-        5,
-        &[
-            "--store",
-            Lab::s(&lab.store()),
-            "--point",
-            "1",
-            "--target",
-            Lab::s(&lab.target("t")),
-            "--yes",
-        ],
-    );
+    let out = RESTORE.expect(5, &lab.restore_to_args(1, &lab.target("t"), &[]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/app.conf"));
 }
 

@@ -7,21 +7,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-/// A small deterministic generator, so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn build(lab: &Lab) {
     lab.run_sh(
         r#"

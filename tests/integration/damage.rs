@@ -8,20 +8,6 @@ use std::path::{Path, PathBuf};
 
 use crate::util::*;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Four points of a tree that changes between them (content, modes, xattrs, hardlinks,
 /// additions and deletions); returns each point's fingerprint.
 fn four_points(lab: &Lab) -> BTreeMap<i64, Fingerprint> {
@@ -115,19 +101,6 @@ fn copy_store(lab: &Lab, name: &str) -> PathBuf {
         .unwrap();
     assert!(st.success());
     to
-}
-
-fn flip(path: &Path, at: u64, mask: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= mask;
-    f.write_all_at(&b, at).unwrap();
 }
 
 fn len(path: &Path) -> u64 {
@@ -340,17 +313,9 @@ fn an_unfinished_restore_refuses_snapshots_and_keeps_its_points() {
     lab.run_sh("for i in $(seq 1 40); do echo v2-$i > d/f$i; done");
     lab.snapshot();
     let (sys, store) = (lab.sys(), lab.store());
-    let restore = [
-        "--root",
-        Lab::s(&sys),
-        "--store",
-        Lab::s(&store),
-        "--point",
-        &p1.to_string(),
-        "--yes",
-    ];
+    let restore = lab.restore_args(p1, &[]);
     let killed = std::process::Command::new(RESTORE.path())
-        .args(restore)
+        .args(&restore)
         .env("RESTOREPOINT_FAILPOINT", "restore-after-item:10")
         .output()
         .unwrap();
@@ -454,15 +419,7 @@ fn a_damaged_copy_of_a_changed_file_costs_its_old_versions_not_later_points() {
     }
     // An older point's version of the file is gone: its restore says so (never exit 0).
     let t = lab.target("old");
-    let out = RESTORE.run(&[
-        "--store",
-        Lab::s(&store),
-        "--point",
-        &first.to_string(),
-        "--target",
-        Lab::s(&t),
-        "--yes",
-    ]);
+    let out = RESTORE.run(&lab.restore_to_args(first, &t, &[]));
     assert_eq!(
         out.status.code(),
         Some(5),
@@ -492,18 +449,7 @@ fn repair_rebuilds_a_lost_index_from_its_log() {
     expected.remove(&first);
     let second = *expected.keys().next().unwrap();
     let before_restore = fingerprint(&lab.sys());
-    RESTORE.expect(
-        0,
-        &[
-            "--root",
-            Lab::s(&sys),
-            "--store",
-            Lab::s(&store),
-            "--point",
-            &second.to_string(),
-            "--yes",
-        ],
-    );
+    lab.restore_in_place(0, second, &[]);
     let list = |store: &Path| {
         SNAPSHOT
             .expect(0, &["list", "--json", "--store", Lab::s(store)])

@@ -4,21 +4,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn restore_in_place(lab: &Lab, id: i64, extra: &[&str]) -> std::process::Output {
-    let (id, sys, store) = (id.to_string(), lab.sys(), lab.store());
-    let mut args = vec![
-        "--root",
-        Lab::s(&sys),
-        "--store",
-        Lab::s(&store),
-        "--point",
-        &id,
-        "--yes",
-    ];
-    args.extend_from_slice(extra);
-    RESTORE.expect(0, &args)
-}
-
 fn points(lab: &Lab) -> Vec<serde_json::Value> {
     let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -58,7 +43,7 @@ fn upgraded_lab() -> (Lab, Fingerprint, Fingerprint) {
 #[test]
 fn restore_in_place_then_roll_forward_with_the_pre_restore_point() {
     let (lab, before, after) = upgraded_lab();
-    let out = restore_in_place(&lab, 1, &[]);
+    let out = lab.restore_in_place(0, 1, &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Boot-critical paths among them") && text.contains("/boot/vmlinuz"),
@@ -75,7 +60,7 @@ fn restore_in_place_then_roll_forward_with_the_pre_restore_point() {
         .map(|p| p["id"].as_i64().unwrap())
         .collect();
     assert_eq!(pre.len(), 1, "one pre-restore point: {:?}", points(&lab));
-    restore_in_place(&lab, pre[0], &["--no-safety-point"]);
+    lab.restore_in_place(0, pre[0], &["--no-safety-point"]);
     assert_same(
         &after,
         &fingerprint(&lab.sys()),
@@ -88,20 +73,11 @@ fn restore_in_place_then_roll_forward_with_the_pre_restore_point() {
 #[test]
 fn restore_killed_during_the_apply_is_finished_by_running_it_again() {
     let (lab, before, after) = upgraded_lab();
-    let (sys, store) = (lab.sys(), lab.store());
-    let args = [
-        "--root",
-        Lab::s(&sys),
-        "--store",
-        Lab::s(&store),
-        "--point",
-        "1",
-        "--yes",
-    ];
+    let args = lab.restore_args(1, &[]);
     let mut safety = None;
     for (round, nth) in [1, 2, 5, 17, 40, 77, 120].into_iter().enumerate() {
         let st = std::process::Command::new(RESTORE.path())
-            .args(args)
+            .args(&args)
             .env(
                 "RESTOREPOINT_FAILPOINT",
                 format!("restore-after-item:{nth}"),
@@ -139,7 +115,7 @@ fn restore_killed_during_the_apply_is_finished_by_running_it_again() {
         );
         safety = Some(s);
         // Back to the upgraded state for the next round.
-        restore_in_place(&lab, s, &["--no-safety-point"]);
+        lab.restore_in_place(0, s, &["--no-safety-point"]);
         assert_same(
             &after,
             &fingerprint(&lab.sys()),
@@ -149,7 +125,7 @@ fn restore_killed_during_the_apply_is_finished_by_running_it_again() {
     // Random moments, with SIGKILL from outside.
     for round in 0..6u64 {
         let mut child = std::process::Command::new(RESTORE.path())
-            .args(args)
+            .args(&args)
             .args(["--no-safety-point"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -158,13 +134,13 @@ fn restore_killed_during_the_apply_is_finished_by_running_it_again() {
         std::thread::sleep(Duration::from_millis(round * 23 % 120));
         let _ = child.kill();
         let _ = child.wait();
-        RESTORE.expect(0, &[&args[..], &["--no-safety-point"]].concat());
+        lab.restore_in_place(0, 1, &["--no-safety-point"]);
         assert_same(
             &before,
             &fingerprint(&lab.sys()),
             &format!("random round {round}"),
         );
-        restore_in_place(&lab, safety.unwrap(), &["--no-safety-point"]);
+        lab.restore_in_place(0, safety.unwrap(), &["--no-safety-point"]);
     }
     SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&lab.store())]);
 }
@@ -187,7 +163,7 @@ fn restore_never_writes_through_a_planted_symlink() {
     std::fs::write(outside.join("hostname"), "theirs\n").unwrap();
     let outside_before = fingerprint(&outside);
     lab.run_sh(&format!("rm -r etc && ln -s {} etc", Lab::s(&outside)));
-    restore_in_place(&lab, 1, &["--no-safety-point"]);
+    lab.restore_in_place(0, 1, &["--no-safety-point"]);
     assert_same(
         &outside_before,
         &fingerprint(&outside),
@@ -206,11 +182,7 @@ fn restore_of_one_path_leaves_everything_else_alone() {
     lab.snapshot();
     lab.run_sh("echo 'v2' > etc/app/app.conf && echo 'keep v2' > etc/other.conf && echo extra > etc/app/extra");
     let mut expected = fingerprint(&lab.sys());
-    restore_in_place(
-        &lab,
-        1,
-        &["--path", "/etc/app/app.conf", "--no-safety-point"],
-    );
+    lab.restore_in_place(0, 1, &["--path", "/etc/app/app.conf", "--no-safety-point"]);
     let now = fingerprint(&lab.sys());
     expected.insert(
         b"etc/app/app.conf".to_vec(),
@@ -219,7 +191,7 @@ fn restore_of_one_path_leaves_everything_else_alone() {
     // The directory holding the restored file got a new entry, so only its mtime may differ.
     expected.insert(b"etc/app".to_vec(), now[&b"etc/app"[..]].clone());
     assert_same(&expected, &now, "after restoring one file");
-    restore_in_place(&lab, 1, &["--path", "/etc/app", "--no-safety-point"]);
+    lab.restore_in_place(0, 1, &["--path", "/etc/app", "--no-safety-point"]);
     assert!(
         !lab.sys().join("etc/app/extra").exists(),
         "a directory restore removes what the point did not have"
@@ -228,20 +200,7 @@ fn restore_of_one_path_leaves_everything_else_alone() {
         std::fs::read_to_string(lab.sys().join("etc/other.conf")).unwrap(),
         "keep v2\n"
     );
-    let out = RESTORE.expect(
-        2,
-        &[
-            "--root",
-            Lab::s(&lab.sys()),
-            "--store",
-            Lab::s(&lab.store()),
-            "--point",
-            "1",
-            "--yes",
-            "--path",
-            "/nowhere",
-        ],
-    );
+    let out = lab.restore_in_place(2, 1, &["--path", "/nowhere"]);
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("/nowhere is neither in point 1 nor on the system"));
 }
@@ -266,7 +225,7 @@ fn restore_leaves_what_the_point_excluded_untouched() {
     lab.run_sh("echo conf2 > etc/a.conf && echo cached2 > var/cache/app/blob && echo more >> var/lib/db/table && echo new > var/lib/db/journal");
     let cache = std::fs::read(lab.sys().join("var/cache/app/blob")).unwrap();
     let db = fingerprint(&lab.sys().join("var/lib/db"));
-    restore_in_place(&lab, 1, &["--no-safety-point"]);
+    lab.restore_in_place(0, 1, &["--no-safety-point"]);
     assert_eq!(
         std::fs::read_to_string(lab.sys().join("etc/a.conf")).unwrap(),
         "conf\n"
@@ -299,7 +258,7 @@ fn a_running_executable_is_replaced_not_written_in_place() {
         .write(true)
         .open(lab.sys().join("usr/bin/daemon"))
         .is_err());
-    restore_in_place(&lab, 1, &["--no-safety-point"]);
+    lab.restore_in_place(0, 1, &["--no-safety-point"]);
     assert_same(
         &before,
         &fingerprint(&lab.sys()),

@@ -71,8 +71,10 @@ fn assert_whole(kit: &Path) {
     assert!(recovery.contains("system_restore --root /mnt/sysimage"));
 }
 
-/// A store on a tmpfs that holds the kit with `spare` bytes to spare.
-fn small_store(lab: &Lab, spare: u64) -> (Unmount, PathBuf) {
+/// A store on a tmpfs that holds the kit with `spare` bytes to spare, and its first point,
+/// which writes a whole kit; returns the mount's guard, the store and its kit.
+#[track_caller]
+fn small_store_with_a_kit(lab: &Lab, spare: u64) -> (Unmount, PathBuf, PathBuf) {
     let fs = lab.target("small-fs");
     let size = binaries_size() + spare;
     let guard = Unmount::mount(
@@ -80,7 +82,12 @@ fn small_store(lab: &Lab, spare: u64) -> (Unmount, PathBuf) {
         &fs,
     );
     lab.run_sh("mkdir -p etc && echo conf > etc/conf");
-    (guard, fs.join("store"))
+    let store = fs.join("store");
+    let out = snapshot(lab, &store);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let kit = store.join("kit");
+    assert_whole(&kit);
+    (guard, store, kit)
 }
 
 fn snapshot(lab: &Lab, store: &Path) -> std::process::Output {
@@ -114,11 +121,7 @@ fn a_kit_that_would_not_fit_is_refused_before_anything_is_written() {
     crate::require_root!();
     let lab = Lab::new();
     // Room for the kit once and a 5 % reserve, not for a second copy of a binary.
-    let (_fs, store) = small_store(&lab, 48 << 20);
-    let out = snapshot(&lab, &store);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let kit = store.join("kit");
-    assert_whole(&kit);
+    let (_fs, store, kit) = small_store_with_a_kit(&lab, 48 << 20);
 
     make_stale(&kit);
     let before = kit_state(&kit);
@@ -139,11 +142,7 @@ fn a_kit_that_would_not_fit_is_refused_before_anything_is_written() {
 fn a_failed_or_killed_kit_refresh_leaves_a_whole_kit() {
     crate::require_root!();
     let lab = Lab::new();
-    let (_fs, store) = small_store(&lab, 200 << 20);
-    let out = snapshot(&lab, &store);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let kit = store.join("kit");
-    assert_whole(&kit);
+    let (_fs, store, kit) = small_store_with_a_kit(&lab, 200 << 20);
 
     // The kit's directory cannot be written to.
     make_stale(&kit);

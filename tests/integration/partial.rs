@@ -6,27 +6,6 @@ use std::path::Path;
 
 use crate::util::*;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x20;
-    f.write_all_at(&b, at).unwrap();
-}
-
 /// Which damage a case does, and the paths it costs at point 1 (a hardlink follower of a
 /// damaged file is damaged with it).
 #[derive(Clone, Copy)]
@@ -49,7 +28,7 @@ impl Damage {
         match self {
             Damage::Replica => {
                 let p = store.join("replica/etc/a");
-                flip(&p, std::fs::metadata(&p).unwrap().len() / 2);
+                flip(&p, std::fs::metadata(&p).unwrap().len() / 2, 0x20);
             }
             Damage::Frame => {
                 let c = rusqlite::Connection::open(store.join("index.db")).unwrap();
@@ -64,6 +43,7 @@ impl Damage {
                 flip(
                     &store.join(format!("packs/{point}.pack")),
                     (off + len / 2) as u64,
+                    0x20,
                 );
             }
         }
@@ -112,18 +92,20 @@ fn points(lab: &Lab) -> usize {
 }
 
 fn in_place(c: &Case, extra: &[&str]) -> std::process::Output {
-    let (sys, store) = (c.lab.sys(), c.lab.store());
-    let mut args = vec![
-        "--root",
-        Lab::s(&sys),
-        "--store",
-        Lab::s(&store),
-        "--point",
-        "1",
-        "--yes",
-    ];
-    args.extend_from_slice(extra);
-    RESTORE.run(&args)
+    RESTORE.run(&c.lab.restore_args(1, extra))
+}
+
+/// Exit 5, naming every path the damage costs.
+#[track_caller]
+fn assert_names_the_damage(out: &std::process::Output, damage: Damage) {
+    assert_eq!(out.status.code(), Some(5), "{}", text(out));
+    for p in damage.paths() {
+        assert!(
+            text(out).contains(&format!("DAMAGED /{p}")),
+            "{p} is named: {}",
+            text(out)
+        );
+    }
 }
 
 const BOTH: [Damage; 2] = [Damage::Replica, Damage::Frame];
@@ -133,23 +115,9 @@ fn a_target_restore_writes_everything_intact_and_names_the_damage() {
     for damage in BOTH {
         let c = damaged_case(damage);
         let target = c.lab.target("restored");
-        let store = c.lab.store();
-        let out = RESTORE.run(&[
-            "--store",
-            Lab::s(&store),
-            "--point",
-            "1",
-            "--target",
-            Lab::s(&target),
-            "--yes",
-        ]);
-        assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+        let out = RESTORE.run(&c.lab.restore_to_args(1, &target, &[]));
+        assert_names_the_damage(&out, damage);
         for p in damage.paths() {
-            assert!(
-                text(&out).contains(&format!("DAMAGED /{p}")),
-                "{p} is named: {}",
-                text(&out)
-            );
             assert!(
                 std::fs::symlink_metadata(target.join(p)).is_err(),
                 "the damaged {p} was not written"
@@ -199,14 +167,7 @@ fn skip_damaged_restores_everything_else_in_place() {
     for damage in BOTH {
         let c = damaged_case(damage);
         let out = in_place(&c, &["--skip-damaged"]);
-        assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-        for p in damage.paths() {
-            assert!(
-                text(&out).contains(&format!("DAMAGED /{p}")),
-                "{p} is named: {}",
-                text(&out)
-            );
-        }
+        assert_names_the_damage(&out, damage);
         // The damaged paths are left as they were; everything else is point 1.
         let mut want = c.fp1.clone();
         for p in damage.paths() {

@@ -6,14 +6,6 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A lab with point 1 of a small tree, and point 2 in which `data.bin` was replaced (so point
 /// 1's version of it lives only in point 2's pack).
 fn two_points() -> Lab {
@@ -25,26 +17,11 @@ fn two_points() -> Lab {
     lab
 }
 
-fn restore_into(lab: &Lab, point: &str, target: &Path, extra: &[&str]) -> std::process::Output {
-    let store = lab.store();
-    let mut args = vec![
-        "--store",
-        Lab::s(&store),
-        "--point",
-        point,
-        "--target",
-        Lab::s(target),
-        "--yes",
-    ];
-    args.extend_from_slice(extra);
-    RESTORE.run(&args)
-}
-
 #[test]
 fn a_target_inside_the_store_is_refused_even_before_it_exists() {
     let lab = two_points();
     let inside = lab.store().join("sub/new");
-    let out = restore_into(&lab, "1", &inside, &[]);
+    let out = RESTORE.run(&lab.restore_to_args(1, &inside, &[]));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("inside the store"), "{}", text(&out));
     assert!(
@@ -70,7 +47,7 @@ fn a_missing_root_is_refused_before_anything_is_created() {
 fn a_dry_run_creates_nothing() {
     let lab = two_points();
     let target = lab.target("new/restored");
-    let out = restore_into(&lab, "1", &target, &["--dry-run"]);
+    let out = RESTORE.run(&lab.restore_to_args(1, &target, &["--dry-run"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("create"), "{}", text(&out));
     assert!(
@@ -85,7 +62,7 @@ fn a_missing_pack_is_damage_to_the_files_it_held_only() {
     let lab = two_points();
     std::fs::remove_file(lab.store().join("packs/2.pack")).unwrap();
     let target = lab.target("new/restored");
-    let out = restore_into(&lab, "1", &target, &[]);
+    let out = RESTORE.run(&lab.restore_to_args(1, &target, &[]));
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
         text(&out).contains("DAMAGED /data.bin")
@@ -104,7 +81,7 @@ fn a_truncated_pack_is_damage() {
     let pack = lab.store().join("packs/2.pack");
     let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
     f.set_len(10).unwrap();
-    let out = restore_into(&lab, "1", &lab.target("t"), &[]);
+    let out = RESTORE.run(&lab.restore_to_args(1, &lab.target("t"), &[]));
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
         text(&out).contains("2.pack") && text(&out).contains("truncated"),
@@ -116,7 +93,7 @@ fn a_truncated_pack_is_damage() {
 #[test]
 fn a_bad_path_flag_is_a_usage_error() {
     let lab = two_points();
-    let out = restore_into(&lab, "1", &lab.target("t"), &["--path", "/nowhere"]);
+    let out = RESTORE.run(&lab.restore_to_args(1, &lab.target("t"), &["--path", "/nowhere"]));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
@@ -168,7 +145,7 @@ fn a_restore_that_does_not_fit_is_refused_with_the_numbers() {
     let small = lab.target("small");
     let _fs = Tmpfs::mount(&small, "2m");
     let target = small.join("restored");
-    let out = restore_into(&lab, "1", &target, &[]);
+    let out = RESTORE.run(&lab.restore_to_args(1, &target, &[]));
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
     let t = text(&out);
     assert!(
@@ -197,15 +174,7 @@ fn running_out_of_space_mid_restore_names_the_journal_and_the_way_back() {
     );
     lab.snapshot();
     lab.run_sh("rm sparse.img && head -c 2000000 /dev/zero > filler");
-    let out = RESTORE.run(&[
-        "--root",
-        Lab::s(&lab.sys()),
-        "--store",
-        Lab::s(&lab.store()),
-        "--point",
-        "1",
-        "--yes",
-    ]);
+    let out = RESTORE.run(&lab.restore_args(1, &[]));
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
@@ -219,14 +188,6 @@ fn running_out_of_space_mid_restore_names_the_journal_and_the_way_back() {
         std::fs::read_to_string(lab.sys().join("conf")).unwrap(),
         "keep\n"
     );
-    let temps: Vec<_> = std::fs::read_dir(lab.sys())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(".restorepoint-")
-        })
-        .collect();
+    let temps = restorepoint_temps(&lab.sys());
     assert!(temps.is_empty(), "a partial temp file was left: {temps:?}");
 }

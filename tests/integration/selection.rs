@@ -94,18 +94,7 @@ fn an_in_place_restore_never_touches_what_is_inside_them() {
         .iter()
         .map(|d| (d.to_string(), names_in(&lab.sys().join(d))))
         .collect();
-    RESTORE.expect(
-        0,
-        &[
-            "--root",
-            Lab::s(&lab.sys()),
-            "--store",
-            Lab::s(&lab.store()),
-            "--point",
-            &id.to_string(),
-            "--yes",
-        ],
-    );
+    lab.restore_in_place(0, id, &[]);
     for (d, names) in before {
         assert_eq!(
             names_in(&lab.sys().join(&d)),
@@ -135,19 +124,7 @@ fn a_directory_holding_excluded_paths_is_not_deleted() {
     lab.run_sh("mkdir etc && echo conf > etc/conf");
     let id = lab.snapshot();
     lab.run_sh("mkdir -m 1777 tmp && echo live > tmp/work && mkdir new && echo n > new/file");
-    let out = RESTORE.expect(
-        3,
-        &[
-            "--root",
-            Lab::s(&lab.sys()),
-            "--store",
-            Lab::s(&lab.store()),
-            "--point",
-            &id.to_string(),
-            "--yes",
-            "--no-safety-point",
-        ],
-    );
+    let out = lab.restore_in_place(3, id, &["--no-safety-point"]);
     let msg =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(msg.contains("/tmp") && msg.contains("excluded"), "{msg}");
@@ -159,21 +136,10 @@ fn ino(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().ino()
 }
 
-fn restore_in_place(lab: &Lab, id: i64, paths: &[&str]) -> std::process::Output {
-    let (root, store, id) = (lab.sys(), lab.store(), id.to_string());
-    let mut args = vec![
-        "--root",
-        Lab::s(&root),
-        "--store",
-        Lab::s(&store),
-        "--point",
-        &id,
-        "--yes",
-    ];
-    for p in paths {
-        args.extend_from_slice(&["--path", p]);
-    }
-    RESTORE.expect(0, &args)
+/// Restores point `id` in place, selecting `paths` (all of it when none); exit 0 expected.
+fn restore_paths_in_place(lab: &Lab, id: i64, paths: &[&str]) -> std::process::Output {
+    let extra: Vec<&str> = paths.iter().flat_map(|p| ["--path", p]).collect();
+    lab.restore_in_place(0, id, &extra)
 }
 
 /// `--path /b` where `/b/follower` is a hardlink of `/a/leader`, and both (one inode) changed
@@ -186,7 +152,7 @@ fn a_follower_whose_leader_is_not_selected_gets_the_points_content() {
     let id = lab.snapshot();
     lab.run_sh("echo live > a/leader");
     assert_eq!(read(&lab.sys().join("b/follower")), "live\n");
-    restore_in_place(&lab, id, &["/b"]);
+    restore_paths_in_place(&lab, id, &["/b"]);
     assert_eq!(read(&lab.sys().join("b/follower")), "point\n");
     assert_eq!(
         read(&lab.sys().join("a/leader")),
@@ -240,20 +206,7 @@ fn followers_of_an_unselected_leader_are_restored_linked_to_each_other() {
     let t = lab.target("empty");
     let (store_dir, ids) = (lab.store(), id.to_string());
     let store = Lab::s(&store_dir);
-    RESTORE.expect(
-        0,
-        &[
-            "--store",
-            store,
-            "--point",
-            &ids,
-            "--target",
-            Lab::s(&t),
-            "--path",
-            "/opt",
-            "--yes",
-        ],
-    );
+    RESTORE.expect(0, &lab.restore_to_args(id, &t, &["--path", "/opt"]));
     let (a, b) = (t.join("opt/app/libx.so"), t.join("opt/app/libx.so.1"));
     assert_eq!(read(&a), "shared\n");
     assert_eq!(read(&b), "shared\n");
@@ -267,7 +220,7 @@ fn followers_of_an_unselected_leader_are_restored_linked_to_each_other() {
     assert_eq!(again["items"], serde_json::json!([]), "converged: {again}");
 
     // In place as well: the live pair is one inode with the live leader's new content.
-    restore_in_place(&lab, id, &["/opt"]);
+    restore_paths_in_place(&lab, id, &["/opt"]);
     let (a, b) = (
         lab.sys().join("opt/app/libx.so"),
         lab.sys().join("opt/app/libx.so.1"),
@@ -307,6 +260,6 @@ fn a_mounted_run_is_recorded_as_its_directory_only() {
     assert!(names_in(&t.join("run")).is_empty(), "nothing of the mount");
     assert_eq!(meta_line(&run), meta_line(&t.join("run")));
     lab.run_sh("echo 8 > run/other");
-    restore_in_place(&lab, id, &[]);
+    restore_paths_in_place(&lab, id, &[]);
     assert_eq!(names_in(&run), ["daemon.pid", "lock", "other"]);
 }

@@ -239,6 +239,57 @@ pub fn assert_same(expected: &Fingerprint, actual: &Fingerprint, what: &str) {
     panic!("{what}: trees differ:\n  {}", diffs.join("\n  "));
 }
 
+/// A small deterministic generator (xorshift), so a failing run can be repeated.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Flips the bits `mask` of the byte at offset `at` of the file at `path`.
+pub fn flip(path: &Path, at: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, at).unwrap();
+}
+
+/// The temp files (`.restorepoint-*`) a restore left in `dir`.
+pub fn restorepoint_temps(dir: &Path) -> Vec<std::fs::DirEntry> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".restorepoint-")
+        })
+        .collect()
+}
+
+/// What a run printed: its stdout, then its stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub struct Bin(pub &'static str);
 
 pub const SNAPSHOT: Bin = Bin("system_snapshot");
@@ -249,7 +300,7 @@ impl Bin {
         assert_cmd::cargo::cargo_bin(self.0)
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
         let out = std::process::Command::new(self.path())
             .args(args)
             .stdin(std::process::Stdio::null())
@@ -260,7 +311,11 @@ impl Bin {
 
     /// Runs and asserts the exit code, showing the output when it is not the expected one.
     #[track_caller]
-    pub fn expect(&self, code: i32, args: &[&str]) -> Output {
+    pub fn expect<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+        &self,
+        code: i32,
+        args: &[S],
+    ) -> Output {
         let out = self.run(args);
         if out.status.code() != Some(code) {
             panic!(
@@ -327,20 +382,51 @@ impl Lab {
         serde_json::from_slice(&out.stdout).expect("json report")
     }
 
+    /// The arguments of a restore of point `id` onto the system itself (`sys/`, confirmed with
+    /// `--yes`), followed by `extra`.
+    pub fn restore_args(&self, id: i64, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--root",
+            Self::s(&self.sys()),
+            "--store",
+            Self::s(&self.store()),
+            "--point",
+            &id.to_string(),
+            "--yes",
+        ]
+        .map(String::from)
+        .into();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// The arguments of a restore of point `id` into `target` (confirmed with `--yes`),
+    /// followed by `extra`.
+    pub fn restore_to_args(&self, id: i64, target: &Path, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--store",
+            Self::s(&self.store()),
+            "--point",
+            &id.to_string(),
+            "--target",
+            Self::s(target),
+            "--yes",
+        ]
+        .map(String::from)
+        .into();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// Restores point `id` onto the system itself with `extra` flags, expecting exit `code`.
+    #[track_caller]
+    pub fn restore_in_place(&self, code: i32, id: i64, extra: &[&str]) -> Output {
+        RESTORE.expect(code, &self.restore_args(id, extra))
+    }
+
     /// Restores point `id` into `target` (created if needed).
     pub fn restore(&self, id: i64, target: &Path) {
-        RESTORE.expect(
-            0,
-            &[
-                "--store",
-                Self::s(&self.store()),
-                "--point",
-                &id.to_string(),
-                "--target",
-                Self::s(target),
-                "--yes",
-            ],
-        );
+        RESTORE.expect(0, &self.restore_to_args(id, target, &[]));
     }
 
     pub fn run_sh(&self, script: &str) {
