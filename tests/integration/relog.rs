@@ -140,18 +140,6 @@ fn repair_without_a_log_rebuilds_from_the_packs_and_the_replica() {
     lab.snapshot();
 }
 
-fn flip_byte(path: &std::path::Path) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, 2).unwrap();
-    f.write_all_at(&[b[0] ^ 0x04], 2).unwrap();
-}
-
 /// A point interrupted while it healed a damaged copy, or while it recorded a file whose old
 /// copy was damaged (changed or deleted since): its rollback goes through, and the next
 /// snapshots too.
@@ -167,7 +155,7 @@ fn interrupted_points_over_damaged_copies_roll_back() {
         let lab = Lab::new();
         lab.run_sh("mkdir d && seq 1 500 > d/f && echo g > d/g");
         lab.snapshot();
-        flip_byte(&lab.store().join("replica/d/f"));
+        flip(&lab.store().join("replica/d/f"), 2, 0x04);
         lab.run_sh(change);
         let (sys, store) = (lab.sys(), lab.store());
         let snap = ["--root", Lab::s(&sys), "--store", Lab::s(&store)];
