@@ -458,6 +458,11 @@ impl System {
             None if req.safety_point => Some(self.safety_point(store, req, progress)?),
             None => None,
         };
+        if resumed.is_none() && safety_point.is_some() {
+            // The safety point may have taken space on the target's filesystem (a store on
+            // the root): measured again before the first write.
+            check_space(&target, plan)?;
+        }
         if resumed.is_none() {
             let paths: Vec<String> = req.paths.iter().map(|p| display_path(p)).collect();
             store

@@ -256,8 +256,9 @@ fn packs(
         let frames = framed.remove(&p.id).unwrap_or_default();
         let end = frames.iter().map(|(o, l)| o + l).max().unwrap_or(0);
         let path = store.pack_path(p.id);
-        if let Ok(bytes) = std::fs::read(&path) {
-            if let Some(at) = crate::store::damaged_pack_record(&bytes, frames) {
+        if let Ok(file) = std::fs::File::open(&path) {
+            // A pack shorter than its frames is reported below; here, damaged records.
+            if let Ok(Some(at)) = crate::store::damaged_pack_record(&file, frames) {
                 report.damage.push(Damage {
                     point: Some(p.id),
                     path: "pack".into(),

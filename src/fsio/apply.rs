@@ -313,10 +313,13 @@ pub fn remove_tree(dir: BorrowedFd, name: &[u8], dev: Option<u64>) -> io::Result
         return Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?);
     }
     if dev.is_some_and(|d| d != st.st_dev) {
-        return Err(io::Error::other(format!(
-            "{} is a mount point; it is left alone",
-            String::from_utf8_lossy(name)
-        )));
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!(
+                "{} is a mount point; it is left alone",
+                String::from_utf8_lossy(name)
+            ),
+        ));
     }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let sub = rustix::fs::openat(dir, name, flags, Mode::empty())?;

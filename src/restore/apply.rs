@@ -126,6 +126,15 @@ pub fn apply(
 /// Errors of the store side never get here as such (see `store_side`).
 fn tolerate(cx: &mut Ctx, path: &[u8], r: Result<()>) -> Result<()> {
     match r {
+        // A filesystem mounted where the point has something else: never emptied, never
+        // covered; the rest of the restore goes on.
+        Err(Error::Io { op, source }) if source.kind() == std::io::ErrorKind::ResourceBusy => {
+            cx.report.warnings.push(Warning {
+                path: display_path(path),
+                message: format!("left alone: {op}: {source}"),
+            });
+            Ok(())
+        }
         Err(Error::Io { op, source }) if super::vanished(&source) => {
             // A cached directory fd may be of a directory that was replaced: reopen next time.
             cx.cache.forget(parent(path).unwrap_or(path));
@@ -232,7 +241,7 @@ fn make_dir(cx: &mut Ctx, path: &[u8], have: Option<&Entry>) -> Result<()> {
     let dir = parent_fd(cx, path)?;
     let name = basename(path);
     if have.is_some_and(|h| h.kind != Kind::Dir) {
-        fsio::remove_tree(dir, name, None)
+        fsio::remove_tree(dir, name, same_fs(dir))
             .ctx(|| format!("removing {} to make a directory", display_path(path)))?;
     }
     match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
@@ -336,7 +345,8 @@ fn put_in_place(cx: &mut Ctx, path: &[u8], have: Option<&Entry>, tmp: &[u8]) -> 
     };
     if let Some(h) = have {
         if h.kind == Kind::Dir {
-            gone(fsio::remove_tree(dir, name, None))
+            // Never into a filesystem mounted there: that is an error, not a deletion.
+            gone(fsio::remove_tree(dir, name, same_fs(dir)))
                 .ctx(|| format!("removing directory {} to replace it", display_path(path)))?;
         } else if h.flags & 0x30 != 0 {
             gone(fsio::clear_immutable(dir, name))
@@ -381,12 +391,17 @@ fn fix_meta(cx: &mut Ctx, path: &[u8], w: &Entry) -> Result<()> {
     Ok(())
 }
 
+/// The filesystem of `dir`: removals below it stay on it.
+fn same_fs(dir: BorrowedFd) -> Option<u64> {
+    rustix::fs::fstat(dir).ok().map(|st| st.st_dev)
+}
+
 fn delete(cx: &mut Ctx, path: &[u8]) -> Result<()> {
     let dir = match parent_fd(cx, path) {
         Ok(d) => d,
         Err(_) => return Ok(()), // its directory went with an earlier deletion
     };
-    let dev = rustix::fs::fstat(dir).ok().map(|st| st.st_dev);
+    let dev = same_fs(dir);
     // A path already gone is what the point wants (remove_tree says Ok). A directory whose
     // entries a live system adds or removes while it is emptied gets one more try.
     let mut res = fsio::remove_tree(dir, basename(path), dev);

@@ -239,52 +239,81 @@ const CHANGES: u8 = 2;
 const RESTORES: u8 = 3;
 const BOOT: u8 = 4;
 
+/// The SQL of each table's logged writes, built once: `apply_op` runs for every row.
+struct TableSql {
+    name: &'static str,
+    cols: Vec<String>,
+    keys: usize,
+    put: String,
+    delete: String,
+}
+
+fn table_sql(t: u8) -> rusqlite::Result<&'static TableSql> {
+    static SQL: std::sync::OnceLock<Vec<TableSql>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        tables()
+            .into_iter()
+            .map(|(name, cols, keys)| {
+                let colv: Vec<String> = cols.split(", ").map(str::to_string).collect();
+                let sets: Vec<String> = colv
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|c| !keys.contains(c))
+                    .chain(std::iter::once("sum"))
+                    .map(|c| format!("{c}=excluded.{c}"))
+                    .collect();
+                let cond: Vec<String> = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| format!("{k}=?{}", i + 1))
+                    .collect();
+                TableSql {
+                    name,
+                    put: format!(
+                        "INSERT INTO {name} ({cols}, sum) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
+                        placeholders(colv.len() + 1),
+                        keys.join(", "),
+                        sets.join(", ")
+                    ),
+                    delete: format!("DELETE FROM {name} WHERE {}", cond.join(" AND ")),
+                    keys: keys.len(),
+                    cols: colv,
+                }
+            })
+            .collect()
+    });
+    all.get(t as usize)
+        .ok_or_else(|| damaged(format!("log record for unknown table {t}")))
+}
+
 /// Applies one logged write. The same function commits a write and replays the log, so the
 /// index rebuilt by `repair` is the index the writes made.
 pub(super) fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
-    let def = |t: u8| {
-        tables()
-            .into_iter()
-            .nth(t as usize)
-            .ok_or_else(|| damaged(format!("log record for unknown table {t}")))
-    };
     match op {
         Op::Header { .. } => Ok(()),
         Op::Put { table, values } => {
-            let (name, cols, keys) = def(*table)?;
-            let colv: Vec<&str> = cols.split(", ").collect();
-            if values.len() != colv.len() + 1 {
+            let t = table_sql(*table)?;
+            if values.len() != t.cols.len() + 1 {
                 return Err(damaged(format!(
-                    "a {name} record has {} values",
+                    "a {} record has {} values",
+                    t.name,
                     values.len()
                 )));
             }
-            let sets: Vec<String> = colv
-                .iter()
-                .filter(|c| !keys.contains(c))
-                .chain(std::iter::once(&"sum"))
-                .map(|c| format!("{c}=excluded.{c}"))
-                .collect();
-            conn.prepare_cached(&format!(
-                "INSERT INTO {name} ({cols}, sum) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
-                placeholders(values.len()),
-                keys.join(", "),
-                sets.join(", ")
-            ))?
-            .execute(params_from_iter(values))?;
+            conn.prepare_cached(&t.put)?
+                .execute(params_from_iter(values))?;
             Ok(())
         }
         Op::Delete { table, key } => {
-            let (name, _, keys) = def(*table)?;
-            if key.len() != keys.len() {
-                return Err(damaged(format!("a {name} deletion has {} keys", key.len())));
+            let t = table_sql(*table)?;
+            if key.len() != t.keys {
+                return Err(damaged(format!(
+                    "a {} deletion has {} keys",
+                    t.name,
+                    key.len()
+                )));
             }
-            let cond: Vec<String> = keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| format!("{k}=?{}", i + 1))
-                .collect();
-            conn.prepare_cached(&format!("DELETE FROM {name} WHERE {}", cond.join(" AND ")))?
+            conn.prepare_cached(&t.delete)?
                 .execute(params_from_iter(key))?;
             Ok(())
         }
@@ -293,18 +322,18 @@ pub(super) fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
             column,
             value,
         } => {
-            let (name, cols, _) = def(*table)?;
-            let col = cols
-                .split(", ")
-                .nth(*column as usize)
-                .ok_or_else(|| damaged(format!("a {name} deletion names column {column}")))?;
-            conn.prepare_cached(&format!("DELETE FROM {name} WHERE {col}=?1"))?
+            let t = table_sql(*table)?;
+            let col = t
+                .cols
+                .get(*column as usize)
+                .ok_or_else(|| damaged(format!("a {} deletion names column {column}", t.name)))?;
+            conn.prepare_cached(&format!("DELETE FROM {} WHERE {col}=?1", t.name))?
                 .execute([value])?;
             Ok(())
         }
         Op::Clear { table } => {
-            let (name, _, _) = def(*table)?;
-            conn.execute(&format!("DELETE FROM {name}"), [])?;
+            let t = table_sql(*table)?;
+            conn.execute(&format!("DELETE FROM {}", t.name), [])?;
             Ok(())
         }
     }

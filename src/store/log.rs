@@ -298,30 +298,41 @@ impl Rewrite {
 }
 
 /// The offset of the first stretch of a pack that is neither a frame (`frames`: offset,
-/// length) nor a whole record; None when every byte is accounted for. Packs written before
+/// length) nor a whole record; None when every byte is accounted for. Only the stretches
+/// between frames are read (records are small; frames can be gigabytes). Packs written before
 /// they carried records are all frames.
-pub fn damaged_pack_record(bytes: &[u8], mut frames: Vec<(u64, u64)>) -> Option<u64> {
+pub fn damaged_pack_record(pack: &File, mut frames: Vec<(u64, u64)>) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let len = pack.metadata()?.len();
+    frames.retain(|f| f.1 > 0);
     frames.sort_unstable();
-    frames.dedup();
-    let reader = Reader { bytes, pos: 0 };
-    let mut pos = 0usize;
-    let mut next = frames.into_iter().filter(|f| f.1 > 0).peekable();
-    while pos < bytes.len() {
-        while next.peek().is_some_and(|&(o, l)| (o + l) as usize <= pos) {
-            next.next();
+    let mut gaps = Vec::new();
+    let mut pos = 0u64;
+    for (o, l) in frames {
+        if o > pos {
+            gaps.push((pos, o));
         }
-        if let Some(&(o, l)) = next.peek() {
-            if o as usize <= pos {
-                pos = (o + l) as usize;
-                continue;
+        pos = pos.max(o + l);
+    }
+    if pos < len {
+        gaps.push((pos, len));
+    }
+    for (start, end) in gaps {
+        let mut bytes = vec![0u8; (end - start) as usize];
+        pack.read_exact_at(&mut bytes, start)?;
+        let reader = Reader {
+            bytes: &bytes,
+            pos: 0,
+        };
+        let mut at = 0usize;
+        while at < bytes.len() {
+            match reader.at(at) {
+                Some((_, n)) => at += n,
+                None => return Ok(Some(start + at as u64)),
             }
         }
-        match reader.at(pos) {
-            Some((_, n)) => pos += n,
-            None => return Some(pos as u64),
-        }
     }
-    None
+    Ok(None)
 }
 
 /// Reads records in order. A damaged stretch yields one `Err(offset)` and reading resumes at

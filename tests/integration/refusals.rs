@@ -191,3 +191,24 @@ fn running_out_of_space_mid_restore_names_the_journal_and_the_way_back() {
     let temps = restorepoint_temps(&lab.sys());
     assert!(temps.is_empty(), "a partial temp file was left: {temps:?}");
 }
+
+/// Where the point has a file and the system now has a filesystem mounted, the restore leaves
+/// the mount and what is in it alone (a warning), and restores everything else.
+#[test]
+fn a_mounted_filesystem_in_the_way_is_never_emptied() {
+    crate::require_root!();
+    let lab = Lab::new();
+    lab.run_sh("echo file > m && echo one > other");
+    lab.snapshot();
+    lab.run_sh("rm m && mkdir m && echo two > other");
+    let _mount = Tmpfs::mount(&lab.sys().join("m"), "4m");
+    std::fs::write(lab.sys().join("m/precious"), b"keep me").unwrap();
+    let out = lab.restore_in_place(3, 1, &["--no-safety-point"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/m") && err.contains("mount point"), "{err}");
+    assert_eq!(
+        std::fs::read(lab.sys().join("m/precious")).unwrap(),
+        b"keep me"
+    );
+    assert_eq!(std::fs::read(lab.sys().join("other")).unwrap(), b"one\n");
+}
