@@ -184,6 +184,11 @@ impl System {
         )
     }
 
+    /// The store's data usage, as the index records it (a walk when it records none).
+    pub fn usage(&self) -> Result<crate::store::Usage> {
+        Store::open_for_reading(&self.store)?.usage()
+    }
+
     pub fn list(&self) -> Result<Vec<Point>> {
         Store::open_for_reading(&self.store)?
             .index
@@ -708,7 +713,7 @@ fn retain(
 ) -> Result<Vec<Decision>> {
     let points = store.index.complete_points()?;
     let infos = crate::retention::point_infos(&points);
-    let u = store.usage();
+    let u = store.usage()?;
     let mut decisions = crate::retention::decide(policy, &infos, u.data(), u.replica, now);
     keep_for_unfinished_restores(store, &mut decisions)?;
     if !dry_run {

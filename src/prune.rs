@@ -43,7 +43,10 @@ pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
             started: j.started_at,
         });
     }
-    store.index.remove_oldest_point(oldest.id, successor)?;
+    let freed = store.pack_allocated(oldest.id) + store.pack_allocated(successor);
+    store
+        .index
+        .remove_oldest_point(oldest.id, successor, freed)?;
     crate::failpoint::hit("prune-after-commit");
     for id in [oldest.id, successor] {
         store.remove_pack(id)?;

@@ -165,5 +165,6 @@ pub fn clean_up(store: &mut Store) -> Result<()> {
     roll_back_running(store)?;
     store.remove_orphan_packs()?;
     crate::boot::remove_unreferenced(store)?;
-    store.clear_staging()
+    store.clear_staging()?;
+    store.measure_usage()
 }

@@ -150,7 +150,7 @@ pub fn run(
     )?;
     failpoint::hit("snapshot-before-replica");
     progress.phase("updating the replica", None);
-    replica::shape(store, &shapes)?;
+    let replica_growth = replica::shape(store, &shapes)?;
     failpoint::hit("snapshot-after-replica");
     store.sync()?;
     refuse_dangling_links(store, id)?;
@@ -161,7 +161,11 @@ pub fn run(
         warnings: report.warnings.len() as u64,
     };
     store.append_to_pack(id, &store.index.pack_head(id, Some(totals))?)?;
-    store.index.complete_point(id, totals)?;
+    let growth = crate::store::UsageChange::Add {
+        replica: replica_growth,
+        packs: store.pack_allocated(id) as i64,
+    };
+    store.index.complete_point(id, totals, growth)?;
     failpoint::hit("snapshot-after-complete");
     store.clear_staging()?;
     progress.finish();
@@ -216,7 +220,7 @@ fn admit(store: &Store, opts: &SnapshotOptions, pending: &[Pending]) -> Result<(
         .iter()
         .map(estimated_growth)
         .fold((0, 0), |(r, g), (pr, pg)| (r + pr, g + pg));
-    let usage = store.usage();
+    let usage = store.usage()?;
     let vfs = rustix::fs::fstatvfs(store.replica())
         .ctx(|| format!("statvfs of the store {}", store.dir.display()))?;
     let space = crate::admission::Space {

@@ -302,7 +302,9 @@ fn audit(cli: &Cli, system: &System, config: &Config) -> CmdResult {
 
 /// What the original tool printed before a scheduled snapshot.
 fn print_preamble(system: &System, policy: &crate::retention::Policy, databases: &[String]) {
-    let u = crate::store::usage(&system.store);
+    let u = system
+        .usage()
+        .unwrap_or_else(|_| crate::store::usage(&system.store));
     let used = u.data();
     let data = Some(u.replica).filter(|_| system.list().is_ok_and(|p| !p.is_empty()));
     match data {

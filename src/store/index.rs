@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_boot.sql"),
     include_str!("../../migrations/0004_row_sums.sql"),
     include_str!("../../migrations/0005_log_state.sql"),
+    include_str!("../../migrations/0006_usage.sql"),
 ];
 /// The first schema whose rows carry checksums: older rows are sealed when migrating past it.
 const SUMS_SINCE: usize = 4;
@@ -179,6 +180,17 @@ impl Change {
     pub fn is_lost(&self) -> bool {
         self.content == ContentKind::Full && self.frame.is_some_and(|(_, len)| len == 0)
     }
+}
+
+/// How a write changes the store's recorded data usage (`usage`, schema 6), in its own
+/// transaction: the recorded numbers never run ahead of, or behind, the writes they count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageChange {
+    /// Allocated bytes the replica's contents and the packs grew by (negative: shrank).
+    Add { replica: i64, packs: i64 },
+    /// Not known any more (a rollback rewrote replica files): measured again by the next
+    /// writer.
+    Forget,
 }
 
 /// One write of a snapshot's batch; a batch commits in one transaction.
@@ -337,6 +349,49 @@ pub(super) fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The recorded usage (replica, packs); None when there is none or it fails its checksum.
+fn read_usage(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
+    conn.query_row(
+        "SELECT id, replica, packs, sum FROM usage WHERE id = 1",
+        [],
+        |r| {
+            if rowsum::check(r, "usage", 3, || "usage".into()).is_err() {
+                return Ok(None);
+            }
+            Ok(Some((r.get(1)?, r.get(2)?)))
+        },
+    )
+    .optional()
+    .map(Option::flatten)
+}
+
+fn write_usage(conn: &Connection, replica: i64, packs: i64) -> rusqlite::Result<()> {
+    let v = vec![
+        Value::Integer(1),
+        Value::Integer(replica.max(0)),
+        Value::Integer(packs.max(0)),
+    ];
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO usage (id, replica, packs, sum) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params_from_iter(sealed("usage", v)))?;
+    Ok(())
+}
+
+fn change_usage(conn: &Connection, change: UsageChange) -> rusqlite::Result<()> {
+    match change {
+        UsageChange::Forget => {
+            conn.execute("DELETE FROM usage", [])?;
+        }
+        UsageChange::Add { replica, packs } => {
+            if let Some((r, p)) = read_usage(conn)? {
+                write_usage(conn, r + replica, p + packs)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records how far the log is committed, in the transaction that commits its records.
@@ -811,6 +866,16 @@ impl Index {
 
     /// Commits `ops` in one transaction, after they are durable in the log.
     fn commit(&mut self, op: &'static str, ops: Vec<Op>) -> Result<()> {
+        self.commit_with(op, ops, None)
+    }
+
+    /// `commit`, with the change of the recorded usage the same writes make.
+    fn commit_with(
+        &mut self,
+        op: &'static str,
+        ops: Vec<Op>,
+        usage: Option<UsageChange>,
+    ) -> Result<()> {
         let log = self
             .log
             .as_mut()
@@ -827,6 +892,9 @@ impl Index {
                 apply_op(&tx, o).map_err(|e| db(&path, op, e))?;
             }
             set_log_len(&tx, len).map_err(|e| db(&path, op, e))?;
+            if let Some(u) = usage {
+                change_usage(&tx, u).map_err(|e| db(&path, op, e))?;
+            }
             tx.commit().map_err(|e| db(&path, op, e))
         });
         if result.is_err() {
@@ -947,16 +1015,22 @@ impl Index {
         Ok(p.id)
     }
 
-    pub fn complete_point(&mut self, id: PointId, totals: PointTotals) -> Result<()> {
+    pub fn complete_point(
+        &mut self,
+        id: PointId,
+        totals: PointTotals,
+        usage: UsageChange,
+    ) -> Result<()> {
         let mut p = Index::point_row(&self.conn, id).map_err(self.err("reading the point"))?;
         p.complete = true;
         p.files = totals.files;
         p.bytes = totals.bytes;
         p.stored_bytes = totals.stored_bytes;
         p.warnings = totals.warnings;
-        self.commit(
+        self.commit_with(
             "marking the point complete",
             vec![put(POINTS, point_values(&p))],
+            Some(usage),
         )
     }
 
@@ -1003,19 +1077,33 @@ impl Index {
             of_point(BOOT, id),
             of_point(POINTS, id),
         ]);
-        self.commit("rolling back an interrupted point", ops)
+        self.commit_with(
+            "rolling back an interrupted point",
+            ops,
+            Some(UsageChange::Forget),
+        )
     }
 
     /// Removes the oldest point `oldest` in one transaction: its row, its boot captures and
     /// the changes of `successor`, which only served to step back to it.
-    pub fn remove_oldest_point(&mut self, oldest: PointId, successor: PointId) -> Result<()> {
+    /// `freed_packs`: the allocated bytes of the two packs the caller deletes after the commit.
+    pub fn remove_oldest_point(
+        &mut self,
+        oldest: PointId,
+        successor: PointId,
+        freed_packs: u64,
+    ) -> Result<()> {
         let ops = vec![
             of_point(CHANGES, oldest),
             of_point(CHANGES, successor),
             of_point(BOOT, oldest),
             of_point(POINTS, oldest),
         ];
-        self.commit("removing the oldest point", ops)
+        let freed = UsageChange::Add {
+            replica: 0,
+            packs: -(freed_packs as i64),
+        };
+        self.commit_with("removing the oldest point", ops, Some(freed))
     }
 
     /// Records the boot area captured with a running point: (disk, manifest JSON) pairs, or
@@ -1241,6 +1329,19 @@ impl Index {
             f(change_from_row(r).map_err(self.err("reading changes"))?)?;
         }
         Ok(())
+    }
+
+    /// The recorded data usage (replica, packs), when there is one.
+    pub fn usage(&self) -> Result<Option<(u64, u64)>> {
+        Ok(read_usage(&self.conn)
+            .map_err(self.err("reading the store's usage"))?
+            .map(|(r, p)| (r as u64, p as u64)))
+    }
+
+    /// Records a measured usage (not a logged write: derived from the files).
+    pub fn set_usage(&mut self, replica: u64, packs: u64) -> Result<()> {
+        write_usage(&self.conn, replica as i64, packs as i64)
+            .map_err(self.err("recording the store's usage"))
     }
 
     /// Runs SQLite's own structure check (b-trees, indexes, free list): damage in pages no

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 pub use index::change_op as change_record;
 pub use index::{
     BatchWrite, Change, ContentKind, Index, Point, PointId, PointKind, PointTotals, RestoreJournal,
+    UsageChange,
 };
 pub use log::{damaged_pack_record, Op as Record};
 pub use pack::{FrameReader, PackWriter};
@@ -167,9 +168,33 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes the store uses on disk, by part.
-    pub fn usage(&self) -> Usage {
-        usage(&self.dir)
+    /// Bytes the store's data uses on disk, by part: as recorded in the index (kept up to date
+    /// by every write), else measured by a walk.
+    pub fn usage(&self) -> Result<Usage> {
+        Ok(match self.index.usage()? {
+            Some((replica, packs)) => Usage {
+                total: replica + packs,
+                replica,
+                packs,
+            },
+            None => usage(&self.dir),
+        })
+    }
+
+    /// Measures the usage by a walk and records it, when the index has none (a new or
+    /// repaired index, after a rollback). Called under the lock.
+    pub fn measure_usage(&mut self) -> Result<()> {
+        if self.index.usage()?.is_none() {
+            let u = usage(&self.dir);
+            self.index.set_usage(u.replica, u.packs)?;
+        }
+        Ok(())
+    }
+
+    /// Allocated bytes of point `id`'s pack (0 when there is none).
+    pub fn pack_allocated(&self, id: PointId) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(self.pack_path(id)).map_or(0, |m| m.blocks() * 512)
     }
 }
 

@@ -36,7 +36,44 @@ fn in_replica(e: &Option<Entry>) -> Option<Kind> {
 }
 
 /// `items` sorted by path. Afterwards each path in the replica matches its wanted state.
-pub fn shape(store: &Store, items: &[Shape]) -> Result<()> {
+/// Returns by how many allocated bytes the replica's contents grew (or shrank): the paths
+/// shaped and their directories, measured before and after (every path that changes is an
+/// item: a removed directory's contents are items too).
+pub fn shape(store: &Store, items: &[Shape]) -> Result<i64> {
+    let measured: BTreeSet<&[u8]> = items
+        .iter()
+        .flat_map(|it| std::iter::once(it.path.as_slice()).chain(parent(&it.path)))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let before = allocated(store, &measured)?;
+    shape_paths(store, items)?;
+    Ok(allocated(store, &measured)? - before)
+}
+
+/// Allocated bytes of `paths` in the replica (0 for a path that is not there).
+fn allocated(store: &Store, paths: &BTreeSet<&[u8]>) -> Result<i64> {
+    let root = store.replica();
+    let mut cache = DirCache::default();
+    let mut total = 0i64;
+    for p in paths {
+        let dir = match cache.parent_of(root, p) {
+            Ok(d) => d,
+            Err(e) if fsio::is_missing(&e) => continue,
+            Err(e) => {
+                return Err(e)
+                    .ctx(|| format!("opening the replica's parent of {}", display_path(p)))
+            }
+        };
+        match rustix::fs::statat(dir, basename(p), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => total += st.st_blocks * 512,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e).ctx(|| format!("stat of replica {}", display_path(p))),
+        }
+    }
+    Ok(total)
+}
+
+fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
     let root = store.replica();
     let mut cache = DirCache::default();
     // Removals, deepest first: anything whose type is not the wanted one.

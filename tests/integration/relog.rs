@@ -182,3 +182,61 @@ fn interrupted_points_over_damaged_copies_roll_back() {
         SNAPSHOT.expect(0, &["verify", "--store", Lab::s(&store)]);
     }
 }
+
+/// Allocated bytes of the replica's contents and of the packs, walked as `du` would.
+fn walked_usage(store: &std::path::Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let sum = |dir: std::path::PathBuf| -> i64 {
+        walkdir::WalkDir::new(&dir)
+            .min_depth(1)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.metadata().unwrap().blocks() as i64 * 512)
+            .sum()
+    };
+    (sum(store.join("replica")), sum(store.join("packs")))
+}
+
+fn recorded_usage(store: &std::path::Path) -> (i64, i64) {
+    let c = rusqlite::Connection::open(store.join("index.db")).unwrap();
+    c.query_row("SELECT replica, packs FROM usage", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .unwrap()
+}
+
+/// The usage the index keeps (so that a run does not walk the store) is what a walk finds,
+/// after snapshots that add, grow, shrink and delete, retention, a rollback and a restore.
+#[test]
+fn the_recorded_usage_is_what_a_walk_finds() {
+    let lab = Lab::new();
+    let store = lab.store();
+    let check = |when: &str| {
+        assert_eq!(recorded_usage(&store), walked_usage(&store), "{when}");
+    };
+    lab.run_sh("mkdir -p a/b && for f in $(seq 1 50); do seq 1 $((f * 200)) > a/b/f$f; done; head -c 3000000 /dev/urandom > big");
+    lab.snapshot();
+    check("after the first point");
+    lab.run_sh("rm -r a/b && mkdir a/c && seq 1 99999 > a/c/new && truncate -s 1000 big");
+    lab.snapshot();
+    check("after deletions and a shrink");
+    lab.run_sh(
+        "head -c 5000000 /dev/urandom > big && for f in $(seq 1 300); do echo $f > a/c/n$f; done",
+    );
+    lab.snapshot();
+    check("after growth and a bigger directory");
+    SNAPSHOT.expect(0, &["prune", "--oldest", "1", "--store", Lab::s(&store)]);
+    check("after removing the oldest point");
+    let (sys, st) = (lab.sys(), lab.store());
+    lab.run_sh("echo killed > a/c/k");
+    let killed = std::process::Command::new(SNAPSHOT.path())
+        .args(["--root", Lab::s(&sys), "--store", Lab::s(&st)])
+        .env("RESTOREPOINT_FAILPOINT", "snapshot-after-replica")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None);
+    SNAPSHOT.expect(0, &["prune", "--dry-run", "--store", Lab::s(&store)]);
+    check("after the rollback of an interrupted point");
+    lab.restore_in_place(0, 2, &[]);
+    check("after an in-place restore and its safety point");
+}
