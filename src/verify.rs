@@ -292,19 +292,11 @@ fn packs(
         .map(|p| p.id)
         .chain(interrupted.iter().copied())
         .collect();
-    let dir = store.dir.join("packs");
-    let names =
-        std::fs::read_dir(&dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    for ent in names.flatten() {
-        let name = ent.file_name();
-        let id = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".pack"))
-            .and_then(|n| n.parse::<PointId>().ok());
+    for (id, path) in crate::store::pack_files(&store.dir)? {
         if id.is_none_or(|id| !known.contains(&id)) {
             report.damage.push(Damage {
                 point: None,
-                path: ent.path().display().to_string(),
+                path: path.display().to_string(),
                 problem: "a file no point refers to (the next snapshot removes a stray pack)"
                     .into(),
             });

@@ -121,15 +121,7 @@ impl Store {
     pub fn remove_orphan_packs(&self) -> Result<()> {
         let known: std::collections::HashSet<PointId> =
             self.index.points()?.iter().map(|p| p.id).collect();
-        let dir = self.dir.join("packs");
-        for ent in fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
-            let name = ent
-                .ctx(|| format!("listing {}", dir.display()))?
-                .file_name();
-            let id = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".pack"))
-                .and_then(|n| n.parse::<PointId>().ok());
+        for (id, _) in pack_files(&self.dir)? {
             if let Some(id) = id.filter(|id| !known.contains(id)) {
                 self.remove_pack(id)?;
             }
@@ -235,6 +227,24 @@ pub fn usage(dir: &Path) -> Usage {
         }
     }
     u
+}
+
+/// The files in `STORE/packs/`, sorted, each with the point id its name gives (None for a
+/// name that is not `<id>.pack`).
+pub fn pack_files(dir: &Path) -> Result<Vec<(Option<PointId>, PathBuf)>> {
+    let packs = dir.join("packs");
+    let mut out = Vec::new();
+    for ent in fs::read_dir(&packs).ctx(|| format!("listing {}", packs.display()))? {
+        let ent = ent.ctx(|| format!("listing {}", packs.display()))?;
+        let id = ent
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".pack"))
+            .and_then(|n| n.parse::<PointId>().ok());
+        out.push((id, ent.path()));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// What in `dir` shows it held a store, when its index is gone: a replica with content,

@@ -151,22 +151,8 @@ fn from_packs(dir: &Path, to: &Path, report: &mut RepairReport) -> Result<()> {
     // id -> (complete, row values); a complete row wins over a running one.
     let mut points: BTreeMap<i64, (bool, Vec<Value>)> = BTreeMap::new();
     let mut changes: Vec<(i64, Vec<Value>)> = Vec::new();
-    let packs = dir.join("packs");
-    let mut names: Vec<(i64, PathBuf)> = fs::read_dir(&packs)
-        .ctx(|| format!("listing {}", packs.display()))?
-        .flatten()
-        .filter_map(|e| {
-            let id = e
-                .file_name()
-                .to_str()?
-                .strip_suffix(".pack")?
-                .parse()
-                .ok()?;
-            Some((id, e.path()))
-        })
-        .collect();
-    names.sort();
-    for (id, path) in names {
+    let names = super::pack_files(dir)?;
+    for (id, path) in names.into_iter().filter_map(|(id, p)| Some((id?.0, p))) {
         let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
         let mut described = false;
         for rec in (Reader {
@@ -210,12 +196,7 @@ fn from_packs(dir: &Path, to: &Path, report: &mut RepairReport) -> Result<()> {
         }
     }
     points.retain(|_, (complete, _)| *complete);
-    let conn = Connection::open(to).map_err(|e| db(to, "creating", e))?;
-    conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;")
-        .map_err(|e| db(to, "setting pragmas", e))?;
-    let mut idx = Index::from_connection(conn, to.to_path_buf());
-    idx.migrate(dir)?;
-    let conn = idx.into_connection();
+    let conn = new_index(dir, to)?;
     let tx = conn
         .unchecked_transaction()
         .map_err(|e| db(to, "rebuilding from the packs", e))?;
@@ -294,14 +275,19 @@ fn replica_entries(
     Ok(out)
 }
 
-fn replay(dir: &Path, to: &Path, bytes: &[u8], report: &mut RepairReport) -> Result<()> {
+/// A new, empty index at `to` of this binary's schema. No WAL: the file is renamed into place
+/// whole once closed.
+fn new_index(dir: &Path, to: &Path) -> Result<Connection> {
     let conn = Connection::open(to).map_err(|e| db(to, "creating", e))?;
-    // No WAL for the new file: it is renamed into place whole once closed.
     conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;")
         .map_err(|e| db(to, "setting pragmas", e))?;
     let mut idx = Index::from_connection(conn, to.to_path_buf());
     idx.migrate(dir)?;
-    let conn = idx.into_connection();
+    Ok(idx.into_connection())
+}
+
+fn replay(dir: &Path, to: &Path, bytes: &[u8], report: &mut RepairReport) -> Result<()> {
+    let conn = new_index(dir, to)?;
     let tx = conn
         .unchecked_transaction()
         .map_err(|e| db(to, "replaying the log", e))?;
@@ -326,22 +312,15 @@ fn replay(dir: &Path, to: &Path, bytes: &[u8], report: &mut RepairReport) -> Res
 /// Packs the rebuilt index does not name: a writer would delete them as orphans, and they may
 /// hold what a damaged log record lost. Kept aside instead.
 fn move_unreferenced_packs(dir: &Path, points: &[PointId]) -> Result<Vec<PathBuf>> {
-    let packs = dir.join("packs");
     let mut moved = Vec::new();
-    for ent in fs::read_dir(&packs).ctx(|| format!("listing {}", packs.display()))? {
-        let ent = ent.ctx(|| format!("listing {}", packs.display()))?;
-        let name = ent.file_name();
-        let id = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".pack"))
-            .and_then(|n| n.parse::<PointId>().ok());
+    for (id, path) in super::pack_files(dir)? {
         if id.is_some_and(|id| points.contains(&id)) {
             continue;
         }
         let lf = dir.join("lost+found");
         fs::create_dir_all(&lf).ctx(|| format!("creating {}", lf.display()))?;
-        let to = lf.join(&name);
-        fs::rename(ent.path(), &to).ctx(|| format!("moving {} aside", ent.path().display()))?;
+        let to = lf.join(path.file_name().expect("a file in packs/"));
+        fs::rename(&path, &to).ctx(|| format!("moving {} aside", path.display()))?;
         moved.push(to);
     }
     Ok(moved)
