@@ -92,10 +92,11 @@ enum NewContent {
         name: Vec<u8>,
         bytes: Option<Vec<u8>>,
     },
-    /// Equal to the old version, but the replica's copy of it is damaged: staged under this
-    /// name to replace that copy.
+    /// Equal to the old version, but the replica's copy must be replaced: it is damaged, or it
+    /// is a hardlink of a group the path has left. Staged under this name.
     Heal {
         name: Vec<u8>,
+        damaged: bool,
     },
 }
 
@@ -436,7 +437,7 @@ fn record(
         if let Some(n) = &new {
             count(report, n);
         }
-        if let NewContent::Heal { .. } = content {
+        if let NewContent::Heal { damaged: true, .. } = content {
             report.warnings.push(Warning {
                 path: display_path(&p.path),
                 message: "the store's copy was damaged; it was rewritten from the live file, which still has the recorded content".into(),
@@ -451,11 +452,20 @@ fn record(
                     Vec::new(),
                 ));
                 report.unchanged += 1;
+                if n.kind == Kind::File {
+                    // Its inode changed (a link count, say): when the replica shares it in a
+                    // hardlink group, this copy's share of the replica's usage moved.
+                    shapes.push(Shape {
+                        path: p.path.clone(),
+                        want: new.clone(),
+                        fill: Fill::Keep,
+                    });
+                }
                 continue;
             }
         }
         let staged_name = match &content {
-            NewContent::Staged { name, .. } | NewContent::Heal { name } => Some(name.clone()),
+            NewContent::Staged { name, .. } | NewContent::Heal { name, .. } => Some(name.clone()),
             _ => None,
         };
         let change = if first {
@@ -503,7 +513,7 @@ fn record(
         shapes.push(Shape {
             path: p.path.clone(),
             want: new.clone(),
-            fill: staged_name.map_or(Fill::Keep, Fill::Staged),
+            fill: replica_fill(store, &leads, new.as_ref(), staged_name)?,
         });
         let upsert = new.map(|n| (p.path.clone(), n));
         let delete = if upsert.is_none() {
@@ -542,8 +552,8 @@ impl StagingNames {
 struct Releads {
     /// Old leader -> the member that now leads, once one was recorded.
     moved: HashMap<RelPath, Option<RelPath>>,
-    /// Inode each file recorded by this run was read from.
-    inodes: HashMap<RelPath, u64>,
+    /// Inode each file recorded by this run was read from, and its content hash.
+    inodes: HashMap<RelPath, (u64, Option<Hash>)>,
 }
 
 impl Releads {
@@ -555,15 +565,24 @@ impl Releads {
         }
         if let Some(l) = &e.link {
             let leader = match self.inodes.get(l) {
-                Some(&ino) => Some(ino),
+                Some(&(ino, _)) => Some(ino),
                 None => store.index.entry(l)?.map(|x| x.ino),
             };
             if leader != Some(e.ino) {
                 e.link = None;
             }
         }
-        self.inodes.insert(path.to_vec(), e.ino);
+        self.inodes.insert(path.to_vec(), (e.ino, e.hash));
         Ok(())
+    }
+
+    /// The content hash of leader `l` as this point records it: read by this run, or unchanged
+    /// since the last point.
+    fn leader_hash(&self, store: &Store, l: &[u8]) -> Result<Option<Hash>> {
+        Ok(match self.inodes.get(l) {
+            Some(&(_, h)) => h,
+            None => store.index.entry(l)?.and_then(|x| x.hash),
+        })
     }
 
     fn leader_for(&mut self, path: &[u8], link: Option<RelPath>) -> Option<RelPath> {
@@ -592,6 +611,23 @@ impl Releads {
             }
         }
     }
+}
+
+/// How the replica gets a path's new content: a follower whose leader holds the same content
+/// is linked to the leader's copy (its staged copy, if any, is the fallback and is otherwise
+/// cleared with `staging/`); else the staged copy, else what the replica has.
+fn replica_fill(
+    store: &Store,
+    leads: &Releads,
+    new: Option<&Entry>,
+    staged: Option<Vec<u8>>,
+) -> Result<Fill> {
+    if let Some((n, l)) = new.and_then(|n| n.link.as_ref().map(|l| (n, l))) {
+        if n.kind == Kind::File && n.hash.is_some() && leads.leader_hash(store, l)? == n.hash {
+            return Ok(Fill::Link(l.clone(), staged));
+        }
+    }
+    Ok(staged.map_or(Fill::Keep, Fill::Staged))
 }
 
 /// A placeholder row that is never written: it carries an entry refresh only.
@@ -789,7 +825,17 @@ fn read_file(
     e.hash = Some(hash);
     if old.is_some_and(|o| o.kind == Kind::File && o.hash == Some(hash)) {
         if !replica_holds(store, path, hash) {
-            return Ok(Some(NewContent::Heal { name: staged_name }));
+            return Ok(Some(NewContent::Heal {
+                name: staged_name,
+                damaged: true,
+            }));
+        }
+        if o_was_follower(old) && e.link.is_none() {
+            // The replica's copy is a hardlink of the group this path left: it gets its own.
+            return Ok(Some(NewContent::Heal {
+                name: staged_name,
+                damaged: false,
+            }));
         }
         drop(staged);
         let _ = rustix::fs::unlinkat(
@@ -803,6 +849,10 @@ fn read_file(
         name: staged_name,
         bytes,
     }))
+}
+
+fn o_was_follower(old: Option<&Entry>) -> bool {
+    old.is_some_and(|o| o.link.is_some())
 }
 
 /// Whether the replica's copy of `path` has content `hash`. Read only for files whose content

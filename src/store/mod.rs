@@ -217,7 +217,8 @@ pub fn usage(dir: &Path) -> Usage {
         .filter_map(|e| e.ok())
     {
         let Ok(m) = e.metadata() else { continue };
-        let n = m.blocks() * 512;
+        // A hardlink's share: a group linked in the replica counts once.
+        let n = m.blocks() * 512 / m.nlink().max(1);
         u.total += n;
         // What is in them, not the two directories themselves (part of the fixed skeleton).
         if e.path().starts_with(&replica) && e.path() != replica {

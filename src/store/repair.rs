@@ -223,7 +223,7 @@ fn from_packs(dir: &Path, to: &Path, report: &mut RepairReport) -> Result<()> {
         .map_err(|e| db(to, "rebuilding from the packs", e))?;
     conn.close().map_err(|(_, e)| db(to, "closing", e))?;
     report.not_rebuilt.push(
-        "the latest point's extended attributes (ACLs, capabilities), inode flags, device nodes, FIFOs, sockets and hardlink groups live only in the index: the replica gives back its files, directories and symlinks with owner, mode, times and content; older points keep what their changes recorded".into(),
+        "the latest point's extended attributes (ACLs, capabilities), inode flags, device nodes, FIFOs and sockets live only in the index: the replica gives back its files, directories, symlinks and shared hardlinks with owner, mode, times and content; older points keep what their changes recorded".into(),
     );
     Ok(())
 }
@@ -243,9 +243,15 @@ fn replica_entries(
     let (mut walked, mut warns) = (Vec::new(), Vec::new());
     crate::fsio::walk(replica, b"", &opts, &mut walked, &mut warns)
         .map_err(|e| Error::io("walking the replica", e))?;
+    walked.sort_by(|a, b| a.0.cmp(&b.0));
+    // Hardlink groups the replica shares: the first path in byte order leads, as in a snapshot.
+    let mut leaders: std::collections::HashMap<u64, crate::model::RelPath> = Default::default();
     let mut out = Vec::with_capacity(walked.len());
     for (path, b) in walked {
-        let mut e = b.to_entry(None);
+        let link = (b.kind == Kind::File && b.nlink > 1)
+            .then(|| leaders.entry(b.ino).or_insert_with(|| path.clone()).clone())
+            .filter(|l| *l != path);
+        let mut e = b.to_entry(link);
         (e.ino, e.ctime) = (0, Default::default());
         match e.kind {
             Kind::Symlink => {

@@ -20,6 +20,10 @@ pub enum Fill {
     Keep,
     /// A file in `staging/` to be renamed into place.
     Staged(Vec<u8>),
+    /// A hardlink of this replica path (the group's leader, shaped earlier in path order):
+    /// a hardlink group takes the space of one file in the replica, as in the system. The
+    /// staged copy, when there is one, serves if the leader's copy cannot be linked.
+    Link(RelPath, Option<Vec<u8>>),
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +46,15 @@ fn in_replica(e: &Option<Entry>) -> Option<Kind> {
 pub fn shape(store: &Store, items: &[Shape]) -> Result<i64> {
     let measured: BTreeSet<&[u8]> = items
         .iter()
-        .flat_map(|it| std::iter::once(it.path.as_slice()).chain(parent(&it.path)))
+        .flat_map(|it| {
+            let leader = match &it.fill {
+                Fill::Link(l, _) => Some(l.as_slice()),
+                _ => None,
+            };
+            std::iter::once(it.path.as_slice())
+                .chain(parent(&it.path))
+                .chain(leader)
+        })
         .filter(|p| !p.is_empty())
         .collect();
     let before = allocated(store, &measured)?;
@@ -65,7 +77,8 @@ fn allocated(store: &Store, paths: &BTreeSet<&[u8]>) -> Result<i64> {
             }
         };
         match rustix::fs::statat(dir, basename(p), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => total += st.st_blocks * 512,
+            // A hardlink's share, so that a group counts once (as `usage` walks it).
+            Ok(st) => total += st.st_blocks * 512 / (st.st_nlink.max(1) as i64),
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(e).ctx(|| format!("stat of replica {}", display_path(p))),
         }
@@ -148,6 +161,31 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
                 .ctx(what)?;
                 replica_meta_fd(fd.as_fd(), e).ctx(what)?;
                 rustix::fs::renameat(store.staging(), &staged[..], dir, name).ctx(what)?;
+            }
+            (Kind::File, Fill::Link(leader, staged)) => {
+                let (ldir, lname) = (parent(leader).unwrap_or(b""), basename(leader));
+                let linked = fsio::open_dir(root, ldir).and_then(|ldir| {
+                    let tmp = format!(".rp-link-{}", std::process::id()).into_bytes();
+                    let _ = rustix::fs::unlinkat(dir, &tmp[..], AtFlags::empty());
+                    rustix::fs::linkat(&ldir, lname, dir, &tmp[..], AtFlags::empty())?;
+                    Ok(rustix::fs::renameat(dir, &tmp[..], dir, name)?)
+                });
+                match (linked, staged) {
+                    (Ok(()), _) => {}
+                    // The leader's copy is missing (damage): the follower keeps its own.
+                    (Err(_), Some(staged)) => {
+                        let fd = rustix::fs::openat(
+                            store.staging(),
+                            &staged[..],
+                            OFlags::RDONLY | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .ctx(what)?;
+                        replica_meta_fd(fd.as_fd(), e).ctx(what)?;
+                        rustix::fs::renameat(store.staging(), &staged[..], dir, name).ctx(what)?;
+                    }
+                    (Err(err), None) => return Err(err).ctx(what),
+                }
             }
             (Kind::File, Fill::Keep) => {
                 let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;

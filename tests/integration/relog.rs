@@ -191,7 +191,10 @@ fn walked_usage(store: &std::path::Path) -> (i64, i64) {
             .min_depth(1)
             .into_iter()
             .filter_map(|e| e.ok())
-            .map(|e| e.metadata().unwrap().blocks() as i64 * 512)
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                m.blocks() as i64 * 512 / m.nlink() as i64
+            })
             .sum()
     };
     (sum(store.join("replica")), sum(store.join("packs")))
@@ -239,4 +242,59 @@ fn the_recorded_usage_is_what_a_walk_finds() {
     check("after the rollback of an interrupted point");
     lab.restore_in_place(0, 2, &[]);
     check("after an in-place restore and its safety point");
+}
+
+fn inode(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// A hardlink group is one file in the replica too (not one copy per path), and every point
+/// still restores exactly as the group changes, grows, loses a member and splits.
+#[test]
+fn hardlink_groups_share_one_file_in_the_replica() {
+    let lab = Lab::new();
+    let mut expected = BTreeMap::new();
+    let steps = [
+        "mkdir -p a b && head -c 1000000 /dev/urandom > a/big && for i in 1 2 3; do ln a/big b/l$i; done",
+        "echo more >> a/big && ln a/big a/l4",
+        "rm b/l2 && echo own > b/l2",
+        "cp a/big b/copy && mv b/copy b/l1",
+    ];
+    let store = lab.store();
+    for step in steps {
+        lab.run_sh(step);
+        expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+        let r = store.join("replica");
+        assert_eq!(
+            inode(&r.join("a/big")),
+            inode(&r.join("b/l3")),
+            "after {step}"
+        );
+        assert_eq!(
+            recorded_usage(&store),
+            walked_usage(&store),
+            "usage after {step}"
+        );
+    }
+    let r = store.join("replica");
+    assert_eq!(inode(&r.join("a/big")), inode(&r.join("a/l4")));
+    assert_ne!(
+        inode(&r.join("a/big")),
+        inode(&r.join("b/l1")),
+        "b/l1 left the group"
+    );
+    assert_ne!(inode(&r.join("a/big")), inode(&r.join("b/l2")));
+    // The group costs one file: about 1 MB of replica, not four.
+    assert!(
+        recorded_usage(&store).0 < 2_500_000,
+        "{:?}",
+        recorded_usage(&store)
+    );
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
+    for (id, fp) in &expected {
+        let t = lab.target(&format!("p{id}"));
+        lab.restore(*id, &t);
+        assert_same(fp, &fingerprint(&t), &format!("point {id}"));
+    }
 }
