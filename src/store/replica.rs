@@ -152,15 +152,7 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
         let what = || format!("updating replica {}", display_path(&it.path));
         match (kind, &it.fill) {
             (Kind::File, Fill::Staged(staged)) => {
-                let fd = rustix::fs::openat(
-                    store.staging(),
-                    &staged[..],
-                    OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .ctx(what)?;
-                replica_meta_fd(fd.as_fd(), e).ctx(what)?;
-                rustix::fs::renameat(store.staging(), &staged[..], dir, name).ctx(what)?;
+                put_staged(store, staged, dir, name, e).ctx(what)?;
             }
             (Kind::File, Fill::Link(leader, staged)) => {
                 let (ldir, lname) = (parent(leader).unwrap_or(b""), basename(leader));
@@ -174,15 +166,7 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
                     (Ok(()), _) => {}
                     // The leader's copy is missing (damage): the follower keeps its own.
                     (Err(_), Some(staged)) => {
-                        let fd = rustix::fs::openat(
-                            store.staging(),
-                            &staged[..],
-                            OFlags::RDONLY | OFlags::CLOEXEC,
-                            Mode::empty(),
-                        )
-                        .ctx(what)?;
-                        replica_meta_fd(fd.as_fd(), e).ctx(what)?;
-                        rustix::fs::renameat(store.staging(), &staged[..], dir, name).ctx(what)?;
+                        put_staged(store, staged, dir, name, e).ctx(what)?;
                     }
                     (Err(err), None) => return Err(err).ctx(what),
                 }
@@ -221,6 +205,24 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
         replica_meta_fd(fd.as_fd(), &e).ctx(|| format!("updating replica {}", display_path(d)))?;
     }
     Ok(())
+}
+
+/// A staged file, given the replica's metadata, renamed into place as `dir/name`.
+fn put_staged(
+    store: &Store,
+    staged: &[u8],
+    dir: std::os::fd::BorrowedFd,
+    name: &[u8],
+    e: &Entry,
+) -> std::io::Result<()> {
+    let fd = rustix::fs::openat(
+        store.staging(),
+        staged,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    replica_meta_fd(fd.as_fd(), e)?;
+    Ok(rustix::fs::renameat(store.staging(), staged, dir, name)?)
 }
 
 fn symlink_differs(

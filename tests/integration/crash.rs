@@ -66,13 +66,7 @@ fn snapshot_cmd(lab: &Lab) -> Command {
 }
 
 fn complete_points(lab: &Lab) -> Vec<i64> {
-    let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_i64().unwrap())
-        .collect()
+    lab.point_ids()
 }
 
 /// Every complete point restores into one converging target exactly as it was recorded.

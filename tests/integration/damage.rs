@@ -403,14 +403,7 @@ fn a_damaged_copy_of_a_changed_file_costs_its_old_versions_not_later_points() {
         report.contains(&format!("point {second}: /d/f")),
         "the version the damage took is named: {report}"
     );
-    let list = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&store)]);
-    let ids: Vec<i64> = serde_json::from_slice::<serde_json::Value>(&list.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_i64().unwrap())
-        .collect();
+    let ids = lab.point_ids();
     assert_eq!(ids.len(), 4);
     for (id, fp) in [(ids[2], &third_tree), (ids[3], &fourth_tree)] {
         let t = lab.target(&format!("t{id}"));

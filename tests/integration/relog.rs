@@ -41,13 +41,7 @@ fn after_kills_at_random_moments_a_lost_index_is_rebuilt_as_it_was() {
         let _ = child.kill();
         child.wait().unwrap();
         // A kill after the point completed leaves it; otherwise it is rolled back.
-        let ids: Vec<i64> = serde_json::from_slice::<serde_json::Value>(&points_json(&lab))
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_i64().unwrap())
-            .collect();
+        let ids = lab.point_ids();
         if let Some(&last) = ids.last() {
             expected.entry(last).or_insert_with(|| fp.clone());
         }

@@ -367,6 +367,17 @@ impl Lab {
         self.snapshot_json()["point"].as_i64().expect("point id")
     }
 
+    /// The ids of the store's complete points, oldest first (`list --json`).
+    pub fn point_ids(&self) -> Vec<i64> {
+        let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Self::s(&self.store())]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_i64().unwrap())
+            .collect()
+    }
+
     /// Takes a point of the whole `sys/` tree (exit 0 expected); returns the JSON report.
     pub fn snapshot_json(&self) -> serde_json::Value {
         let out = SNAPSHOT.expect(
