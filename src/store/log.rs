@@ -335,6 +335,55 @@ pub fn damaged_pack_record(pack: &File, mut frames: Vec<(u64, u64)>) -> io::Resu
     Ok(None)
 }
 
+/// The offsets of the damaged stretches of a log, read as a stream (a log can be hundreds of
+/// megabytes: it is never held whole). The same judgement as `Reader`.
+pub fn scan_damage(file: File) -> io::Result<Vec<u64>> {
+    let mut r = io::BufReader::with_capacity(1 << 20, file);
+    let (mut pos, mut bad, mut in_bad) = (0u64, Vec::new(), false);
+    loop {
+        let mut head = [0u8; 8];
+        let got = read_full(&mut r, &mut head)?;
+        if got == 0 {
+            return Ok(bad);
+        }
+        let len = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+        let mut whole = false;
+        if got == 8 && &head[..4] == MAGIC && len <= MAX_RECORD {
+            let mut rest = vec![0u8; len as usize + 16];
+            let n = read_full(&mut r, &mut rest)?;
+            let (body, sum) = rest.split_at(len as usize);
+            whole = n == rest.len()
+                && &blake3::hash(body).as_bytes()[..16] == sum
+                && Op::decode(body).is_some();
+            if whole {
+                pos += 8 + n as u64;
+                in_bad = false;
+                continue;
+            }
+            r.seek_relative(-(n as i64))?;
+        }
+        if !whole && !in_bad {
+            bad.push(pos);
+            in_bad = true;
+        }
+        // One byte on: the next record may start anywhere in a damaged stretch.
+        r.seek_relative(1 - got as i64)?;
+        pos += 1;
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns how much was read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
 /// Reads records in order. A damaged stretch yields one `Err(offset)` and reading resumes at
 /// the next record that checks.
 pub struct Reader<'a> {
@@ -442,6 +491,25 @@ mod tests {
         assert_eq!(got.len(), 5);
         assert!(got[1].is_err());
         assert_eq!(got[2].as_ref().unwrap(), &ops[2]);
+        // The streaming scan judges the same way.
+        let streamed = |b: &[u8]| {
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(b).unwrap();
+            use std::io::Seek;
+            f.rewind().unwrap();
+            scan_damage(f).unwrap()
+        };
+        let damaged = |b: &[u8]| -> Vec<u64> {
+            Reader { bytes: b, pos: 0 }
+                .filter_map(|r| r.err().map(|o| o as u64))
+                .collect()
+        };
+        assert_eq!(streamed(&bytes), damaged(&bytes));
+        assert_eq!(streamed(&bytes).len(), 1);
+        assert_eq!(
+            streamed(&bytes[..bytes.len() - 3]),
+            damaged(&bytes[..bytes.len() - 3])
+        );
         // A torn tail is one damaged stretch at the end.
         let n = bytes.len();
         let got: Vec<_> = Reader {

@@ -38,17 +38,11 @@ pub struct RepairReport {
 /// Damaged stretches in the log, by offset (empty when it is missing).
 pub fn log_damage(dir: &Path) -> Result<Vec<u64>> {
     let lp = log::log_path(dir);
-    let bytes = match fs::read(&lp) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("reading {}", lp.display()), e)),
-    };
-    Ok(Reader {
-        bytes: &bytes,
-        pos: 0,
+    match fs::File::open(&lp) {
+        Ok(f) => log::scan_damage(f).ctx(|| format!("reading {}", lp.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(format!("reading {}", lp.display()), e)),
     }
-    .filter_map(|r| r.err().map(|o| o as u64))
-    .collect())
 }
 
 /// Whether every row of the index reads back whole.
