@@ -129,13 +129,7 @@ fn the_example_config_is_printed_and_accepted() {
 }
 
 fn point_ids(lab: &Lab) -> Vec<i64> {
-    let out = SNAPSHOT.expect(0, &["list", "--json", "--root", Lab::s(&lab.sys())]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_i64().unwrap())
-        .collect()
+    listed_ids(&["--root", Lab::s(&lab.sys())])
 }
 
 #[test]

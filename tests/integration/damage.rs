@@ -335,9 +335,7 @@ fn an_unfinished_restore_refuses_snapshots_and_keeps_its_points() {
         &["prune", "--oldest", "5", "--store", Lab::s(&lab.store())],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("unfinished"));
-    let list = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
-    let points: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert!(points.as_array().unwrap().iter().any(|p| p["id"] == p1));
+    assert!(lab.point_ids().contains(&p1));
     RESTORE.expect(0, &restore);
     assert_same(
         &fp1,
@@ -368,9 +366,7 @@ fn a_snapshot_mends_a_damaged_copy_from_the_unchanged_live_file() {
         err.contains("/d/f") && err.contains("rewritten from the live file"),
         "{err}"
     );
-    let list = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&store)]);
-    let ids: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    expected.insert(ids[1]["id"].as_i64().unwrap(), fingerprint(&lab.sys()));
+    expected.insert(lab.point_ids()[1], fingerprint(&lab.sys()));
     SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
     assert_eq!(judge(&lab, &store, &expected), Outcome::Harmless);
 }

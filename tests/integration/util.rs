@@ -290,6 +290,20 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// The ids `system_snapshot list --json` prints for the store `place` names (`--store S` or
+/// `--root R`), oldest first.
+pub fn listed_ids(place: &[&str]) -> Vec<i64> {
+    let mut args = vec!["list", "--json"];
+    args.extend_from_slice(place);
+    let out = SNAPSHOT.expect(0, &args);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect()
+}
+
 pub struct Bin(pub &'static str);
 
 pub const SNAPSHOT: Bin = Bin("system_snapshot");
@@ -369,13 +383,7 @@ impl Lab {
 
     /// The ids of the store's complete points, oldest first (`list --json`).
     pub fn point_ids(&self) -> Vec<i64> {
-        let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Self::s(&self.store())]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_i64().unwrap())
-            .collect()
+        listed_ids(&["--store", Self::s(&self.store())])
     }
 
     /// Takes a point of the whole `sys/` tree (exit 0 expected); returns the JSON report.
