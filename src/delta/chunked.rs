@@ -264,6 +264,128 @@ pub fn decode_chunked(frame: &mut dyn Read, new: &File, out: &mut dyn Write) -> 
     Ok(written)
 }
 
+/// Writes a container whose every COPY is the identity (the same offset of the new version) and
+/// every PATCH a plain zstd frame of old bytes: what a leaf-by-leaf snapshot stores for a large
+/// file it patches in place. Such a container rebuilds the old version from the new one like
+/// any other (`decode_chunked`), and also from any mix of the two (`apply_in_place`): it holds
+/// every old byte that differs, so a rollback can undo a patch that was cut short.
+pub struct UndoWriter<W: Write> {
+    out: W,
+    covered: u64,
+    old_len: u64,
+    level: Level,
+}
+
+impl<W: Write> UndoWriter<W> {
+    pub fn new(mut out: W, old_len: u64, level: Level) -> io::Result<Self> {
+        out.write_all(MAGIC)?;
+        out.write_all(&old_len.to_le_bytes())?;
+        Ok(UndoWriter {
+            out,
+            covered: 0,
+            old_len,
+            level,
+        })
+    }
+
+    /// The old version's `bytes` at `at`; calls come in increasing order of `at`, and every
+    /// old byte not given is the same in the new version.
+    pub fn old_bytes(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        debug_assert!(at >= self.covered && at + bytes.len() as u64 <= self.old_len);
+        if at > self.covered {
+            write_ops(
+                &mut self.out,
+                &[TAG_COPY],
+                &[self.covered, at - self.covered],
+            )?;
+        }
+        for piece in bytes.chunks(PIECE as usize) {
+            let frame = zstd::bulk::compress(piece, self.level.0)?;
+            let n = [0, 0, piece.len() as u64, frame.len() as u64];
+            write_ops(&mut self.out, &[TAG_PATCH], &n)?;
+            self.out.write_all(&frame)?;
+        }
+        self.covered = at + bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        if self.old_len > self.covered {
+            let n = [self.covered, self.old_len - self.covered];
+            write_ops(&mut self.out, &[TAG_COPY], &n)?;
+        }
+        self.out.write_all(&[TAG_END])?;
+        Ok(self.out)
+    }
+}
+
+/// Whether a container can be applied in place (`UndoWriter`'s kind).
+pub fn is_in_place(frame: &mut dyn Read) -> io::Result<bool> {
+    Ok(walk_in_place(frame, None)?.is_some())
+}
+
+/// Turns `file` (the new version, the old one, or a mix left by an interrupted patch) back
+/// into the old version: writes every old byte the container holds and cuts the file to the
+/// old length. Refuses (InvalidData) a container that is not of `UndoWriter`'s kind.
+pub fn apply_in_place(frame: &mut dyn Read, file: &File) -> io::Result<u64> {
+    walk_in_place(frame, Some(file))?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "chunked delta: not in place"))
+}
+
+fn walk_in_place(frame: &mut dyn Read, file: Option<&File>) -> io::Result<Option<u64>> {
+    let bad =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked delta: {what}"));
+    let mut magic = [0u8; 4];
+    frame.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let old_len = read_u64(frame)?;
+    let mut at = 0u64;
+    loop {
+        let mut tag = [0u8; 1];
+        frame.read_exact(&mut tag)?;
+        match tag[0] {
+            TAG_COPY => {
+                let (off, len) = (read_u64(frame)?, read_u64(frame)?);
+                if off != at {
+                    return Ok(None);
+                }
+                at += len;
+            }
+            TAG_PATCH => {
+                let _reference_offset = read_u64(frame)?;
+                let (rl, out_len, flen) = (read_u64(frame)?, read_u64(frame)?, read_u64(frame)?);
+                if rl != 0 {
+                    return Ok(None);
+                }
+                if out_len > PIECE || flen > 2 * PIECE {
+                    return Err(bad("piece out of bounds"));
+                }
+                let mut f = vec![0u8; flen as usize];
+                frame.read_exact(&mut f)?;
+                if let Some(file) = file {
+                    let piece = zstd::bulk::decompress(&f, out_len as usize)?;
+                    if piece.len() as u64 != out_len {
+                        return Err(bad("piece length mismatch"));
+                    }
+                    file.write_all_at(&piece, at)?;
+                }
+                at += out_len;
+            }
+            TAG_END => break,
+            _ => return Err(bad("unknown op")),
+        }
+    }
+    if at != old_len {
+        return Err(bad("length mismatch"));
+    }
+    if let Some(file) = file {
+        file.set_len(old_len)?;
+    }
+    Ok(Some(old_len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +450,39 @@ mod tests {
         let mut back = Vec::new();
         decode_chunked(&mut &frame[..], &new, &mut back).unwrap();
         assert!(back == old_bytes);
+    }
+
+    #[test]
+    fn undo_container_rebuilds_the_old_version_from_the_new_and_from_a_half_patched_file() {
+        let old_bytes = pseudo_random(10 << 20, 3);
+        let mut new_bytes = old_bytes.clone();
+        new_bytes[4_000_000..4_000_700].copy_from_slice(&pseudo_random(700, 4));
+        new_bytes.truncate(9 << 20);
+        let mut undo = UndoWriter::new(Vec::new(), old_bytes.len() as u64, Level(3)).unwrap();
+        undo.old_bytes(3_997_696, &old_bytes[3_997_696..4_001_792])
+            .unwrap();
+        undo.old_bytes(9 << 20, &old_bytes[9 << 20..]).unwrap();
+        let frame = undo.finish().unwrap();
+        assert!(is_in_place(&mut &frame[..]).unwrap());
+        let new = file_with(&new_bytes);
+        let mut back = Vec::new();
+        decode_chunked(&mut &frame[..], &new, &mut back).unwrap();
+        assert!(back == old_bytes);
+        // Half patched: the edit reached the file, the truncation did not.
+        let mut half = old_bytes.clone();
+        half[4_000_000..4_000_700].copy_from_slice(&new_bytes[4_000_000..4_000_700]);
+        for start in [half, new_bytes, old_bytes.clone()] {
+            let f = file_with(&start);
+            apply_in_place(&mut &frame[..], &f).unwrap();
+            let mut got = vec![0u8; old_bytes.len()];
+            f.read_exact_at(&mut got, 0).unwrap();
+            assert_eq!(f.metadata().unwrap().len(), old_bytes.len() as u64);
+            assert!(got == old_bytes);
+        }
+        let mut ordinary = Vec::new();
+        let old = file_with(&old_bytes);
+        let new = file_with(&pseudo_random(10 << 20, 5));
+        encode_chunked(&old, 10 << 20, &new, 10 << 20, &mut ordinary, Level(1)).unwrap();
+        assert!(!is_in_place(&mut &ordinary[..]).unwrap());
     }
 }

@@ -6,6 +6,7 @@
 
 mod chunked;
 mod codec;
+pub mod leaves;
 
-pub use chunked::{decode_chunked, encode_chunked};
+pub use chunked::{apply_in_place, decode_chunked, encode_chunked, is_in_place, UndoWriter};
 pub use codec::{decode_delta, decode_full_reader, encode_delta, encode_full, Level, LARGE_FILE};
