@@ -98,6 +98,9 @@ fn old_version(store: &Store, pack: Option<&File>, c: &Change) -> Result<Fill> {
             ),
         });
     };
+    if c.content == ContentKind::Chunked && undo_in_place(store, pack, c)? {
+        return Ok(Fill::Keep);
+    }
     if c.content != ContentKind::Full && newer.is_none() {
         return Err(Error::Damaged {
             what: format!(
@@ -113,6 +116,36 @@ fn old_version(store: &Store, pack: Option<&File>, c: &Change) -> Result<Fill> {
     stage(store, &name, rebuilt, old.sparse)
         .ctx(|| format!("staging the old version of {}", display_path(&c.path)))?;
     Ok(Fill::Staged(name))
+}
+
+/// A large file patched in place (DESIGN.md "Large files"): its undo container holds every old
+/// byte that differs, so writing them back turns the new copy, the old one, or any mix an
+/// interrupted patch left into the old version. False when the frame is not of that kind or
+/// the copy cannot be written in place (then the ordinary rebuild from the new version serves).
+fn undo_in_place(store: &Store, pack: &File, c: &Change) -> Result<bool> {
+    use crate::store::FrameReader;
+    let frame = c.frame.unwrap_or((0, 0));
+    let what = || format!("rolling back {}", display_path(&c.path));
+    let in_place = crate::delta::is_in_place(&mut FrameReader::new(pack, frame));
+    if !in_place.unwrap_or(false) {
+        return Ok(false);
+    }
+    let Ok(fd) = fsio::open_beneath(store.replica(), &c.path, rustix::fs::OFlags::RDWR) else {
+        return Ok(false);
+    };
+    let file = File::from(fd);
+    let st = rustix::fs::fstat(&file).ctx(what)?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() || st.st_nlink != 1 {
+        return Ok(false);
+    }
+    crate::delta::apply_in_place(&mut FrameReader::new(pack, frame), &file).map_err(|e| {
+        Error::Damaged {
+            what: format!("{}: {e}", what()),
+        }
+    })?;
+    let old = c.old.as_ref().expect("only called for old files");
+    content::check(Body::File(file), old.hash, &what())?;
+    Ok(true)
 }
 
 /// Keeps the replica's copy of a path that has no better old version; a copy the point had

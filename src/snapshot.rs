@@ -14,6 +14,7 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
 
+use crate::delta::leaves::LeafMap;
 use crate::delta::{encode_chunked, encode_delta, encode_full, Level, LARGE_FILE};
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::ExcludeSet;
@@ -25,6 +26,8 @@ use crate::store::replica::{self, Fill, Shape};
 use crate::store::{
     BatchWrite, Change, ContentKind, PackWriter, PointId, PointKind, PointTotals, Store,
 };
+
+mod large;
 
 /// Rows per transaction and staged bytes per syncfs: batching keeps fsyncs rare.
 const BATCH_ROWS: usize = 2000;
@@ -80,7 +83,8 @@ struct Pending {
 enum Captured {
     Gone,
     Skip(String),
-    Node(Box<Entry>, NewContent),
+    /// With the leaf map of a large file's content.
+    Node(Box<Entry>, NewContent, Option<LeafMap>),
 }
 
 enum NewContent {
@@ -97,6 +101,12 @@ enum NewContent {
     Heal {
         name: Vec<u8>,
         damaged: bool,
+    },
+    /// A large file's changed blocks: their new bytes in the staged patch `patch`, their old
+    /// bytes in the undo container `undo` (DESIGN.md "Large files").
+    Patch {
+        patch: Vec<u8>,
+        undo: Vec<u8>,
     },
 }
 
@@ -372,6 +382,8 @@ type Row = (Change, Option<(RelPath, Entry)>, RelPath);
 
 struct Batch {
     rows: Vec<Row>,
+    /// Leaf maps of the batch's large files (derived data, committed with the rows).
+    maps: Vec<(RelPath, LeafMap)>,
     bytes: u64,
 }
 
@@ -394,6 +406,7 @@ fn record(
     let mut shapes = Vec::new();
     let mut batch = Batch {
         rows: Vec::new(),
+        maps: Vec::new(),
         bytes: 0,
     };
     let mut full_frames: HashMap<Hash, (u64, u64)> = HashMap::new();
@@ -406,13 +419,13 @@ fn record(
         }
         let mut captured = match &p.new {
             None => Captured::Gone,
-            Some((b, link)) => capture(store, root, &mut cache, &p, *b, link.clone(), &mut names)?,
+            Some(_) => capture(store, root, &mut cache, &p, &mut names, level)?,
         };
         match &mut captured {
-            Captured::Node(e, _) => leads.check_inode(store, &p.path, e)?,
+            Captured::Node(e, _, _) => leads.check_inode(store, &p.path, e)?,
             _ => leads.not_recorded(&p),
         }
-        let (new, content) = match captured {
+        let (new, content, map) = match captured {
             Captured::Skip(why) => {
                 report.warnings.push(Warning {
                     path: display_path(&p.path),
@@ -430,10 +443,13 @@ fn record(
                         message: "vanished during the snapshot".into(),
                     });
                 }
-                (None, NewContent::None)
+                (None, NewContent::None, None)
             }
-            Captured::Node(e, c) => (Some(*e), c),
+            Captured::Node(e, c, m) => (Some(*e), c, m),
         };
+        if let Some(m) = map {
+            batch.maps.push((p.path.clone(), m));
+        }
         if let Some(n) = &new {
             count(report, n);
         }
@@ -467,6 +483,11 @@ fn record(
         let staged_name = match &content {
             NewContent::Staged { name, .. } | NewContent::Heal { name, .. } => Some(name.clone()),
             _ => None,
+        };
+        let staged_bytes = match &content {
+            NewContent::Patch { patch, .. } => staged_size(store, patch),
+            _ if staged_name.is_some() => new.as_ref().map_or(0, |n| n.size),
+            _ => 0,
         };
         let change = if first {
             no_change(id, &p.path)
@@ -505,15 +526,15 @@ fn record(
                 .ctx(pack_err)?;
         }
         tally(report, &p.old, &new, &content);
-        batch.bytes += new
-            .as_ref()
-            .filter(|_| staged_name.is_some())
-            .map_or(0, |n| n.size)
-            + change.frame.map_or(0, |f| f.1);
+        batch.bytes += staged_bytes + change.frame.map_or(0, |f| f.1);
+        let fill = match &content {
+            NewContent::Patch { patch, .. } => Fill::Patch(patch.clone()),
+            _ => replica_fill(store, &leads, new.as_ref(), staged_name)?,
+        };
         shapes.push(Shape {
             path: p.path.clone(),
             want: new.clone(),
-            fill: replica_fill(store, &leads, new.as_ref(), staged_name)?,
+            fill,
         });
         let upsert = new.map(|n| (p.path.clone(), n));
         let delete = if upsert.is_none() {
@@ -529,6 +550,11 @@ fn record(
     commit_batch(store, &mut pack, &mut batch, first)?;
     report.stored_bytes = pack.len();
     Ok(shapes)
+}
+
+fn staged_size(store: &Store, name: &[u8]) -> u64 {
+    rustix::fs::statat(store.staging(), name, rustix::fs::AtFlags::empty())
+        .map_or(0, |st| st.st_size as u64)
 }
 
 /// Names of files staged by point `point`: unique to the point (ids are never reused), so a
@@ -693,23 +719,27 @@ fn commit_batch(
         };
         change.into_iter().chain(entry)
     });
-    store.index.write_batch(writes)?;
+    let maps = batch.maps.drain(..).map(|(p, m)| BatchWrite::LeafMap(p, m));
+    store.index.write_batch(writes.chain(maps))?;
     batch.bytes = 0;
     failpoint::hit("snapshot-after-commit");
     Ok(())
 }
 
 /// Reads the path's new version: full metadata and, for files, content into `staging/`.
+/// `p.new` is the walk's view of the path, with its hardlink leader as this run decided it.
 fn capture(
     store: &Store,
     root: BorrowedFd,
     cache: &mut DirCache,
     p: &Pending,
-    basic: Basic,
-    link: Option<RelPath>,
     names: &mut StagingNames,
+    level: Level,
 ) -> Result<Captured> {
-    let mut e = basic.to_entry(link);
+    let Some((basic, link)) = &p.new else {
+        return Ok(Captured::Gone);
+    };
+    let mut e = basic.to_entry(link.clone());
     let dir = if p.path.is_empty() {
         match fsio::open_dir(root, b"") {
             Ok(fd) => DirRef::Owned(fd),
@@ -737,11 +767,21 @@ fn capture(
         });
     }
     if e.kind != Kind::File {
-        return Ok(Captured::Node(Box::new(e), NewContent::None));
+        return Ok(Captured::Node(Box::new(e), NewContent::None, None));
     }
     for _ in 0..READ_TRIES {
-        match read_file(store, dirfd, name, &mut e, p.old.as_ref(), names, &p.path) {
-            Ok(Some(content)) => return Ok(Captured::Node(Box::new(e), content)),
+        let read = read_file(
+            store,
+            dirfd,
+            name,
+            &mut e,
+            p.old.as_ref(),
+            names,
+            &p.path,
+            level,
+        );
+        match read {
+            Ok(Some((content, map))) => return Ok(Captured::Node(Box::new(e), content, map)),
             Ok(None) => continue, // changed while being read
             Err(err) if fsio::is_missing(&err) => return Ok(Captured::Gone),
             Err(err) => return Ok(Captured::Skip(format!("cannot read: {err}"))),
@@ -760,6 +800,7 @@ enum DirRef {
 /// Opens the source file without following links or touching its atime, checks it is still a
 /// regular file, and stages its content unless the hash equals the old version's. Ok(None) when
 /// it changed while being read.
+#[allow(clippy::too_many_arguments)]
 fn read_file(
     store: &Store,
     dir: BorrowedFd,
@@ -768,7 +809,8 @@ fn read_file(
     old: Option<&Entry>,
     names: &mut StagingNames,
     path: &[u8],
-) -> io::Result<Option<NewContent>> {
+    level: Level,
+) -> io::Result<Option<(NewContent, Option<LeafMap>)>> {
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
         Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, base, Mode::empty())?,
@@ -779,37 +821,81 @@ fn read_file(
         .filter(|b| b.kind == Kind::File)
         .ok_or_else(|| io::Error::other("is no longer a regular file"))?;
     let mut file = File::from(fd);
-    let staged_name = names.next();
-    let staged = File::from(rustix::fs::openat(
-        store.staging(),
-        &staged_name[..],
-        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?);
-    let mut hashing = HashingReader {
-        inner: &mut file,
-        hasher: blake3::Hasher::new(),
-        keep: (b.size <= LARGE_FILE).then(Vec::new),
-        n: 0,
+    let sparse = b.to_entry(None).sparse;
+    let mut staged_names = Vec::new();
+    let mut read = None;
+    if let Some(prior) = prior_copy(store, path, old, &b, e)? {
+        let (patch_name, undo_name) = (names.next(), names.next());
+        let patch_file = create_staged(store, &patch_name)?;
+        let undo_file = create_staged(store, &undo_name)?;
+        staged_names.extend([patch_name.clone(), undo_name.clone()]);
+        match large::patch(
+            &file,
+            b.size,
+            sparse,
+            &prior,
+            &patch_file,
+            &undo_file,
+            level,
+        )? {
+            large::Outcome::Read(map) => {
+                let content = NewContent::Patch {
+                    patch: patch_name,
+                    undo: undo_name,
+                };
+                read = Some((map.root(), Some(map), content));
+            }
+            large::Outcome::Changed => return unstage(store, &staged_names).map(|_| None),
+            // The ordinary read below stages the file whole and names the damage.
+            large::Outcome::ReplicaDamaged => unstage(store, &staged_names)?,
+        }
+    }
+    let (hash, map, content) = match read {
+        Some(r) => r,
+        None => {
+            let staged_name = names.next();
+            let staged = create_staged(store, &staged_name)?;
+            staged_names = vec![staged_name.clone()];
+            if b.size > LARGE_FILE {
+                match large::stage_whole(&file, b.size, sparse, &staged)? {
+                    large::Outcome::Read(map) => {
+                        let content = NewContent::Staged {
+                            name: staged_name,
+                            bytes: None,
+                        };
+                        (map.root(), Some(map), content)
+                    }
+                    _ => return unstage(store, &staged_names).map(|_| None),
+                }
+            } else {
+                let mut hashing = HashingReader {
+                    inner: &mut file,
+                    hasher: blake3::Hasher::new(),
+                    keep: Some(Vec::new()),
+                    n: 0,
+                };
+                fsio::write_content(&staged, &mut hashing, e.sparse, 0)?;
+                let hash = *hashing.hasher.finalize().as_bytes();
+                let (bytes, n) = (hashing.keep.take(), hashing.n);
+                if n != b.size {
+                    return unstage(store, &staged_names).map(|_| None);
+                }
+                let content = NewContent::Staged {
+                    name: staged_name,
+                    bytes,
+                };
+                (hash, None, content)
+            }
+        }
     };
-    fsio::write_content(&staged, &mut hashing, e.sparse, 0)?;
-    let hash = *hashing.hasher.finalize().as_bytes();
-    let (bytes, n) = (hashing.keep.take(), hashing.n);
     let after = rustix::fs::fstat(file.as_fd())?;
     let moved = before.st_size != after.st_size
         || before.st_mtime != after.st_mtime
         || before.st_mtime_nsec != after.st_mtime_nsec
         || before.st_ctime != after.st_ctime
-        || before.st_ctime_nsec != after.st_ctime_nsec
-        || n != after.st_size as u64;
+        || before.st_ctime_nsec != after.st_ctime_nsec;
     if moved {
-        drop(staged);
-        let _ = rustix::fs::unlinkat(
-            store.staging(),
-            &staged_name[..],
-            rustix::fs::AtFlags::empty(),
-        );
-        return Ok(None);
+        return unstage(store, &staged_names).map(|_| None);
     }
     // The fields as they were while reading (the walk's stat may be older).
     let fresh = b.to_entry(e.link.clone());
@@ -824,31 +910,90 @@ fn read_file(
     );
     e.hash = Some(hash);
     if old.is_some_and(|o| o.kind == Kind::File && o.hash == Some(hash)) {
+        let staged_name = staged_names[0].clone();
+        if matches!(content, NewContent::Patch { .. }) {
+            // Read leaf by leaf against the replica's map: nothing to patch, and the replica
+            // copy is not read whole to look for damage (`verify` does that).
+            unstage(store, &staged_names)?;
+            return Ok(Some((NewContent::Same, map)));
+        }
         if !replica_holds(store, path, hash) {
-            return Ok(Some(NewContent::Heal {
-                name: staged_name,
-                damaged: true,
-            }));
+            return Ok(Some((
+                NewContent::Heal {
+                    name: staged_name,
+                    damaged: true,
+                },
+                map,
+            )));
         }
         if o_was_follower(old) && e.link.is_none() {
             // The replica's copy is a hardlink of the group this path left: it gets its own.
-            return Ok(Some(NewContent::Heal {
-                name: staged_name,
-                damaged: false,
-            }));
+            return Ok(Some((
+                NewContent::Heal {
+                    name: staged_name,
+                    damaged: false,
+                },
+                map,
+            )));
         }
-        drop(staged);
-        let _ = rustix::fs::unlinkat(
-            store.staging(),
-            &staged_name[..],
-            rustix::fs::AtFlags::empty(),
-        );
-        return Ok(Some(NewContent::Same));
+        unstage(store, &staged_names)?;
+        return Ok(Some((NewContent::Same, map)));
     }
-    Ok(Some(NewContent::Staged {
-        name: staged_name,
-        bytes,
+    Ok(Some((content, map)))
+}
+
+/// The replica's copy of a large file's previous version with its leaf map, when the new
+/// version can be patched into it in place: both are files of their own (no hardlink group in
+/// the system or in the replica), and the map describes exactly the recorded content.
+fn prior_copy(
+    store: &Store,
+    path: &[u8],
+    old: Option<&Entry>,
+    b: &Basic,
+    e: &Entry,
+) -> io::Result<Option<large::Prior>> {
+    let Some(o) = old.filter(|o| o.kind == Kind::File && o.link.is_none() && o.size > LARGE_FILE)
+    else {
+        return Ok(None);
+    };
+    if b.size <= LARGE_FILE || b.nlink != 1 || e.link.is_some() {
+        return Ok(None);
+    }
+    let map = match o.hash.map(|h| store.index.leaf_map(path, h, o.size)) {
+        Some(Ok(Some(m))) => m,
+        _ => return Ok(None),
+    };
+    // Opened for writing now, as the patch will be: a copy we may not write is read whole.
+    let Ok(fd) = fsio::open_beneath(store.replica(), path, OFlags::RDWR) else {
+        return Ok(None);
+    };
+    let st = rustix::fs::fstat(&fd)?;
+    if st.st_nlink != 1 || st.st_size as u64 != o.size {
+        return Ok(None);
+    }
+    Ok(Some(large::Prior {
+        map,
+        replica: File::from(fd),
     }))
+}
+
+fn create_staged(store: &Store, name: &[u8]) -> io::Result<File> {
+    Ok(File::from(rustix::fs::openat(
+        store.staging(),
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?))
+}
+
+fn unstage(store: &Store, names: &[Vec<u8>]) -> io::Result<()> {
+    for n in names {
+        match rustix::fs::unlinkat(store.staging(), &n[..], rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn o_was_follower(old: Option<&Entry>) -> bool {
@@ -916,6 +1061,21 @@ fn reverse_change(
     }
     let old_hash = old.hash.expect("file entries have a hash");
     let what = || format!("storing the old version of {}", display_path(&p.path));
+    if let NewContent::Patch { undo, .. } = content {
+        // Built while the file was read, from the replica leaves it checked against their map.
+        let mut f = File::from(
+            rustix::fs::openat(
+                store.staging(),
+                &undo[..],
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ctx(what)?,
+        );
+        change.frame = Some(pack.append(|w| io::copy(&mut f, w).map(|_| ())).ctx(what)?);
+        change.content = ContentKind::Chunked;
+        return Ok(change);
+    }
     let mut old_file = crate::content::replica_body(store.replica(), &p.path)?;
     let new_file = match (new, content) {
         (Some(n), NewContent::Staged { name, bytes }) if n.kind == Kind::File => {

@@ -42,6 +42,11 @@ pub fn leaf_cv(offset: u64, bytes: &[u8]) -> ChainingValue {
     h.finalize_non_root()
 }
 
+/// `len` (at most LEAF) zero bytes.
+pub fn zeros(len: u64) -> &'static [u8] {
+    &ZEROS[..len as usize]
+}
+
 /// Chaining value of a leaf of `len` zero bytes at `offset`.
 pub fn zero_leaf_cv(offset: u64, len: u64) -> ChainingValue {
     leaf_cv(offset, &ZEROS[..len as usize])

@@ -7,6 +7,8 @@
 mod chunked;
 mod codec;
 pub mod leaves;
+mod patch;
 
 pub use chunked::{apply_in_place, decode_chunked, encode_chunked, is_in_place, UndoWriter};
 pub use codec::{decode_delta, decode_full_reader, encode_delta, encode_full, Level, LARGE_FILE};
+pub use patch::{apply_patch, PatchWriter};

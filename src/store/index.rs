@@ -15,6 +15,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use super::log::{self, IndexLog, Op};
 use super::rowsum::{self, damaged, sealed, RowDamaged};
+use crate::delta::leaves::LeafMap;
 use crate::error::{Error, Result};
 use crate::model::{Entry, Hash, Kind, RelPath, Timestamp, Xattrs};
 
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_row_sums.sql"),
     include_str!("../../migrations/0005_log_state.sql"),
     include_str!("../../migrations/0006_usage.sql"),
+    include_str!("../../migrations/0007_leaf_maps.sql"),
 ];
 /// The first schema whose rows carry checksums: older rows are sealed when migrating past it.
 const SUMS_SINCE: usize = 4;
@@ -201,6 +203,8 @@ pub enum BatchWrite {
     Entry(RelPath, Entry),
     /// The path is no longer in the replica.
     Forget(RelPath),
+    /// The leaf map of the path's new content (derived: not in the log).
+    LeafMap(RelPath, LeafMap),
 }
 
 pub struct Index {
@@ -391,6 +395,20 @@ fn change_usage(conn: &Connection, change: UsageChange) -> rusqlite::Result<()> 
             }
         }
     }
+    Ok(())
+}
+
+fn write_leaf_map(conn: &Connection, path: &[u8], map: &LeafMap) -> rusqlite::Result<()> {
+    let v = vec![
+        Value::Blob(path.to_vec()),
+        Value::Blob(map.root().to_vec()),
+        Value::Integer(map.size as i64),
+        Value::Blob(map.to_blob()),
+    ];
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO leaf_maps (path, hash, size, leaves, sum) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params_from_iter(sealed("leaf_maps", v)))?;
     Ok(())
 }
 
@@ -866,7 +884,7 @@ impl Index {
 
     /// Commits `ops` in one transaction, after they are durable in the log.
     fn commit(&mut self, op: &'static str, ops: Vec<Op>) -> Result<()> {
-        self.commit_with(op, ops, None)
+        self.commit_with(op, ops, None, &[])
     }
 
     /// `commit`, with the change of the recorded usage the same writes make.
@@ -875,6 +893,7 @@ impl Index {
         op: &'static str,
         ops: Vec<Op>,
         usage: Option<UsageChange>,
+        maps: &[(RelPath, Option<LeafMap>)],
     ) -> Result<()> {
         let log = self
             .log
@@ -894,6 +913,16 @@ impl Index {
             set_log_len(&tx, len).map_err(|e| db(&path, op, e))?;
             if let Some(u) = usage {
                 change_usage(&tx, u).map_err(|e| db(&path, op, e))?;
+            }
+            for (p, map) in maps {
+                let done = match map {
+                    Some(m) => write_leaf_map(&tx, p, m),
+                    None => tx
+                        .prepare_cached("DELETE FROM leaf_maps WHERE path=?1")
+                        .and_then(|mut st| st.execute([p]))
+                        .map(|_| ()),
+                };
+                done.map_err(|e| db(&path, op, e))?;
             }
             tx.commit().map_err(|e| db(&path, op, e))
         });
@@ -1031,20 +1060,60 @@ impl Index {
             "marking the point complete",
             vec![put(POINTS, point_values(&p))],
             Some(usage),
+            &[],
         )
     }
 
     /// One snapshot batch, in one transaction.
     pub fn write_batch(&mut self, writes: impl IntoIterator<Item = BatchWrite>) -> Result<()> {
+        let mut maps = Vec::new();
         let ops = writes
             .into_iter()
-            .map(|w| match w {
-                BatchWrite::Change(c) => change_op(&c),
-                BatchWrite::Entry(p, e) => entry_op(&p, &e),
-                BatchWrite::Forget(p) => forget_op(&p),
+            .filter_map(|w| match w {
+                BatchWrite::Change(c) => Some(change_op(&c)),
+                BatchWrite::Entry(p, e) => Some(entry_op(&p, &e)),
+                BatchWrite::Forget(p) => {
+                    let op = forget_op(&p);
+                    maps.push((p, None));
+                    Some(op)
+                }
+                BatchWrite::LeafMap(p, m) => {
+                    maps.push((p, Some(m)));
+                    None
+                }
             })
             .collect();
-        self.commit("recording a batch of changes", ops)
+        self.commit_with("recording a batch of changes", ops, None, &maps)
+    }
+
+    /// The leaf map of the replica's copy of `path`, when one is recorded for exactly this
+    /// content (`hash`, `size`) and holds together (its row sum, its shape, and its leaves
+    /// merging to `hash`). Derived data: anything less is None, and the file is read whole.
+    pub fn leaf_map(&self, path: &[u8], hash: Hash, size: u64) -> Result<Option<LeafMap>> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT path, hash, size, leaves, sum FROM leaf_maps WHERE path=?1")
+            .and_then(|mut st| {
+                st.query_row([path], |r| {
+                    if rowsum::check(r, "leaf_maps", 4, String::new).is_err() {
+                        return Ok(None);
+                    }
+                    Ok(Some((
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    )))
+                })
+                .optional()
+            })
+            .map_err(self.err("reading a leaf map"))?
+            .flatten();
+        Ok(row.and_then(|(h, sz, blob)| {
+            (h == hash && sz == size as i64)
+                .then(|| LeafMap::from_blob(size, &blob))
+                .flatten()
+                .filter(|m| m.root() == hash)
+        }))
     }
 
     /// Drops a running point in one transaction: entries back to the states its `changes`
@@ -1081,6 +1150,7 @@ impl Index {
             "rolling back an interrupted point",
             ops,
             Some(UsageChange::Forget),
+            &[],
         )
     }
 
@@ -1103,7 +1173,7 @@ impl Index {
             replica: 0,
             packs: -(freed_packs as i64),
         };
-        self.commit_with("removing the oldest point", ops, Some(freed))
+        self.commit_with("removing the oldest point", ops, Some(freed), &[])
     }
 
     /// Records the boot area captured with a running point: (disk, manifest JSON) pairs, or

@@ -24,6 +24,10 @@ pub enum Fill {
     /// a hardlink group takes the space of one file in the replica, as in the system. The
     /// staged copy, when there is one, serves if the leader's copy cannot be linked.
     Link(RelPath, Option<Vec<u8>>),
+    /// A staged patch (`RPP1`: the new size, then offset/length/bytes records) written into
+    /// the replica file in place: a large file whose changed blocks only are replaced. Its
+    /// undo container is already durable in the pack (DESIGN.md "Large files").
+    Patch(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +175,12 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
                     (Err(err), None) => return Err(err).ctx(what),
                 }
             }
+            (Kind::File, Fill::Patch(staged)) => {
+                apply_patch(store, staged, dir, name).ctx(what)?;
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+                let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
+                replica_meta_fd(fd.as_fd(), e).ctx(what)?;
+            }
             (Kind::File, Fill::Keep) => {
                 let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
                 let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
@@ -205,6 +215,33 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
         replica_meta_fd(fd.as_fd(), &e).ctx(|| format!("updating replica {}", display_path(d)))?;
     }
     Ok(())
+}
+
+/// Writes a staged patch into the replica file `dir/name`, which must be a file of its own (a
+/// hardlink would carry the change to another path).
+fn apply_patch(
+    store: &Store,
+    staged: &[u8],
+    dir: std::os::fd::BorrowedFd,
+    name: &[u8],
+) -> std::io::Result<()> {
+    let patch = std::fs::File::from(rustix::fs::openat(
+        store.staging(),
+        staged,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?);
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let file = std::fs::File::from(rustix::fs::openat(dir, name, flags, Mode::empty())?);
+    if rustix::fs::fstat(&file)?.st_nlink != 1 {
+        return Err(std::io::Error::other(
+            "the replica file is a hardlink and cannot be patched in place",
+        ));
+    }
+    let mut r = std::io::BufReader::new(patch);
+    crate::delta::apply_patch(&mut r, &file, &|| {
+        crate::failpoint::hit("replica-patch-write")
+    })
 }
 
 /// A staged file, given the replica's metadata, renamed into place as `dir/name`.

@@ -105,6 +105,7 @@ fn snapshot_killed_at_each_failpoint_recovers_and_every_point_restores() {
         "snapshot-before-commit",
         "snapshot-after-commit",
         "snapshot-before-replica",
+        "replica-patch-write",
         "snapshot-after-replica",
         "snapshot-after-complete",
     ];

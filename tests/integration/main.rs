@@ -10,6 +10,7 @@ mod fidelity;
 mod inplace;
 mod interactive;
 mod kit;
+mod large;
 mod partial;
 mod props;
 mod refusals;
