@@ -73,25 +73,26 @@ pub fn write_content(
         // NOCOW takes effect only on an empty file.
         let _ = rustix::fs::ioctl_setflags(file, IFlags::from_bits_retain(NOCOW));
     }
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = read_full(content, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        if sparse {
-            for block in buf[..n].chunks(4096) {
-                if block.iter().any(|&b| b != 0) {
-                    file.write_all_at(block, off)?;
-                }
-                off += block.len() as u64;
+    let off = super::with_io_buffer(|buf| -> io::Result<u64> {
+        let mut off = 0u64;
+        loop {
+            let n = read_full(content, buf)?;
+            if n == 0 {
+                return Ok(off);
             }
-        } else {
-            file.write_all_at(&buf[..n], off)?;
-            off += n as u64;
+            if sparse {
+                for block in buf[..n].chunks(4096) {
+                    if block.iter().any(|&b| b != 0) {
+                        file.write_all_at(block, off)?;
+                    }
+                    off += block.len() as u64;
+                }
+            } else {
+                file.write_all_at(&buf[..n], off)?;
+                off += n as u64;
+            }
         }
-    }
+    })?;
     if sparse {
         file.set_len(off)?;
     }

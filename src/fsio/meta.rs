@@ -182,17 +182,18 @@ fn read_flags(dir: BorrowedFd, name: &[u8]) -> io::Result<u32> {
 /// BLAKE3 of everything `r` yields, and how many bytes that was.
 pub fn hash_reader(mut r: impl Read) -> io::Result<(Hash, u64)> {
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        total += n as u64;
-    }
+    super::with_io_buffer(|buf| -> io::Result<()> {
+        loop {
+            let n = match r.read(buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..n]);
+            total += n as u64;
+        }
+    })?;
     Ok((*h.finalize().as_bytes(), total))
 }

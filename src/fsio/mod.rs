@@ -16,3 +16,22 @@ pub use apply::{
 pub use meta::{hash_reader, read_entry, stat_to_basic, Basic};
 pub use resolve::{is_missing, open_beneath, open_dir, open_root, DirCache};
 pub use walk::{walk, WalkOptions, WalkWarning};
+
+/// Runs `f` with this thread's 1 MiB I/O buffer. Allocating (and zeroing) a fresh buffer per
+/// file cost a first snapshot more CPU than hashing its content (a `memset` of 1 MiB for every
+/// small file); a nested call gets a buffer of its own.
+pub fn with_io_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.is_empty() {
+                buf.resize(1 << 20, 0);
+            }
+            f(&mut buf)
+        }
+        Err(_) => f(&mut vec![0u8; 1 << 20]),
+    })
+}
