@@ -91,17 +91,20 @@ mkdir -p "$data"
 for s in $SOURCES; do mkdir -p "$data$(dirname "$s")"; cp -a "$s" "$data$(dirname "$s")/"; done
 # Hardlink groups, as a Mesa install has them: 12 large libraries linked 6 times each.
 mkdir -p "$data/usr/lib/hl"
-g=0
-find "$data" -type f -size +1M | head -12 | while read -r f; do
-  g=$((g + 1)); for k in 1 2 3 4 5 6; do ln "$f" "$data/usr/lib/hl/$g-$(basename "$f").$k"; done
+# (Lists are read whole: `find | head` would end find with SIGPIPE, fatal under pipefail.)
+mapfile -t big < <(find "$data" -type f -size +1M)
+for g in $(seq 0 11); do
+  f=${big[$g]:-}; [ -n "$f" ] || break
+  for k in 1 2 3 4 5 6; do ln "$f" "$data/usr/lib/hl/$g-$(basename "$f").$k"; done
 done
-# A 256 MiB disk image holding 48 MiB of real bytes, the rest holes.
+# A 256 MiB disk image holding 40 MiB of real bytes, the rest holes.
 mkdir -p "$data/var/lib/images" "$data/var/log"
 img=$data/var/lib/images/disk.img
 truncate -s 256M "$img"
-i=0
-find /usr/bin -type f -size +200k | head -40 | while read -r f; do
-  dd if="$f" of="$img" bs=1M seek=$((i * 6)) count=1 conv=notrunc status=none; i=$((i + 1))
+mapfile -t bins < <(find /usr/bin -type f -size +200k)
+for i in $(seq 0 39); do
+  f=${bins[$i]:-}; [ -n "$f" ] || break
+  dd if="$f" of="$img" bs=1M seek=$((i * 6)) count=1 conv=notrunc status=none
 done
 for l in syslog auth.log kern.log daemon.log; do
   for n in $(seq 1 20000); do echo "Dec  1 00:00:$((n % 60)) host $l[$n]: message $n of the day"; done > "$data/var/log/$l"

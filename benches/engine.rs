@@ -57,6 +57,7 @@ fn benches(c: &mut Criterion) {
                 &WalkOptions {
                     one_file_system: true,
                     exclude: &ex,
+                    progress: &Silent,
                 },
                 &mut out,
                 &mut warns,

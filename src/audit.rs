@@ -56,6 +56,7 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
         let walk_opts = WalkOptions {
             one_file_system: opts.one_file_system,
             exclude: &exclude,
+            progress: &crate::progress::Silent,
         };
         fsio::walk(root_fd.as_fd(), src, &walk_opts, &mut walked, &mut warns).map_err(|e| {
             Error::Invalid(format!("source {} cannot be read: {e}", display_path(src)))
@@ -132,6 +133,7 @@ fn size_below(root: std::os::fd::BorrowedFd, path: &[u8], dev: Option<u64>) -> O
         &WalkOptions {
             one_file_system: true,
             exclude: &none,
+            progress: &crate::progress::Silent,
         },
         &mut out,
         &mut warns,

@@ -2,9 +2,12 @@
 //! whether that draws a bar (only on a terminal) or nothing.
 
 pub trait Progress {
-    /// A new phase begins; `total` units of work when known.
-    fn phase(&self, _name: &str, _total: Option<u64>) {}
-    fn advance(&self, _units: u64) {}
+    /// A new phase begins, with its number of files and of bytes when known.
+    fn phase(&self, _name: &str, _files: Option<u64>, _bytes: Option<u64>) {}
+    /// Files done (found, while scanning).
+    fn advance(&self, _files: u64) {}
+    /// Bytes done: read, written, or found while scanning.
+    fn bytes(&self, _n: u64) {}
     fn finish(&self) {}
 }
 

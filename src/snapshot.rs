@@ -123,8 +123,8 @@ pub fn run(
         store_within(root, &store.dir).into_iter().collect(),
     )?;
     let mut report = SnapshotReport::default();
-    progress.phase("scanning", None);
-    let walked = scan(root_fd.as_fd(), opts, &excludes, &mut report)?;
+    progress.phase("scanning", None, None);
+    let walked = scan(root_fd.as_fd(), opts, &excludes, &mut report, progress)?;
     let pending = compare(store, walked, &mut report)?;
     admit(store, opts, &pending)?;
     let boot = crate::boot::capture(&store.dir, root, &opts.boot);
@@ -149,7 +149,13 @@ pub fn run(
             message: message.clone(),
         }));
     failpoint::hit("snapshot-after-point-row");
-    progress.phase("recording changes", Some(pending.len() as u64));
+    let bytes = pending
+        .iter()
+        .filter_map(|p| p.new.as_ref())
+        .filter(|(b, _)| b.kind == Kind::File)
+        .map(|(b, _)| b.size)
+        .sum();
+    progress.phase("recording changes", Some(pending.len() as u64), Some(bytes));
     let shapes = record(
         store,
         root_fd.as_fd(),
@@ -160,7 +166,7 @@ pub fn run(
         progress,
     )?;
     failpoint::hit("snapshot-before-replica");
-    progress.phase("updating the replica", None);
+    progress.phase("updating the replica", None, None);
     let replica_growth = replica::shape(store, &shapes)?;
     failpoint::hit("snapshot-after-replica");
     store.sync()?;
@@ -271,6 +277,7 @@ fn scan(
     opts: &SnapshotOptions,
     excludes: &ExcludeSet,
     report: &mut SnapshotReport,
+    progress: &dyn Progress,
 ) -> Result<Vec<(RelPath, Basic, Option<RelPath>)>> {
     let mut out: Vec<(RelPath, Basic)> = Vec::new();
     let mut warns = Vec::new();
@@ -278,6 +285,7 @@ fn scan(
     let walk_opts = WalkOptions {
         one_file_system: opts.one_file_system,
         exclude: &exclude,
+        progress,
     };
     for src in &opts.sources {
         let mut anc: &[u8] = src;
@@ -421,6 +429,11 @@ fn record(
             None => Captured::Gone,
             Some(_) => capture(store, root, &mut cache, &p, &mut names, level)?,
         };
+        if let Captured::Node(e, _, _) = &captured {
+            if e.kind == Kind::File {
+                progress.bytes(e.size);
+            }
+        }
         match &mut captured {
             Captured::Node(e, _, _) => leads.check_inode(store, &p.path, e)?,
             _ => leads.not_recorded(&p),

@@ -126,6 +126,7 @@ fn replica(store: &Store, complete: &[Point], report: &mut VerifyReport) -> Resu
     let opts = crate::fsio::WalkOptions {
         one_file_system: true,
         exclude: &no_exclude,
+        progress: &crate::progress::Silent,
     };
     let (mut walked, mut warns) = (Vec::new(), Vec::new());
     crate::fsio::walk(store.replica(), b"", &opts, &mut walked, &mut warns)

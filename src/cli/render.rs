@@ -1,38 +1,118 @@
 //! Human-readable output and the progress bar.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::progress::Progress;
 
 pub use crate::model::human_size as size;
 
-/// A bar on stderr, drawn only when stderr is a terminal (the caller checks).
+/// A line on stderr, drawn only when stderr is a terminal (the caller checks): the phase, its
+/// files and bytes done (of how many, when known), each with its rate.
 pub struct Bar {
     bar: ProgressBar,
+    state: Mutex<Phase>,
+    files: AtomicU64,
+    bytes: AtomicU64,
+}
+
+struct Phase {
+    name: String,
+    files_total: Option<u64>,
+    bytes_total: Option<u64>,
+    started: Instant,
+    drawn: Instant,
 }
 
 impl Bar {
     pub fn new() -> Bar {
         let bar = ProgressBar::new_spinner();
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} {pos}/{len} [{elapsed}]")
-                .expect("valid template"),
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"),
         );
-        Bar { bar }
+        let now = Instant::now();
+        Bar {
+            bar,
+            state: Mutex::new(Phase {
+                name: String::new(),
+                files_total: None,
+                bytes_total: None,
+                started: now,
+                drawn: now,
+            }),
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// The counts a phase ended with, before the next one replaces them.
+    fn show_final(&self) {
+        if self.state.lock().is_ok_and(|st| !st.name.is_empty()) {
+            self.describe(true);
+            self.bar.force_draw();
+        }
+    }
+
+    /// Rewrites the line; at most twenty times a second unless `force`d.
+    fn describe(&self, force: bool) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if !force && now.duration_since(st.drawn) < Duration::from_millis(50) {
+            return;
+        }
+        st.drawn = now;
+        let (files, bytes) = (
+            self.files.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        );
+        let secs = now.duration_since(st.started).as_secs_f64().max(0.01);
+        let mut line = st.name.clone();
+        if files > 0 || st.files_total.is_some() {
+            let of = st.files_total.map_or(String::new(), |t| format!("/{t}"));
+            let rate = files as f64 / secs;
+            line += &format!(": {files}{of} files ({rate:.0} files/s)");
+        }
+        if bytes > 0 || st.bytes_total.is_some() {
+            let of = st
+                .bytes_total
+                .map_or(String::new(), |t| format!("/{}", size(t)));
+            let rate = size((bytes as f64 / secs) as u64);
+            line += &format!(", {}{of} ({rate}/s)", size(bytes));
+        }
+        self.bar.set_message(line);
     }
 }
 
 impl Progress for Bar {
-    fn phase(&self, name: &str, total: Option<u64>) {
-        self.bar.set_message(name.to_string());
-        self.bar.set_position(0);
-        self.bar.set_length(total.unwrap_or(0));
-        self.bar.tick();
+    fn phase(&self, name: &str, files: Option<u64>, bytes: Option<u64>) {
+        self.show_final();
+        if let Ok(mut st) = self.state.lock() {
+            st.name = name.to_string();
+            st.files_total = files;
+            st.bytes_total = bytes;
+            st.started = Instant::now();
+        }
+        self.files.store(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
+        self.describe(true);
+        // Every phase shows at least once, however short (draws are otherwise rate-limited).
+        self.bar.force_draw();
     }
-    fn advance(&self, units: u64) {
-        self.bar.inc(units);
+    fn advance(&self, files: u64) {
+        self.files.fetch_add(files, Ordering::Relaxed);
+        self.describe(false);
+    }
+    fn bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.describe(false);
     }
     fn finish(&self) {
+        self.show_final();
         self.bar.finish_and_clear();
     }
 }

@@ -15,6 +15,8 @@ pub struct WalkOptions<'a> {
     pub one_file_system: bool,
     /// True for paths to leave out (with everything below them).
     pub exclude: &'a dyn Fn(&[u8], Kind) -> bool,
+    /// Told of every path found (and the size of every file).
+    pub progress: &'a dyn crate::progress::Progress,
 }
 
 /// A path the walk could not read; the walk goes on without it.
@@ -35,6 +37,7 @@ pub fn walk(
     let fd = open_dir(root, start)?;
     let st = rustix::fs::fstat(&fd)?;
     let basic = stat_to_basic(&st).expect("a directory has a known type");
+    seen(opts, &basic);
     out.push((start.to_vec(), basic));
     visit(fd, start, basic.dev, opts, out, warnings);
     Ok(())
@@ -77,6 +80,7 @@ fn visit(
         if (opts.exclude)(&child, basic.kind) {
             continue;
         }
+        seen(opts, &basic);
         out.push((child.clone(), basic));
         if basic.kind != Kind::Dir || (opts.one_file_system && basic.dev != dev) {
             continue;
@@ -106,4 +110,11 @@ fn read_names(dir: BorrowedFd) -> io::Result<Vec<Vec<u8>>> {
     }
     names.sort();
     Ok(names)
+}
+
+fn seen(opts: &WalkOptions, b: &Basic) {
+    opts.progress.advance(1);
+    if b.kind == Kind::File {
+        opts.progress.bytes(b.size);
+    }
 }

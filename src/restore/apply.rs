@@ -63,7 +63,15 @@ pub fn apply(
     cx.report.point = plan.point;
     cx.report.warnings = plan.warnings.clone();
     cx.report.damaged = plan.damaged.clone();
-    progress.phase("restoring", Some(plan.items.len() as u64));
+    let bytes = plan
+        .items
+        .iter()
+        .filter(|it| matches!(it.action, Action::Create | Action::Rewrite))
+        .filter_map(|it| it.want.as_ref())
+        .filter(|w| w.kind == Kind::File && w.link.is_none())
+        .map(|w| w.size)
+        .sum();
+    progress.phase("restoring", Some(plan.items.len() as u64), Some(bytes));
     let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
     for it in &plan.items {
         if let Some(p) = parent(&it.path) {
@@ -79,7 +87,9 @@ pub fn apply(
     }
     for it in plan.items.iter().filter(|it| it.action != Action::Delete) {
         progress.advance(1);
+        let written = cx.report.bytes_written;
         let r = place(&mut cx, it).map_err(|e| with_path(e, &it.path));
+        progress.bytes(cx.report.bytes_written - written);
         let r = skip_damaged(&mut cx, &it.path, r);
         tolerate(&mut cx, &it.path, r)?;
         failpoint::hit("restore-after-item");

@@ -58,7 +58,15 @@ pub fn check_content(
         .filter(writes)
         .filter(|it| it.want.as_ref().is_some_and(|w| w.link.is_none()))
         .collect();
-    progress.phase("checking the point's content", Some(leaders.len() as u64));
+    let bytes = leaders
+        .iter()
+        .filter_map(|it| it.want.as_ref().map(|w| w.size))
+        .sum();
+    progress.phase(
+        "checking the point's content",
+        Some(leaders.len() as u64),
+        Some(bytes),
+    );
     let mut packs = Packs::default();
     let mut out = Vec::new();
     for it in leaders {
@@ -69,6 +77,7 @@ pub fn check_content(
             Err(e) => return Err(e),
         }
         progress.advance(1);
+        progress.bytes(w.size);
     }
     progress.finish();
     let bad: HashSet<RelPath> = out.iter().map(|d| d.rel.clone()).collect();

@@ -124,14 +124,18 @@ pub fn build(
         .map(|(p, e)| (p.clone(), e.clone()))
         .collect();
     let (have, holding) = match target {
-        Some(t) => scan_target(t, scopes, excludes, &mut plan.warnings)?,
+        Some(t) => {
+            opts.progress.phase("scanning the target", None, None);
+            scan_target(t, scopes, excludes, &mut plan.warnings, opts.progress)?
+        }
         None => (Vec::new(), HashSet::new()),
     };
     let intact = match target {
         Some(t) => super::links::recorded_leader_inodes(t, &recorded_leaders),
         None => HashMap::new(),
     };
-    opts.progress.phase("planning", Some(want.len() as u64));
+    opts.progress
+        .phase("planning", Some(want.len() as u64), None);
     let inode_of: HashMap<&[u8], (u64, u64)> = have
         .iter()
         .map(|(p, b)| (p.as_slice(), (b.dev, b.ino)))
@@ -301,6 +305,7 @@ fn scan_target(
     scopes: &[RelPath],
     excludes: &ExcludeSet,
     warnings: &mut Vec<Warning>,
+    progress: &dyn Progress,
 ) -> Result<(Walked, HashSet<RelPath>)> {
     // Every directory above an excluded path the walk met.
     let holding = std::cell::RefCell::new(HashSet::new());
@@ -318,6 +323,7 @@ fn scan_target(
     let opts = WalkOptions {
         one_file_system: true,
         exclude: &exclude,
+        progress,
     };
     let mut out = Vec::new();
     let mut warns = Vec::new();
@@ -464,28 +470,36 @@ mod tests {
         let none = ExcludeSet::new(&[], Vec::new()).unwrap();
         let mut warnings = Vec::new();
         let mut cache = DirCache::default();
-        scan_target(root, &[Vec::new()], &none, &mut warnings)
-            .unwrap()
-            .0
-            .into_iter()
-            .map(|(p, b)| {
-                let e = read_full(root, &mut cache, &p, &b, &b.to_entry(None), true).unwrap();
-                (p, e)
-            })
-            .collect()
+        scan_target(
+            root,
+            &[Vec::new()],
+            &none,
+            &mut warnings,
+            &crate::progress::Silent,
+        )
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|(p, b)| {
+            let e = read_full(root, &mut cache, &p, &b, &b.to_entry(None), true).unwrap();
+            (p, e)
+        })
+        .collect()
     }
 
     #[derive(Default)]
     struct Recorder(RefCell<Vec<(String, u64)>>);
 
     impl Progress for Recorder {
-        fn phase(&self, name: &str, total: Option<u64>) {
+        fn phase(&self, name: &str, total: Option<u64>, _bytes: Option<u64>) {
             self.0
                 .borrow_mut()
                 .push((name.to_string(), total.unwrap_or(0)));
         }
         fn advance(&self, units: u64) {
-            self.0.borrow_mut().last_mut().expect("a phase").1 -= units;
+            let mut phases = self.0.borrow_mut();
+            let last = phases.last_mut().expect("a phase");
+            last.1 = last.1.wrapping_sub(units);
         }
     }
 
@@ -559,7 +573,7 @@ mod tests {
         let quick = plan(false);
         assert!(quick.is_empty(), "{:?}", quick.items);
         assert_eq!(
-            progress.0.borrow().first(),
+            progress.0.borrow().iter().find(|p| p.0 == "planning"),
             Some(&("planning".to_string(), 0)),
             "one unit of progress per path compared"
         );

@@ -233,6 +233,7 @@ fn replica_entries(
     let opts = crate::fsio::WalkOptions {
         one_file_system: true,
         exclude: &no_exclude,
+        progress: &crate::progress::Silent,
     };
     let (mut walked, mut warns) = (Vec::new(), Vec::new());
     crate::fsio::walk(replica, b"", &opts, &mut walked, &mut warns)

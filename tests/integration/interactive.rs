@@ -159,3 +159,70 @@ fn an_unknown_number_is_asked_again() {
         "after choosing and declining",
     );
 }
+
+/// Everything a command printed to the pseudo-terminal until it exited.
+fn session_output(mut c: Command) -> String {
+    c.env("TERM", "xterm");
+    let mut p = rexpect::session::spawn_command(c, Some(120_000)).expect("spawn in a pty");
+    p.exp_eof().expect("the command ends")
+}
+
+#[test]
+fn progress_shows_files_bytes_and_rates_on_a_terminal_and_nothing_without_one() {
+    let lab = Lab::new();
+    lab.run_sh(
+        "mkdir -p d && for i in $(seq 1 400); do seq 1 $i > d/f$i; done && head -c 48000000 /dev/urandom > big.bin",
+    );
+    let snapshot = || {
+        let mut c = Command::new(SNAPSHOT.path());
+        c.args([
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+        ]);
+        c
+    };
+    let out = session_output(snapshot());
+    for part in [
+        "scanning: ",
+        "recording changes: ",
+        "/403 files (",
+        "files/s",
+        "MiB/",
+        "B/s)",
+    ] {
+        assert!(
+            out.contains(part),
+            "no {part:?} in the snapshot's terminal output: {out}"
+        );
+    }
+    let id = *lab.point_ids().last().unwrap();
+    let mut restore = Command::new(RESTORE.path());
+    restore.args(lab.restore_to_args(id, &lab.target("t"), &[]));
+    let out = session_output(restore);
+    for part in ["restoring: ", "files/s", "MiB/", "B/s)"] {
+        assert!(
+            out.contains(part),
+            "no {part:?} in the restore's terminal output: {out}"
+        );
+    }
+    // Without a terminal (cron, a pipe): the report only.
+    lab.run_sh("echo changed > d/f1");
+    let out = SNAPSHOT.expect(
+        0,
+        &[
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in ["scanning", "recording changes", "files/s", "B/s"] {
+        assert!(
+            !err.contains(part),
+            "{part:?} printed without a terminal: {err}"
+        );
+    }
+}
