@@ -2,6 +2,7 @@
 //! store the way the operation needs (locked for anything that writes or reads the replica)
 //! and delegates to the module that owns the work.
 
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -12,8 +13,8 @@ use crate::exclude::DEFAULT_EXCLUDES;
 use crate::fsio;
 use crate::model::{display_path, is_within, RelPath};
 use crate::progress::Progress;
-use crate::restore::Action;
 use crate::restore::{self, RestorePlan, RestoreReport};
+use crate::restore::{Action, ApplyMode};
 use crate::retention::{Decision, Policy};
 use crate::snapshot::{self, SnapshotOptions, SnapshotReport};
 use crate::store::{ContentKind, Point, PointId, Store};
@@ -444,7 +445,7 @@ impl System {
             // Nothing of the system changes: no safety point, nothing to journal.
             let boot_written = write_boot(boot)?;
             let report =
-                restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)
+                restore::apply(store, plan, target_fd.as_fd(), ApplyMode::Target, progress)
                     .map_err(|e| out_of_space(e, req.point, &target, None))?;
             return Ok(RestoreOutcome {
                 safety_point: None,
@@ -477,8 +478,10 @@ impl System {
         crate::failpoint::hit("restore-before-apply");
         let boot_written = write_boot(boot)?;
         crate::failpoint::hit("restore-after-boot");
-        let report = restore::apply(store, plan, std::os::fd::AsFd::as_fd(&target_fd), progress)
-            .map_err(|e| out_of_space(e, req.point, &target, Some((&self.store, safety_point))))?;
+        let report = restore::apply(store, plan, target_fd.as_fd(), ApplyMode::InPlace, progress)
+            .map_err(|e| {
+            out_of_space(e, req.point, &target, Some((&self.store, safety_point)))
+        })?;
         store.index.finish_restores(&key)?;
         Ok(RestoreOutcome {
             safety_point,

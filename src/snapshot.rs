@@ -420,7 +420,27 @@ fn record(
     let mut full_frames: HashMap<Hash, (u64, u64)> = HashMap::new();
     let mut names = StagingNames { point: id, seq: 0 };
     let mut leads = Releads::default();
-    for mut p in pending {
+    // Files read ahead of the loop (`fsio::Prefetcher`): a cold read waits for the disk.
+    let prefetch = fsio::Prefetcher::start(&root);
+    let reads = |q: &Pending| {
+        q.new
+            .as_ref()
+            .is_some_and(|(b, _)| b.kind == Kind::File && b.size > 0)
+    };
+    let mut queue = std::collections::VecDeque::from(pending);
+    if let Some(pf) = &prefetch {
+        queue
+            .iter()
+            .take(fsio::AHEAD)
+            .filter(|q| reads(q))
+            .for_each(|q| pf.hint(&q.path));
+    }
+    while let Some(mut p) = queue.pop_front() {
+        if let (Some(pf), Some(q)) = (&prefetch, queue.get(fsio::AHEAD - 1)) {
+            if reads(q) {
+                pf.hint(&q.path);
+            }
+        }
         progress.advance(1);
         if let Some((_, link)) = &mut p.new {
             *link = leads.leader_for(&p.path, link.take());

@@ -197,3 +197,31 @@ pub fn hash_reader(mut r: impl Read) -> io::Result<(Hash, u64)> {
     })?;
     Ok((*h.finalize().as_bytes(), total))
 }
+
+/// A reader that hashes what passes through it.
+pub struct HashingRead<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> HashingRead<R> {
+    pub fn new(inner: R) -> Self {
+        HashingRead {
+            inner,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// The hash of everything read so far.
+    pub fn hash(&self) -> Hash {
+        *self.hasher.finalize().as_bytes()
+    }
+}
+
+impl<R: Read> Read for HashingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

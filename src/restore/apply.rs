@@ -12,7 +12,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::check::DamagedPath;
 use super::plan::{Action, PlanItem, RestorePlan};
-use super::state::{rebuild, Packs};
+use super::state::{rebuild_unchecked, Packs};
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::fsio::{self, DirCache};
@@ -40,15 +40,30 @@ struct Ctx<'a> {
     packs: Packs,
     cache: DirCache,
     seq: u64,
+    /// Our pid, for temp names (asked once: it is a system call each time).
+    pid: u32,
+    /// New paths are created under their own names (`ApplyMode::Target`).
+    direct: bool,
     report: RestoreReport,
     /// Paths of this run left unwritten as damaged: their followers are too.
     damaged: BTreeSet<RelPath>,
+}
+
+/// Where a restore writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// The running system (or its root mounted elsewhere): every node is built under a temp
+    /// name and renamed into place, so no process ever sees a half-written file.
+    InPlace,
+    /// A directory of the operator's (`--target`): nothing runs from it.
+    Target,
 }
 
 pub fn apply(
     store: &Store,
     plan: &RestorePlan,
     target: BorrowedFd,
+    mode: ApplyMode,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let mut cx = Ctx {
@@ -57,6 +72,8 @@ pub fn apply(
         packs: Packs::default(),
         cache: DirCache::default(),
         seq: 0,
+        pid: std::process::id(),
+        direct: mode == ApplyMode::Target,
         report: RestoreReport::default(),
         damaged: BTreeSet::new(),
     };
@@ -85,7 +102,32 @@ pub fn apply(
             clear_flags_of(&mut cx, p)?;
         }
     }
-    for it in plan.items.iter().filter(|it| it.action != Action::Delete) {
+    // The replica's copies read ahead of the loop (`fsio::Prefetcher`): the latest version of
+    // every file is there, and older ones start from it.
+    let prefetch = fsio::Prefetcher::start(&store.replica());
+    let reads = |it: &PlanItem| {
+        matches!(it.action, Action::Create | Action::Rewrite)
+            && it
+                .want
+                .as_ref()
+                .is_some_and(|w| w.kind == Kind::File && w.link.is_none() && w.size > 0)
+    };
+    let writes: Vec<&PlanItem> = plan
+        .items
+        .iter()
+        .filter(|it| it.action != Action::Delete)
+        .collect();
+    if let Some(pf) = &prefetch {
+        for it in writes.iter().take(fsio::AHEAD).filter(|it| reads(it)) {
+            pf.hint(&it.path);
+        }
+    }
+    for (i, it) in writes.iter().enumerate() {
+        if let (Some(pf), Some(next)) = (&prefetch, writes.get(i + fsio::AHEAD)) {
+            if reads(next) {
+                pf.hint(&next.path);
+            }
+        }
         progress.advance(1);
         let written = cx.report.bytes_written;
         let r = place(&mut cx, it).map_err(|e| with_path(e, &it.path));
@@ -262,13 +304,25 @@ fn make_dir(cx: &mut Ctx, path: &[u8], have: Option<&Entry>) -> Result<()> {
 
 /// Builds the node under a temp name beside its destination, then renames it into place. A
 /// failure removes the temp node (ours: created with O_EXCL under our pid), never the old one.
+/// Into a target that is not a live system, a path that does not exist yet is built under its
+/// own name (still O_EXCL): a rename per file is half the work of a small file.
 fn replace_node(cx: &mut Ctx, path: &[u8], w: &Entry, have: Option<&Entry>) -> Result<()> {
     cx.seq += 1;
-    let tmp = format!(".restorepoint-{}-{}", std::process::id(), cx.seq).into_bytes();
+    let direct = cx.direct && have.is_none();
+    let tmp = if direct {
+        basename(path).to_vec()
+    } else {
+        format!(".restorepoint-{}-{}", cx.pid, cx.seq).into_bytes()
+    };
     let mut warn = Vec::new();
     let mut made = false;
-    let r = build_temp(cx, path, w, &tmp, &mut made, &mut warn)
-        .and_then(|()| put_in_place(cx, path, have, &tmp));
+    let r = build_temp(cx, path, w, &tmp, &mut made, &mut warn).and_then(|()| {
+        if direct {
+            Ok(())
+        } else {
+            put_in_place(cx, path, have, &tmp)
+        }
+    });
     if r.is_err() && made {
         if let Ok(dir) = parent_fd(cx, path) {
             let _ = rustix::fs::unlinkat(dir, &tmp[..], AtFlags::empty());
@@ -309,8 +363,9 @@ fn build_temp(
         }
         (None, Kind::File) => {
             let staging = cx.store.staging();
-            let mut body = rebuild(cx.store, &mut cx.packs, cx.report.point, path, w, staging)
-                .map_err(store_side)?;
+            let (mut body, unchecked) =
+                rebuild_unchecked(cx.store, &mut cx.packs, cx.report.point, path, w, staging)
+                    .map_err(store_side)?;
             let dir = parent_fd(cx, path)?;
             let fd = rustix::fs::openat(
                 dir,
@@ -321,16 +376,21 @@ fn build_temp(
             .ctx(|| format!("creating a temp file for {}", display_path(path)))?;
             *made = true;
             let file = File::from(fd);
-            let n = fsio::write_content(
-                &file,
-                &mut body
-                    .reader()
+            let mut reader = fsio::HashingRead::new(
+                body.reader()
                     .ctx(|| "reading rebuilt content".into())
                     .map_err(store_side)?,
-                w.sparse,
-                w.flags,
-            )
-            .ctx(|| format!("writing {}", display_path(path)))?;
+            );
+            let n = fsio::write_content(&file, &mut reader, w.sparse, w.flags)
+                .ctx(|| format!("writing {}", display_path(path)))?;
+            if unchecked.is_some_and(|h| h != reader.hash()) {
+                return Err(Error::Damaged {
+                    what: format!(
+                        "replica file {}: content hash does not match the index",
+                        display_path(path)
+                    ),
+                });
+            }
             cx.report.bytes_written += n;
             fsio::apply_meta_fd(file.as_fd(), w, warn)
                 .ctx(|| format!("setting metadata of {}", display_path(path)))?;
