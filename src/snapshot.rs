@@ -75,7 +75,8 @@ pub struct SnapshotReport {
 
 struct Pending {
     path: RelPath,
-    old: Option<Entry>,
+    /// Boxed: most paths of a first snapshot have none, and a million of them are pending.
+    old: Option<Box<Entry>>,
     new: Option<(Basic, Option<RelPath>)>,
 }
 
@@ -278,7 +279,7 @@ fn scan(
     excludes: &ExcludeSet,
     report: &mut SnapshotReport,
     progress: &dyn Progress,
-) -> Result<Vec<(RelPath, Basic, Option<RelPath>)>> {
+) -> Result<Walked> {
     let mut out: Vec<(RelPath, Basic)> = Vec::new();
     let mut warns = Vec::new();
     let exclude = |p: &[u8], _k: Kind| excludes.is_excluded(p);
@@ -324,22 +325,26 @@ fn scan(
             }
         }
     }
-    Ok(out
-        .into_iter()
-        .zip(links)
-        .map(|((p, b), l)| (p, b, l))
-        .collect())
+    Ok(Walked { paths: out, links })
+}
+
+/// The walk, sorted by path, and each path's hardlink leader. Two vectors rather than one of
+/// triples: zipping them into a third held the tree twice (issue 10: memory per path).
+struct Walked {
+    paths: Vec<(RelPath, Basic)>,
+    links: Vec<Option<RelPath>>,
 }
 
 /// Merge-joins the walk with the index (both in byte order of path): what the quick check
 /// cannot prove unchanged is pending.
-fn compare(
-    store: &Store,
-    walked: Vec<(RelPath, Basic, Option<RelPath>)>,
-    report: &mut SnapshotReport,
-) -> Result<Vec<Pending>> {
+fn compare(store: &Store, walked: Walked, report: &mut SnapshotReport) -> Result<Vec<Pending>> {
     let mut pending = Vec::new();
-    let mut it = walked.into_iter().peekable();
+    let mut it = walked
+        .paths
+        .into_iter()
+        .zip(walked.links)
+        .map(|((p, b), l)| (p, b, l))
+        .peekable();
     store.index.for_each_entry(|path, old| {
         while let Some((p, b, l)) = it.next_if(|(p, _, _)| *p < path) {
             pending.push(Pending {
@@ -356,14 +361,14 @@ fn compare(
                 } else {
                     pending.push(Pending {
                         path: p,
-                        old: Some(old),
+                        old: Some(Box::new(old)),
                         new: Some((b, l)),
                     });
                 }
             }
             None => pending.push(Pending {
                 path,
-                old: Some(old),
+                old: Some(Box::new(old)),
                 new: None,
             }),
         }
@@ -436,6 +441,10 @@ fn record(
             .for_each(|q| pf.hint(&q.path));
     }
     while let Some(mut p) = queue.pop_front() {
+        // Give back what the paths already recorded held, as the shapes grow.
+        if queue.capacity() > 4096 && queue.len() < queue.capacity() / 4 {
+            queue.shrink_to_fit();
+        }
         if let (Some(pf), Some(q)) = (&prefetch, queue.get(fsio::AHEAD - 1)) {
             if reads(q) {
                 pf.hint(&q.path);
@@ -455,7 +464,10 @@ fn record(
             }
         }
         match &mut captured {
-            Captured::Node(e, _, _) => leads.check_inode(store, &p.path, e)?,
+            Captured::Node(e, _, _) => {
+                let grouped = p.new.as_ref().is_some_and(|(b, _)| b.nlink > 1);
+                leads.check_inode(store, &p.path, e, grouped)?
+            }
             _ => leads.not_recorded(&p),
         }
         let (new, content, map) = match captured {
@@ -546,7 +558,7 @@ fn record(
                     Change::lost(
                         id,
                         &p.path,
-                        p.old.clone(),
+                        p.old.as_deref().cloned(),
                         pack.len(),
                         new.as_ref().and_then(|n| n.hash),
                     )
@@ -558,7 +570,7 @@ fn record(
             pack.append_records(&[crate::store::change_record(&change)])
                 .ctx(pack_err)?;
         }
-        tally(report, &p.old, &new, &content);
+        tally(report, p.old.as_deref(), &new, &content);
         batch.bytes += staged_bytes + change.frame.map_or(0, |f| f.1);
         let fill = match &content {
             NewContent::Patch { patch, .. } => Fill::Patch(patch.clone()),
@@ -618,7 +630,15 @@ struct Releads {
 impl Releads {
     /// A follower read from another inode than its leader's (one of them was replaced between
     /// the walk and the read) is no longer a hardlink of it: it keeps its own content.
-    fn check_inode(&mut self, store: &Store, path: &[u8], e: &mut Entry) -> Result<()> {
+    /// `grouped`: the walk found the file with more than one link. Only such files can lead a
+    /// group, so only they are remembered (a million single files would cost 100 MB).
+    fn check_inode(
+        &mut self,
+        store: &Store,
+        path: &[u8],
+        e: &mut Entry,
+        grouped: bool,
+    ) -> Result<()> {
         if e.kind != Kind::File {
             return Ok(());
         }
@@ -631,7 +651,9 @@ impl Releads {
                 e.link = None;
             }
         }
-        self.inodes.insert(path.to_vec(), (e.ino, e.hash));
+        if grouped {
+            self.inodes.insert(path.to_vec(), (e.ino, e.hash));
+        }
         Ok(())
     }
 
@@ -703,7 +725,7 @@ fn no_change(id: PointId, path: &[u8]) -> Change {
 
 fn tally(
     report: &mut SnapshotReport,
-    old: &Option<Entry>,
+    old: Option<&Entry>,
     new: &Option<Entry>,
     content: &NewContent,
 ) {
@@ -808,7 +830,7 @@ fn capture(
             dirfd,
             name,
             &mut e,
-            p.old.as_ref(),
+            p.old.as_deref(),
             names,
             &p.path,
             level,
@@ -1083,7 +1105,7 @@ fn reverse_change(
         point: id,
         path: p.path.clone(),
         content: ContentKind::Absent,
-        old: p.old.clone(),
+        old: p.old.as_deref().cloned(),
         frame: None,
         new_hash,
     };
