@@ -109,7 +109,7 @@ pub fn against_live(plan: &RestorePlan) -> Vec<DiffItem> {
                 path: it.path.clone(),
                 change,
                 old: it.want.clone(),
-                new: it.have.clone(),
+                new: it.have.as_deref().cloned(),
             }
         })
         .collect()

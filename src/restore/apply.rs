@@ -273,12 +273,12 @@ fn place(cx: &mut Ctx, it: &PlanItem) -> Result<()> {
             Ok(())
         }
         (_, Kind::Dir) => {
-            make_dir(cx, &it.path, it.have.as_ref())?;
+            make_dir(cx, &it.path, it.have.as_deref())?;
             cx.report.created += 1;
             Ok(())
         }
         (action, _) => {
-            replace_node(cx, &it.path, w, it.have.as_ref())?;
+            replace_node(cx, &it.path, w, it.have.as_deref())?;
             if action == Action::Create {
                 cx.report.created += 1;
             } else {

@@ -31,8 +31,9 @@ pub struct PlanItem {
     pub action: Action,
     /// The point's state (None for deletions).
     pub want: Option<Entry>,
-    /// What the target has now (None for creations).
-    pub have: Option<Entry>,
+    /// What the target has now (None for creations). Boxed: a restore into an empty
+    /// directory plans a million creations.
+    pub have: Option<Box<Entry>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -140,60 +141,66 @@ pub fn build(
         .iter()
         .map(|(p, b)| (p.as_slice(), (b.dev, b.ino)))
         .collect();
-    let mut group_size: HashMap<&[u8], u64> = HashMap::new();
-    for (p, e) in &want {
-        if e.kind == Kind::File {
-            *group_size
-                .entry(e.link.as_deref().unwrap_or(p))
-                .or_insert(0) += 1;
+    // Members of each hardlink group, by leader; a file in none counts one.
+    let mut group_size: HashMap<RelPath, u64> = HashMap::new();
+    for (_, e) in &want {
+        if let (Kind::File, Some(l)) = (e.kind, &e.link) {
+            *group_size.entry(l.clone()).or_insert(1) += 1;
         }
     }
     let mut rewritten_leaders: HashSet<RelPath> = HashSet::new();
     let mut cache = DirCache::default();
     let mut hi = have.iter().peekable();
-    for (path, w) in &want {
+    // By value: the plan's items take the point's entries over, never a second copy of them.
+    for (path, w) in want {
         opts.progress.advance(1);
-        while let Some((p, b)) = hi.next_if(|(p, _)| p < path) {
+        while let Some((p, b)) = hi.next_if(|(p, _)| *p < path) {
             push_delete(&mut plan, p, b, scopes);
         }
-        let (Some(target), Some((_, b))) = (target, hi.next_if(|(p, _)| p == path)) else {
-            rewritten_leaders.insert(path.clone());
+        // Only a path that leads a group is ever looked up here.
+        let leads = |p: &RelPath| group_size.contains_key(p);
+        let (Some(target), Some((_, b))) = (target, hi.next_if(|(p, _)| *p == path)) else {
+            if leads(&path) {
+                rewritten_leaders.insert(path.clone());
+            }
             plan.items.push(PlanItem {
-                path: path.clone(),
+                path,
                 action: Action::Create,
-                want: Some(w.clone()),
+                want: Some(w),
                 have: None,
             });
             continue;
         };
-        let mut read = read_full(target, &mut cache, path, b, w, opts.checksum);
+        let mut read = read_full(target, &mut cache, &path, b, &w, opts.checksum);
         if read.is_err() {
             // The cached directory may be one that was replaced since: look again, afresh.
-            if let Some(p) = crate::model::parent(path) {
+            if let Some(p) = crate::model::parent(&path) {
                 cache.forget(p);
             }
-            read = read_full(target, &mut cache, path, b, w, opts.checksum);
+            read = read_full(target, &mut cache, &path, b, &w, opts.checksum);
         }
         let have_entry = match read {
             Ok(e) => e,
             Err(err) => {
-                let (action, have, warning) = changed_while_planning(target, path, b, err)?;
+                let (action, have, warning) = changed_while_planning(target, &path, b, err)?;
                 plan.warnings.push(warning);
-                rewritten_leaders.insert(path.clone());
+                if leads(&path) {
+                    rewritten_leaders.insert(path.clone());
+                }
                 plan.items.push(PlanItem {
-                    path: path.clone(),
+                    path,
                     action,
-                    want: Some(w.clone()),
-                    have,
+                    want: Some(w),
+                    have: have.map(Box::new),
                 });
                 continue;
             }
         };
-        let still_linked = intact.get(path) == Some(&(b.dev, b.ino)) && have_entry.hash == w.hash;
+        let still_linked = intact.get(&path) == Some(&(b.dev, b.ino)) && have_entry.hash == w.hash;
         let rewrite = !still_linked
             && needs_rewrite(
-                path,
-                w,
+                &path,
+                &w,
                 b,
                 &have_entry,
                 &inode_of,
@@ -201,19 +208,21 @@ pub fn build(
                 &rewritten_leaders,
             );
         let action = if rewrite {
-            rewritten_leaders.insert(path.clone());
+            if leads(&path) {
+                rewritten_leaders.insert(path.clone());
+            }
             Some(Action::Rewrite)
-        } else if !same_meta(w, &have_entry) {
+        } else if !same_meta(&w, &have_entry) {
             Some(Action::Metadata)
         } else {
             None
         };
         if let Some(action) = action {
             plan.items.push(PlanItem {
-                path: path.clone(),
+                path,
                 action,
-                want: Some(w.clone()),
-                have: Some(have_entry),
+                want: Some(w),
+                have: Some(Box::new(have_entry)),
             });
         }
     }
@@ -293,7 +302,7 @@ fn push_delete(plan: &mut RestorePlan, path: &[u8], b: &Basic, scopes: &[RelPath
             path: path.to_vec(),
             action: Action::Delete,
             want: None,
-            have: Some(b.to_entry(None)),
+            have: Some(Box::new(b.to_entry(None))),
         });
     }
 }
@@ -418,7 +427,7 @@ fn needs_rewrite(
     b: &Basic,
     have: &Entry,
     inode_of: &HashMap<&[u8], (u64, u64)>,
-    group_size: &HashMap<&[u8], u64>,
+    group_size: &HashMap<RelPath, u64>,
     rewritten_leaders: &HashSet<RelPath>,
 ) -> bool {
     if w.kind != have.kind {
