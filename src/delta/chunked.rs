@@ -198,6 +198,20 @@ fn patch_region(
     Ok(())
 }
 
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("chunked delta: {what}"))
+}
+
+/// The container's magic, then the old version's length.
+fn read_header(frame: &mut dyn Read) -> io::Result<u64> {
+    let mut magic = [0u8; 4];
+    frame.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(invalid("bad magic"));
+    }
+    read_u64(frame)
+}
+
 fn read_u64(r: &mut dyn Read) -> io::Result<u64> {
     let mut b = [0u8; 8];
     r.read_exact(&mut b)?;
@@ -206,14 +220,7 @@ fn read_u64(r: &mut dyn Read) -> io::Result<u64> {
 
 /// Rebuilds the old content from the container and `new`, writing it to `out`.
 pub fn decode_chunked(frame: &mut dyn Read, new: &File, out: &mut dyn Write) -> io::Result<u64> {
-    let bad =
-        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked delta: {what}"));
-    let mut magic = [0u8; 4];
-    frame.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(bad("bad magic"));
-    }
-    let old_len = read_u64(frame)?;
+    let old_len = read_header(frame)?;
     let mut written = 0u64;
     let mut buf = Vec::new();
     loop {
@@ -240,7 +247,7 @@ pub fn decode_chunked(frame: &mut dyn Read, new: &File, out: &mut dyn Write) -> 
                     read_u64(frame)?,
                 );
                 if out_len > PIECE || flen > 2 * PIECE || rl > PIECE + 2 * MARGIN {
-                    return Err(bad("piece out of bounds"));
+                    return Err(invalid("piece out of bounds"));
                 }
                 let mut f = vec![0u8; flen as usize];
                 frame.read_exact(&mut f)?;
@@ -255,11 +262,11 @@ pub fn decode_chunked(frame: &mut dyn Read, new: &File, out: &mut dyn Write) -> 
                 written += out_len;
             }
             TAG_END => break,
-            _ => return Err(bad("unknown op")),
+            _ => return Err(invalid("unknown op")),
         }
     }
     if written != old_len {
-        return Err(bad("length mismatch"));
+        return Err(invalid("length mismatch"));
     }
     Ok(written)
 }
@@ -333,14 +340,7 @@ pub fn apply_in_place(frame: &mut dyn Read, file: &File) -> io::Result<u64> {
 }
 
 fn walk_in_place(frame: &mut dyn Read, file: Option<&File>) -> io::Result<Option<u64>> {
-    let bad =
-        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked delta: {what}"));
-    let mut magic = [0u8; 4];
-    frame.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(bad("bad magic"));
-    }
-    let old_len = read_u64(frame)?;
+    let old_len = read_header(frame)?;
     let mut at = 0u64;
     loop {
         let mut tag = [0u8; 1];
@@ -360,25 +360,25 @@ fn walk_in_place(frame: &mut dyn Read, file: Option<&File>) -> io::Result<Option
                     return Ok(None);
                 }
                 if out_len > PIECE || flen > 2 * PIECE {
-                    return Err(bad("piece out of bounds"));
+                    return Err(invalid("piece out of bounds"));
                 }
                 let mut f = vec![0u8; flen as usize];
                 frame.read_exact(&mut f)?;
                 if let Some(file) = file {
                     let piece = zstd::bulk::decompress(&f, out_len as usize)?;
                     if piece.len() as u64 != out_len {
-                        return Err(bad("piece length mismatch"));
+                        return Err(invalid("piece length mismatch"));
                     }
                     file.write_all_at(&piece, at)?;
                 }
                 at += out_len;
             }
             TAG_END => break,
-            _ => return Err(bad("unknown op")),
+            _ => return Err(invalid("unknown op")),
         }
     }
     if at != old_len {
-        return Err(bad("length mismatch"));
+        return Err(invalid("length mismatch"));
     }
     if let Some(file) = file {
         file.set_len(old_len)?;

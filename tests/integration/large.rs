@@ -116,6 +116,23 @@ fn edits_appends_shrinks_and_growth_of_large_files_store_only_their_blocks_and_r
     );
 }
 
+/// Runs a snapshot that kills itself at `failpoint`.
+fn killed_at(lab: &Lab, failpoint: &str, round: u64) {
+    let st = std::process::Command::new(SNAPSHOT.path())
+        .args([
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+        ])
+        .env("RESTOREPOINT_FAILPOINT", failpoint)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), None, "round {round}: not killed at {failpoint}");
+}
+
 #[test]
 fn a_snapshot_killed_while_patching_the_replica_in_place_rolls_back_and_every_point_restores() {
     let lab = Lab::new();
@@ -135,42 +152,10 @@ fn a_snapshot_killed_while_patching_the_replica_in_place_rolls_back_and_every_po
             .unwrap();
         let fp = fingerprint(&lab.sys());
         // Killed after the second of the patch's writes: the replica's copy is half new.
-        let st = std::process::Command::new(SNAPSHOT.path())
-            .args([
-                "--root",
-                Lab::s(&lab.sys()),
-                "--store",
-                Lab::s(&lab.store()),
-            ])
-            .env("RESTOREPOINT_FAILPOINT", "replica-patch-write:2")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert_eq!(
-            st.code(),
-            None,
-            "round {round}: the snapshot should have been killed"
-        );
+        killed_at(&lab, "replica-patch-write:2", round);
         if round == 1 {
             // And the rollback of that point, after it wrote the old bytes back.
-            let st = std::process::Command::new(SNAPSHOT.path())
-                .args([
-                    "--root",
-                    Lab::s(&lab.sys()),
-                    "--store",
-                    Lab::s(&lab.store()),
-                ])
-                .env("RESTOREPOINT_FAILPOINT", "rollback-before-replica")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert_eq!(
-                st.code(),
-                None,
-                "round {round}: the rollback should have been killed"
-            );
+            killed_at(&lab, "rollback-before-replica", round);
         }
         let id = lab.snapshot();
         assert_eq!(lab.point_ids().len(), expected.len() + 1, "round {round}");
