@@ -8,6 +8,11 @@
 use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, Mode};
 use blake3::hazmat::{ChainingValue, HasherExt};
 
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+
 use crate::model::Hash;
 
 /// Leaf size: a power of two of BLAKE3 chunks, so that every leaf is a subtree of the file's
@@ -114,6 +119,39 @@ impl LeafMap {
         let zeros = (0..n).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect();
         Some(LeafMap { size, cvs, zeros })
     }
+}
+
+/// Calls `leaf(i, data)` for every leaf of the first `size` bytes: `None` for a leaf that lies
+/// wholly in a hole, which is not read.
+pub fn for_each_leaf(
+    file: &File,
+    size: u64,
+    sparse: bool,
+    mut leaf: impl FnMut(usize, Option<&[u8]>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; LEAF as usize];
+    // Where the next data starts, as far as the last SEEK_DATA knows (u64::MAX: none).
+    let mut next_data = 0u64;
+    for i in 0..leaf_count(size) {
+        let off = i as u64 * LEAF;
+        let len = leaf_len(size, i);
+        if sparse && next_data < off + len && next_data <= off {
+            next_data = match rustix::fs::seek(file.as_fd(), rustix::fs::SeekFrom::Data(off)) {
+                Ok(at) => at,
+                Err(rustix::io::Errno::NXIO) => u64::MAX,
+                // A filesystem without SEEK_DATA: everything is data.
+                Err(_) => off,
+            };
+        }
+        if sparse && next_data >= off + len {
+            leaf(i, None)?;
+            continue;
+        }
+        let data = &mut buf[..len as usize];
+        file.read_exact_at(data, off)?;
+        leaf(i, Some(data))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

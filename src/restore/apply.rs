@@ -13,6 +13,9 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use super::check::DamagedPath;
 use super::plan::{Action, PlanItem, RestorePlan};
 use super::state::{rebuild_unchecked, Packs};
+use crate::content::Body;
+use crate::delta::leaves::{all_zero, for_each_leaf, leaf_cv, LeafMap, LEAF};
+use crate::delta::LARGE_FILE;
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::fsio::{self, DirCache};
@@ -376,21 +379,41 @@ fn build_temp(
             .ctx(|| format!("creating a temp file for {}", display_path(path)))?;
             *made = true;
             let file = File::from(fd);
-            let mut reader = fsio::HashingRead::new(
-                body.reader()
-                    .ctx(|| "reading rebuilt content".into())
-                    .map_err(store_side)?,
-            );
-            let n = fsio::write_content(&file, &mut reader, w.sparse, w.flags)
-                .ctx(|| format!("writing {}", display_path(path)))?;
-            if unchecked.is_some_and(|h| h != reader.hash()) {
-                return Err(Error::Damaged {
-                    what: format!(
-                        "replica file {}: content hash does not match the index",
-                        display_path(path)
-                    ),
-                });
-            }
+            let damaged = || Error::Damaged {
+                what: format!(
+                    "replica file {}: content hash does not match the index",
+                    display_path(path)
+                ),
+            };
+            let map = match (unchecked, &body) {
+                (Some(h), Body::File(_)) if w.sparse && w.size > LARGE_FILE => {
+                    cx.store.index.leaf_map(path, h, w.size)?
+                }
+                _ => None,
+            };
+            let n = match (map, &body) {
+                (Some(map), Body::File(src)) => {
+                    let what = || format!("writing {}", display_path(path));
+                    fsio::write_content(&file, &mut std::io::empty(), false, w.flags).ctx(what)?;
+                    if !copy_leaves(src, &file, &map).ctx(what)? {
+                        return Err(damaged());
+                    }
+                    w.size
+                }
+                _ => {
+                    let mut reader = fsio::HashingRead::new(
+                        body.reader()
+                            .ctx(|| "reading rebuilt content".into())
+                            .map_err(store_side)?,
+                    );
+                    let n = fsio::write_content(&file, &mut reader, w.sparse, w.flags)
+                        .ctx(|| format!("writing {}", display_path(path)))?;
+                    if unchecked.is_some_and(|h| h != reader.hash()) {
+                        return Err(damaged());
+                    }
+                    n
+                }
+            };
             cx.report.bytes_written += n;
             fsio::apply_meta_fd(file.as_fd(), w, warn)
                 .ctx(|| format!("setting metadata of {}", display_path(path)))?;
@@ -404,6 +427,38 @@ fn build_temp(
         }
     }
     Ok(())
+}
+
+/// A large sparse file copied from the replica by its leaves (`delta::leaves`): leaves in a
+/// hole are not read and stay holes; every leaf read is checked against the leaf map of the
+/// recorded content, whose leaves merge to the file's hash, and a hole where the map has data
+/// is damage too. False when anything does not match (the caller reports the file damaged).
+fn copy_leaves(src: &File, dst: &File, map: &LeafMap) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut intact = true;
+    let copied = for_each_leaf(src, map.size, true, |i, data| {
+        let Some(d) = data else {
+            intact &= map.zeros[i];
+            return Ok(());
+        };
+        let at = i as u64 * LEAF;
+        if leaf_cv(at, d) != map.cvs[i] {
+            intact = false;
+        } else if !map.zeros[i] {
+            for (j, block) in d.chunks(4096).enumerate() {
+                if !all_zero(block) {
+                    dst.write_all_at(block, at + (j * 4096) as u64)?;
+                }
+            }
+        }
+        Ok(())
+    });
+    match copied {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        other => other?,
+    }
+    dst.set_len(map.size)?;
+    Ok(intact)
 }
 
 fn put_in_place(cx: &mut Ctx, path: &[u8], have: Option<&Entry>, tmp: &[u8]) -> Result<()> {

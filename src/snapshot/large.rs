@@ -9,11 +9,10 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use crate::delta::leaves::{
-    all_zero, leaf_count, leaf_cv, leaf_len, zero_leaf_cv, zeros, LeafMap, LEAF,
+    all_zero, for_each_leaf, leaf_count, leaf_cv, leaf_len, zero_leaf_cv, zeros, LeafMap, LEAF,
 };
 use crate::delta::{Level, PatchWriter, UndoWriter};
 
@@ -34,39 +33,6 @@ pub enum Outcome {
     /// A replica leaf the patch needs does not match its map: the caller reads the file whole,
     /// the ordinary path, which names the damage.
     ReplicaDamaged,
-}
-
-/// Calls `leaf(i, data)` for every leaf of the first `size` bytes: `None` for a leaf that lies
-/// wholly in a hole, which is not read.
-fn for_each_leaf(
-    file: &File,
-    size: u64,
-    sparse: bool,
-    mut leaf: impl FnMut(usize, Option<&[u8]>) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; LEAF as usize];
-    // Where the next data starts, as far as the last SEEK_DATA knows (u64::MAX: none).
-    let mut next_data = 0u64;
-    for i in 0..leaf_count(size) {
-        let off = i as u64 * LEAF;
-        let len = leaf_len(size, i);
-        if sparse && next_data < off + len && next_data <= off {
-            next_data = match rustix::fs::seek(file.as_fd(), rustix::fs::SeekFrom::Data(off)) {
-                Ok(at) => at,
-                Err(rustix::io::Errno::NXIO) => u64::MAX,
-                // A filesystem without SEEK_DATA: everything is data.
-                Err(_) => off,
-            };
-        }
-        if sparse && next_data >= off + len {
-            leaf(i, None)?;
-            continue;
-        }
-        let data = &mut buf[..len as usize];
-        file.read_exact_at(data, off)?;
-        leaf(i, Some(data))?;
-    }
-    Ok(())
 }
 
 fn changed_while_read(e: &io::Error) -> bool {

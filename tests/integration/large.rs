@@ -223,3 +223,48 @@ fn a_damaged_leaf_map_or_replica_leaf_never_gives_a_wrong_restore() {
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(text(&out).contains("img/disk.img"), "{}", text(&out));
 }
+
+#[test]
+fn a_sparse_image_restores_by_its_data_and_a_damaged_or_missing_leaf_is_named() {
+    let lab = Lab::new();
+    let mut rng = Rng(0x5ba75e);
+    build(&lab, &mut rng);
+    let id = lab.snapshot();
+    let t = lab.target("whole");
+    lab.restore(id, &t);
+    assert_same(
+        &fingerprint(&lab.sys()),
+        &fingerprint(&t),
+        "the image's point",
+    );
+    let blocks =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(t.join("img/disk.img")).unwrap());
+    assert!(
+        blocks * 512 < 16 * MIB,
+        "the restored image allocates {} bytes",
+        blocks * 512
+    );
+
+    // A flipped byte in a data leaf of the replica's copy: the file is named, never written wrong.
+    let replica = lab.store().join("replica/img/disk.img");
+    flip(&replica, 20 * MIB + 10, 0x08);
+    let out = RESTORE.run(&lab.restore_to_args(id, &lab.target("flipped"), &[]));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains("img/disk.img"), "{}", text(&out));
+    assert!(
+        !lab.target("flipped/img/disk.img").exists(),
+        "a damaged file was written"
+    );
+    flip(&replica, 20 * MIB + 10, 0x08);
+
+    // A data leaf turned into a hole: zeros where the point has data are damage too.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&replica)
+        .unwrap();
+    let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+    rustix::fs::fallocate(&f, punch, 40 * MIB, MIB).unwrap();
+    let out = RESTORE.run(&lab.restore_to_args(id, &lab.target("punched"), &[]));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains("img/disk.img"), "{}", text(&out));
+}
