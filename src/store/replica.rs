@@ -161,10 +161,19 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
             (Kind::File, Fill::Link(leader, staged)) => {
                 let (ldir, lname) = (parent(leader).unwrap_or(b""), basename(leader));
                 let linked = fsio::open_dir(root, ldir).and_then(|ldir| {
-                    let tmp = format!(".rp-link-{}", std::process::id()).into_bytes();
-                    let _ = rustix::fs::unlinkat(dir, &tmp[..], AtFlags::empty());
-                    rustix::fs::linkat(&ldir, lname, dir, &tmp[..], AtFlags::empty())?;
-                    Ok(rustix::fs::renameat(dir, &tmp[..], dir, name)?)
+                    // The new link is made in `staging/`, which every writer empties: a kill
+                    // before the rename leaves nothing in the replica.
+                    let staging = store.staging();
+                    let tmp = format!("link-{}", std::process::id()).into_bytes();
+                    let _ = rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty());
+                    rustix::fs::linkat(&ldir, lname, staging, &tmp[..], AtFlags::empty())?;
+                    rustix::fs::renameat(staging, &tmp[..], dir, name)?;
+                    // Renaming a link over another link of the same file does nothing (POSIX):
+                    // a member already linked to its leader would keep the temp name too.
+                    match rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty()) {
+                        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                        Err(e) => Err(e.into()),
+                    }
                 });
                 match (linked, staged) {
                     (Ok(()), _) => {}
