@@ -122,15 +122,8 @@ fn replica(store: &Store, complete: &[Point], report: &mut VerifyReport) -> Resu
     // What the replica holds, to find rows that are missing (a row gone from index.db fails
     // no checksum) and replica paths that are gone.
     let mut on_disk: HashMap<RelPath, Kind> = HashMap::new();
-    let no_exclude = |_: &[u8], _: Kind| false;
-    let opts = crate::fsio::WalkOptions {
-        one_file_system: true,
-        exclude: &no_exclude,
-        progress: &crate::progress::Silent,
-    };
-    let (mut walked, mut warns) = (Vec::new(), Vec::new());
-    crate::fsio::walk(store.replica(), b"", &opts, &mut walked, &mut warns)
-        .map_err(|e| Error::io("walking the replica", e))?;
+    let (walked, _) =
+        crate::fsio::walk_all(store.replica()).map_err(|e| Error::io("walking the replica", e))?;
     on_disk.extend(walked.into_iter().map(|(p, b)| (p, b.kind)));
     let push = |damage: &mut Vec<Damage>, path: &[u8], problem: String| {
         damage.push(Damage {

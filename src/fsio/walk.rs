@@ -118,3 +118,20 @@ fn seen(opts: &WalkOptions, b: &Basic) {
         opts.progress.bytes(b.size);
     }
 }
+
+/// Paths found by a walk, with what their stat said.
+pub type Found = Vec<(RelPath, Basic)>;
+
+/// Everything below `root` on its filesystem, nothing left out, nothing reported: the store's
+/// own walks of the replica (verify, repair).
+pub fn walk_all(root: BorrowedFd) -> io::Result<(Found, Vec<WalkWarning>)> {
+    let no_exclude = |_: &[u8], _: Kind| false;
+    let opts = WalkOptions {
+        one_file_system: true,
+        exclude: &no_exclude,
+        progress: &crate::progress::Silent,
+    };
+    let (mut walked, mut warns) = (Vec::new(), Vec::new());
+    walk(root, b"", &opts, &mut walked, &mut warns)?;
+    Ok((walked, warns))
+}

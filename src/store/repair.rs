@@ -229,15 +229,8 @@ fn replica_entries(
     replica: std::os::fd::BorrowedFd,
 ) -> Result<Vec<(crate::model::RelPath, crate::model::Entry)>> {
     use crate::model::Kind;
-    let no_exclude = |_: &[u8], _: Kind| false;
-    let opts = crate::fsio::WalkOptions {
-        one_file_system: true,
-        exclude: &no_exclude,
-        progress: &crate::progress::Silent,
-    };
-    let (mut walked, mut warns) = (Vec::new(), Vec::new());
-    crate::fsio::walk(replica, b"", &opts, &mut walked, &mut warns)
-        .map_err(|e| Error::io("walking the replica", e))?;
+    let (mut walked, _) =
+        crate::fsio::walk_all(replica).map_err(|e| Error::io("walking the replica", e))?;
     walked.sort_by(|a, b| a.0.cmp(&b.0));
     // Hardlink groups the replica shares: the first path in byte order leads, as in a snapshot.
     let mut leaders: std::collections::HashMap<u64, crate::model::RelPath> = Default::default();
