@@ -166,14 +166,8 @@ fn keep_as_is(store: &Store, c: &Change) -> Result<Fill> {
 }
 
 fn stage(store: &Store, name: &[u8], mut body: Body, sparse: bool) -> std::io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
     let _ = rustix::fs::unlinkat(store.staging(), name, rustix::fs::AtFlags::empty());
-    let f = File::from(rustix::fs::openat(
-        store.staging(),
-        name,
-        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?);
+    let f = store.create_staged(name)?;
     fsio::write_content(&f, &mut body.reader()?, sparse, 0)?;
     Ok(())
 }

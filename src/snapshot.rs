@@ -881,8 +881,8 @@ fn read_file(
     let mut read = None;
     if let Some(prior) = prior_copy(store, path, old, &b, e)? {
         let (patch_name, undo_name) = (names.next(), names.next());
-        let patch_file = create_staged(store, &patch_name)?;
-        let undo_file = create_staged(store, &undo_name)?;
+        let patch_file = store.create_staged(&patch_name)?;
+        let undo_file = store.create_staged(&undo_name)?;
         staged_names.extend([patch_name.clone(), undo_name.clone()]);
         match large::patch(
             &file,
@@ -909,7 +909,7 @@ fn read_file(
         Some(r) => r,
         None => {
             let staged_name = names.next();
-            let staged = create_staged(store, &staged_name)?;
+            let staged = store.create_staged(&staged_name)?;
             staged_names = vec![staged_name.clone()];
             if b.size > LARGE_FILE {
                 match large::stage_whole(&file, b.size, sparse, &staged)? {
@@ -1032,15 +1032,6 @@ fn prior_copy(
     }))
 }
 
-fn create_staged(store: &Store, name: &[u8]) -> io::Result<File> {
-    Ok(File::from(rustix::fs::openat(
-        store.staging(),
-        name,
-        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?))
-}
-
 fn unstage(store: &Store, names: &[Vec<u8>]) -> io::Result<()> {
     for n in names {
         match rustix::fs::unlinkat(store.staging(), &n[..], rustix::fs::AtFlags::empty()) {
@@ -1118,15 +1109,7 @@ fn reverse_change(
     let what = || format!("storing the old version of {}", display_path(&p.path));
     if let NewContent::Patch { undo, .. } = content {
         // Built while the file was read, from the replica leaves it checked against their map.
-        let mut f = File::from(
-            rustix::fs::openat(
-                store.staging(),
-                &undo[..],
-                OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ctx(what)?,
-        );
+        let mut f = store.open_staged(undo).ctx(what)?;
         change.frame = Some(pack.append(|w| io::copy(&mut f, w).map(|_| ())).ctx(what)?);
         change.content = ContentKind::Chunked;
         return Ok(change);
@@ -1164,15 +1147,7 @@ fn reverse_change(
             let crate::content::Body::File(old_f) = old_file else {
                 unreachable!("replica bodies are files")
             };
-            let new_f = File::from(
-                rustix::fs::openat(
-                    store.staging(),
-                    &name[..],
-                    OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .ctx(what)?,
-            );
+            let new_f = store.open_staged(name).ctx(what)?;
             change.frame = Some(
                 pack.append(|w| encode_chunked(&old_f, old.size, &new_f, new_size, w, level))
                     .ctx(what)?,
@@ -1196,12 +1171,7 @@ fn reverse_change(
 }
 
 fn read_staged(store: &Store, name: &[u8]) -> io::Result<Vec<u8>> {
-    let mut f = File::from(rustix::fs::openat(
-        store.staging(),
-        name,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?);
+    let mut f = store.open_staged(name)?;
     let mut v = Vec::new();
     f.read_to_end(&mut v)?;
     Ok(v)

@@ -101,6 +101,22 @@ impl Store {
         self.staging.as_fd()
     }
 
+    /// A new file in `staging/` (O_EXCL: never one another run left, which clean-up removes).
+    pub fn create_staged(&self, name: &[u8]) -> std::io::Result<std::fs::File> {
+        let flags = rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::EXCL
+            | rustix::fs::OFlags::RDWR
+            | rustix::fs::OFlags::CLOEXEC;
+        let mode = rustix::fs::Mode::from_raw_mode(0o600);
+        Ok(rustix::fs::openat(self.staging(), name, flags, mode)?.into())
+    }
+
+    /// A file in `staging/`, for reading.
+    pub fn open_staged(&self, name: &[u8]) -> std::io::Result<std::fs::File> {
+        let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+        Ok(rustix::fs::openat(self.staging(), name, flags, rustix::fs::Mode::empty())?.into())
+    }
+
     pub fn pack_path(&self, id: PointId) -> PathBuf {
         self.dir.join("packs").join(format!("{id}.pack"))
     }

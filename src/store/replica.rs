@@ -234,12 +234,7 @@ fn apply_patch(
     dir: std::os::fd::BorrowedFd,
     name: &[u8],
 ) -> std::io::Result<()> {
-    let patch = std::fs::File::from(rustix::fs::openat(
-        store.staging(),
-        staged,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?);
+    let patch = store.open_staged(staged)?;
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
     let file = std::fs::File::from(rustix::fs::openat(dir, name, flags, Mode::empty())?);
     if rustix::fs::fstat(&file)?.st_nlink != 1 {
@@ -261,12 +256,7 @@ fn put_staged(
     name: &[u8],
     e: &Entry,
 ) -> std::io::Result<()> {
-    let fd = rustix::fs::openat(
-        store.staging(),
-        staged,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = store.open_staged(staged)?;
     replica_meta_fd(fd.as_fd(), e)?;
     Ok(rustix::fs::renameat(store.staging(), staged, dir, name)?)
 }
