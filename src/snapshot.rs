@@ -157,7 +157,7 @@ pub fn run(
         .map(|(b, _)| b.size)
         .sum();
     progress.phase("recording changes", Some(pending.len() as u64), Some(bytes));
-    let shapes = record(
+    let (shapes, direct) = record(
         store,
         root_fd.as_fd(),
         id,
@@ -168,7 +168,10 @@ pub fn run(
     )?;
     failpoint::hit("snapshot-before-replica");
     progress.phase("updating the replica", None, None);
-    let replica_growth = replica::shape(store, &shapes)?;
+    let replica_growth = match direct {
+        Some(d) => d.finish(store)?,
+        None => replica::shape(store, &shapes)?,
+    };
     failpoint::hit("snapshot-after-replica");
     store.sync()?;
     refuse_dangling_links(store, id)?;
@@ -408,13 +411,16 @@ fn record(
     level: Level,
     report: &mut SnapshotReport,
     progress: &dyn Progress,
-) -> Result<Vec<Shape>> {
+) -> Result<(Vec<Shape>, Option<replica::Direct>)> {
     let pack_path = store.pack_path(id);
     let pack_err = || format!("writing {}", pack_path.display());
     let mut pack = PackWriter::create(&store.pack_path(id)).ctx(pack_err)?;
     pack.append_records(&store.index.pack_head(id, None)?)
         .ctx(pack_err)?;
     let first = !store.index.points()?.iter().any(|p| p.complete);
+    // The first point writes the replica as it goes (`replica::Direct`); later ones shape it
+    // once every row is durable.
+    let mut direct = first.then(|| replica::Direct::new(store));
     let mut cache = DirCache::default();
     let mut shapes = Vec::new();
     let mut batch = Batch {
@@ -576,11 +582,15 @@ fn record(
             NewContent::Patch { patch, .. } => Fill::Patch(patch.clone()),
             _ => replica_fill(store, &leads, new.as_ref(), staged_name)?,
         };
-        shapes.push(Shape {
+        let shape = Shape {
             path: p.path.clone(),
             want: new.clone(),
             fill,
-        });
+        };
+        match &mut direct {
+            Some(d) => d.put(store, shape)?,
+            None => shapes.push(shape),
+        }
         let upsert = new.map(|n| (p.path.clone(), n));
         let delete = if upsert.is_none() {
             p.path.clone()
@@ -594,7 +604,7 @@ fn record(
     }
     commit_batch(store, &mut pack, &mut batch, first)?;
     report.stored_bytes = pack.len();
-    Ok(shapes)
+    Ok((shapes, direct))
 }
 
 fn staged_size(store: &Store, name: &[u8]) -> u64 {
@@ -762,7 +772,10 @@ fn commit_batch(
         return Ok(());
     }
     pack.flush().ctx(|| "writing the pack".to_string())?;
-    store.sync()?;
+    // A first point's rows need nothing durable before them: undoing it empties the replica.
+    if !first {
+        store.sync()?;
+    }
     failpoint::hit("snapshot-before-commit");
     let writes = batch.rows.drain(..).flat_map(|(change, upsert, delete)| {
         let real_change = !first && (change.old.is_some() || change.content == ContentKind::Absent);
@@ -926,7 +939,8 @@ fn read_file(
                 let mut hashing = HashingReader {
                     inner: &mut file,
                     hasher: blake3::Hasher::new(),
-                    keep: Some(Vec::new()),
+                    // The delta reference against the old version; a new path has none.
+                    keep: old.filter(|o| o.kind == Kind::File).map(|_| Vec::new()),
                     n: 0,
                 };
                 fsio::write_content(&staged, &mut hashing, e.sparse, 0)?;

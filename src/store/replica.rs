@@ -126,84 +126,16 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
     // Creations, parents first.
     let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
     for it in items {
-        let Some(kind) = in_replica(&it.want) else {
+        if in_replica(&it.want).is_none() {
             continue;
-        };
-        let e = it.want.as_ref().expect("in_replica implies a state");
+        }
         if let Some(p) = parent(&it.path) {
             touched_dirs.insert(p.to_vec());
         }
-        if kind == Kind::Dir {
+        if in_replica(&it.want) == Some(Kind::Dir) {
             touched_dirs.insert(it.path.clone());
-            if !it.path.is_empty() {
-                let dir = cache
-                    .parent_of(root, &it.path)
-                    .ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
-                match rustix::fs::mkdirat(dir, basename(&it.path), Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => {
-                        return Err(e)
-                            .ctx(|| format!("creating replica {}", display_path(&it.path)))
-                    }
-                }
-            }
-            continue;
         }
-        let dir = cache
-            .parent_of(root, &it.path)
-            .ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
-        let name = basename(&it.path);
-        let what = || format!("updating replica {}", display_path(&it.path));
-        match (kind, &it.fill) {
-            (Kind::File, Fill::Staged(staged)) => {
-                put_staged(store, staged, dir, name, e).ctx(what)?;
-            }
-            (Kind::File, Fill::Link(leader, staged)) => {
-                let (ldir, lname) = (parent(leader).unwrap_or(b""), basename(leader));
-                let linked = fsio::open_dir(root, ldir).and_then(|ldir| {
-                    // The new link is made in `staging/`, which every writer empties: a kill
-                    // before the rename leaves nothing in the replica.
-                    let staging = store.staging();
-                    let tmp = format!("link-{}", std::process::id()).into_bytes();
-                    let _ = rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty());
-                    rustix::fs::linkat(&ldir, lname, staging, &tmp[..], AtFlags::empty())?;
-                    rustix::fs::renameat(staging, &tmp[..], dir, name)?;
-                    // Renaming a link over another link of the same file does nothing (POSIX):
-                    // a member already linked to its leader would keep the temp name too.
-                    match rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty()) {
-                        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-                        Err(e) => Err(e.into()),
-                    }
-                });
-                match (linked, staged) {
-                    (Ok(()), _) => {}
-                    // The leader's copy is missing (damage): the follower keeps its own.
-                    (Err(_), Some(staged)) => {
-                        put_staged(store, staged, dir, name, e).ctx(what)?;
-                    }
-                    (Err(err), None) => return Err(err).ctx(what),
-                }
-            }
-            (Kind::File, Fill::Patch(staged)) => {
-                apply_patch(store, staged, dir, name).ctx(what)?;
-                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-                let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
-                replica_meta_fd(fd.as_fd(), e).ctx(what)?;
-            }
-            (Kind::File, Fill::Keep) => {
-                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-                let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
-                replica_meta_fd(fd.as_fd(), e).ctx(what)?;
-            }
-            (Kind::Symlink, _) => {
-                if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_err() {
-                    fsio::create_node(dir, name, e).ctx(what)?;
-                }
-                let plain = plain_meta(e);
-                fsio::apply_meta_at(dir, name, &plain, &mut Vec::new()).ctx(what)?;
-            }
-            _ => unreachable!("only files, directories and symlinks live in the replica"),
-        }
+        create(store, &mut cache, it)?;
     }
     // Directory metadata, deepest first, once their contents stopped changing.
     for d in touched_dirs.iter().rev() {
@@ -212,16 +144,150 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
             Ok(i) => items[i].want.clone(),
             Err(_) => store.index.entry(d)?,
         };
-        let Some(e) = e else { continue };
-        if e.kind != Kind::Dir {
-            continue;
+        if let Some(e) = e {
+            dir_meta(store, d, &e)?;
         }
-        let fd = match fsio::open_dir(root, d) {
-            Ok(fd) => fd,
-            Err(err) if fsio::is_missing(&err) => continue,
-            Err(err) => return Err(err).ctx(|| format!("opening replica {}", display_path(d))),
-        };
-        replica_meta_fd(fd.as_fd(), &e).ctx(|| format!("updating replica {}", display_path(d)))?;
+    }
+    Ok(())
+}
+
+/// Owner, mode and mtime of replica directory `d`, when it is one.
+fn dir_meta(store: &Store, d: &[u8], e: &Entry) -> Result<()> {
+    if e.kind != Kind::Dir {
+        return Ok(());
+    }
+    let fd = match fsio::open_dir(store.replica(), d) {
+        Ok(fd) => fd,
+        Err(err) if fsio::is_missing(&err) => return Ok(()),
+        Err(err) => return Err(err).ctx(|| format!("opening replica {}", display_path(d))),
+    };
+    replica_meta_fd(fd.as_fd(), e).ctx(|| format!("updating replica {}", display_path(d)))
+}
+
+/// The first point's replica, written path by path as the snapshot reads them. The replica is
+/// empty before a first point, and a first point that does not complete is undone by emptying
+/// it (DESIGN.md "Snapshot"), so nothing needs to wait for the rows. That saves the shaping
+/// pass: a stat of every path before and after, a reopen of every staged file, a list of every
+/// path in memory, and `staging/` growing to one directory of every file.
+pub struct Direct {
+    cache: DirCache,
+    /// Directories get their metadata last, deepest first, once their contents stop changing.
+    dirs: Vec<(RelPath, Entry)>,
+    before: u64,
+}
+
+impl Direct {
+    pub fn new(store: &Store) -> Direct {
+        Direct {
+            cache: DirCache::default(),
+            dirs: Vec::new(),
+            before: super::usage(&store.dir).replica,
+        }
+    }
+
+    /// `it` comes after every path before it in byte order (so after its parent and its
+    /// hardlink leader).
+    pub fn put(&mut self, store: &Store, it: Shape) -> Result<()> {
+        create(store, &mut self.cache, &it)?;
+        if let Fill::Link(_, Some(staged)) = &it.fill {
+            // The fallback copy, when the link was made: not needed, and `staging/` stays small.
+            match rustix::fs::unlinkat(store.staging(), &staged[..], AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(e).ctx(|| format!("removing staged {}", display_path(staged))),
+            }
+        }
+        if let Some(e) = it.want.filter(|e| e.kind == Kind::Dir) {
+            self.dirs.push((it.path, e));
+        }
+        Ok(())
+    }
+
+    /// Directory metadata; returns by how many allocated bytes the replica grew (measured by
+    /// a walk: the tree was just written, so its inodes are in the cache).
+    pub fn finish(self, store: &Store) -> Result<i64> {
+        for (d, e) in self.dirs.iter().rev() {
+            dir_meta(store, d, e)?;
+        }
+        Ok(super::usage(&store.dir).replica as i64 - self.before as i64)
+    }
+}
+
+/// Creates one wanted path whose parent exists: a directory (metadata comes later, once its
+/// contents stop changing), a file from its fill, a symlink.
+fn create(store: &Store, cache: &mut DirCache, it: &Shape) -> Result<()> {
+    let root = store.replica();
+    let Some(kind) = in_replica(&it.want) else {
+        return Ok(());
+    };
+    let e = it.want.as_ref().expect("in_replica implies a state");
+    if kind == Kind::Dir {
+        if !it.path.is_empty() {
+            let dir = cache
+                .parent_of(root, &it.path)
+                .ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
+            match rustix::fs::mkdirat(dir, basename(&it.path), Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => {
+                    return Err(e).ctx(|| format!("creating replica {}", display_path(&it.path)))
+                }
+            }
+        }
+        return Ok(());
+    }
+    let dir = cache
+        .parent_of(root, &it.path)
+        .ctx(|| format!("opening replica parent of {}", display_path(&it.path)))?;
+    let name = basename(&it.path);
+    let what = || format!("updating replica {}", display_path(&it.path));
+    match (kind, &it.fill) {
+        (Kind::File, Fill::Staged(staged)) => {
+            put_staged(store, staged, dir, name, e).ctx(what)?;
+        }
+        (Kind::File, Fill::Link(leader, staged)) => {
+            let (ldir, lname) = (parent(leader).unwrap_or(b""), basename(leader));
+            let linked = fsio::open_dir(root, ldir).and_then(|ldir| {
+                // The new link is made in `staging/`, which every writer empties: a kill
+                // before the rename leaves nothing in the replica.
+                let staging = store.staging();
+                let tmp = format!("link-{}", std::process::id()).into_bytes();
+                let _ = rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty());
+                rustix::fs::linkat(&ldir, lname, staging, &tmp[..], AtFlags::empty())?;
+                rustix::fs::renameat(staging, &tmp[..], dir, name)?;
+                // Renaming a link over another link of the same file does nothing (POSIX):
+                // a member already linked to its leader would keep the temp name too.
+                match rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            });
+            match (linked, staged) {
+                (Ok(()), _) => {}
+                // The leader's copy is missing (damage): the follower keeps its own.
+                (Err(_), Some(staged)) => {
+                    put_staged(store, staged, dir, name, e).ctx(what)?;
+                }
+                (Err(err), None) => return Err(err).ctx(what),
+            }
+        }
+        (Kind::File, Fill::Patch(staged)) => {
+            apply_patch(store, staged, dir, name).ctx(what)?;
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
+            replica_meta_fd(fd.as_fd(), e).ctx(what)?;
+        }
+        (Kind::File, Fill::Keep) => {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
+            replica_meta_fd(fd.as_fd(), e).ctx(what)?;
+        }
+        (Kind::Symlink, _) => {
+            if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                fsio::create_node(dir, name, e).ctx(what)?;
+            }
+            let plain = plain_meta(e);
+            fsio::apply_meta_at(dir, name, &plain, &mut Vec::new()).ctx(what)?;
+        }
+        _ => unreachable!("only files, directories and symlinks live in the replica"),
     }
     Ok(())
 }
