@@ -73,11 +73,25 @@ pub struct SnapshotReport {
     pub boot_note: Option<String>,
 }
 
+/// One path the walk found or the index holds. A first snapshot holds one for every path of the
+/// system at once, so every field is as small as it can be (issue 10: memory per path): the old
+/// entry and the hardlink leader are boxed (most paths have neither).
 struct Pending {
     path: RelPath,
-    /// Boxed: most paths of a first snapshot have none, and a million of them are pending.
     old: Option<Box<Entry>>,
-    new: Option<(Basic, Option<RelPath>)>,
+    /// The walk's stat and hardlink leader; None for a path that is gone.
+    new: Option<(Basic, Option<Box<RelPath>>)>,
+}
+
+/// What the walk found, before the index is compared.
+impl From<(RelPath, Basic)> for Pending {
+    fn from((path, b): (RelPath, Basic)) -> Pending {
+        Pending {
+            path,
+            old: None,
+            new: Some((b, None)),
+        }
+    }
 }
 
 /// The new version of a path, as read from the source.
@@ -282,8 +296,8 @@ fn scan(
     excludes: &ExcludeSet,
     report: &mut SnapshotReport,
     progress: &dyn Progress,
-) -> Result<Walked> {
-    let mut out: Vec<(RelPath, Basic)> = Vec::new();
+) -> Result<Vec<Pending>> {
+    let mut out: Vec<Pending> = Vec::new();
     let mut warns = Vec::new();
     let exclude = |p: &[u8], _k: Kind| excludes.is_excluded(p);
     let walk_opts = WalkOptions {
@@ -297,7 +311,7 @@ fn scan(
             let fd = fsio::open_beneath(root, p, OFlags::PATH | OFlags::DIRECTORY)
                 .ctx(|| format!("opening {}", display_path(p)))?;
             let st = rustix::fs::fstat(&fd).ctx(|| format!("stat of {}", display_path(p)))?;
-            out.push((p.to_vec(), fsio::stat_to_basic(&st).expect("a directory")));
+            out.push((p.to_vec(), fsio::stat_to_basic(&st).expect("a directory")).into());
             anc = p;
         }
         fsio::walk(root, src, &walk_opts, &mut out, &mut warns).map_err(|e| {
@@ -313,63 +327,58 @@ fn scan(
             message: w.message,
         });
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out.dedup_by(|a, b| a.0 == b.0);
+    // Unstable: a stable sort would allocate half the list again; paths are unique but for
+    // an ancestor also walked as a source, and either stat of it will do.
+    out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    out.dedup_by(|a, b| a.path == b.path);
     // Hardlinks: the first path of each (dev, ino) in byte order leads its group.
     let mut leaders: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut links = vec![None; out.len()];
-    for (i, (_, b)) in out.iter().enumerate() {
+    for i in 0..out.len() {
+        let Some((b, _)) = &out[i].new else { continue };
         if b.kind == Kind::File && b.nlink > 1 {
             match leaders.get(&(b.dev, b.ino)) {
-                Some(&l) => links[i] = Some(out[l].0.clone()),
+                Some(&l) => {
+                    let leader = Box::new(out[l].path.clone());
+                    if let Some((_, link)) = &mut out[i].new {
+                        *link = Some(leader);
+                    }
+                }
                 None => {
                     leaders.insert((b.dev, b.ino), i);
                 }
             }
         }
     }
-    Ok(Walked { paths: out, links })
+    Ok(out)
 }
 
-/// The walk, sorted by path, and each path's hardlink leader. Two vectors rather than one of
-/// triples: zipping them into a third held the tree twice (issue 10: memory per path).
-struct Walked {
-    paths: Vec<(RelPath, Basic)>,
-    links: Vec<Option<RelPath>>,
-}
-
-/// Merge-joins the walk with the index (both in byte order of path): what the quick check
-/// cannot prove unchanged is pending.
-fn compare(store: &Store, walked: Walked, report: &mut SnapshotReport) -> Result<Vec<Pending>> {
-    let mut pending = Vec::new();
-    let mut it = walked
-        .paths
-        .into_iter()
-        .zip(walked.links)
-        .map(|((p, b), l)| (p, b, l))
-        .peekable();
+/// Merge-joins the walk with the index (both in byte order of path), in place: what the quick
+/// check cannot prove unchanged stays pending, with its old entry; paths only the index holds
+/// are pending as gone.
+fn compare(
+    store: &Store,
+    mut walked: Vec<Pending>,
+    report: &mut SnapshotReport,
+) -> Result<Vec<Pending>> {
+    let mut gone = Vec::new();
+    let mut i = 0;
     store.index.for_each_entry(|path, old| {
-        while let Some((p, b, l)) = it.next_if(|(p, _, _)| *p < path) {
-            pending.push(Pending {
-                path: p,
-                old: None,
-                new: Some((b, l)),
-            });
+        while i < walked.len() && walked[i].path < path {
+            i += 1;
         }
-        match it.next_if(|(p, _, _)| *p == path) {
-            Some((p, b, l)) => {
-                if old.unchanged_on_disk(&b.to_entry(l.clone())) {
+        match walked.get_mut(i).filter(|w| w.path == path) {
+            Some(w) => {
+                i += 1;
+                let (b, l) = w.new.as_ref().expect("walked paths have a stat");
+                if old.unchanged_on_disk(&b.to_entry(l.as_deref().cloned())) {
                     report.unchanged += 1;
                     count(report, &old);
+                    w.new = None; // neither old nor new: dropped below
                 } else {
-                    pending.push(Pending {
-                        path: p,
-                        old: Some(Box::new(old)),
-                        new: Some((b, l)),
-                    });
+                    w.old = Some(Box::new(old));
                 }
             }
-            None => pending.push(Pending {
+            None => gone.push(Pending {
                 path,
                 old: Some(Box::new(old)),
                 new: None,
@@ -377,12 +386,16 @@ fn compare(store: &Store, walked: Walked, report: &mut SnapshotReport) -> Result
         }
         Ok(())
     })?;
-    pending.extend(it.map(|(p, b, l)| Pending {
-        path: p,
-        old: None,
-        new: Some((b, l)),
-    }));
-    Ok(pending)
+    walked.retain(|p| p.new.is_some() || p.old.is_some());
+    if !gone.is_empty() {
+        walked.append(&mut gone);
+        walked.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    }
+    // A no-change run keeps a few paths of a million.
+    if walked.len() < walked.capacity() / 2 {
+        walked.shrink_to_fit();
+    }
+    Ok(walked)
 }
 
 fn count(report: &mut SnapshotReport, e: &Entry) {
@@ -458,7 +471,7 @@ fn record(
         }
         progress.advance(1);
         if let Some((_, link)) = &mut p.new {
-            *link = leads.leader_for(&p.path, link.take());
+            *link = leads.leader_for(&p.path, link.take().map(|l| *l)).map(Box::new);
         }
         let mut captured = match &p.new {
             None => Captured::Gone,
@@ -807,7 +820,7 @@ fn capture(
     let Some((basic, link)) = &p.new else {
         return Ok(Captured::Gone);
     };
-    let mut e = basic.to_entry(link.clone());
+    let mut e = basic.to_entry(link.as_deref().cloned());
     let dir = if p.path.is_empty() {
         match fsio::open_dir(root, b"") {
             Ok(fd) => DirRef::Owned(fd),

@@ -26,29 +26,30 @@ pub struct WalkWarning {
     pub message: String,
 }
 
-/// Appends `start` (a directory beneath `root`) and everything below it to `out`.
-pub fn walk(
+/// Appends `start` (a directory beneath `root`) and everything below it to `out`, as whatever
+/// the caller keeps of a path and its stat (the snapshot's pending list, without a copy).
+pub fn walk<T: From<(RelPath, Basic)>>(
     root: BorrowedFd,
     start: &[u8],
     opts: &WalkOptions,
-    out: &mut Vec<(RelPath, Basic)>,
+    out: &mut Vec<T>,
     warnings: &mut Vec<WalkWarning>,
 ) -> io::Result<()> {
     let fd = open_dir(root, start)?;
     let st = rustix::fs::fstat(&fd)?;
     let basic = stat_to_basic(&st).expect("a directory has a known type");
     seen(opts, &basic);
-    out.push((start.to_vec(), basic));
+    out.push((start.to_vec(), basic).into());
     visit(fd, start, basic.dev, opts, out, warnings);
     Ok(())
 }
 
-fn visit(
+fn visit<T: From<(RelPath, Basic)>>(
     dir: OwnedFd,
     path: &[u8],
     dev: u64,
     opts: &WalkOptions,
-    out: &mut Vec<(RelPath, Basic)>,
+    out: &mut Vec<T>,
     warnings: &mut Vec<WalkWarning>,
 ) {
     let names = match read_names(dir.as_fd()) {
@@ -81,10 +82,11 @@ fn visit(
             continue;
         }
         seen(opts, &basic);
-        out.push((child.clone(), basic));
         if basic.kind != Kind::Dir || (opts.one_file_system && basic.dev != dev) {
+            out.push((child, basic).into());
             continue;
         }
+        out.push((child.clone(), basic).into());
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match rustix::fs::openat(&dir, &name[..], flags, Mode::empty()) {
             Ok(sub) => visit(sub, &child, dev, opts, out, warnings),
