@@ -422,22 +422,25 @@ impl System {
             .ctx(|| format!("opening the restore target {}", target.display()))?;
         // In place, damage found half way would leave the system part old, part new: it is
         // found before the pre-restore point and the journal, and refused or left out whole.
-        let mut checked;
+        // The check reads the plan; only damage makes a second plan (without the damaged
+        // paths): a copy of a million items would double the restore's memory.
+        let kept;
         let mut plan = plan;
         if req.target.is_none() && !plan.is_empty() {
-            if !plan.content_checked {
-                checked = plan.clone();
-                self.check_plan(store, &mut checked, progress)?;
-                plan = &checked;
-            }
-            if !plan.damaged.is_empty() {
+            let damaged = if plan.content_checked {
+                plan.damaged.clone()
+            } else {
+                restore::check_content(store, plan, progress)?
+            };
+            if !damaged.is_empty() {
                 if !req.skip_damaged {
-                    return Err(restore::damaged_refusal(req.point, &plan.damaged));
+                    return Err(restore::damaged_refusal(req.point, &damaged));
                 }
-                let mut kept = restore::without_damaged(plan, &plan.damaged);
-                kept.damaged = plan.damaged.clone();
-                checked = kept;
-                plan = &checked;
+                let mut without = restore::without_damaged(plan, &damaged);
+                without.damaged = damaged;
+                without.content_checked = true;
+                kept = without;
+                plan = &kept;
             }
         }
         let boot_work = boot.iter().any(|b| !b.is_noop());

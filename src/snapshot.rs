@@ -471,7 +471,9 @@ fn record(
         }
         progress.advance(1);
         if let Some((_, link)) = &mut p.new {
-            *link = leads.leader_for(&p.path, link.take().map(|l| *l)).map(Box::new);
+            *link = leads
+                .leader_for(&p.path, link.take().map(|l| *l))
+                .map(Box::new);
         }
         let mut captured = match &p.new {
             None => Captured::Gone,

@@ -151,8 +151,14 @@ pub fn build(
     let mut rewritten_leaders: HashSet<RelPath> = HashSet::new();
     let mut cache = DirCache::default();
     let mut hi = have.iter().peekable();
-    // By value: the plan's items take the point's entries over, never a second copy of them.
-    for (path, w) in want {
+    // By value: the plan's items take the point's entries over, never a second copy of them,
+    // and the list of entries gives its memory back as they go (taken from the end of the
+    // reversed list), so the two are never both held whole (issue 10: memory per path).
+    want.reverse();
+    while let Some((path, w)) = want.pop() {
+        if want.capacity() > 4096 && want.len() < want.capacity() / 16 * 15 {
+            want.shrink_to_fit();
+        }
         opts.progress.advance(1);
         while let Some((p, b)) = hi.next_if(|(p, _)| *p < path) {
             push_delete(&mut plan, p, b, scopes);

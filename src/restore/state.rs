@@ -18,19 +18,23 @@ pub fn point_state(store: &Store, id: PointId) -> Result<Vec<(RelPath, Entry)>> 
         first_change.entry(c.path.clone()).or_insert(c);
         Ok(())
     })?;
+    // Merged in path order as the index yields its entries: a sort afterwards would need half
+    // the list again as scratch space (issue 10: memory per path).
     let mut out = Vec::new();
+    // A path that changed after the point has the state its first change recorded: none, when
+    // the point did not have it.
+    let mut changed = first_change.into_iter().map(|(p, c)| (p, c.old)).peekable();
     store.index.for_each_entry(|path, e| {
-        if !first_change.contains_key(&path) {
-            out.push((path, e));
+        while let Some((p, old)) = changed.next_if(|(p, _)| *p < path) {
+            out.extend(old.map(|o| (p, o)));
+        }
+        match changed.next_if(|(p, _)| *p == path) {
+            Some((p, old)) => out.extend(old.map(|o| (p, o))),
+            None => out.push((path, e)),
         }
         Ok(())
     })?;
-    out.extend(
-        first_change
-            .into_iter()
-            .filter_map(|(p, c)| c.old.map(|o| (p, o))),
-    );
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.extend(changed.filter_map(|(p, old)| old.map(|o| (p, o))));
     Ok(out)
 }
 

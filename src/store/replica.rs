@@ -193,7 +193,9 @@ impl Direct {
             // The fallback copy, when the link was made: not needed, and `staging/` stays small.
             match rustix::fs::unlinkat(store.staging(), &staged[..], AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(e).ctx(|| format!("removing staged {}", display_path(staged))),
+                Err(e) => {
+                    return Err(e).ctx(|| format!("removing staged {}", display_path(staged)))
+                }
             }
         }
         if let Some(e) = it.want.filter(|e| e.kind == Kind::Dir) {

@@ -196,7 +196,11 @@ fn a_first_point_killed_anywhere_leaves_nothing_behind() {
             child.wait().unwrap();
         } else {
             let st = cmd.env("RESTOREPOINT_FAILPOINT", kill).status().unwrap();
-            assert_eq!(st.code(), None, "{kill}: the process should have been killed");
+            assert_eq!(
+                st.code(),
+                None,
+                "{kill}: the process should have been killed"
+            );
         }
         let mut expected = BTreeMap::new();
         note_point(&lab, &mut expected, &fp);
@@ -210,6 +214,10 @@ fn a_first_point_killed_anywhere_leaves_nothing_behind() {
         }
         let id = lab.snapshot();
         expected.entry(id).or_insert(fp.clone());
-        check_all(&lab, &expected, &format!("after a first point killed at {kill}"));
+        check_all(
+            &lab,
+            &expected,
+            &format!("after a first point killed at {kill}"),
+        );
     }
 }
