@@ -50,7 +50,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("floor: bare stat walk", |b| {
         b.iter(|| {
             let fd = fsio::open_root(&root).unwrap();
-            let (mut out, mut warns) = (Vec::new(), Vec::new());
+            let (mut out, mut warns): (Vec<(Vec<u8>, fsio::Basic)>, _) = (Vec::new(), Vec::new());
             let ex = |_: &[u8], _| false;
             fsio::walk(
                 fd.as_fd(),
@@ -118,7 +118,7 @@ fn fastest(mut run: impl FnMut()) -> f64 {
 
 fn walk(root: &Path) -> usize {
     let fd = fsio::open_root(root).unwrap();
-    let (mut out, mut warns) = (Vec::new(), Vec::new());
+    let (mut out, mut warns): (Vec<(Vec<u8>, fsio::Basic)>, _) = (Vec::new(), Vec::new());
     let ex = |_: &[u8], _| false;
     let opts = WalkOptions {
         one_file_system: true,
