@@ -1,5 +1,5 @@
 //! Bringing replica paths to a wanted state. Used by the snapshot (after every row of the point
-//! is durable) and by the rollback of an interrupted point. The replica holds directories,
+//! is durable; a first point path by path, `Direct`) and by the rollback of an interrupted point. The replica holds directories,
 //! regular files and symlinks with owner, mode and mtime; never inode flags, xattrs or device
 //! nodes (the index has those), so nothing in it can block its own updates or act on the host.
 
@@ -126,13 +126,13 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
     // Creations, parents first.
     let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
     for it in items {
-        if in_replica(&it.want).is_none() {
+        let Some(kind) = in_replica(&it.want) else {
             continue;
-        }
+        };
         if let Some(p) = parent(&it.path) {
             touched_dirs.insert(p.to_vec());
         }
-        if in_replica(&it.want) == Some(Kind::Dir) {
+        if kind == Kind::Dir {
             touched_dirs.insert(it.path.clone());
         }
         create(store, &mut cache, it)?;
