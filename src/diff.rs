@@ -108,7 +108,7 @@ pub fn against_live(plan: &RestorePlan) -> Vec<DiffItem> {
             DiffItem {
                 path: it.path.clone(),
                 change,
-                old: it.want.clone(),
+                old: it.want(),
                 new: it.have.as_deref().cloned(),
             }
         })

@@ -11,7 +11,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::exclude::ExcludeSet;
 use crate::exclude::DEFAULT_EXCLUDES;
 use crate::fsio;
-use crate::model::{display_path, is_within, RelPath};
+use crate::model::{display_path, is_within, Packed, RelPath};
 use crate::progress::Progress;
 use crate::restore::{self, RestorePlan, RestoreReport};
 use crate::restore::{Action, ApplyMode};
@@ -312,7 +312,7 @@ impl System {
         } else {
             req.paths.clone()
         };
-        let mut want = restore::point_state(store, req.point)?;
+        let mut want = restore::point_state_as(store, req.point, |e| Packed::new(&e))?;
         if !req.paths.is_empty() {
             want.retain(|(p, _)| scopes.iter().any(|s| is_within(p, s) || is_within(s, p)));
         }

@@ -307,9 +307,242 @@ pub fn tree_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.iter().map(|&c| key(c)).cmp(b.iter().map(|&c| key(c)))
 }
 
+/// An entry in a third of the memory: varints, and the fields most paths do not have (target,
+/// hash, xattrs, leader) only when set. A restore holds every entry of the point until it is
+/// written: 184 bytes each unpacked, about 60 packed for a plain file (issue 10: memory per
+/// path). Unpacked where it is used.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Packed(Box<[u8]>);
+
+impl fmt::Debug for Packed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+const HAS_TARGET: u8 = 1;
+const HAS_HASH: u8 = 2;
+const HAS_XATTRS: u8 = 4;
+const HAS_LINK: u8 = 8;
+const SPARSE: u8 = 16;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+struct Unpack<'a>(&'a [u8]);
+
+impl<'a> Unpack<'a> {
+    fn varint(&mut self) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let b = self.0[0];
+            self.0 = &self.0[1..];
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    fn signed(&mut self) -> i64 {
+        let v = self.varint();
+        (v >> 1) as i64 ^ -((v & 1) as i64)
+    }
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        h
+    }
+    fn bytes(&mut self) -> Vec<u8> {
+        let n = self.varint() as usize;
+        self.take(n).to_vec()
+    }
+}
+
+impl Packed {
+    pub fn new(e: &Entry) -> Packed {
+        // Sized for a plain file's entry, so that boxing it shrinks the buffer, never moves it.
+        let mut out = Vec::with_capacity(96);
+        let bits = [
+            (e.target.is_some(), HAS_TARGET),
+            (e.hash.is_some(), HAS_HASH),
+            (!e.xattrs.is_empty(), HAS_XATTRS),
+            (e.link.is_some(), HAS_LINK),
+            (e.sparse, SPARSE),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .fold(0, |acc, (_, bit)| acc | bit);
+        out.extend_from_slice(&[e.kind as u8, bits]);
+        for v in [e.mode.into(), e.uid.into(), e.gid.into(), e.size] {
+            put_varint(&mut out, v);
+        }
+        put_varint(&mut out, zigzag(e.mtime.sec));
+        put_varint(&mut out, e.mtime.nsec.into());
+        put_varint(&mut out, zigzag(e.ctime.sec));
+        put_varint(&mut out, e.ctime.nsec.into());
+        for v in [e.ino, e.rdev, e.flags.into()] {
+            put_varint(&mut out, v);
+        }
+        if let Some(h) = &e.hash {
+            out.extend_from_slice(h);
+        }
+        if let Some(t) = &e.target {
+            put_bytes(&mut out, t);
+        }
+        if let Some(l) = &e.link {
+            put_bytes(&mut out, l);
+        }
+        if !e.xattrs.is_empty() {
+            put_varint(&mut out, e.xattrs.0.len() as u64);
+            for (k, v) in &e.xattrs.0 {
+                put_bytes(&mut out, k);
+                put_bytes(&mut out, v);
+            }
+        }
+        Packed(out.into_boxed_slice())
+    }
+
+    pub fn get(&self) -> Entry {
+        let mut u = Unpack(&self.0);
+        let [kind, bits] = [u.take(1)[0], u.take(1)[0]];
+        let kind = Kind::from_code(kind.into()).expect("packed by Packed::new");
+        let (mode, uid, gid) = (u.varint() as u32, u.varint() as u32, u.varint() as u32);
+        let size = u.varint();
+        let mtime = Timestamp {
+            sec: u.signed(),
+            nsec: u.varint() as u32,
+        };
+        let ctime = Timestamp {
+            sec: u.signed(),
+            nsec: u.varint() as u32,
+        };
+        let (ino, rdev, flags) = (u.varint(), u.varint(), u.varint() as u32);
+        let hash = (bits & HAS_HASH != 0).then(|| u.take(32).try_into().expect("32 bytes"));
+        let target = (bits & HAS_TARGET != 0).then(|| u.bytes());
+        let link = (bits & HAS_LINK != 0).then(|| u.bytes());
+        let mut xattrs = Xattrs::default();
+        if bits & HAS_XATTRS != 0 {
+            let n = u.varint();
+            xattrs.0 = (0..n).map(|_| (u.bytes(), u.bytes())).collect();
+        }
+        Entry {
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+            rdev,
+            target,
+            hash,
+            xattrs,
+            flags,
+            link,
+            sparse: bits & SPARSE != 0,
+            ino,
+            ctime,
+        }
+    }
+
+    /// The kind without unpacking the rest.
+    pub fn kind(&self) -> Kind {
+        Kind::from_code(self.0[0].into()).expect("packed by Packed::new")
+    }
+
+    /// Whether it follows a hardlink leader, without unpacking the rest.
+    pub fn has_link(&self) -> bool {
+        self.0[1] & HAS_LINK != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packed_entry_unpacks_to_the_same_entry() {
+        let plain = Entry {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 17,
+            mtime: Timestamp {
+                sec: 1_700_000_000,
+                nsec: 123_456_789,
+            },
+            rdev: 0,
+            target: None,
+            hash: Some([7; 32]),
+            xattrs: Xattrs::default(),
+            flags: 0,
+            link: None,
+            sparse: false,
+            ino: 42,
+            ctime: Timestamp {
+                sec: 1_700_000_001,
+                nsec: 999_999_999,
+            },
+        };
+        let odd = Entry {
+            kind: Kind::File,
+            mode: 0o7777,
+            uid: u32::MAX,
+            gid: 65534,
+            size: u64::MAX,
+            mtime: Timestamp {
+                sec: -86_400 * 365,
+                nsec: 1,
+            },
+            xattrs: Xattrs(vec![
+                (b"security.capability".to_vec(), vec![0, 1, 2, 255]),
+                (b"user.empty".to_vec(), Vec::new()),
+            ]),
+            flags: 0x10,
+            link: Some(b"usr/bin/leader with \xff".to_vec()),
+            sparse: true,
+            ino: u64::MAX,
+            ctime: Timestamp {
+                sec: i64::MIN / 2,
+                nsec: 0,
+            },
+            ..plain.clone()
+        };
+        let link = Entry {
+            kind: Kind::Symlink,
+            target: Some(vec![b'x'; 5000]),
+            hash: None,
+            ..plain.clone()
+        };
+        let dev = Entry {
+            kind: Kind::BlockDev,
+            rdev: (8 << 8) | 1,
+            hash: None,
+            size: 0,
+            ..plain.clone()
+        };
+        for e in [plain, odd, link, dev] {
+            let p = Packed::new(&e);
+            assert_eq!(p.get(), e);
+            assert_eq!(p.kind(), e.kind);
+            assert_eq!(p.has_link(), e.link.is_some());
+        }
+    }
 
     #[test]
     fn xattrs_round_trip_with_binary_values() {

@@ -87,7 +87,7 @@ pub fn apply(
         .items
         .iter()
         .filter(|it| matches!(it.action, Action::Create | Action::Rewrite))
-        .filter_map(|it| it.want.as_ref())
+        .filter_map(|it| it.want())
         .filter(|w| w.kind == Kind::File && w.link.is_none())
         .map(|w| w.size)
         .sum();
@@ -97,7 +97,7 @@ pub fn apply(
         if let Some(p) = parent(&it.path) {
             touched_dirs.insert(p.to_vec());
         }
-        if it.want.as_ref().is_some_and(|w| w.kind == Kind::Dir) {
+        if it.want().is_some_and(|w| w.kind == Kind::Dir) {
             touched_dirs.insert(it.path.clone());
         }
         // Parents of everything about to change must accept the change.
@@ -111,25 +111,22 @@ pub fn apply(
     let reads = |it: &PlanItem| {
         matches!(it.action, Action::Create | Action::Rewrite)
             && it
-                .want
-                .as_ref()
+                .want()
                 .is_some_and(|w| w.kind == Kind::File && w.link.is_none() && w.size > 0)
     };
-    let writes: Vec<&PlanItem> = plan
-        .items
-        .iter()
-        .filter(|it| it.action != Action::Delete)
-        .collect();
-    if let Some(pf) = &prefetch {
-        for it in writes.iter().take(fsio::AHEAD).filter(|it| reads(it)) {
-            pf.hint(&it.path);
+    let writes = || plan.items.iter().filter(|it| it.action != Action::Delete);
+    // The hints run `fsio::AHEAD` files ahead, on a second pass over the same items (a list of
+    // them would be 8 MiB for a million).
+    let mut ahead = writes().filter(|it| prefetch.is_some() && reads(it));
+    let mut hint = |pf: &Option<fsio::Prefetcher>| {
+        if let (Some(pf), Some(next)) = (pf, ahead.next()) {
+            pf.hint(&next.path);
         }
-    }
-    for (i, it) in writes.iter().enumerate() {
-        if let (Some(pf), Some(next)) = (&prefetch, writes.get(i + fsio::AHEAD)) {
-            if reads(next) {
-                pf.hint(&next.path);
-            }
+    };
+    (0..fsio::AHEAD).for_each(|_| hint(&prefetch));
+    for it in writes() {
+        if reads(it) {
+            hint(&prefetch);
         }
         progress.advance(1);
         let written = cx.report.bytes_written;
@@ -158,16 +155,16 @@ pub fn apply(
     let file_items = plan
         .items
         .iter()
-        .filter_map(|it| it.want.as_ref().map(|w| (&it.path, w)));
+        .filter_map(|it| it.want().map(|w| (&it.path, w)));
     let dir_items = touched_dirs
         .iter()
-        .filter_map(|d| plan.dirs.get(d).map(|w| (d, w)));
+        .filter_map(|d| plan.dirs.get(d).map(|w| (d, w.clone())));
     for (path, w) in file_items.chain(dir_items) {
         if matches!(w.kind, Kind::File | Kind::Dir)
             && w.link.is_none()
             && !cx.damaged.contains(path)
         {
-            let r = flags(&mut cx, path, w);
+            let r = flags(&mut cx, path, &w);
             tolerate(&mut cx, path, r)?;
         }
     }
@@ -261,9 +258,8 @@ fn clear_flags_of(cx: &mut Ctx, dir: &[u8]) -> Result<()> {
 }
 
 fn place(cx: &mut Ctx, it: &PlanItem) -> Result<()> {
-    let w = it
-        .want
-        .as_ref()
+    let w = &it
+        .want()
         .expect("creations and rewrites have a wanted state");
     if it.path.is_empty() {
         return Ok(()); // the root directory itself: its metadata is set with the directories

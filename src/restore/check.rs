@@ -50,17 +50,17 @@ pub fn check_content(
 ) -> Result<Vec<DamagedPath>> {
     let writes = |it: &&super::PlanItem| {
         matches!(it.action, Action::Create | Action::Rewrite)
-            && it.want.as_ref().is_some_and(|w| w.kind == Kind::File)
+            && it.want().is_some_and(|w| w.kind == Kind::File)
     };
     let leaders: Vec<_> = plan
         .items
         .iter()
         .filter(writes)
-        .filter(|it| it.want.as_ref().is_some_and(|w| w.link.is_none()))
+        .filter(|it| it.want().is_some_and(|w| w.link.is_none()))
         .collect();
     let bytes = leaders
         .iter()
-        .filter_map(|it| it.want.as_ref().map(|w| w.size))
+        .filter_map(|it| it.want().map(|w| w.size))
         .sum();
     progress.phase(
         "checking the point's content",
@@ -70,7 +70,7 @@ pub fn check_content(
     let mut packs = Packs::default();
     let mut out = Vec::new();
     for it in leaders {
-        let w = it.want.as_ref().expect("filtered on want");
+        let w = &it.want().expect("filtered on want");
         match rebuild(store, &mut packs, plan.point, &it.path, w, store.staging()) {
             Ok(_) => {}
             Err(Error::Damaged { what }) => out.push(DamagedPath::new(&it.path, what)),
@@ -82,9 +82,9 @@ pub fn check_content(
     progress.finish();
     let bad: HashSet<RelPath> = out.iter().map(|d| d.rel.clone()).collect();
     for it in plan.items.iter().filter(writes) {
-        if let Some(leader) = it.want.as_ref().and_then(|w| w.link.as_ref()) {
-            if bad.contains(leader) {
-                out.push(DamagedPath::follower(&it.path, leader));
+        if let Some(leader) = it.want().and_then(|w| w.link) {
+            if bad.contains(&leader) {
+                out.push(DamagedPath::follower(&it.path, &leader));
             }
         }
     }

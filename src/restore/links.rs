@@ -6,32 +6,37 @@ use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 
 use crate::fsio;
-use crate::model::{Entry, Kind, RelPath};
+use crate::model::{Entry, Kind, Packed, RelPath};
 
 /// Gives each group whose leader is missing from `want` (sorted by path) a leader inside it:
 /// its first member, rebuilt from the store by its own path (each path keeps its own content
 /// history), the others linked to it. Returns, for each new leader, the leader the point
 /// recorded.
-pub fn relead(want: &mut [(RelPath, Entry)]) -> HashMap<RelPath, RelPath> {
-    let present: std::collections::HashSet<RelPath> = want
-        .iter()
-        .filter(|(_, e)| e.kind == Kind::File && e.link.is_none())
-        .map(|(p, _)| p.clone())
+pub fn relead(want: &mut [(RelPath, Packed)]) -> HashMap<RelPath, RelPath> {
+    // Looked up in the sorted list itself: a set of every leading path would cost a restore of
+    // a million files 70 MiB (issue 10: memory per path); only followers are unpacked.
+    let leads = |want: &[(RelPath, Packed)], l: &RelPath| {
+        want.binary_search_by(|(p, _)| p.cmp(l))
+            .is_ok_and(|i| want[i].1.kind() == Kind::File && !want[i].1.has_link())
+    };
+    let orphans: Vec<(usize, Entry)> = (0..want.len())
+        .filter(|&i| want[i].1.has_link())
+        .map(|i| (i, want[i].1.get()))
+        .filter(|(_, e)| e.link.as_ref().is_some_and(|l| !leads(want, l)))
         .collect();
     let mut new_leader: HashMap<RelPath, RelPath> = HashMap::new();
     let mut recorded = HashMap::new();
-    for (path, e) in want.iter_mut() {
-        let Some(old) = e.link.clone().filter(|l| !present.contains(l)) else {
-            continue;
-        };
+    for (i, mut e) in orphans {
+        let path = &want[i].0;
+        let old = e.link.take().expect("an orphan follows a leader");
         match new_leader.get(&old) {
             Some(l) => e.link = Some(l.clone()),
             None => {
-                e.link = None;
                 new_leader.insert(old.clone(), path.clone());
                 recorded.insert(path.clone(), old);
             }
         }
+        want[i].1 = Packed::new(&e);
     }
     recorded
 }
@@ -79,16 +84,21 @@ mod tests {
 
     #[test]
     fn the_first_selected_member_leads_the_rest() {
-        let mut want = vec![
-            (b"opt/a".to_vec(), file(Some("usr/l"))),
-            (b"opt/b".to_vec(), file(Some("usr/l"))),
-            (b"opt/c".to_vec(), file(None)),
-            (b"opt/d".to_vec(), file(Some("opt/c"))),
-        ];
+        let mut want: Vec<(RelPath, Packed)> = [
+            ("opt/a", Some("usr/l")),
+            ("opt/b", Some("usr/l")),
+            ("opt/c", None),
+            ("opt/d", Some("opt/c")),
+        ]
+        .iter()
+        .map(|(p, l)| (p.as_bytes().to_vec(), Packed::new(&file(*l))))
+        .collect();
         let recorded = relead(&mut want);
-        assert_eq!(want[0].1.link, None);
-        assert_eq!(want[1].1.link.as_deref(), Some(&b"opt/a"[..]));
-        assert_eq!(want[3].1.link.as_deref(), Some(&b"opt/c"[..]));
+        let link = |i: usize| want[i].1.get().link;
+        assert_eq!(link(0), None);
+        assert_eq!(link(1).as_deref(), Some(&b"opt/a"[..]));
+        assert_eq!(link(2), None);
+        assert_eq!(link(3).as_deref(), Some(&b"opt/c"[..]));
         assert_eq!(recorded.len(), 1);
         assert_eq!(recorded[&b"opt/a".to_vec()], b"usr/l".to_vec());
     }

@@ -8,7 +8,7 @@ use crate::error::{IoContext, Result};
 use crate::exclude::ExcludeSet;
 use crate::fsio::{self, Basic, DirCache, WalkOptions};
 use crate::model::Warning;
-use crate::model::{basename, display_path, is_within, Entry, Kind, RelPath};
+use crate::model::{basename, display_path, is_within, Entry, Kind, Packed, RelPath};
 use crate::progress::Progress;
 use crate::store::PointId;
 
@@ -29,11 +29,19 @@ pub enum Action {
 pub struct PlanItem {
     pub path: RelPath,
     pub action: Action,
-    /// The point's state (None for deletions).
-    pub want: Option<Entry>,
+    /// The point's state (None for deletions), packed: a restore into an empty directory
+    /// holds a million of them (`want()` unpacks it).
+    pub want: Option<Packed>,
     /// What the target has now (None for creations). Boxed: a restore into an empty
     /// directory plans a million creations.
     pub have: Option<Box<Entry>>,
+}
+
+impl PlanItem {
+    /// The point's state, unpacked.
+    pub fn want(&self) -> Option<Entry> {
+        self.want.as_ref().map(Packed::get)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -71,8 +79,7 @@ impl RestorePlan {
             }
             if matches!(it.action, Action::Create | Action::Rewrite) {
                 if let Some(w) = it
-                    .want
-                    .as_ref()
+                    .want()
                     .filter(|w| w.kind == Kind::File && w.link.is_none())
                 {
                     s.bytes_to_write += w.size;
@@ -104,7 +111,7 @@ pub struct PlanOptions<'a> {
 /// and its reading is a warning, planned from what is there now, never an abort.
 pub fn build(
     point: PointId,
-    want: Vec<(RelPath, Entry)>,
+    want: Vec<(RelPath, Packed)>,
     target: Option<BorrowedFd>,
     scopes: &[RelPath],
     excludes: &ExcludeSet,
@@ -114,15 +121,15 @@ pub fn build(
         point,
         ..Default::default()
     };
-    let mut want: Vec<(RelPath, Entry)> = want
+    let mut want: Vec<(RelPath, Packed)> = want
         .into_iter()
         .filter(|(p, _)| !excludes.covers(p))
         .collect();
     let recorded_leaders = super::links::relead(&mut want);
     plan.dirs = want
         .iter()
-        .filter(|(_, e)| e.kind == Kind::Dir)
-        .map(|(p, e)| (p.clone(), e.clone()))
+        .filter(|(_, e)| e.kind() == Kind::Dir)
+        .map(|(p, e)| (p.clone(), e.get()))
         .collect();
     let (have, holding) = match target {
         Some(t) => {
@@ -143,9 +150,9 @@ pub fn build(
         .collect();
     // Members of each hardlink group, by leader; a file in none counts one.
     let mut group_size: HashMap<RelPath, u64> = HashMap::new();
-    for (_, e) in &want {
-        if let (Kind::File, Some(l)) = (e.kind, &e.link) {
-            *group_size.entry(l.clone()).or_insert(1) += 1;
+    for (_, e) in want.iter().filter(|(_, e)| e.has_link()) {
+        if let (Kind::File, Some(l)) = (e.kind(), e.get().link) {
+            *group_size.entry(l).or_insert(1) += 1;
         }
     }
     let mut rewritten_leaders: HashSet<RelPath> = HashSet::new();
@@ -155,10 +162,11 @@ pub fn build(
     // and the list of entries gives its memory back as they go (taken from the end of the
     // reversed list), so the two are never both held whole (issue 10: memory per path).
     want.reverse();
-    while let Some((path, w)) = want.pop() {
+    while let Some((path, packed)) = want.pop() {
         if want.capacity() > 4096 && want.len() < want.capacity() / 16 * 15 {
             want.shrink_to_fit();
         }
+        let w = packed.get();
         opts.progress.advance(1);
         while let Some((p, b)) = hi.next_if(|(p, _)| *p < path) {
             push_delete(&mut plan, p, b, scopes);
@@ -172,7 +180,7 @@ pub fn build(
             plan.items.push(PlanItem {
                 path,
                 action: Action::Create,
-                want: Some(w),
+                want: Some(packed),
                 have: None,
             });
             continue;
@@ -196,7 +204,7 @@ pub fn build(
                 plan.items.push(PlanItem {
                     path,
                     action,
-                    want: Some(w),
+                    want: Some(packed),
                     have: have.map(Box::new),
                 });
                 continue;
@@ -227,7 +235,7 @@ pub fn build(
             plan.items.push(PlanItem {
                 path,
                 action,
-                want: Some(w),
+                want: Some(packed),
                 have: Some(Box::new(have_entry)),
             });
         }
@@ -246,7 +254,7 @@ fn keep_what_holds_excluded(plan: &mut RestorePlan, holding: &HashSet<RelPath>) 
     let mut kept = Vec::new();
     plan.items.retain(|it| {
         let removes_dir = it.have.as_ref().is_some_and(|h| h.kind == Kind::Dir)
-            && it.want.as_ref().is_none_or(|w| w.kind != Kind::Dir);
+            && it.want().is_none_or(|w| w.kind != Kind::Dir);
         let keep = removes_dir && holding.contains(&it.path);
         if keep {
             kept.push(Warning {
@@ -481,7 +489,7 @@ mod tests {
     }
 
     /// The tree's own state, read in full (content hashed), as a point would hold it.
-    fn state_of(root: BorrowedFd) -> Vec<(RelPath, Entry)> {
+    fn state_of(root: BorrowedFd) -> Vec<(RelPath, Packed)> {
         let none = ExcludeSet::new(&[], Vec::new()).unwrap();
         let mut warnings = Vec::new();
         let mut cache = DirCache::default();
@@ -497,7 +505,7 @@ mod tests {
         .into_iter()
         .map(|(p, b)| {
             let e = read_full(root, &mut cache, &p, &b, &b.to_entry(None), true).unwrap();
-            (p, e)
+            (p, Packed::new(&e))
         })
         .collect()
     }

@@ -44,7 +44,7 @@ pub fn needs(plan: &RestorePlan, target: BorrowedFd, exists: bool) -> Result<Vec
         if !matches!(it.action, Action::Create | Action::Rewrite) || it.path.is_empty() {
             continue;
         }
-        let Some(w) = &it.want else { continue };
+        let Some(w) = it.want() else { continue };
         let bytes = match w.kind {
             Kind::File if w.link.is_none() && !w.sparse => w.size,
             Kind::Dir => 1,

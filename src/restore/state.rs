@@ -12,6 +12,16 @@ use crate::store::{Change, PointId, Store};
 
 /// All entries of point `id`, in byte order of path.
 pub fn point_state(store: &Store, id: PointId) -> Result<Vec<(RelPath, Entry)>> {
+    point_state_as(store, id, |e| e)
+}
+
+/// All entries of point `id`, in byte order of path, each as `keep` makes it (a restore keeps
+/// them packed: `model::Packed`).
+pub fn point_state_as<T>(
+    store: &Store,
+    id: PointId,
+    mut keep: impl FnMut(Entry) -> T,
+) -> Result<Vec<(RelPath, T)>> {
     store.index.point(id)?;
     let mut first_change: BTreeMap<RelPath, Change> = BTreeMap::new();
     store.index.changes_after(id, |c| {
@@ -26,15 +36,15 @@ pub fn point_state(store: &Store, id: PointId) -> Result<Vec<(RelPath, Entry)>> 
     let mut changed = first_change.into_iter().map(|(p, c)| (p, c.old)).peekable();
     store.index.for_each_entry(|path, e| {
         while let Some((p, old)) = changed.next_if(|(p, _)| *p < path) {
-            out.extend(old.map(|o| (p, o)));
+            out.extend(old.map(|o| (p, keep(o))));
         }
         match changed.next_if(|(p, _)| *p == path) {
-            Some((p, old)) => out.extend(old.map(|o| (p, o))),
-            None => out.push((path, e)),
+            Some((p, old)) => out.extend(old.map(|o| (p, keep(o)))),
+            None => out.push((path, keep(e))),
         }
         Ok(())
     })?;
-    out.extend(changed.filter_map(|(p, old)| old.map(|o| (p, o))));
+    out.extend(changed.filter_map(|(p, old)| old.map(|o| (p, keep(o)))));
     Ok(out)
 }
 
