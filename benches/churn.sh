@@ -10,7 +10,8 @@
 #   --sparse   also the 20 GiB sparse image with a 700-byte edit
 #   --million  also a tree of 1,000,000 small files
 # Environment: BENCH_DIR (default /var/tmp/rp-churn), BENCH_SOURCES (default
-#   "/usr/lib/x86_64-linux-gnu /usr/share /usr/bin /etc"), BENCH_DAYS (default 10).
+#   "/usr/lib/x86_64-linux-gnu /usr/share /usr/bin /etc"), BENCH_DAYS (default 10), BENCH_TOOLS
+#   (default: every one installed, of "rp rsync restic borg rdiff").
 # Prints one line per measurement (seconds, peak RSS) and then the ratios the issue names.
 set -euo pipefail
 install=0 sparse=0 million=0
@@ -41,6 +42,10 @@ have rsync && tools="$tools rsync"
 have restic && tools="$tools restic"
 have borg && tools="$tools borg"
 have rdiff-backup && tools="$tools rdiff"
+# BENCH_TOOLS="rp rsync" limits a run to some of them (the peers take most of a run's time).
+if [ -n "${BENCH_TOOLS:-}" ]; then
+  tools=$(for t in $tools; do [[ " $BENCH_TOOLS " == *" $t "* ]] && echo "$t"; done | xargs)
+fi
 
 measure() { # key command... : appends "key seconds kib" to $results
   local key=$1; shift
