@@ -44,7 +44,9 @@ have borg && tools="$tools borg"
 have rdiff-backup && tools="$tools rdiff"
 # BENCH_TOOLS="rp rsync" limits a run to some of them (the peers take most of a run's time).
 if [ -n "${BENCH_TOOLS:-}" ]; then
-  tools=$(for t in $tools; do [[ " $BENCH_TOOLS " == *" $t "* ]] && echo "$t"; done | xargs)
+  kept=""
+  for t in $tools; do if [[ " $BENCH_TOOLS " == *" $t "* ]]; then kept="$kept $t"; fi; done
+  tools=${kept# }
 fi
 
 measure() { # key command... : appends "key seconds kib" to $results
