@@ -97,7 +97,7 @@ pub fn apply(
         if let Some(p) = parent(&it.path) {
             touched_dirs.insert(p.to_vec());
         }
-        if it.want().is_some_and(|w| w.kind == Kind::Dir) {
+        if it.want_kind() == Some(Kind::Dir) {
             touched_dirs.insert(it.path.clone());
         }
         // Parents of everything about to change must accept the change.

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::plan::{Action, RestorePlan};
 use super::state::{rebuild, Packs};
 use crate::error::{Error, Result};
-use crate::model::{display_path, Kind, RelPath};
+use crate::model::{display_path, Kind, Packed, RelPath};
 use crate::progress::Progress;
 use crate::store::Store;
 
@@ -49,19 +49,17 @@ pub fn check_content(
     progress: &dyn Progress,
 ) -> Result<Vec<DamagedPath>> {
     let writes = |it: &&super::PlanItem| {
-        matches!(it.action, Action::Create | Action::Rewrite)
-            && it.want().is_some_and(|w| w.kind == Kind::File)
+        matches!(it.action, Action::Create | Action::Rewrite) && it.want_kind() == Some(Kind::File)
     };
+    // Unpacked once each: the leaders of their groups (or files of their own).
     let leaders: Vec<_> = plan
         .items
         .iter()
         .filter(writes)
-        .filter(|it| it.want().is_some_and(|w| w.link.is_none()))
+        .filter_map(|it| Some((it, it.want()?)))
+        .filter(|(_, w)| w.link.is_none())
         .collect();
-    let bytes = leaders
-        .iter()
-        .filter_map(|it| it.want().map(|w| w.size))
-        .sum();
+    let bytes = leaders.iter().map(|(_, w)| w.size).sum();
     progress.phase(
         "checking the point's content",
         Some(leaders.len() as u64),
@@ -69,8 +67,7 @@ pub fn check_content(
     );
     let mut packs = Packs::default();
     let mut out = Vec::new();
-    for it in leaders {
-        let w = &it.want().expect("filtered on want");
+    for (it, w) in &leaders {
         match rebuild(store, &mut packs, plan.point, &it.path, w, store.staging()) {
             Ok(_) => {}
             Err(Error::Damaged { what }) => out.push(DamagedPath::new(&it.path, what)),
@@ -81,7 +78,8 @@ pub fn check_content(
     }
     progress.finish();
     let bad: HashSet<RelPath> = out.iter().map(|d| d.rel.clone()).collect();
-    for it in plan.items.iter().filter(writes) {
+    let follows = |it: &&super::PlanItem| it.want.as_ref().is_some_and(Packed::has_link);
+    for it in plan.items.iter().filter(writes).filter(follows) {
         if let Some(leader) = it.want().and_then(|w| w.link) {
             if bad.contains(&leader) {
                 out.push(DamagedPath::follower(&it.path, &leader));

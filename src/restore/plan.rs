@@ -42,6 +42,11 @@ impl PlanItem {
     pub fn want(&self) -> Option<Entry> {
         self.want.as_ref().map(Packed::get)
     }
+
+    /// The wanted kind, without unpacking the rest (filters over a million items).
+    pub fn want_kind(&self) -> Option<Kind> {
+        self.want.as_ref().map(Packed::kind)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -254,7 +259,7 @@ fn keep_what_holds_excluded(plan: &mut RestorePlan, holding: &HashSet<RelPath>) 
     let mut kept = Vec::new();
     plan.items.retain(|it| {
         let removes_dir = it.have.as_ref().is_some_and(|h| h.kind == Kind::Dir)
-            && it.want().is_none_or(|w| w.kind != Kind::Dir);
+            && it.want_kind() != Some(Kind::Dir);
         let keep = removes_dir && holding.contains(&it.path);
         if keep {
             kept.push(Warning {
