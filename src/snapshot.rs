@@ -117,6 +117,9 @@ enum NewContent {
         name: Vec<u8>,
         damaged: bool,
     },
+    /// A hardlink follower of a leader this run read, unchanged since: its content is the
+    /// leader's, nothing staged.
+    Linked,
     /// A large file's changed blocks: their new bytes in the staged patch `patch`, their old
     /// bytes in the undo container `undo` (DESIGN.md "Large files").
     Patch {
@@ -442,6 +445,8 @@ fn record(
         bytes: 0,
     };
     let mut full_frames: HashMap<Hash, (u64, u64)> = HashMap::new();
+    // How this point recorded each hardlinked file's old version, for its followers.
+    let mut group_changes: HashMap<RelPath, GroupChange> = HashMap::new();
     let mut names = StagingNames { point: id, seq: 0 };
     let mut leads = Releads::default();
     // Files read ahead of the loop (`fsio::Prefetcher`): a cold read waits for the disk.
@@ -475,9 +480,16 @@ fn record(
                 .leader_for(&p.path, link.take().map(|l| *l))
                 .map(Box::new);
         }
+        // A follower of a leader this run read: the same inode, unchanged since, is not read
+        // again (a driver linked 13 times is read once, as `cp -a` does).
+        let leader_read = p
+            .new
+            .as_ref()
+            .and_then(|(_, l)| l.as_deref())
+            .and_then(|l| leads.read_as(l));
         let mut captured = match &p.new {
             None => Captured::Gone,
-            Some(_) => capture(store, root, &mut cache, &p, &mut names, level)?,
+            Some(_) => capture(store, root, &mut cache, &p, &mut names, level, leader_read)?,
         };
         if let Captured::Node(e, _, _) = &captured {
             if e.kind == Kind::File {
@@ -486,8 +498,11 @@ fn record(
         }
         match &mut captured {
             Captured::Node(e, _, _) => {
-                let grouped = p.new.as_ref().is_some_and(|(b, _)| b.nlink > 1);
-                leads.check_inode(store, &p.path, e, grouped)?
+                let (grouped, dev) = p
+                    .new
+                    .as_ref()
+                    .map_or((false, 0), |(b, _)| (b.nlink > 1, b.dev));
+                leads.check_inode(store, &p.path, e, grouped, dev)?
             }
             _ => leads.not_recorded(&p),
         }
@@ -558,6 +573,10 @@ fn record(
         let change = if first {
             no_change(id, &p.path)
         } else {
+            let leader = new
+                .as_ref()
+                .and_then(|n| n.link.as_ref())
+                .and_then(|l| group_changes.get(l));
             let made = reverse_change(
                 store,
                 &mut pack,
@@ -567,6 +586,7 @@ fn record(
                 &content,
                 level,
                 &mut full_frames,
+                leader,
             );
             match made {
                 Ok(c) => c,
@@ -590,11 +610,21 @@ fn record(
         if !first {
             pack.append_records(&[crate::store::change_record(&change)])
                 .ctx(pack_err)?;
+            let grouped = p.new.as_ref().is_some_and(|(b, _)| b.nlink > 1);
+            if grouped && !change.is_lost() && new.as_ref().is_some_and(|n| n.kind == Kind::File) {
+                let g = GroupChange {
+                    old_hash: p.old.as_ref().and_then(|o| o.hash),
+                    content: change.content,
+                    frame: change.frame,
+                };
+                group_changes.insert(p.path.clone(), g);
+            }
         }
         tally(report, p.old.as_deref(), &new, &content);
         batch.bytes += staged_bytes + change.frame.map_or(0, |f| f.1);
-        let fill = match &content {
-            NewContent::Patch { patch, .. } => Fill::Patch(patch.clone()),
+        let fill = match (&content, new.as_ref().and_then(|n| n.link.as_ref())) {
+            (NewContent::Patch { patch, .. }, _) => Fill::Patch(patch.clone()),
+            (NewContent::Linked, Some(l)) => Fill::Link(l.clone(), None),
             _ => replica_fill(store, &leads, new.as_ref(), staged_name)?,
         };
         let shape = Shape {
@@ -650,6 +680,39 @@ struct Releads {
     moved: HashMap<RelPath, Option<RelPath>>,
     /// Inode each file recorded by this run was read from, and its content hash.
     inodes: HashMap<RelPath, (u64, Option<Hash>)>,
+    /// What each hardlinked file read by this run was, as it was read.
+    read_as: HashMap<RelPath, ReadAs>,
+}
+
+/// How a point recorded a hardlinked file's old version: a follower with the same old content
+/// shares it.
+struct GroupChange {
+    old_hash: Option<Hash>,
+    content: ContentKind,
+    frame: Option<(u64, u64)>,
+}
+
+/// A file as one read of it saw it: another path of the same inode with the same size and
+/// times holds the same content, by the quick check's own reasoning, without a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadAs {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: crate::model::Timestamp,
+    ctime: crate::model::Timestamp,
+    hash: Hash,
+}
+
+impl ReadAs {
+    /// `st`: the stat a path was opened under.
+    fn matches(&self, st: &rustix::fs::Stat) -> bool {
+        fsio::stat_to_basic(st).is_some_and(|b| {
+            b.kind == Kind::File
+                && (b.dev, b.ino, b.size, b.mtime, b.ctime)
+                    == (self.dev, self.ino, self.size, self.mtime, self.ctime)
+        })
+    }
 }
 
 impl Releads {
@@ -657,12 +720,15 @@ impl Releads {
     /// the walk and the read) is no longer a hardlink of it: it keeps its own content.
     /// `grouped`: the walk found the file with more than one link. Only such files can lead a
     /// group, so only they are remembered (a million single files would cost 100 MB).
+    /// `dev`: the device the walk found the path on. `e` holds the fields its content was
+    /// read under.
     fn check_inode(
         &mut self,
         store: &Store,
         path: &[u8],
         e: &mut Entry,
         grouped: bool,
+        dev: u64,
     ) -> Result<()> {
         if e.kind != Kind::File {
             return Ok(());
@@ -678,8 +744,24 @@ impl Releads {
         }
         if grouped {
             self.inodes.insert(path.to_vec(), (e.ino, e.hash));
+            if let Some(hash) = e.hash {
+                let read_as = ReadAs {
+                    dev,
+                    ino: e.ino,
+                    size: e.size,
+                    mtime: e.mtime,
+                    ctime: e.ctime,
+                    hash,
+                };
+                self.read_as.insert(path.to_vec(), read_as);
+            }
         }
         Ok(())
+    }
+
+    /// How this run read leader `l`, when it did.
+    fn read_as(&self, l: &[u8]) -> Option<ReadAs> {
+        self.read_as.get(l).copied()
     }
 
     /// The content hash of leader `l` as this point records it: read by this run, or unchanged
@@ -760,7 +842,8 @@ fn tally(
         (Some(o), Some(n))
             if o.kind == Kind::File
                 && n.kind == Kind::File
-                && matches!(content, NewContent::Same | NewContent::Heal { .. }) =>
+                && (matches!(content, NewContent::Same | NewContent::Heal { .. })
+                    || matches!(content, NewContent::Linked) && o.hash == n.hash) =>
         {
             report.metadata_only += 1
         }
@@ -818,6 +901,7 @@ fn capture(
     p: &Pending,
     names: &mut StagingNames,
     level: Level,
+    leader_read: Option<ReadAs>,
 ) -> Result<Captured> {
     let Some((basic, link)) = &p.new else {
         return Ok(Captured::Gone);
@@ -830,26 +914,25 @@ fn capture(
         }
     } else {
         match cache.parent_of(root, &p.path) {
-            Ok(fd) => DirRef::Borrowed(
-                fd.try_clone_to_owned()
-                    .ctx(|| "duplicating a directory fd".into())?,
-            ),
+            Ok(fd) => DirRef::Borrowed(fd),
             Err(err) if fsio::is_missing(&err) => return Ok(Captured::Gone),
             Err(err) => return Ok(Captured::Skip(format!("cannot open its directory: {err}"))),
         }
     };
     let (dirfd, name): (BorrowedFd, &[u8]) = match &dir {
         DirRef::Owned(fd) => (fd.as_fd(), b"."),
-        DirRef::Borrowed(fd) => (fd.as_fd(), basename(&p.path)),
+        DirRef::Borrowed(fd) => (*fd, basename(&p.path)),
     };
-    if let Err(err) = fsio::read_entry(dirfd, name, &mut e) {
-        return Ok(if fsio::is_missing(&err) {
-            Captured::Gone
-        } else {
-            Captured::Skip(format!("cannot read metadata: {err}"))
-        });
-    }
     if e.kind != Kind::File {
+        // A regular file's xattrs and flags are read through the descriptor its content is
+        // read from (`read_file`): one lookup fewer.
+        if let Err(err) = fsio::read_entry(dirfd, name, &mut e) {
+            return Ok(if fsio::is_missing(&err) {
+                Captured::Gone
+            } else {
+                Captured::Skip(format!("cannot read metadata: {err}"))
+            });
+        }
         return Ok(Captured::Node(Box::new(e), NewContent::None, None));
     }
     for _ in 0..READ_TRIES {
@@ -862,6 +945,7 @@ fn capture(
             names,
             &p.path,
             level,
+            leader_read,
         );
         match read {
             Ok(Some((content, map))) => return Ok(Captured::Node(Box::new(e), content, map)),
@@ -875,9 +959,9 @@ fn capture(
     )))
 }
 
-enum DirRef {
+enum DirRef<'a> {
     Owned(OwnedFd),
-    Borrowed(OwnedFd),
+    Borrowed(BorrowedFd<'a>),
 }
 
 /// Opens the source file without following links or touching its atime, checks it is still a
@@ -893,6 +977,7 @@ fn read_file(
     names: &mut StagingNames,
     path: &[u8],
     level: Level,
+    leader_read: Option<ReadAs>,
 ) -> io::Result<Option<(NewContent, Option<LeafMap>)>> {
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
@@ -903,6 +988,14 @@ fn read_file(
     let b = fsio::stat_to_basic(&before)
         .filter(|b| b.kind == Kind::File)
         .ok_or_else(|| io::Error::other("is no longer a regular file"))?;
+    fsio::read_file_entry(fd.as_fd(), e)?;
+    // A follower whose leader this run read needs nothing of its own: the replica links it to
+    // the leader's copy, and its old version is the leader's (`reverse_change`).
+    if let Some(l) = leader_read.filter(|l| e.link.is_some() && l.matches(&before)) {
+        set_fresh(e, &b);
+        e.hash = Some(l.hash);
+        return Ok(Some((NewContent::Linked, None)));
+    }
     let mut file = File::from(fd);
     let sparse = b.to_entry(None).sparse;
     let mut staged_names = Vec::new();
@@ -981,17 +1074,7 @@ fn read_file(
     if moved {
         return unstage(store, &staged_names).map(|_| None);
     }
-    // The fields as they were while reading (the walk's stat may be older).
-    let fresh = b.to_entry(e.link.clone());
-    (e.size, e.mtime, e.ctime, e.ino, e.mode, e.uid, e.gid) = (
-        fresh.size,
-        fresh.mtime,
-        fresh.ctime,
-        fresh.ino,
-        fresh.mode,
-        fresh.uid,
-        fresh.gid,
-    );
+    set_fresh(e, &b);
     e.hash = Some(hash);
     if old.is_some_and(|o| o.kind == Kind::File && o.hash == Some(hash)) {
         let staged_name = staged_names[0].clone();
@@ -1024,6 +1107,20 @@ fn read_file(
         return Ok(Some((NewContent::Same, map)));
     }
     Ok(Some((content, map)))
+}
+
+/// The fields as they were while reading (the walk's stat may be older).
+fn set_fresh(e: &mut Entry, b: &Basic) {
+    let fresh = b.to_entry(e.link.clone());
+    (e.size, e.mtime, e.ctime, e.ino, e.mode, e.uid, e.gid) = (
+        fresh.size,
+        fresh.mtime,
+        fresh.ctime,
+        fresh.ino,
+        fresh.mode,
+        fresh.uid,
+        fresh.gid,
+    );
 }
 
 /// The replica's copy of a large file's previous version with its leaf map, when the new
@@ -1119,6 +1216,7 @@ fn reverse_change(
     content: &NewContent,
     level: Level,
     full_frames: &mut HashMap<Hash, (u64, u64)>,
+    leader: Option<&GroupChange>,
 ) -> Result<Change> {
     let new_hash = new.filter(|n| n.kind == Kind::File).and_then(|n| n.hash);
     let mut change = Change {
@@ -1135,6 +1233,18 @@ fn reverse_change(
         return Ok(change);
     }
     let old_hash = old.hash.expect("file entries have a hash");
+    if let NewContent::Linked = content {
+        if new_hash == Some(old_hash) {
+            change.content = ContentKind::Same;
+            return Ok(change);
+        }
+        // The same old and new content as its leader: the leader's frame restores it too
+        // (a delta applies to the same new bytes). Else its old version is stored whole below.
+        if let Some(g) = leader.filter(|g| g.old_hash == Some(old_hash)) {
+            (change.content, change.frame) = (g.content, g.frame);
+            return Ok(change);
+        }
+    }
     let what = || format!("storing the old version of {}", display_path(&p.path));
     if let NewContent::Patch { undo, .. } = content {
         // Built while the file was read, from the replica leaves it checked against their map.

@@ -80,6 +80,8 @@ pub fn write_content(
             if n == 0 {
                 return Ok(off);
             }
+            // A short fill saw the end already: another read would only see it again.
+            let end = n < buf.len();
             if sparse {
                 for block in buf[..n].chunks(4096) {
                     if block.iter().any(|&b| b != 0) {
@@ -90,6 +92,9 @@ pub fn write_content(
             } else {
                 file.write_all_at(&buf[..n], off)?;
                 off += n as u64;
+            }
+            if end {
+                return Ok(off);
             }
         }
     })?;

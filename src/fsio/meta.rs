@@ -111,10 +111,51 @@ pub(crate) fn proc_path(dir: BorrowedFd, name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Where xattrs are read from: a path through a pinned directory (any kind of entry, without
+/// following a symlink) or an open file (one lookup fewer per file than the path, which goes
+/// through `/proc`).
+enum XattrSource<'a> {
+    Path(Vec<u8>),
+    Fd(BorrowedFd<'a>),
+}
+
+impl XattrSource<'_> {
+    fn list_len(&self) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(p) => rustix::fs::llistxattr_query(&p[..]),
+            XattrSource::Fd(fd) => rustix::fs::flistxattr_query(fd),
+        }
+    }
+
+    fn get_len(&self, xname: &[u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(p) => rustix::fs::lgetxattr_query(&p[..], xname),
+            XattrSource::Fd(fd) => rustix::fs::fgetxattr_query(fd, xname),
+        }
+    }
+
+    fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(p) => rustix::fs::llistxattr(&p[..], buf),
+            XattrSource::Fd(fd) => rustix::fs::flistxattr(fd, buf),
+        }
+    }
+
+    fn get(&self, xname: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(p) => rustix::fs::lgetxattr(&p[..], xname, buf),
+            XattrSource::Fd(fd) => rustix::fs::fgetxattr(fd, xname, buf),
+        }
+    }
+}
+
 fn read_xattrs(dir: BorrowedFd, name: &[u8]) -> io::Result<Xattrs> {
-    let path = proc_path(dir, name);
+    read_xattrs_from(&XattrSource::Path(proc_path(dir, name)))
+}
+
+fn read_xattrs_from(src: &XattrSource) -> io::Result<Xattrs> {
     let names = loop {
-        let n = match rustix::fs::llistxattr_query(&path[..]) {
+        let n = match src.list_len() {
             Ok(n) => n,
             Err(e) if e == rustix::io::Errno::OPNOTSUPP => return Ok(Xattrs::default()),
             Err(e) => return Err(e.into()),
@@ -123,7 +164,7 @@ fn read_xattrs(dir: BorrowedFd, name: &[u8]) -> io::Result<Xattrs> {
             return Ok(Xattrs::default());
         }
         let mut buf = vec![0u8; n];
-        match rustix::fs::llistxattr(&path[..], &mut buf[..]) {
+        match src.list(&mut buf[..]) {
             Ok(len) => {
                 buf.truncate(len);
                 break buf;
@@ -134,7 +175,7 @@ fn read_xattrs(dir: BorrowedFd, name: &[u8]) -> io::Result<Xattrs> {
     };
     let mut pairs = Vec::new();
     for xname in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        match read_xattr_value(&path, xname) {
+        match read_xattr_value(src, xname) {
             Ok(v) => pairs.push((xname.to_vec(), v)),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NODATA.raw_os_error()) => {}
             Err(e) => return Err(e),
@@ -144,14 +185,14 @@ fn read_xattrs(dir: BorrowedFd, name: &[u8]) -> io::Result<Xattrs> {
     Ok(Xattrs(pairs))
 }
 
-fn read_xattr_value(path: &[u8], xname: &[u8]) -> io::Result<Vec<u8>> {
+fn read_xattr_value(src: &XattrSource, xname: &[u8]) -> io::Result<Vec<u8>> {
     loop {
-        let n = rustix::fs::lgetxattr_query(path, xname)?;
+        let n = src.get_len(xname)?;
         let mut buf = vec![0u8; n];
         if n == 0 {
             return Ok(buf);
         }
-        match rustix::fs::lgetxattr(path, xname, &mut buf[..]) {
+        match src.get(xname, &mut buf[..]) {
             Ok(len) => {
                 buf.truncate(len);
                 return Ok(buf);
@@ -162,10 +203,22 @@ fn read_xattr_value(path: &[u8], xname: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
+/// Completes the entry of a regular file from the file itself, opened for reading: xattrs and
+/// inode flags through the descriptor the content is read from.
+pub fn read_file_entry(fd: BorrowedFd, entry: &mut Entry) -> io::Result<()> {
+    entry.xattrs = read_xattrs_from(&XattrSource::Fd(fd))?;
+    entry.flags = flags_of(fd)?;
+    Ok(())
+}
+
 fn read_flags(dir: BorrowedFd, name: &[u8]) -> io::Result<u32> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
-    match rustix::fs::ioctl_getflags(fd.as_fd()) {
+    flags_of(fd.as_fd())
+}
+
+fn flags_of(fd: BorrowedFd) -> io::Result<u32> {
+    match rustix::fs::ioctl_getflags(fd) {
         Ok(f) => Ok(f.bits()),
         // Filesystems without inode flags (some FUSE, older tmpfs) have none to keep.
         Err(e)

@@ -14,7 +14,7 @@ pub use apply::{
     apply_flags, apply_meta_at, apply_meta_fd, clear_immutable, create_node, is_root_user,
     remove_tree, write_content, ContentReader, MetaWarnings, SETTABLE_FLAGS,
 };
-pub use meta::{hash_reader, read_entry, stat_to_basic, Basic, HashingRead};
+pub use meta::{hash_reader, read_entry, read_file_entry, stat_to_basic, Basic, HashingRead};
 pub use prefetch::{Prefetcher, AHEAD};
 pub use resolve::{is_missing, open_beneath, open_dir, open_root, DirCache};
 pub use walk::{walk, walk_all, WalkOptions, WalkWarning};

@@ -295,3 +295,59 @@ fn hardlink_groups_share_one_file_in_the_replica() {
         assert_same(fp, &fingerprint(&t), &format!("point {id}"));
     }
 }
+
+/// Bytes the snapshot read through `read` calls (`rchar` of /proc/PID/io): a shell's own
+/// counter takes in each child it waited for.
+fn snapshot_rchar(lab: &Lab) -> u64 {
+    let script = format!(
+        "'{}' --root '{}' --store '{}' >/dev/null || exit 1; read -r _ n < /proc/$$/io; echo $n",
+        SNAPSHOT.path().display(),
+        Lab::s(&lab.sys()),
+        Lab::s(&lab.store())
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A hardlink group is read once, through its leader, as `cp -a` does: a driver linked 13
+/// times in /usr/lib costs one read. A member that is not the inode the leader was read from
+/// is read for itself, and every point restores exactly.
+#[test]
+fn a_hardlink_group_is_read_once() {
+    let lab = Lab::new();
+    lab.run_sh(
+        "mkdir -p a b && head -c 4000000 /dev/urandom > a/big && for i in 1 2 3 4 5; do ln a/big b/l$i; done \
+         && head -c 3000000 /dev/urandom > a/small && ln a/small b/s1",
+    );
+    let mut expected = BTreeMap::new();
+    let read = snapshot_rchar(&lab);
+    expected.insert(lab.point_ids()[0], fingerprint(&lab.sys()));
+    // Once: 7 MB and the store's own reads; each extra read of the group is 4 MB more.
+    assert!(read < 9_000_000, "the first point read {read} bytes");
+    // New links of a changed group: the changed content is read once more, not per link.
+    lab.run_sh(
+        "echo more >> a/big && ln a/big a/l6 && ln a/big a/l7 && rm b/s1 && cp a/small b/s1",
+    );
+    let read = snapshot_rchar(&lab);
+    expected.insert(*lab.point_ids().last().unwrap(), fingerprint(&lab.sys()));
+    assert!(read < 30_000_000, "the second point read {read} bytes");
+    let store = lab.store();
+    let r = store.join("replica");
+    assert_eq!(inode(&r.join("a/big")), inode(&r.join("a/l7")));
+    assert_eq!(inode(&r.join("a/big")), inode(&r.join("b/l5")));
+    assert_ne!(inode(&r.join("a/small")), inode(&r.join("b/s1")));
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
+    for (id, fp) in &expected {
+        let t = lab.target(&format!("p{id}"));
+        lab.restore(*id, &t);
+        assert_same(fp, &fingerprint(&t), &format!("point {id}"));
+    }
+}
