@@ -113,7 +113,7 @@ fn old_version(store: &Store, pack: Option<&File>, c: &Change) -> Result<Fill> {
     let rebuilt =
         content::step_back(pack, c, newer, store.staging())?.expect("old version is a file");
     let name = format!("r{}", blake3::hash(&c.path).to_hex()).into_bytes();
-    stage(store, &name, rebuilt, old.sparse)
+    stage(store, &name, rebuilt, true)
         .ctx(|| format!("staging the old version of {}", display_path(&c.path)))?;
     Ok(Fill::Staged(name))
 }

@@ -1051,7 +1051,8 @@ fn read_file(
                     keep: old.filter(|o| o.kind == Kind::File).map(|_| Vec::new()),
                     n: 0,
                 };
-                fsio::write_content(&staged, &mut hashing, e.sparse, 0)?;
+                // All-zero blocks stay holes in the replica, whatever the source allocates.
+                fsio::write_content(&staged, &mut hashing, true, 0)?;
                 let hash = *hashing.hasher.finalize().as_bytes();
                 let (bytes, n) = (hashing.keep.take(), hashing.n);
                 if n != b.size {

@@ -83,12 +83,8 @@ pub fn write_content(
             // A short fill saw the end already: another read would only see it again.
             let end = n < buf.len();
             if sparse {
-                for block in buf[..n].chunks(4096) {
-                    if block.iter().any(|&b| b != 0) {
-                        file.write_all_at(block, off)?;
-                    }
-                    off += block.len() as u64;
-                }
+                write_data_runs(file, &buf[..n], off)?;
+                off += n as u64;
             } else {
                 file.write_all_at(&buf[..n], off)?;
                 off += n as u64;
@@ -102,6 +98,27 @@ pub fn write_content(
         file.set_len(off)?;
     }
     Ok(off)
+}
+
+/// Writes `data` at `off`, leaving each all-zero 4 KiB block a hole; runs of data blocks go
+/// in one write each.
+pub fn write_data_runs(file: &File, data: &[u8], off: u64) -> io::Result<()> {
+    let mut run: Option<usize> = None;
+    for (i, block) in data.chunks(4096).enumerate() {
+        let zero = block.iter().all(|&b| b == 0);
+        match (zero, run) {
+            (false, None) => run = Some(i * 4096),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..i * 4096], off + start as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run {
+        file.write_all_at(&data[start..], off + start as u64)?;
+    }
+    Ok(())
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -39,7 +39,9 @@ fn changed_while_read(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::UnexpectedEof
 }
 
-/// Reads the whole file into `staged` (holes stay holes) and returns its map.
+/// Reads the whole file into `staged` and returns its map. Holes stay holes, and so does any
+/// all-zero 4 KiB block (`rsync -S` does the same in a mirror): what the source allocates is
+/// in the entry's `sparse`, which a restore follows.
 pub fn stage_whole(file: &File, size: u64, sparse: bool, staged: &File) -> io::Result<Outcome> {
     let (mut cvs, mut zs) = (Vec::new(), Vec::new());
     let read = for_each_leaf(file, size, sparse, |i, data| {
@@ -53,14 +55,8 @@ pub fn stage_whole(file: &File, size: u64, sparse: bool, staged: &File) -> io::R
                 cvs.push(leaf_cv(off, d));
                 let zero = all_zero(d);
                 zs.push(zero);
-                if !sparse {
-                    staged.write_all_at(d, off)?;
-                } else if !zero {
-                    for (j, block) in d.chunks(BLOCK).enumerate() {
-                        if !all_zero(block) {
-                            staged.write_all_at(block, off + (j * BLOCK) as u64)?;
-                        }
-                    }
+                if !zero {
+                    crate::fsio::write_data_runs(staged, d, off)?;
                 }
             }
         }

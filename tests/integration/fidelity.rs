@@ -111,6 +111,45 @@ fn restore_keeps_sparse_files_sparse() {
     );
 }
 
+/// All-zero blocks of a file that allocates them are holes in the store's replica (as in an
+/// `rsync -S` mirror), and allocated again in every restored copy: a restore follows the
+/// source, not the replica.
+#[test]
+fn zero_blocks_are_holes_in_the_replica_and_allocated_when_restored() {
+    use std::os::unix::fs::MetadataExt;
+    let lab = round_trip(
+        r#"
+        { head -c 8192 /dev/urandom; head -c 1048576 /dev/zero; head -c 100 /dev/urandom; } > small.bin
+        { head -c 8192 /dev/urandom; head -c 3145728 /dev/zero; head -c 100 /dev/urandom; } > large.bin
+        "#,
+        r#"
+        printf x | dd of=small.bin bs=1 seek=5 conv=notrunc status=none
+        printf x | dd of=large.bin bs=1 seek=5 conv=notrunc status=none
+        "#,
+    );
+    for name in ["small.bin", "large.bin"] {
+        let sys = std::fs::metadata(lab.sys().join(name)).unwrap();
+        assert!(
+            sys.blocks() * 512 >= sys.size(),
+            "{name}: the source has holes"
+        );
+        let replica = std::fs::metadata(lab.store().join("replica").join(name)).unwrap();
+        assert!(
+            replica.blocks() * 512 < sys.size() / 2,
+            "{name}: the replica allocates {} blocks for {} bytes",
+            replica.blocks(),
+            sys.size()
+        );
+        for t in ["t1", "t2"] {
+            let restored = std::fs::metadata(lab.target(t).join(name)).unwrap();
+            assert!(
+                restored.blocks() * 512 >= restored.size(),
+                "{name} in {t}: restored with holes"
+            );
+        }
+    }
+}
+
 #[test]
 fn large_files_are_stored_as_small_chunked_deltas() {
     let lab = round_trip(
