@@ -352,6 +352,7 @@ pub(super) fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
             conn.execute(&format!("DELETE FROM {}", t.name), [])?;
             Ok(())
         }
+        Op::Batch(ops) => ops.iter().try_for_each(|op| apply_op(conn, op)),
     }
 }
 
@@ -820,7 +821,7 @@ impl Index {
                     .map(|i| r.get::<_, Value>(i))
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(self.err("dumping the index"))?;
-                w.push(&Op::Put {
+                w.push(Op::Put {
                     table: code as u8,
                     values,
                 })

@@ -288,8 +288,12 @@ fn replay(dir: &Path, to: &Path, bytes: &[u8], report: &mut RepairReport) -> Res
     for (at, rec) in (Reader { bytes, pos: 0 }).enumerate_offsets() {
         match rec {
             Ok(op) => {
+                let n = match &op {
+                    log::Op::Batch(ops) => ops.len() as u64,
+                    _ => 1,
+                };
                 if apply_op(&tx, &op).is_ok() {
-                    report.records += 1;
+                    report.records += n;
                 } else {
                     report.damaged_records.push(at);
                 }
