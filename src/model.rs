@@ -158,7 +158,7 @@ pub struct Entry {
     pub ctime: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Timestamp {
     pub sec: i64,
     pub nsec: u32,

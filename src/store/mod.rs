@@ -228,13 +228,17 @@ pub fn usage(dir: &Path) -> Usage {
     use std::os::unix::fs::MetadataExt;
     let (replica, packs) = (dir.join("replica"), dir.join("packs"));
     let mut u = Usage::default();
+    // A file linked more than once (a hardlink group, twins) counts once.
+    let mut linked = std::collections::HashSet::new();
     for e in walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(|e| e.ok())
     {
         let Ok(m) = e.metadata() else { continue };
-        // A hardlink's share: a group linked in the replica counts once.
-        let n = m.blocks() * 512 / m.nlink().max(1);
+        if m.nlink() > 1 && !m.is_dir() && !linked.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        let n = m.blocks() * 512;
         u.total += n;
         // What is in them, not the two directories themselves (part of the fixed skeleton).
         if e.path().starts_with(&replica) && e.path() != replica {

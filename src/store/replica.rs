@@ -3,7 +3,7 @@
 //! regular files and symlinks with owner, mode and mtime; never inode flags, xattrs or device
 //! nodes (the index has those), so nothing in it can block its own updates or act on the host.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::AsFd;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -11,7 +11,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use super::Store;
 use crate::error::{IoContext, Result};
 use crate::fsio::{self, DirCache};
-use crate::model::{basename, display_path, parent, Entry, Kind, RelPath, Xattrs};
+use crate::model::{basename, display_path, parent, Entry, Hash, Kind, RelPath, Timestamp, Xattrs};
 
 /// Where a wanted regular file's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,16 +61,20 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<i64> {
         })
         .filter(|p| !p.is_empty())
         .collect();
-    let before = allocated(store, &measured)?;
+    let before = inodes(store, &measured)?;
     shape_paths(store, items)?;
-    Ok(allocated(store, &measured)? - before)
+    let after = inodes(store, &measured)?;
+    Ok(growth(&before, &after))
 }
 
-/// Allocated bytes of `paths` in the replica (0 for a path that is not there).
-fn allocated(store: &Store, paths: &BTreeSet<&[u8]>) -> Result<i64> {
+/// The inodes `paths` name in the replica: (dev, ino) -> (allocated bytes, links, how many
+/// of `paths` are links of it).
+type Inodes = HashMap<(u64, u64), (i64, u64, u64)>;
+
+fn inodes(store: &Store, paths: &BTreeSet<&[u8]>) -> Result<Inodes> {
     let root = store.replica();
     let mut cache = DirCache::default();
-    let mut total = 0i64;
+    let mut found = Inodes::new();
     for p in paths {
         let dir = match cache.parent_of(root, p) {
             Ok(d) => d,
@@ -81,13 +85,38 @@ fn allocated(store: &Store, paths: &BTreeSet<&[u8]>) -> Result<i64> {
             }
         };
         match rustix::fs::statat(dir, basename(p), AtFlags::SYMLINK_NOFOLLOW) {
-            // A hardlink's share, so that a group counts once (as `usage` walks it).
-            Ok(st) => total += st.st_blocks * 512 / (st.st_nlink.max(1) as i64),
+            Ok(st) => {
+                // A directory's link count counts its subdirectories, not other names of it.
+                let links = match FileType::from_raw_mode(st.st_mode) {
+                    FileType::RegularFile => st.st_nlink,
+                    _ => 1,
+                };
+                let i =
+                    found
+                        .entry((st.st_dev, st.st_ino))
+                        .or_insert((st.st_blocks * 512, links, 0));
+                i.2 += 1;
+            }
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(e).ctx(|| format!("stat of replica {}", display_path(p))),
         }
     }
-    Ok(total)
+    Ok(found)
+}
+
+/// By how much the replica's allocation changed, from the inodes the shaped paths named before
+/// and after. Exact when a shared inode is split: an inode the paths no longer name still
+/// counts when it had links outside them (a twin that kept it, a group member left alone),
+/// and a link made by the shaping always goes to a path among them.
+fn growth(before: &Inodes, after: &Inodes) -> i64 {
+    let was: i64 = before.values().map(|&(b, _, _)| b).sum();
+    let kept_outside: i64 = before
+        .iter()
+        .filter(|(k, &(_, links, named))| !after.contains_key(*k) && links > named)
+        .map(|(_, &(b, _, _))| b)
+        .sum();
+    let now: i64 = after.values().map(|&(b, _, _)| b).sum();
+    now + kept_outside - was
 }
 
 fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
@@ -125,6 +154,7 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
     }
     // Creations, parents first.
     let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
+    let mut dedup = Dedup::default();
     for it in items {
         let Some(kind) = in_replica(&it.want) else {
             continue;
@@ -135,7 +165,7 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
         if kind == Kind::Dir {
             touched_dirs.insert(it.path.clone());
         }
-        create(store, &mut cache, it)?;
+        create(store, &mut cache, &mut dedup, it)?;
     }
     // Directory metadata, deepest first, once their contents stopped changing.
     for d in touched_dirs.iter().rev() {
@@ -171,6 +201,7 @@ fn dir_meta(store: &Store, d: &[u8], e: &Entry) -> Result<()> {
 /// path in memory, and `staging/` growing to one directory of every file.
 pub struct Direct {
     cache: DirCache,
+    dedup: Dedup,
     /// Directories get their metadata last, deepest first, once their contents stop changing.
     dirs: Vec<(RelPath, Entry)>,
     before: u64,
@@ -180,6 +211,7 @@ impl Direct {
     pub fn new(store: &Store) -> Direct {
         Direct {
             cache: DirCache::default(),
+            dedup: Dedup::default(),
             dirs: Vec::new(),
             before: super::usage(&store.dir).replica,
         }
@@ -188,7 +220,7 @@ impl Direct {
     /// `it` comes after every path before it in byte order (so after its parent and its
     /// hardlink leader).
     pub fn put(&mut self, store: &Store, it: Shape) -> Result<()> {
-        create(store, &mut self.cache, &it)?;
+        create(store, &mut self.cache, &mut self.dedup, &it)?;
         if let Fill::Link(_, Some(staged)) = &it.fill {
             // The fallback copy, when the link was made: not needed, and `staging/` stays small.
             match rustix::fs::unlinkat(store.staging(), &staged[..], AtFlags::empty()) {
@@ -216,7 +248,7 @@ impl Direct {
 
 /// Creates one wanted path whose parent exists: a directory (metadata comes later, once its
 /// contents stop changing), a file from its fill, a symlink.
-fn create(store: &Store, cache: &mut DirCache, it: &Shape) -> Result<()> {
+fn create(store: &Store, cache: &mut DirCache, dedup: &mut Dedup, it: &Shape) -> Result<()> {
     let root = store.replica();
     let Some(kind) = in_replica(&it.want) else {
         return Ok(());
@@ -243,26 +275,21 @@ fn create(store: &Store, cache: &mut DirCache, it: &Shape) -> Result<()> {
     let what = || format!("updating replica {}", display_path(&it.path));
     match (kind, &it.fill) {
         (Kind::File, Fill::Staged(staged)) => {
-            put_staged(store, staged, dir, name, e).ctx(what)?;
+            let twin = dedup
+                .twin(e)
+                .filter(|t| link_to(store, t, dir, name).is_ok());
+            if twin.is_some() {
+                match rustix::fs::unlinkat(store.staging(), &staged[..], AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                    Err(err) => return Err(err).ctx(what),
+                }
+            } else {
+                put_staged(store, staged, dir, name, e).ctx(what)?;
+                dedup.remember(&it.path, e);
+            }
         }
         (Kind::File, Fill::Link(leader, staged)) => {
-            let (ldir, lname) = (parent(leader).unwrap_or(b""), basename(leader));
-            let linked = fsio::open_dir(root, ldir).and_then(|ldir| {
-                // The new link is made in `staging/`, which every writer empties: a kill
-                // before the rename leaves nothing in the replica.
-                let staging = store.staging();
-                let tmp = format!("link-{}", std::process::id()).into_bytes();
-                let _ = rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty());
-                rustix::fs::linkat(&ldir, lname, staging, &tmp[..], AtFlags::empty())?;
-                rustix::fs::renameat(staging, &tmp[..], dir, name)?;
-                // Renaming a link over another link of the same file does nothing (POSIX):
-                // a member already linked to its leader would keep the temp name too.
-                match rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty()) {
-                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
-            });
-            match (linked, staged) {
+            match (link_to(store, leader, dir, name), staged) {
                 (Ok(()), _) => {}
                 // The leader's copy is missing (damage): the follower keeps its own.
                 (Err(_), Some(staged)) => {
@@ -280,7 +307,14 @@ fn create(store: &Store, cache: &mut DirCache, it: &Shape) -> Result<()> {
         (Kind::File, Fill::Keep) => {
             let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
             let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
-            replica_meta_fd(fd.as_fd(), e).ctx(what)?;
+            let st = rustix::fs::fstat(&fd).ctx(what)?;
+            if st.st_nlink > 1 && !meta_is(&st, e) {
+                // A shared inode (a hardlink group, or twins) would carry the new owner, mode
+                // or mtime to the other paths: this one gets a copy of its own first.
+                own_copy(store, fd.as_fd(), dir, name, e).ctx(what)?;
+            } else {
+                replica_meta_fd(fd.as_fd(), e).ctx(what)?;
+            }
         }
         (Kind::Symlink, _) => {
             if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_err() {
@@ -292,6 +326,105 @@ fn create(store: &Store, cache: &mut DirCache, it: &Shape) -> Result<()> {
         _ => unreachable!("only files, directories and symlinks live in the replica"),
     }
     Ok(())
+}
+
+/// Makes `dir/name` a hardlink of replica file `target`. The new link is made in `staging/`,
+/// which every writer empties: a kill before the rename leaves nothing in the replica.
+fn link_to(
+    store: &Store,
+    target: &[u8],
+    dir: std::os::fd::BorrowedFd,
+    name: &[u8],
+) -> std::io::Result<()> {
+    let (tdir, tname) = (parent(target).unwrap_or(b""), basename(target));
+    let tdir = fsio::open_dir(store.replica(), tdir)?;
+    let staging = store.staging();
+    let tmp = format!("link-{}", std::process::id()).into_bytes();
+    let _ = rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty());
+    rustix::fs::linkat(&tdir, tname, staging, &tmp[..], AtFlags::empty())?;
+    rustix::fs::renameat(staging, &tmp[..], dir, name)?;
+    // Renaming a link over another link of the same file does nothing (POSIX): a member
+    // already linked to its leader would keep the temp name too.
+    match rustix::fs::unlinkat(staging, &tmp[..], AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Regular files this pass put into the replica, by content and the metadata the replica
+/// keeps: a later one that matches one of them (the same licence text in a hundred
+/// `/usr/share/doc` directories) becomes a hardlink of it instead of another copy, as a
+/// deduplicating backup stores it once. Only files written by this pass: a file patched in
+/// place must have one link (`apply_patch`), and those are older. Bounded, so a million files
+/// cost no more than 65 536 remembered ones (it starts over when full: twins tend to be
+/// neighbours in path order).
+#[derive(Default)]
+struct Dedup {
+    seen: HashMap<TwinKey, RelPath>,
+}
+
+const DEDUP_MAX: usize = 1 << 16;
+
+#[derive(Hash, PartialEq, Eq)]
+struct TwinKey {
+    hash: Hash,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: Timestamp,
+}
+
+impl Dedup {
+    fn key(e: &Entry) -> Option<TwinKey> {
+        // An empty file takes no blocks; a link would save nothing.
+        (e.kind == Kind::File && e.size > 0).then_some(())?;
+        Some(TwinKey {
+            hash: e.hash?,
+            uid: e.uid,
+            gid: e.gid,
+            mode: e.mode,
+            mtime: e.mtime,
+        })
+    }
+
+    fn twin(&self, e: &Entry) -> Option<RelPath> {
+        self.seen.get(&Self::key(e)?).cloned()
+    }
+
+    fn remember(&mut self, path: &[u8], e: &Entry) {
+        if let Some(k) = Self::key(e) {
+            if self.seen.len() >= DEDUP_MAX {
+                self.seen = HashMap::new();
+            }
+            self.seen.insert(k, path.to_vec());
+        }
+    }
+}
+
+/// Whether a replica inode already has the owner, mode and mtime it would be given.
+fn meta_is(st: &rustix::fs::Stat, e: &Entry) -> bool {
+    let owner = !fsio::is_root_user() || (st.st_uid, st.st_gid) == (e.uid, e.gid);
+    owner
+        && st.st_mode & 0o7777 == e.mode
+        && (st.st_mtime, st.st_mtime_nsec as u32) == (e.mtime.sec, e.mtime.nsec)
+}
+
+/// Replaces the shared replica file `dir/name` (open as `fd`) with a copy of its own that has
+/// `e`'s metadata: staged, then renamed over.
+fn own_copy(
+    store: &Store,
+    fd: std::os::fd::BorrowedFd,
+    dir: std::os::fd::BorrowedFd,
+    name: &[u8],
+    e: &Entry,
+) -> std::io::Result<()> {
+    let tmp = format!("own-{}", std::process::id()).into_bytes();
+    let _ = rustix::fs::unlinkat(store.staging(), &tmp[..], AtFlags::empty());
+    let copy = store.create_staged(&tmp)?;
+    let mut src = std::fs::File::from(fd.try_clone_to_owned()?);
+    fsio::write_content(&copy, &mut src, true, 0)?;
+    drop(copy);
+    put_staged(store, &tmp, dir, name, e)
 }
 
 /// Writes a staged patch into the replica file `dir/name`, which must be a file of its own (a

@@ -180,14 +180,17 @@ fn interrupted_points_over_damaged_copies_roll_back() {
 /// Allocated bytes of the replica's contents and of the packs, walked as `du` would.
 fn walked_usage(store: &std::path::Path) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
+    // Each inode once, however many links it has.
     let sum = |dir: std::path::PathBuf| -> i64 {
+        let mut seen = std::collections::HashSet::new();
         walkdir::WalkDir::new(&dir)
             .min_depth(1)
             .into_iter()
             .filter_map(|e| e.ok())
-            .map(|e| {
+            .filter_map(|e| {
                 let m = e.metadata().unwrap();
-                m.blocks() as i64 * 512 / m.nlink() as i64
+                seen.insert((m.dev(), m.ino()))
+                    .then_some(m.blocks() as i64 * 512)
             })
             .sum()
     };
@@ -344,6 +347,64 @@ fn a_hardlink_group_is_read_once() {
     assert_eq!(inode(&r.join("a/big")), inode(&r.join("a/l7")));
     assert_eq!(inode(&r.join("a/big")), inode(&r.join("b/l5")));
     assert_ne!(inode(&r.join("a/small")), inode(&r.join("b/s1")));
+    SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
+    for (id, fp) in &expected {
+        let t = lab.target(&format!("p{id}"));
+        lab.restore(*id, &t);
+        assert_same(fp, &fingerprint(&t), &format!("point {id}"));
+    }
+}
+
+/// Files with the same content, owner, mode and mtime (the same licence text in many
+/// packages) share one inode in the replica, as a mirror cannot; a file that stops being a
+/// twin, by content or by metadata, gets a copy of its own, the others keep theirs as they
+/// were; restores never link them; the recorded usage stays what a walk finds.
+#[test]
+fn twins_share_one_file_in_the_replica_and_restore_apart() {
+    let lab = Lab::new();
+    lab.run_sh(
+        "mkdir -p a b c d && head -c 20000 /dev/urandom > a/x && cp -p a/x b/x && cp -p a/x d/x \
+         && cp a/x c/x && chmod 600 c/x && touch -r a/x c/x && head -c 5000 /dev/urandom > a/y && cp -p a/y b/y",
+    );
+    let mut expected = BTreeMap::new();
+    expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    let store = lab.store();
+    let r = store.join("replica");
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(r.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(inode(&r.join("a/x")), inode(&r.join("b/x")));
+    assert_eq!(inode(&r.join("a/x")), inode(&r.join("d/x")));
+    assert_eq!(inode(&r.join("a/y")), inode(&r.join("b/y")));
+    assert_ne!(inode(&r.join("a/x")), inode(&r.join("c/x")), "another mode");
+    assert_eq!(recorded_usage(&store), walked_usage(&store));
+    let steps = [
+        // A new mode for one twin: it gets its own copy, the others keep theirs.
+        "chmod 640 b/x",
+        // New content for another, and a new file that is the twin of an old one.
+        "echo more >> d/x && cp -p a/y e-new",
+        // A twin removed, the last one changed in mode and back.
+        "rm b/y && chmod 700 a/y && chmod 644 a/y",
+    ];
+    for step in steps {
+        lab.run_sh(step);
+        expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+        assert_eq!(
+            recorded_usage(&store),
+            walked_usage(&store),
+            "usage after {step}"
+        );
+        SNAPSHOT.expect(0, &["verify", "--store", Lab::s(&store)]);
+    }
+    assert_ne!(inode(&r.join("a/x")), inode(&r.join("b/x")));
+    assert_eq!(mode("a/x"), 0o644);
+    assert_eq!(mode("b/x"), 0o640);
+    assert_ne!(inode(&r.join("a/x")), inode(&r.join("d/x")));
     SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
     for (id, fp) in &expected {
         let t = lab.target(&format!("p{id}"));
