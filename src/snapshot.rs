@@ -141,6 +141,7 @@ pub fn run(
         store_within(root, &store.dir).into_iter().collect(),
     )?;
     let mut report = SnapshotReport::default();
+    read_ahead(store.dir.join("index.db"));
     progress.phase("scanning", None, None);
     let walked = scan(root_fd.as_fd(), opts, &excludes, &mut report, progress)?;
     let pending = compare(store, walked, &mut report)?;
@@ -208,6 +209,20 @@ pub fn run(
     store.clear_staging()?;
     progress.finish();
     Ok(report)
+}
+
+/// The index is read whole right after the walk (`compare`), and on a cold cache that read
+/// waits for the disk as long again as the walk's own reads (a million paths: 170 MB). Its pages
+/// are asked for now, on a thread of their own, while the walk waits for inodes. A hint: nothing
+/// waits for it, and a failure costs nothing but the time.
+fn read_ahead(path: std::path::PathBuf) {
+    let _ = std::thread::Builder::new()
+        .name("index-read-ahead".into())
+        .spawn(move || {
+            if let Ok(f) = File::open(path) {
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
+            }
+        });
 }
 
 /// The last check before a point is marked complete: a follower whose hardlink leader is not

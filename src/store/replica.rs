@@ -11,7 +11,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use super::Store;
 use crate::error::{IoContext, Result};
 use crate::fsio::{self, DirCache};
-use crate::model::{basename, display_path, parent, Entry, Hash, Kind, RelPath, Timestamp, Xattrs};
+use crate::model::{basename, display_path, parent, Entry, Hash, Kind, RelPath, Xattrs};
 
 /// Where a wanted regular file's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,35 +360,30 @@ fn link_to(
 /// neighbours in path order).
 #[derive(Default)]
 struct Dedup {
-    seen: HashMap<TwinKey, RelPath>,
+    /// BLAKE3 of the content hash and the three fields -> the path.
+    seen: HashMap<Hash, Box<[u8]>>,
 }
 
+/// About 48 bytes a file and the path: a few MiB at most.
 const DEDUP_MAX: usize = 1 << 16;
 
-#[derive(Hash, PartialEq, Eq)]
-struct TwinKey {
-    hash: Hash,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    mtime: Timestamp,
-}
-
 impl Dedup {
-    fn key(e: &Entry) -> Option<TwinKey> {
+    fn key(e: &Entry) -> Option<Hash> {
         // An empty file takes no blocks; a link would save nothing.
-        (e.kind == Kind::File && e.size > 0).then_some(())?;
-        Some(TwinKey {
-            hash: e.hash?,
-            uid: e.uid,
-            gid: e.gid,
-            mode: e.mode,
-            mtime: e.mtime,
-        })
+        if e.kind != Kind::File || e.size == 0 {
+            return None;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&e.hash?);
+        for v in [e.uid, e.gid, e.mode, e.mtime.nsec] {
+            h.update(&v.to_le_bytes());
+        }
+        h.update(&e.mtime.sec.to_le_bytes());
+        Some(*h.finalize().as_bytes())
     }
 
     fn twin(&self, e: &Entry) -> Option<RelPath> {
-        self.seen.get(&Self::key(e)?).cloned()
+        self.seen.get(&Self::key(e)?).map(|p| p.to_vec())
     }
 
     fn remember(&mut self, path: &[u8], e: &Entry) {
@@ -396,7 +391,7 @@ impl Dedup {
             if self.seen.len() >= DEDUP_MAX {
                 self.seen = HashMap::new();
             }
-            self.seen.insert(k, path.to_vec());
+            self.seen.insert(k, path.into());
         }
     }
 }
