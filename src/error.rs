@@ -38,6 +38,12 @@ pub enum Error {
         "store {store} has data ({what}) but no index.db: nothing was written. Run `system_snapshot repair --store {store}` to rebuild the index from index.log"
     )]
     NoIndex { store: PathBuf, what: String },
+    #[error("no store was made at {store}: {why}. Nothing was written; {then}")]
+    StoreNotMounted {
+        store: PathBuf,
+        why: String,
+        then: String,
+    },
     // -- points
     #[error("no restore point {id}; `system_snapshot list` shows the points there are")]
     NoSuchPoint { id: i64 },

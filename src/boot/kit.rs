@@ -235,12 +235,44 @@ fn recovery_text(
     } else {
         ("files and boot area", " --boot")
     };
-    if !inside {
-        let _ = writeln!(
-            t,
-            "   The store is not inside the root: mount its filesystem at {} too.",
-            rescue_store.display()
-        );
+    // A store on a filesystem of its own (a second disk, a USB disk, NFS) is not there in
+    // the rescue system until it is mounted too.
+    let root_fs = crate::store::place::filesystem_of(root).map(|m| m.point);
+    match crate::store::place::filesystem_of(store) {
+        Some(m) if Some(&m.point) != root_fs.as_ref() => {
+            let at = if inside {
+                let root = root.canonicalize().unwrap_or(root.to_path_buf());
+                let rel = m.point.strip_prefix(&root).unwrap_or(&m.point);
+                Path::new("/mnt/sysimage").join(rel)
+            } else {
+                m.point.clone()
+            };
+            let what = m
+                .uuid
+                .as_ref()
+                .map_or(m.source.clone(), |u| format!("UUID={u}"));
+            let _ = writeln!(
+                t,
+                "   The store is on a filesystem of its own: {} ({}{}), mounted at {} now.\n\
+                 \x20  Mount it in the rescue system too, after the root:\n\
+                 \x20  mkdir -p {at} && mount {what} {at}",
+                m.source,
+                m.fstype,
+                m.uuid
+                    .as_ref()
+                    .map_or(String::new(), |u| format!(", UUID={u}")),
+                m.point.display(),
+                at = at.display(),
+            );
+        }
+        _ if !inside => {
+            let _ = writeln!(
+                t,
+                "   The store is not inside the root: mount its filesystem at {} too.",
+                rescue_store.display()
+            );
+        }
+        _ => {}
     }
     let _ = writeln!(
         t,

@@ -19,7 +19,8 @@ pub const DAMAGED: i32 = 5;
 pub const NEEDS_CONFIRMATION: i32 = 6;
 /// Admission control refused the snapshot (store ceiling or filesystem reserve), a restore was
 /// refused (not enough free space on the target), or a boot area restore was refused (another
-/// disk, or its layout changed): nothing written.
+/// disk, or its layout changed), or a new store was refused (its disk is not mounted): nothing
+/// written.
 pub const REFUSED: i32 = 7;
 /// The operator answered anything but `yes`, or pressed Ctrl-C: nothing was changed.
 pub const CANCELLED: i32 = 8;
@@ -30,6 +31,7 @@ pub fn exit_code_for(e: &Error) -> i32 {
         Error::Damaged { .. } | Error::NoIndex { .. } => DAMAGED,
         Error::Config { .. } | Error::Usage(_) => USAGE,
         Error::Refused { .. }
+        | Error::StoreNotMounted { .. }
         | Error::BootRefused { .. }
         | Error::RestoreRefused { .. }
         | Error::RestoreUnfinished { .. } => REFUSED,

@@ -8,6 +8,7 @@ pub mod blobs;
 mod index;
 mod log;
 mod pack;
+pub mod place;
 mod repair;
 pub mod replica;
 mod rowsum;
@@ -59,7 +60,9 @@ impl Store {
                     store: dir.to_path_buf(),
                 });
             }
+            place::check_new_store(dir)?;
             make_layout(dir)?;
+            place::remember(dir);
         }
         let lock = take_lock(dir)?;
         Store::open_inner(dir, Some(lock))

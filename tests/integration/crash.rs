@@ -189,6 +189,7 @@ fn a_first_point_killed_anywhere_leaves_nothing_behind() {
     ];
     for kill in kills {
         let _ = std::fs::remove_dir_all(lab.store());
+        forget_store(&lab.store());
         let mut cmd = snapshot_cmd(&lab);
         if kill == "random" || kill == "at once" {
             let mut child = cmd.spawn().unwrap();

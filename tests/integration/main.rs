@@ -12,6 +12,7 @@ mod interactive;
 mod kit;
 mod large;
 mod partial;
+mod place;
 mod props;
 mod refusals;
 mod relog;

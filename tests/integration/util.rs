@@ -304,6 +304,34 @@ pub fn listed_ids(place: &[&str]) -> Vec<i64> {
         .collect()
 }
 
+/// The machine's own `/etc/fstab` and list of stores stay out of the tests (every binary the
+/// tests start inherits this): the stores they make go into a list of this process's, and no
+/// fstab mount point is expected unless a test names its own fstab.
+pub fn hermetic_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let state = std::env::temp_dir().join(format!("rp-test-state-{}", std::process::id()));
+        std::env::set_var("RESTOREPOINT_STATE_DIR", state);
+        std::env::set_var("RESTOREPOINT_FSTAB", "/dev/null");
+    });
+}
+
+/// Forgets that the tests made a store at `store`, so that one removed on purpose can be made
+/// again at the same path.
+pub fn forget_store(store: &Path) {
+    hermetic_env();
+    let file = PathBuf::from(std::env::var_os("RESTOREPOINT_STATE_DIR").unwrap()).join("stores");
+    let needle = serde_json::to_string(store).unwrap();
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.contains(&needle))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&file, kept).unwrap();
+    }
+}
+
 pub struct Bin(pub &'static str);
 
 pub const SNAPSHOT: Bin = Bin("system_snapshot");
@@ -315,6 +343,7 @@ impl Bin {
     }
 
     pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        hermetic_env();
         let out = std::process::Command::new(self.path())
             .args(args)
             .stdin(std::process::Stdio::null())
@@ -352,6 +381,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Lab {
+        hermetic_env();
         let dir = tempfile::Builder::new()
             .prefix("rp-test")
             .tempdir_in(std::env::var("RP_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
