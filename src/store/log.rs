@@ -548,11 +548,7 @@ mod tests {
         // Flip a byte inside the second record: it alone is lost.
         let second = ops[0].record().len() + 12;
         bytes[second] ^= 0x40;
-        let got: Vec<Result<Op, usize>> = Reader {
-            bytes: &bytes,
-            pos: 0,
-        }
-        .collect();
+        let got = records(&bytes);
         assert_eq!(got.len(), 5);
         assert!(got[1].is_err());
         assert_eq!(got[2].as_ref().unwrap(), &ops[2]);
@@ -585,6 +581,10 @@ mod tests {
         assert!(got.last().unwrap().is_err());
     }
 
+    fn records(bytes: &[u8]) -> Vec<Result<Op, usize>> {
+        Reader { bytes, pos: 0 }.collect()
+    }
+
     #[test]
     fn a_batch_round_trips_compressed_and_a_damaged_one_is_skipped_whole() {
         let row = |i: i64| Op::Put {
@@ -604,12 +604,7 @@ mod tests {
             "{} bytes for {plain} uncompressed",
             ops[1].record().len()
         );
-        let got: Vec<Op> = Reader {
-            bytes: &bytes,
-            pos: 0,
-        }
-        .map(|r| r.unwrap())
-        .collect();
+        let got: Vec<Op> = records(&bytes).into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(got, ops);
         // Nested batches and headers inside a batch are damage.
         for inner in [Op::Batch(vec![row(1)]), Op::Header { dump_len: 1 }] {
@@ -617,11 +612,7 @@ mod tests {
         }
         let at = ops[0].record().len() + 40;
         bytes[at] ^= 1;
-        let got: Vec<Result<Op, usize>> = Reader {
-            bytes: &bytes,
-            pos: 0,
-        }
-        .collect();
+        let got = records(&bytes);
         assert_eq!(got.len(), 3);
         assert!(got[1].is_err());
         assert_eq!(got[2].as_ref().unwrap(), &ops[2]);

@@ -62,11 +62,7 @@ fn after_kills_at_random_moments_a_lost_index_is_rebuilt_as_it_was() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(points_json(&lab), before, "the same points, ids and totals");
-    for (id, fp) in &expected {
-        let t = lab.target(&format!("p{id}"));
-        lab.restore(*id, &t);
-        assert_same(fp, &fingerprint(&t), &format!("point {id} after repair"));
-    }
+    lab.assert_points_restore(&expected, "after repair");
 }
 
 /// A row gone from `index.db` fails no checksum; verify still finds it, from the replica.
@@ -123,11 +119,7 @@ fn repair_without_a_log_rebuilds_from_the_packs_and_the_replica() {
         "{said}"
     );
     assert_eq!(points_json(&lab), before, "the same points, ids and totals");
-    for (id, fp) in &expected {
-        let t = lab.target(&format!("p{id}"));
-        lab.restore(*id, &t);
-        assert_same(fp, &fingerprint(&t), &format!("point {id} after repair"));
-    }
+    lab.assert_points_restore(&expected, "after repair");
     // The store goes on, with a log again.
     assert!(lab.store().join("index.log").exists());
     lab.run_sh("echo later >> etc/app/c6");
@@ -292,11 +284,7 @@ fn hardlink_groups_share_one_file_in_the_replica() {
         recorded_usage(&store)
     );
     SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
-    for (id, fp) in &expected {
-        let t = lab.target(&format!("p{id}"));
-        lab.restore(*id, &t);
-        assert_same(fp, &fingerprint(&t), &format!("point {id}"));
-    }
+    lab.assert_points_restore(&expected, "");
 }
 
 /// Bytes the snapshot read through `read` calls (`rchar` of /proc/PID/io): a shell's own
@@ -348,11 +336,7 @@ fn a_hardlink_group_is_read_once() {
     assert_eq!(inode(&r.join("a/big")), inode(&r.join("b/l5")));
     assert_ne!(inode(&r.join("a/small")), inode(&r.join("b/s1")));
     SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
-    for (id, fp) in &expected {
-        let t = lab.target(&format!("p{id}"));
-        lab.restore(*id, &t);
-        assert_same(fp, &fingerprint(&t), &format!("point {id}"));
-    }
+    lab.assert_points_restore(&expected, "");
 }
 
 /// Files with the same content, owner, mode and mtime (the same licence text in many
@@ -406,9 +390,5 @@ fn twins_share_one_file_in_the_replica_and_restore_apart() {
     assert_eq!(mode("b/x"), 0o640);
     assert_ne!(inode(&r.join("a/x")), inode(&r.join("d/x")));
     SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
-    for (id, fp) in &expected {
-        let t = lab.target(&format!("p{id}"));
-        lab.restore(*id, &t);
-        assert_same(fp, &fingerprint(&t), &format!("point {id}"));
-    }
+    lab.assert_points_restore(&expected, "");
 }

@@ -478,6 +478,21 @@ impl Lab {
         RESTORE.expect(0, &self.restore_to_args(id, target, &[]));
     }
 
+    /// Restores each point into a directory of its own and compares it with the fingerprint
+    /// the tree had when the point was taken (`when`: said in a failure, after the point).
+    #[track_caller]
+    pub fn assert_points_restore(&self, expected: &BTreeMap<i64, Fingerprint>, when: &str) {
+        for (id, fp) in expected {
+            let t = self.target(&format!("p{id}"));
+            self.restore(*id, &t);
+            assert_same(
+                fp,
+                &fingerprint(&t),
+                format!("point {id} {when}").trim_end(),
+            );
+        }
+    }
+
     pub fn run_sh(&self, script: &str) {
         let st = std::process::Command::new("sh")
             .arg("-ec")
