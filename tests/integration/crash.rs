@@ -14,6 +14,7 @@ fn build(lab: &Lab) {
         head -c 12000000 /dev/urandom > big.bin
         ln dir0/file1 dir1/hardlink
         ln -s dir0/file2 link
+        mkdir twins && for f in $(seq 1 30); do cp -p dir0/file$f twins/t$f && cp -p dir0/file$f twins/u$f; done
         "#,
     );
 }
@@ -25,7 +26,20 @@ fn mutate(lab: &Lab, rng: &mut Rng) {
         let (d, f) = (rng.below(4), 1 + rng.below(70));
         let p = format!("dir{d}/file{f}");
         // A step may not fit what earlier steps made of the path (a file became a directory).
-        script += &match rng.below(6) {
+        // Twins (same content, owner, mode, mtime) share a replica inode: new ones, and old
+        // ones given a new mode or mtime, split it.
+        let t = format!(
+            "twins/{}{}",
+            ["t", "u"][rng.below(2) as usize],
+            1 + rng.below(30)
+        );
+        script += &match rng.below(9) {
+            6 => format!("[ ! -f {p} ] || cp -p {p} {p}.twin\n"),
+            7 => format!("[ ! -f {t} ] || chmod {:o} {t}\n", 0o600 + rng.below(0o177)),
+            8 => format!(
+                "[ ! -f {t} ] || touch -d @{} {t}\n",
+                1_600_000_000 + rng.below(1000)
+            ),
             0 => format!("rm -f {p} || true\n"),
             1 => format!("echo {} >> {p} || true\n", rng.next()),
             2 => format!(
