@@ -144,7 +144,10 @@ pub fn check_new_store(dir: &Path) -> Result<()> {
             });
         }
     }
-    if let Some(made) = known(&abs) {
+    // What a store on an unmounted disk leaves: no directory, or an empty one (the disk was
+    // mounted at the store's own path). A store whose making was cut short has its layout.
+    let bare = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+    if let Some(made) = known(&abs).filter(|_| bare) {
         return Err(Error::StoreNotMounted {
             store: dir.to_path_buf(),
             why: format!("this machine made a store there on {made}, and it is not there now"),

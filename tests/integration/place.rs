@@ -147,6 +147,12 @@ fn a_store_on_its_own_disk_is_never_made_again_on_the_root_disk() {
         text(&out)
     );
     assert!(!store.exists(), "nothing was made on the root disk");
+    // An empty directory where the store was (a disk mounted at the store's own path) too.
+    std::fs::create_dir(&store).unwrap();
+    let out = snapshot(&lab, &store, None);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0);
+    std::fs::remove_dir(&store).unwrap();
 
     let disk = Mounted::new(&format!("-o loop '{}'", img.display()), &backup);
     let out = snapshot(&lab, &store, None);
