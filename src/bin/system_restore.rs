@@ -1,3 +1,5 @@
 fn main() {
-    std::process::exit(restorepoint::cli::restore_main());
+    std::process::exit(restorepoint::cli::main_by_name(
+        restorepoint::cli::restore_main,
+    ));
 }

@@ -1,5 +1,7 @@
-//! The recovery kit kept in `STORE/kit/`: both binaries and a plain-text RECOVERY file with
-//! the steps and the recorded disk layout, so a rescue CD needs nothing but the store's disk.
+//! The recovery kit kept in `STORE/kit/`: the program under both command names (one file,
+//! two hard links: each binary holds both commands and runs the one it is named as) and a
+//! plain-text RECOVERY file with the steps and the recorded disk layout, so a rescue CD needs
+//! nothing but the store's disk.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -54,15 +56,19 @@ pub fn refresh(
         .ctx(|| format!("syncing {}", kit.display()))
 }
 
-/// The binaries next to this program, as the kit should hold them.
-fn sources() -> Result<Vec<(PathBuf, &'static str)>> {
+/// The program the kit holds: `system_snapshot` next to this one (installed together), else
+/// this one. Either runs both commands.
+fn source() -> Result<PathBuf> {
     let exe = std::env::current_exe().ctx(|| "finding this program's path".to_string())?;
-    let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(BINARIES
-        .iter()
-        .map(|name| (bin_dir.join(name), *name))
-        .filter(|(from, _)| from.exists())
-        .collect())
+    let beside = exe.with_file_name(BINARIES[0]);
+    Ok(if beside.exists() { beside } else { exe })
+}
+
+fn same_inode(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Every file the kit needs anew, written and synced under temp names, with where it goes.
@@ -75,11 +81,17 @@ fn stage_all(
     kit: &Path,
 ) -> Result<Vec<(tempfile::TempPath, PathBuf)>> {
     let mut staged = Vec::new();
-    for (from, name) in sources()? {
-        let to = kit.join(name);
-        if !up_to_date(&from, &to)? {
-            staged.push((stage_binary(&from, kit, name)?, to));
-        }
+    let from = source()?;
+    let [first, second] = BINARIES;
+    let (to_first, to_second) = (kit.join(first), kit.join(second));
+    if !up_to_date(&from, &to_first)? {
+        let program = stage_binary(&from, kit, first)?;
+        // The second name links the staged file: both names get the new program together.
+        let twin = stage_binary(&program, kit, second)?;
+        staged.push((program, to_first));
+        staged.push((twin, to_second));
+    } else if !same_inode(&to_first, &to_second) {
+        staged.push((stage_binary(&to_first, kit, second)?, to_second));
     }
     let text = recovery_text(store, root, latest, captures, note);
     let mut tmp = temp_in(kit, "RECOVERY")?;
@@ -146,10 +158,7 @@ pub fn remove_leftovers(store: &Path) {
 }
 
 fn forget_recovery_if_incomplete(kit: &Path) {
-    let missing = sources()
-        .unwrap_or_default()
-        .iter()
-        .any(|(_, name)| !kit.join(name).exists());
+    let missing = BINARIES.iter().any(|name| !kit.join(name).exists());
     if missing {
         let _ = fs::remove_file(kit.join("RECOVERY"));
     }
@@ -163,14 +172,12 @@ pub fn expected_growth(store: &Path) -> u64 {
     let Ok(here) = fs::metadata(&kit).or_else(|_| fs::metadata(store)) else {
         return 0;
     };
-    let binaries: u64 = sources()
-        .unwrap_or_default()
-        .iter()
-        .filter(|(from, name)| !up_to_date(from, &kit.join(name)).unwrap_or(false))
-        .filter_map(|(from, _)| fs::metadata(from).ok())
+    let binaries: u64 = source()
+        .ok()
+        .filter(|from| !up_to_date(from, &kit.join(BINARIES[0])).unwrap_or(false))
+        .and_then(|from| fs::metadata(from).ok())
         .filter(|m| m.dev() != here.dev())
-        .map(|m| m.len())
-        .sum();
+        .map_or(0, |m| m.len());
     binaries + RECOVERY_ALLOWANCE
 }
 
@@ -206,8 +213,9 @@ fn recovery_text(
     let _ = writeln!(t);
     let _ = writeln!(
         t,
-        "This directory holds system_snapshot and system_restore (dynamically linked against\n\
-         glibc: any live CD of the same architecture and a similar age runs them) and this file."
+        "This directory holds system_snapshot and system_restore (one program under two names:\n\
+         keep the names, it runs the command it is named as; dynamically linked against glibc:\n\
+         any live CD of the same architecture and a similar age runs it) and this file."
     );
     let _ = writeln!(t);
     let _ = writeln!(t, "ROLLING THE MACHINE BACK FROM A RESCUE CD");

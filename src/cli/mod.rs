@@ -27,6 +27,21 @@ pub use exit::*;
 pub use restore_cmd::main as restore_main;
 pub use snapshot_cmd::main as snapshot_main;
 
+/// Both commands are in each binary, chosen by the name it is run under: the recovery kit
+/// keeps one program under both names (half the size in every store). A name that is neither
+/// runs `default`, the binary's own command.
+pub fn main_by_name(default: fn() -> i32) -> i32 {
+    let name = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    match name.as_deref() {
+        Some("system_snapshot") => snapshot_main(),
+        Some("system_restore") => restore_main(),
+        _ => default(),
+    }
+}
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -25,11 +25,9 @@ impl Drop for Unmount {
     }
 }
 
+/// What the kit's program takes (one file under both names).
 fn binaries_size() -> u64 {
-    [SNAPSHOT, RESTORE]
-        .iter()
-        .map(|b| std::fs::metadata(b.path()).unwrap().len())
-        .sum()
+    std::fs::metadata(SNAPSHOT.path()).unwrap().len()
 }
 
 /// name → (size, mtime) of every file in the kit, and RECOVERY's text.
@@ -49,7 +47,7 @@ fn kit_state(kit: &Path) -> (BTreeMap<String, (u64, i64)>, String) {
     (files, recovery)
 }
 
-/// A whole kit: both binaries equal to the ones that ran, RECOVERY, nothing else.
+/// A whole kit: the program that ran under both names (one file), RECOVERY, nothing else.
 #[track_caller]
 fn assert_whole(kit: &Path) {
     let (files, recovery) = kit_state(kit);
@@ -59,16 +57,61 @@ fn assert_whole(kit: &Path) {
         ["RECOVERY", "system_restore", "system_snapshot"],
         "the kit holds its three files and nothing half-written"
     );
-    for bin in [SNAPSHOT, RESTORE] {
-        let m = std::fs::metadata(bin.path()).unwrap();
-        assert_eq!(files[bin.0], (m.len(), m.mtime()), "{} is current", bin.0);
-        assert!(
-            std::fs::read(kit.join(bin.0)).unwrap() == std::fs::read(bin.path()).unwrap(),
-            "{} is a whole copy",
-            bin.0
-        );
-    }
+    let m = std::fs::metadata(SNAPSHOT.path()).unwrap();
+    assert_eq!(
+        files[SNAPSHOT.0],
+        (m.len(), m.mtime()),
+        "the program is current"
+    );
+    assert!(
+        std::fs::read(kit.join(SNAPSHOT.0)).unwrap() == std::fs::read(SNAPSHOT.path()).unwrap(),
+        "the program is a whole copy"
+    );
+    let ino = |n: &str| std::fs::metadata(kit.join(n)).unwrap().ino();
+    assert_eq!(ino(SNAPSHOT.0), ino(RESTORE.0), "one file under both names");
     assert!(recovery.contains("system_restore --root /mnt/sysimage"));
+}
+
+/// The kit's program runs the command it is named as.
+#[test]
+fn the_kit_runs_each_command_under_its_name() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc && echo conf > etc/conf");
+    let store = lab.store();
+    let out = snapshot(&lab, &store);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let kit = store.join("kit");
+    assert_whole(&kit);
+    let help = |name: &str| {
+        let out = Command::new(kit.join(name)).arg("--help").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        help("system_restore").contains("Roll this machine"),
+        "{}",
+        help("system_restore")
+    );
+    assert!(
+        !help("system_snapshot").contains("Roll this machine"),
+        "{}",
+        help("system_snapshot")
+    );
+    // Restoring with the kit's system_restore works like the installed one.
+    let t = lab.target("t");
+    let out = Command::new(kit.join("system_restore"))
+        .args([
+            "--store",
+            Lab::s(&store),
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&t),
+            "--yes",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(std::fs::read(t.join("etc/conf")).unwrap(), b"conf\n");
 }
 
 /// A store on a tmpfs that holds the kit with `spare` bytes to spare, and its first point,
