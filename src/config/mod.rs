@@ -71,7 +71,7 @@ pub struct Hooks {
 pub struct Boot {
     pub capture: bool,
     pub device: Option<PathBuf>,
-    /// Keep the recovery kit (both binaries and RECOVERY) in the store.
+    /// Keep the recovery kit (the program under both command names, and RECOVERY) in the store.
     pub kit: bool,
 }
 
