@@ -64,7 +64,7 @@ fn undo_rows(store: &mut Store, id: PointId) -> Result<()> {
         });
     }
     failpoint::hit("rollback-before-replica");
-    replica::shape(store, &shapes)?;
+    replica::shape(store, &shapes, false)?;
     store.sync()?;
     drop_point(store, id, &changes, false)
 }

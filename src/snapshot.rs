@@ -188,7 +188,7 @@ pub fn run(
     progress.phase("updating the replica", None, None);
     let replica_growth = match direct {
         Some(d) => d.finish(store)?,
-        None => replica::shape(store, &shapes)?,
+        None => replica::shape(store, &shapes, true)?,
     };
     failpoint::hit("snapshot-after-replica");
     store.sync()?;

@@ -47,7 +47,9 @@ fn in_replica(e: &Option<Entry>) -> Option<Kind> {
 /// Returns by how many allocated bytes the replica's contents grew (or shrank): the paths
 /// shaped and their directories, measured before and after (every path that changes is an
 /// item: a removed directory's contents are items too).
-pub fn shape(store: &Store, items: &[Shape]) -> Result<i64> {
+/// `twins`: link files of the same content and fields (a snapshot; a rollback stages
+/// placeholders whose content is not their entry's, so it never links).
+pub fn shape(store: &Store, items: &[Shape], twins: bool) -> Result<i64> {
     let measured: BTreeSet<&[u8]> = items
         .iter()
         .flat_map(|it| {
@@ -62,7 +64,7 @@ pub fn shape(store: &Store, items: &[Shape]) -> Result<i64> {
         .filter(|p| !p.is_empty())
         .collect();
     let before = inodes(store, &measured)?;
-    shape_paths(store, items)?;
+    shape_paths(store, items, twins)?;
     let after = inodes(store, &measured)?;
     Ok(growth(&before, &after))
 }
@@ -119,7 +121,7 @@ fn growth(before: &Inodes, after: &Inodes) -> i64 {
     now + kept_outside - was
 }
 
-fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
+fn shape_paths(store: &Store, items: &[Shape], twins: bool) -> Result<()> {
     let root = store.replica();
     let mut cache = DirCache::default();
     // Removals, deepest first: anything whose type is not the wanted one.
@@ -154,7 +156,10 @@ fn shape_paths(store: &Store, items: &[Shape]) -> Result<()> {
     }
     // Creations, parents first.
     let mut touched_dirs: BTreeSet<RelPath> = BTreeSet::new();
-    let mut dedup = Dedup::default();
+    let mut dedup = Dedup {
+        off: !twins,
+        ..Dedup::default()
+    };
     for it in items {
         let Some(kind) = in_replica(&it.want) else {
             continue;
@@ -362,15 +367,17 @@ fn link_to(
 struct Dedup {
     /// BLAKE3 of the content hash and the three fields -> the path.
     seen: HashMap<Hash, Box<[u8]>>,
+    /// Linking nothing: the staged files may not hold their entry's content.
+    off: bool,
 }
 
 /// About 48 bytes a file and the path: a few MiB at most.
 const DEDUP_MAX: usize = 1 << 16;
 
 impl Dedup {
-    fn key(e: &Entry) -> Option<Hash> {
+    fn key(&self, e: &Entry) -> Option<Hash> {
         // An empty file takes no blocks; a link would save nothing.
-        if e.kind != Kind::File || e.size == 0 {
+        if self.off || e.kind != Kind::File || e.size == 0 {
             return None;
         }
         let mut h = blake3::Hasher::new();
@@ -383,11 +390,11 @@ impl Dedup {
     }
 
     fn twin(&self, e: &Entry) -> Option<RelPath> {
-        self.seen.get(&Self::key(e)?).map(|p| p.to_vec())
+        self.seen.get(&self.key(e)?).map(|p| p.to_vec())
     }
 
     fn remember(&mut self, path: &[u8], e: &Entry) {
-        if let Some(k) = Self::key(e) {
+        if let Some(k) = self.key(e) {
             if self.seen.len() >= DEDUP_MAX {
                 self.seen = HashMap::new();
             }
@@ -418,6 +425,8 @@ fn own_copy(
     let copy = store.create_staged(&tmp)?;
     let mut src = std::fs::File::from(fd.try_clone_to_owned()?);
     fsio::write_content(&copy, &mut src, true, 0)?;
+    // Renamed over the only copy of the latest version: durable first, as staged files are.
+    copy.sync_data()?;
     drop(copy);
     put_staged(store, &tmp, dir, name, e)
 }
