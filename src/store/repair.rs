@@ -217,7 +217,7 @@ fn from_packs(dir: &Path, to: &Path, report: &mut RepairReport) -> Result<()> {
         .map_err(|e| db(to, "rebuilding from the packs", e))?;
     conn.close().map_err(|(_, e)| db(to, "closing", e))?;
     report.not_rebuilt.push(
-        "the latest point's extended attributes (ACLs, capabilities), inode flags, device nodes, FIFOs and sockets live only in the index: the replica gives back its files, directories, symlinks and shared hardlinks with owner, mode, times and content; older points keep what their changes recorded".into(),
+        "the latest point's extended attributes (ACLs, capabilities), inode flags, device nodes, FIFOs and sockets live only in the index: the replica gives back its files, directories, symlinks and shared hardlinks with owner, mode, times and content (files that share a replica inode come back as one hardlink group, and every file as allocated, not sparse); older points keep what their changes recorded".into(),
     );
     Ok(())
 }
@@ -241,6 +241,10 @@ fn replica_entries(
             .filter(|l| *l != path);
         let mut e = b.to_entry(link);
         (e.ino, e.ctime) = (0, Default::default());
+        // Zero blocks are holes in the replica whatever the source allocated, so the replica
+        // cannot tell a sparse file: every file comes back allocated (a swapfile, mostly
+        // zeros, must come back whole; a restore's space check refuses what does not fit).
+        e.sparse = false;
         match e.kind {
             Kind::Symlink => {
                 let fd = crate::fsio::open_beneath(

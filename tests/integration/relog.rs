@@ -2,6 +2,8 @@
 //! moments, then the index lost. The log replays into the index the store had.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::util::*;
@@ -391,4 +393,88 @@ fn twins_share_one_file_in_the_replica_and_restore_apart() {
     assert_ne!(inode(&r.join("a/x")), inode(&r.join("d/x")));
     SNAPSHOT.expect(0, &["verify", "--full", "--store", Lab::s(&store)]);
     lab.assert_points_restore(&expected, "");
+}
+
+/// A fully allocated file with zero blocks (a swapfile): the replica holds holes there, and a
+/// repair from the replica alone (index and log lost) must not take it for a sparse file.
+#[test]
+fn a_repair_from_the_replica_keeps_zero_blocks_allocated() {
+    let lab = Lab::new();
+    lab.run_sh(
+        "mkdir etc; (printf 'A%.0s' $(seq 4096); head -c 1048576 /dev/zero; printf 'B%.0s' $(seq 4096)) > etc/img",
+    );
+    let src = lab.sys().join("etc/img");
+    let m = std::fs::metadata(&src).unwrap();
+    eprintln!("source: size {} allocated {}", m.len(), m.blocks() * 512);
+    lab.snapshot();
+    let store = lab.store();
+    let r = std::fs::metadata(store.join("replica/etc/img")).unwrap();
+    eprintln!("replica allocated {}", r.blocks() * 512);
+    let id = lab.point_ids()[0];
+    let t0 = lab.target("before");
+    lab.restore(id, &t0);
+    let b0 = std::fs::metadata(t0.join("etc/img")).unwrap().blocks() * 512;
+    std::fs::remove_file(store.join("index.db")).unwrap();
+    std::fs::remove_file(store.join("index.log")).unwrap();
+    let out = SNAPSHOT.run(&["repair", "--store", Lab::s(&store)]);
+    eprintln!("{}", text(&out));
+    let id = lab.point_ids()[0];
+    let t = lab.target("after");
+    lab.restore(id, &t);
+    let b1 = std::fs::metadata(t.join("etc/img")).unwrap().blocks() * 512;
+    eprintln!("restored allocated: before repair {b0}, after repair {b1}");
+    assert_eq!(b0, b1, "restore after repair allocates differently");
+}
+
+/// A damaged copy whose change is lost gets an empty placeholder in a rollback, with its old
+/// entry: linking twins there would make a later path with that old content a link of the
+/// empty placeholder instead of its rebuilt copy. A rollback links no twins.
+#[test]
+fn a_rollback_never_links_a_file_to_a_placeholder() {
+    let lab = Lab::new();
+    let (sys, store) = (lab.sys(), lab.store());
+    lab.run_sh(
+        "mkdir -p etc/a etc/b && seq 1 3000 > etc/a/p && touch -d '2020-01-01 00:00:00' etc/a/p && chmod 644 etc/a/p",
+    );
+    lab.snapshot();
+    // q: the same content, mode, owner and mtime, written by a later pass (its own inode).
+    lab.run_sh("cp -p etc/a/p etc/b/q");
+    let p2 = lab.snapshot();
+    let good = std::fs::read(sys.join("etc/b/q")).unwrap();
+    let (ip, iq) = (
+        std::fs::metadata(store.join("replica/etc/a/p"))
+            .unwrap()
+            .ino(),
+        std::fs::metadata(store.join("replica/etc/b/q"))
+            .unwrap()
+            .ino(),
+    );
+    assert_ne!(ip, iq, "separate replica inodes");
+    // p's copy is damaged (unnoticed: p does not change).
+    flip(&store.join("replica/etc/a/p"), 10, 0x01);
+    // Both go; the snapshot is killed once the replica is shaped.
+    lab.run_sh("rm etc/a/p etc/b/q");
+    let killed = Command::new(SNAPSHOT.path())
+        .args(["--root", Lab::s(&sys), "--store", Lab::s(&store)])
+        .env("RESTOREPOINT_FAILPOINT", "snapshot-after-replica")
+        .output()
+        .unwrap();
+    eprintln!("killed run: {}", text(&killed));
+    assert_eq!(killed.status.code(), None);
+    // The next writer rolls it back; then point 2 is restored.
+    let t = lab.target("r2");
+    let out = RESTORE.run(&lab.restore_to_args(p2, &t, &[]));
+    eprintln!("restore: {}", text(&out));
+    let q = std::fs::read(store.join("replica/etc/b/q")).unwrap();
+    let iq2 = std::fs::metadata(store.join("replica/etc/b/q"))
+        .unwrap()
+        .nlink();
+    eprintln!(
+        "replica q: {} bytes (good: {}), nlink {}",
+        q.len(),
+        good.len(),
+        iq2
+    );
+    assert_eq!(q, good, "q's replica copy after the rollback");
+    assert_eq!(std::fs::read(t.join("etc/b/q")).unwrap(), good);
 }
