@@ -250,10 +250,25 @@ impl IndexLog {
     /// transaction they describe commits.
     /// Returns the log's length after them.
     pub fn append(&mut self, ops: &[Op]) -> io::Result<u64> {
-        let buf = match ops {
-            [op] => op.record(),
-            _ => Op::Batch(ops.to_vec()).record(),
+        // Batches of about a MiB, as a dump writes them: a transaction of a million rows (the
+        // rollback of a huge point) must not make one record past what a reader accepts.
+        let mut buf = Vec::new();
+        let mut batch: Vec<Op> = Vec::new();
+        let mut bytes = 0;
+        let emit = |batch: &mut Vec<Op>, buf: &mut Vec<u8>| match batch.len() {
+            0 => {}
+            1 => buf.extend_from_slice(&batch.pop().expect("one").record()),
+            _ => buf.extend_from_slice(&Op::Batch(std::mem::take(batch)).record()),
         };
+        for op in ops {
+            bytes += op.encode().len() + 4;
+            batch.push(op.clone());
+            if bytes >= DUMP_BATCH {
+                emit(&mut batch, &mut buf);
+                bytes = 0;
+            }
+        }
+        emit(&mut batch, &mut buf);
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
         self.len()
@@ -579,6 +594,39 @@ mod tests {
         }
         .collect();
         assert!(got.last().unwrap().is_err());
+    }
+
+    /// A transaction of many rows (the rollback of a huge point) goes out in batches of
+    /// about a MiB: one record past `MAX_BATCH` would be unreadable.
+    #[test]
+    fn a_large_append_is_split_into_readable_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(log_path(dir.path()), b"").unwrap();
+        let mut log = IndexLog::open(dir.path()).unwrap().unwrap();
+        let ops: Vec<Op> = (0..20_000)
+            .map(|i| Op::Put {
+                table: 1,
+                values: vec![
+                    Value::Blob(format!("usr/lib/x86_64-linux-gnu/lib{i}.so").into_bytes()),
+                    Value::Blob(vec![(i % 251) as u8; 200]),
+                ],
+            })
+            .collect();
+        log.append(&ops).unwrap();
+        let bytes = std::fs::read(log_path(dir.path())).unwrap();
+        let got = records(&bytes);
+        assert!(got.len() > 2, "{} records", got.len());
+        let mut back = Vec::new();
+        for r in got {
+            match r.unwrap() {
+                Op::Batch(v) => {
+                    assert!(v.iter().map(|o| o.encode().len()).sum::<usize>() < 2 * DUMP_BATCH);
+                    back.extend(v)
+                }
+                op => back.push(op),
+            }
+        }
+        assert_eq!(back, ops);
     }
 
     fn records(bytes: &[u8]) -> Vec<Result<Op, usize>> {
