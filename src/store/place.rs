@@ -125,12 +125,35 @@ fn mount_point_of<'a>(
         .max_by_key(|(_, m)| m.components().count())
 }
 
+/// `p` with symlinks resolved as far as it exists (mountinfo lists resolved paths; fstab and
+/// the config may name them through a link, as `/mnt -> var/mnt` on image-based systems).
+fn resolved(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = abs.as_path();
+    loop {
+        if let Ok(real) = at.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
 /// The store `dir` has no index yet and is about to be made: refused when its filesystem is
 /// not there.
 pub fn check_new_store(dir: &Path) -> Result<()> {
-    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let abs = resolved(dir);
     let fstab = std::fs::read_to_string(fstab_file()).unwrap_or_default();
-    let mounts = fstab_mounts(&fstab);
+    let mounts: Vec<(String, PathBuf)> = fstab_mounts(&fstab)
+        .into_iter()
+        .map(|(source, point)| (source, resolved(&point)))
+        .collect();
     if let Some((source, point)) = mount_point_of(&abs, &mounts) {
         if !mounted().iter().any(|m| m == point) {
             return Err(Error::StoreNotMounted {
@@ -180,7 +203,7 @@ fn known(dir: &Path) -> Option<String> {
 /// (not root) only goes without the second check.
 pub fn remember(dir: &Path) {
     use std::io::Write;
-    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let abs = resolved(dir);
     if known(&abs).is_some() {
         return;
     }

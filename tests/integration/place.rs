@@ -160,3 +160,36 @@ fn a_store_on_its_own_disk_is_never_made_again_on_the_root_disk() {
     assert_eq!(listed_ids(&["--store", Lab::s(&store)]), vec![1, 2]);
     disk.unmount();
 }
+
+/// An fstab mount point named through a symlink (`/mnt -> var/mnt`): mountinfo lists the
+/// resolved path, and the store below it is made.
+#[test]
+fn a_mounted_fstab_point_named_through_a_symlink_takes_the_store() {
+    crate::require_root!();
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc && echo conf > etc/conf");
+    let real = lab.target("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", Lab::s(&real)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let link = lab.target("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let fstab = lab.target("fstab");
+    std::fs::write(
+        &fstab,
+        format!("tmpfs {} tmpfs defaults 0 0\n", link.display()),
+    )
+    .unwrap();
+    let store = link.join("rp");
+    let out = Command::new(SNAPSHOT.path())
+        .args(["--root", Lab::s(&lab.sys()), "--store", Lab::s(&store)])
+        .env("RESTOREPOINT_FSTAB", &fstab)
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg("-l").arg(&real).status();
+    eprintln!("{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "mounted, yet refused");
+}
