@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod fsio;
 pub mod hooks;
 pub mod model;
+pub mod offsite;
 pub mod progress;
 pub mod prune;
 pub mod recover;

@@ -65,6 +65,38 @@ struct Cli {
     json: bool,
 }
 
+/// From a remote store: into a new directory only (`--target`), with `--point` named.
+fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
+    let (Some(id), Some(target)) = (cli.point, cli.target.as_ref()) else {
+        eprintln!("error: a restore from a remote store needs --point ID and --target DIR (a new directory)");
+        return Ok(USAGE);
+    };
+    let remote = crate::offsite::Remote::open(url)?;
+    let r = crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir())?;
+    if cli.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serializes")
+        );
+    } else {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        outln!(
+            "Restored point {id} from {} into {}: {} entries, {}",
+            remote.url,
+            target.display(),
+            r.entries,
+            super::render::size(r.bytes)
+        );
+    }
+    Ok(if r.warnings.is_empty() {
+        SUCCESS
+    } else {
+        WARNINGS
+    })
+}
+
 pub fn main() -> i32 {
     raise_fd_limit();
     let cli = match Cli::try_parse() {
@@ -81,6 +113,15 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     if (cli.device.is_some() || cli.with_partition_table) && !(cli.boot || cli.boot_only) {
         eprintln!("error: --device and --with-partition-table go with --boot or --boot-only");
         return Ok(USAGE);
+    }
+    if let Some(url) = cli
+        .place
+        .store
+        .as_ref()
+        .and_then(|s| s.to_str())
+        .filter(|s| s.starts_with("s3://") || s.starts_with("file://"))
+    {
+        return restore_remote(cli, url);
     }
     let (system, config) = cli.place.system()?;
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();

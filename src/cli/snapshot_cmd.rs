@@ -69,6 +69,14 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Copy every complete point that is not there yet to a remote store (s3://BUCKET/PREFIX,
+    /// credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, endpoint from
+    /// AWS_ENDPOINT_URL; or file:///DIR)
+    Push {
+        /// The remote store
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Apply retention now: each point kept or removed, and the rule that decided
     Prune {
         /// Remove the N oldest points instead of applying the retention policy
@@ -99,9 +107,16 @@ pub fn main() -> i32 {
             out!("{}", crate::config::EXAMPLE);
             Ok(SUCCESS)
         }
-        Some(Cmd::List) => list(&cli, &system),
+        Some(Cmd::List) => match remote_url(&cli) {
+            Some(url) => list_remote(&cli, &system, &url),
+            None => list(&cli, &system),
+        },
+        Some(Cmd::Push { to }) => push(&cli, &system, to),
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
-        Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
+        Some(Cmd::Verify { full }) => match remote_url(&cli) {
+            Some(url) => verify_remote(&cli, &url),
+            None => verify(&cli, &system, *full),
+        },
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
         Some(Cmd::Diff { id, rest }) => diff(&system, *id, rest),
         Some(Cmd::Prune {
@@ -348,6 +363,101 @@ fn print_preamble(system: &System, policy: &crate::retention::Policy, databases:
         "Taking snapshot at {}",
         chrono::Local::now().format("%b-%d-%Y--%Hhrs.%Mmin")
     );
+}
+
+/// `--store` naming a remote store (s3://, file://) instead of a directory.
+fn remote_url(cli: &Cli) -> Option<String> {
+    let s = cli.place.store.as_ref()?.to_str()?;
+    (s.starts_with("s3://") || s.starts_with("file://")).then(|| s.to_string())
+}
+
+fn push(cli: &Cli, system: &System, to: &str) -> CmdResult {
+    let remote = crate::offsite::Remote::open(to)?;
+    let store = system.open_store()?;
+    let r = crate::offsite::push(&store, &remote)?;
+    if cli.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serializes")
+        );
+    } else {
+        outln!(
+            "Pushed {} point(s) to {} ({} already there): {} new contents, {} objects, {}",
+            r.pushed.len(),
+            remote.url,
+            r.already.len(),
+            r.contents,
+            r.objects,
+            size(r.bytes)
+        );
+    }
+    Ok(SUCCESS)
+}
+
+fn verify_remote(cli: &Cli, url: &str) -> CmdResult {
+    let remote = crate::offsite::Remote::open(url)?;
+    let r = crate::offsite::verify(&remote, &std::env::temp_dir())?;
+    if cli.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serializes")
+        );
+    } else {
+        for d in &r.damaged {
+            outln!("DAMAGED: {d}");
+        }
+        outln!(
+            "Checked {} points, {} contents and {} bundles in {}: {}",
+            r.points,
+            r.contents,
+            r.bundles,
+            remote.url,
+            if r.damaged.is_empty() {
+                "all intact".to_string()
+            } else {
+                format!("{} damaged", r.damaged.len())
+            }
+        );
+    }
+    Ok(if r.damaged.is_empty() {
+        SUCCESS
+    } else {
+        DAMAGED
+    })
+}
+
+fn list_remote(cli: &Cli, system: &System, url: &str) -> CmdResult {
+    let remote = crate::offsite::Remote::open(url)?;
+    let scratch = std::env::temp_dir();
+    let _ = system;
+    let points = crate::offsite::list(&remote, &scratch)?;
+    if cli.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&points).expect("points serialize")
+        );
+        return Ok(SUCCESS);
+    }
+    outln!(
+        "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  LABEL",
+        "ID",
+        "CREATED",
+        "KIND",
+        "ENTRIES",
+        "SIZE"
+    );
+    for p in points {
+        outln!(
+            "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {}",
+            p.id,
+            p.created_at,
+            p.kind,
+            p.files,
+            size(p.bytes),
+            p.label.unwrap_or_default()
+        );
+    }
+    Ok(SUCCESS)
 }
 
 fn list(cli: &Cli, system: &System) -> CmdResult {

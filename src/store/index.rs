@@ -215,7 +215,7 @@ pub struct Index {
 }
 
 /// The restorable fields of an entry, in this order wherever a table holds one.
-const ENTRY_COLS: &str = "kind, mode, uid, gid, size, mtime_s, mtime_ns, rdev, target, hash, xattrs, flags, link, sparse";
+pub(crate) const ENTRY_COLS: &str = "kind, mode, uid, gid, size, mtime_s, mtime_ns, rdev, target, hash, xattrs, flags, link, sparse";
 const ENTRY_N: usize = 14;
 const POINT_COLS: &str = "id, created_at, kind, label, state, sources, files, bytes, stored_bytes, warnings, excludes, boot_note";
 const POINT_N: usize = 12;
@@ -466,7 +466,7 @@ fn u64_at(row: &Row, i: usize) -> rusqlite::Result<u64> {
 
 /// Reads the ENTRY_COLS starting at column `at`; None when the row holds no state (an
 /// `absent` change). ino/ctime are filled by the caller.
-fn entry_at(row: &Row, at: usize) -> rusqlite::Result<Option<Entry>> {
+pub(crate) fn entry_at(row: &Row, at: usize) -> rusqlite::Result<Option<Entry>> {
     let Some(code) = row.get::<_, Option<i64>>(at)? else {
         return Ok(None);
     };
@@ -504,7 +504,7 @@ fn entry_at(row: &Row, at: usize) -> rusqlite::Result<Option<Entry>> {
     Ok(Some(e))
 }
 
-fn entry_values(e: Option<&Entry>) -> Vec<Value> {
+pub(crate) fn entry_values(e: Option<&Entry>) -> Vec<Value> {
     let Some(e) = e else {
         return vec![Value::Null; ENTRY_N];
     };

@@ -8,6 +8,7 @@ pub mod blobs;
 mod index;
 mod log;
 mod pack;
+pub(crate) use index::{entry_at, entry_values, ENTRY_COLS};
 pub mod place;
 mod repair;
 pub mod replica;

@@ -11,6 +11,7 @@ mod inplace;
 mod interactive;
 mod kit;
 mod large;
+mod offsite;
 mod partial;
 mod place;
 mod props;

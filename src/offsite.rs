@@ -1,0 +1,872 @@
+//! Copies of the store's points off the machine, in object storage: S3 and what speaks its
+//! protocol (AWS, Ceph RGW, Garage, MinIO), or a directory (`file://`, for a mounted disk and
+//! for tests), through the `object_store` crate (docs/DESIGN.md "Off-site copies").
+//!
+//! The remote holds content, not the local reverse deltas: every object is written once under
+//! a name that is the BLAKE3 of its bytes, so a reader checks what it got against its name, a
+//! killed push leaves nothing but objects that a later push writes again identically, and
+//! nothing ever needs a conditional write (Garage has none).
+//!
+//! - `data/<hh>/<hash>`: a bundle, several MiB of zstd frames, one per piece of content (a
+//!   file's content in pieces of at most 8 MiB).
+//! - `catalog/<hash>`: which pieces, in which bundles, make each content hash; written after
+//!   the bundles it names.
+//! - `points/<id>-<hash>.db.zst`: the point's manifest, an SQLite database (the point's row and
+//!   every path's entry), written last: a point is off site once its manifest is there.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::error::{Error, IoContext, Result};
+use crate::model::{display_path, Hash, Kind};
+use crate::store::{PointId, Store};
+
+/// A bundle is uploaded once it holds this many bytes.
+const BUNDLE: usize = 8 << 20;
+/// Content is compressed in pieces of at most this many bytes.
+const PIECE: usize = 8 << 20;
+const MARKER: &str = "restorepoint-offsite.json";
+
+/// A remote store.
+pub struct Remote {
+    objects: Arc<dyn ObjectStore>,
+    prefix: String,
+    rt: tokio::runtime::Runtime,
+    pub url: String,
+}
+
+fn remote_err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Refused {
+        why: format!("{what} {url}: {e}"),
+    }
+}
+
+impl Remote {
+    /// `s3://BUCKET[/PREFIX]` (credentials, region and endpoint from the environment, as the
+    /// AWS tools take them: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL) or `file:///DIR`.
+    pub fn open(url: &str) -> Result<Remote> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ctx(|| "starting the I/O runtime".to_string())?;
+        let (objects, prefix): (Arc<dyn ObjectStore>, String) =
+            if let Some(rest) = url.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                // The server checks each upload's SHA-256: a body damaged on the way is refused.
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::Disabled);
+                if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL") {
+                    b = b
+                        .with_allow_http(ep.starts_with("http://"))
+                        .with_endpoint(ep)
+                        .with_virtual_hosted_style_request(false);
+                }
+                let s3 = b.build().map_err(|e| remote_err(url, "opening", e))?;
+                (Arc::new(s3), prefix.trim_matches('/').to_string())
+            } else if let Some(dir) = url.strip_prefix("file://") {
+                std::fs::create_dir_all(dir).ctx(|| format!("creating {dir}"))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| remote_err(url, "opening", e))?;
+                (Arc::new(fs), String::new())
+            } else {
+                return Err(Error::Usage(format!(
+                    "{url} is not a remote store: use s3://BUCKET/PREFIX or file:///DIR"
+                )));
+            };
+        Ok(Remote {
+            objects,
+            prefix,
+            rt,
+            url: url.to_string(),
+        })
+    }
+
+    fn path(&self, key: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(key)
+        } else {
+            ObjPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let p = self.path(key);
+        self.rt
+            .block_on(self.objects.put(&p, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| remote_err(&self.url, &format!("writing {key} to"), e))
+    }
+
+    /// The object's bytes; None when there is none.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.path(key);
+        let got = self.rt.block_on(async {
+            match self.objects.get(&p).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        got.map(|b| b.map(|b| b.to_vec()))
+            .map_err(|e| remote_err(&self.url, &format!("reading {key} from"), e))
+    }
+
+    /// The names (below `dir/`) and sizes of the objects in `dir`.
+    fn list(&self, dir: &str) -> Result<Vec<(String, u64)>> {
+        let p = self.path(dir);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(self.objects.list(Some(&p)).try_collect())
+            .map_err(|e| remote_err(&self.url, &format!("listing {dir} in"), e))?;
+        let base = format!("{}/", p.as_ref());
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.as_ref().strip_prefix(&base)?.to_string();
+                Some((name, m.size))
+            })
+            .collect())
+    }
+
+    /// An object named by the BLAKE3 of its bytes, checked against its name.
+    fn get_checked(&self, key: &str, hex: &str) -> Result<Vec<u8>> {
+        let bytes = self.get(key)?.ok_or_else(|| Error::Damaged {
+            what: format!("{key} is missing from {}", self.url),
+        })?;
+        if blake3::hash(&bytes).to_hex().as_str() != hex {
+            return Err(Error::Damaged {
+                what: format!("{key} in {} does not match its hash", self.url),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// One piece of a content: where its zstd frame is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    bundle: Hash,
+    offset: u64,
+    len: u64,
+}
+
+/// A catalog: for each content hash, its pieces in order.
+fn encode_catalog(items: &BTreeMap<Hash, Vec<Piece>>) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for (h, pieces) in items {
+        raw.extend_from_slice(h);
+        raw.extend_from_slice(&(pieces.len() as u32).to_le_bytes());
+        for p in pieces {
+            raw.extend_from_slice(&p.bundle);
+            raw.extend_from_slice(&p.offset.to_le_bytes());
+            raw.extend_from_slice(&p.len.to_le_bytes());
+        }
+    }
+    zstd::bulk::compress(&raw, 3).expect("compressing into memory")
+}
+
+fn decode_catalog(bytes: &[u8]) -> Option<BTreeMap<Hash, Vec<Piece>>> {
+    let raw = zstd::stream::decode_all(bytes).ok()?;
+    let mut out = BTreeMap::new();
+    let mut r = &raw[..];
+    let mut take = |n: usize| -> Option<Vec<u8>> {
+        if r.len() < n {
+            return None;
+        }
+        let (a, b) = r.split_at(n);
+        r = b;
+        Some(a.to_vec())
+    };
+    while let Some(h) = take(32) {
+        let h: Hash = h.try_into().ok()?;
+        let n = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let mut pieces = Vec::new();
+        for _ in 0..n {
+            let bundle: Hash = take(32)?.try_into().ok()?;
+            let offset = u64::from_le_bytes(take(8)?.try_into().ok()?);
+            let len = u64::from_le_bytes(take(8)?.try_into().ok()?);
+            pieces.push(Piece {
+                bundle,
+                offset,
+                len,
+            });
+        }
+        out.insert(h, pieces);
+    }
+    Some(out)
+}
+
+fn hex(h: &Hash) -> String {
+    blake3::Hash::from(*h).to_hex().to_string()
+}
+
+fn bundle_key(h: &Hash) -> String {
+    let x = hex(h);
+    format!("data/{}/{x}", &x[..2])
+}
+
+/// The points the remote holds: id -> manifest object name.
+fn remote_points(remote: &Remote) -> Result<BTreeMap<i64, String>> {
+    Ok(remote
+        .list("points")?
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let id = name.split_once('-')?.0.parse::<i64>().ok()?;
+            name.ends_with(".db.zst").then_some((id, name))
+        })
+        .collect())
+}
+
+/// Every content hash the remote's catalogs name, and where.
+fn remote_catalog(remote: &Remote) -> Result<BTreeMap<Hash, Vec<Piece>>> {
+    let mut all = BTreeMap::new();
+    for (name, _) in remote.list("catalog")? {
+        let bytes = remote.get_checked(&format!("catalog/{name}"), &name)?;
+        let items = decode_catalog(&bytes).ok_or_else(|| Error::Damaged {
+            what: format!("catalog/{name} in {} cannot be read", remote.url),
+        })?;
+        all.extend(items);
+    }
+    Ok(all)
+}
+
+/// What a push did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PushReport {
+    /// The points copied by this push.
+    pub pushed: Vec<i64>,
+    /// The points the remote already had.
+    pub already: Vec<i64>,
+    pub objects: u64,
+    pub bytes: u64,
+    /// Contents (distinct file contents) uploaded.
+    pub contents: u64,
+}
+
+/// The bundle being filled, and the contents completed in it.
+#[derive(Default)]
+struct Bundler {
+    buf: Vec<u8>,
+    /// Contents whose pieces are all in uploaded bundles or in this one.
+    done: Vec<(Hash, Vec<PieceAt>)>,
+}
+
+/// A piece in a bundle named now, or in the bundle being filled (None).
+#[derive(Clone)]
+struct PieceAt {
+    bundle: Option<Hash>,
+    offset: u64,
+    len: u64,
+}
+
+/// Copies every complete point of `store` that `remote` does not hold yet.
+pub fn push(store: &Store, remote: &Remote) -> Result<PushReport> {
+    let mut report = PushReport::default();
+    if remote.get(MARKER)?.is_none() {
+        remote.put(MARKER, br#"{"format":1}"#.to_vec())?;
+    }
+    let there = remote_points(remote)?;
+    let mut known: HashSet<Hash> = remote_catalog(remote)?.into_keys().collect();
+    let mut packs = crate::restore::Packs::default();
+    for point in store.index.complete_points()? {
+        let id = point.id;
+        if there.contains_key(&id.0) {
+            report.already.push(id.0);
+            continue;
+        }
+        let state = crate::restore::point_state(store, id)?;
+        let mut b = Bundler::default();
+        let mut current: Vec<PieceAt> = Vec::new();
+        for (path, e) in state.iter().filter(|(_, e)| e.kind == Kind::File) {
+            let Some(h) = e.hash else { continue };
+            if known.contains(&h) {
+                continue;
+            }
+            let mut body =
+                crate::restore::rebuild(store, &mut packs, id, path, e, store.staging())?;
+            let what = || format!("reading {} of point {id}", display_path(path));
+            let mut r = body.reader().ctx(what)?;
+            let mut raw = vec![0u8; PIECE];
+            loop {
+                let n = read_full(&mut r, &mut raw).ctx(what)?;
+                if n == 0 && !current.is_empty() {
+                    break;
+                }
+                let z = zstd::bulk::compress(&raw[..n], 3).ctx(what)?;
+                current.push(PieceAt {
+                    bundle: None,
+                    offset: b.buf.len() as u64,
+                    len: z.len() as u64,
+                });
+                b.buf.extend_from_slice(&z);
+                if b.buf.len() >= BUNDLE {
+                    flush(remote, &mut b, &mut current, &mut report)?;
+                }
+                if n < PIECE {
+                    break;
+                }
+            }
+            b.done.push((h, std::mem::take(&mut current)));
+            known.insert(h);
+            report.contents += 1;
+        }
+        flush(remote, &mut b, &mut current, &mut report)?;
+        let manifest = manifest(store, id, &state)?;
+        let z = zstd::bulk::compress(&manifest, 3).ctx(|| "compressing a manifest".into())?;
+        let name = format!("points/{}-{}.db.zst", id.0, blake3::hash(&z).to_hex());
+        report.objects += 1;
+        report.bytes += z.len() as u64;
+        remote.put(&name, z)?;
+        crate::failpoint::hit("push-after-manifest");
+        report.pushed.push(id.0);
+    }
+    Ok(report)
+}
+
+/// Uploads the bundle being filled, then the catalog of the contents it completes.
+fn flush(
+    remote: &Remote,
+    b: &mut Bundler,
+    current: &mut [PieceAt],
+    report: &mut PushReport,
+) -> Result<()> {
+    // The bundle may be empty when the last content filled the one before it: its catalog
+    // still has to go out.
+    let name: Option<Hash> = if b.buf.is_empty() {
+        None
+    } else {
+        let bytes = std::mem::take(&mut b.buf);
+        let name: Hash = *blake3::hash(&bytes).as_bytes();
+        report.objects += 1;
+        report.bytes += bytes.len() as u64;
+        remote.put(&bundle_key(&name), bytes)?;
+        crate::failpoint::hit("push-after-bundle");
+        for p in current.iter_mut().filter(|p| p.bundle.is_none()) {
+            p.bundle = Some(name);
+        }
+        Some(name)
+    };
+    let items = std::mem::take(&mut b.done)
+        .into_iter()
+        .map(|(h, pieces)| {
+            let pieces = pieces
+                .into_iter()
+                .map(|p| Piece {
+                    bundle: p.bundle.or(name).expect("a piece of an uploaded bundle"),
+                    offset: p.offset,
+                    len: p.len,
+                })
+                .collect();
+            (h, pieces)
+        })
+        .collect::<BTreeMap<Hash, Vec<Piece>>>();
+    if !items.is_empty() {
+        let cat = encode_catalog(&items);
+        let cname = format!("catalog/{}", blake3::hash(&cat).to_hex());
+        report.objects += 1;
+        report.bytes += cat.len() as u64;
+        remote.put(&cname, cat)?;
+    }
+    Ok(())
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The point's manifest: an SQLite database of its row and every path's entry, as bytes.
+fn manifest(
+    store: &Store,
+    id: PointId,
+    state: &[(Vec<u8>, crate::model::Entry)],
+) -> Result<Vec<u8>> {
+    let point = store.index.point(id)?;
+    let tmp = tempfile::NamedTempFile::new_in(store.dir.join("staging"))
+        .ctx(|| "creating a manifest".into())?;
+    let db = |e: rusqlite::Error| Error::Refused {
+        why: format!("writing the manifest of point {id}: {e}"),
+    };
+    let conn = rusqlite::Connection::open(tmp.path()).map_err(db)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=OFF; CREATE TABLE point (id INTEGER, created TEXT, kind TEXT, label TEXT, files INTEGER, bytes INTEGER);
+         CREATE TABLE entries (path BLOB PRIMARY KEY, {});",
+        crate::store::ENTRY_COLS
+    ))
+    .map_err(db)?;
+    conn.execute(
+        "INSERT INTO point VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            id.0,
+            point.created_at,
+            point.kind.as_str(),
+            point.label,
+            point.files as i64,
+            point.bytes as i64
+        ],
+    )
+    .map_err(db)?;
+    let tx = conn.unchecked_transaction().map_err(db)?;
+    {
+        let n = crate::store::ENTRY_COLS.split(", ").count();
+        let marks: Vec<String> = (1..=n + 1).map(|i| format!("?{i}")).collect();
+        let mut st = tx
+            .prepare(&format!(
+                "INSERT INTO entries VALUES ({})",
+                marks.join(", ")
+            ))
+            .map_err(db)?;
+        for (path, e) in state {
+            let mut values = vec![rusqlite::types::Value::Blob(path.clone())];
+            values.extend(crate::store::entry_values(Some(e)));
+            st.execute(rusqlite::params_from_iter(values)).map_err(db)?;
+        }
+    }
+    tx.commit().map_err(db)?;
+    conn.close().map_err(|(_, e)| db(e))?;
+    std::fs::read(tmp.path()).ctx(|| "reading a manifest".into())
+}
+
+/// A point the remote holds, as its manifest says.
+#[derive(Debug, serde::Serialize)]
+pub struct RemotePoint {
+    pub id: i64,
+    pub created_at: String,
+    pub kind: String,
+    pub label: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The points `remote` holds, oldest first; each manifest checked against its name.
+pub fn list(remote: &Remote, scratch: &std::path::Path) -> Result<Vec<RemotePoint>> {
+    let mut out = Vec::new();
+    for (id, name) in remote_points(remote)? {
+        let hexname = name
+            .split_once('-')
+            .map(|(_, h)| h.trim_end_matches(".db.zst"))
+            .unwrap_or_default();
+        let z = remote.get_checked(&format!("points/{name}"), hexname)?;
+        let raw = zstd::stream::decode_all(&z[..]).map_err(|e| Error::Damaged {
+            what: format!("points/{name} in {}: {e}", remote.url),
+        })?;
+        let tmp = tempfile::NamedTempFile::new_in(scratch).ctx(|| "reading a manifest".into())?;
+        std::fs::write(tmp.path(), raw).ctx(|| "reading a manifest".into())?;
+        let conn = rusqlite::Connection::open(tmp.path()).map_err(|e| Error::Damaged {
+            what: format!("points/{name} in {}: {e}", remote.url),
+        })?;
+        let p = conn
+            .query_row(
+                "SELECT created, kind, label, files, bytes FROM point",
+                [],
+                |r| {
+                    Ok(RemotePoint {
+                        id,
+                        created_at: r.get(0)?,
+                        kind: r.get(1)?,
+                        label: r.get(2)?,
+                        files: r.get::<_, i64>(3)? as u64,
+                        bytes: r.get::<_, i64>(4)? as u64,
+                    })
+                },
+            )
+            .map_err(|e| Error::Damaged {
+                what: format!("points/{name} in {}: {e}", remote.url),
+            })?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The entries of point `id`'s manifest `name`, in path order, the manifest checked against
+/// its name.
+fn manifest_entries(
+    remote: &Remote,
+    name: &str,
+    scratch: &std::path::Path,
+) -> Result<Vec<(Vec<u8>, crate::model::Entry)>> {
+    let hexname = name
+        .split_once('-')
+        .map(|(_, h)| h.trim_end_matches(".db.zst"))
+        .unwrap_or_default();
+    let z = remote.get_checked(&format!("points/{name}"), hexname)?;
+    let bad = |e: &dyn std::fmt::Display| Error::Damaged {
+        what: format!("points/{name} in {}: {e}", remote.url),
+    };
+    let raw = zstd::stream::decode_all(&z[..]).map_err(|e| bad(&e))?;
+    let tmp = tempfile::NamedTempFile::new_in(scratch).ctx(|| "reading a manifest".into())?;
+    std::fs::write(tmp.path(), raw).ctx(|| "reading a manifest".into())?;
+    let conn = rusqlite::Connection::open(tmp.path()).map_err(|e| bad(&e))?;
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT path, {} FROM entries ORDER BY path",
+            crate::store::ENTRY_COLS
+        ))
+        .map_err(|e| bad(&e))?;
+    let rows = st
+        .query_map([], |r| {
+            let path: Vec<u8> = r.get(0)?;
+            let e = crate::store::entry_at(r, 1)?;
+            Ok((path, e))
+        })
+        .map_err(|e| bad(&e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (path, e) = row.map_err(|e| bad(&e))?;
+        let e = e.ok_or_else(|| bad(&"an entry without a kind"))?;
+        out.push((path, e));
+    }
+    Ok(out)
+}
+
+/// Bundles fetched whole, checked against their names; the last few kept (the pieces of one
+/// content, and contents read in the order they were pushed, are neighbours).
+struct Bundles<'a> {
+    remote: &'a Remote,
+    kept: Vec<(Hash, Vec<u8>)>,
+    fetched: u64,
+}
+
+impl Bundles<'_> {
+    fn piece(&mut self, p: &Piece) -> Result<Vec<u8>> {
+        if !self.kept.iter().any(|(h, _)| *h == p.bundle) {
+            let bytes = self
+                .remote
+                .get_checked(&bundle_key(&p.bundle), &hex(&p.bundle))?;
+            self.fetched += 1;
+            if self.kept.len() >= 2 {
+                self.kept.remove(0);
+            }
+            self.kept.push((p.bundle, bytes));
+        }
+        let (_, bytes) = self
+            .kept
+            .iter()
+            .find(|(h, _)| *h == p.bundle)
+            .expect("kept");
+        let frame = usize::try_from(p.offset)
+            .ok()
+            .zip(usize::try_from(p.offset + p.len).ok())
+            .and_then(|(a, b)| bytes.get(a..b))
+            .ok_or_else(|| Error::Damaged {
+                what: format!("a piece past the end of bundle {}", hex(&p.bundle)),
+            })?;
+        zstd::stream::decode_all(frame).map_err(|e| Error::Damaged {
+            what: format!("a piece of bundle {} does not decode: {e}", hex(&p.bundle)),
+        })
+    }
+}
+
+/// A content read piece by piece, hashed as it goes.
+struct ContentReader<'a, 'b> {
+    bundles: &'a mut Bundles<'b>,
+    pieces: std::vec::IntoIter<Piece>,
+    buf: Vec<u8>,
+    at: usize,
+    hasher: blake3::Hasher,
+    /// What was found damaged, when a read failed on it.
+    damage: Option<String>,
+}
+
+impl Read for ContentReader<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.buf.len() {
+            let Some(p) = self.pieces.next() else {
+                return Ok(0);
+            };
+            self.buf = self.bundles.piece(&p).map_err(|e| match e {
+                Error::Damaged { what } => {
+                    self.damage = Some(what.clone());
+                    std::io::Error::other(what)
+                }
+                other => std::io::Error::other(other.to_string()),
+            })?;
+            self.hasher.update(&self.buf);
+            self.at = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// What `verify` of a remote store found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RemoteVerify {
+    pub points: u64,
+    pub contents: u64,
+    pub bundles: u64,
+    /// One line per damage: what, and which point or object.
+    pub damaged: Vec<String>,
+}
+
+/// Reads every manifest, catalog and bundle of `remote` and checks each against its name,
+/// and every content against its BLAKE3; a point that names a content no catalog has is
+/// damaged.
+pub fn verify(remote: &Remote, scratch: &std::path::Path) -> Result<RemoteVerify> {
+    let mut report = RemoteVerify::default();
+    let catalog = remote_catalog(remote)?;
+    for (id, name) in remote_points(remote)? {
+        report.points += 1;
+        match manifest_entries(remote, &name, scratch) {
+            Ok(entries) => {
+                for (path, e) in entries.iter().filter(|(_, e)| e.kind == Kind::File) {
+                    if e.hash.is_some_and(|h| !catalog.contains_key(&h)) {
+                        report.damaged.push(format!(
+                            "point {id}: the content of {} is not in the remote store",
+                            display_path(path)
+                        ));
+                    }
+                }
+            }
+            Err(e) => report.damaged.push(format!("point {id}: {e}")),
+        }
+    }
+    let mut bundles = Bundles {
+        remote,
+        kept: Vec::new(),
+        fetched: 0,
+    };
+    let mut order: Vec<(&Hash, &Vec<Piece>)> = catalog.iter().collect();
+    order.sort_by_key(|(_, p)| p.first().map(|p| (p.bundle, p.offset)));
+    // One line per cause (a damaged bundle loses every content in it), with a count.
+    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
+    for (h, pieces) in order {
+        report.contents += 1;
+        let mut r = ContentReader {
+            bundles: &mut bundles,
+            pieces: pieces.clone().into_iter(),
+            buf: Vec::new(),
+            at: 0,
+            hasher: blake3::Hasher::new(),
+            damage: None,
+        };
+        match std::io::copy(&mut r, &mut std::io::sink()) {
+            Err(e) => *causes.entry(e.to_string()).or_default() += 1,
+            Ok(_) if r.hasher.finalize().as_bytes() != h => {
+                *causes
+                    .entry(format!("content {} does not match its hash", hex(h)))
+                    .or_default() += 1
+            }
+            Ok(_) => {}
+        }
+    }
+    for (cause, n) in causes {
+        report
+            .damaged
+            .push(format!("{cause} ({n} file contents cannot be read)"));
+    }
+    report.bundles = bundles.fetched;
+    Ok(report)
+}
+
+/// What a restore from a remote store did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RemoteRestore {
+    pub entries: u64,
+    pub bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Materializes point `id` of `remote` into `target`, a directory that does not exist or is
+/// empty, exactly (content checked against its hash, owner, mode, times, xattrs, inode flags,
+/// hardlinks, device nodes).
+pub fn restore(
+    remote: &Remote,
+    id: i64,
+    target: &std::path::Path,
+    scratch: &std::path::Path,
+) -> Result<RemoteRestore> {
+    use crate::fsio::{self, DirCache};
+    use crate::model::basename;
+    use rustix::fs::{Mode, OFlags};
+    let points = remote_points(remote)?;
+    let name = points.get(&id).ok_or(Error::NoSuchPoint { id })?;
+    let entries = manifest_entries(remote, name, scratch)?;
+    let catalog = remote_catalog(remote)?;
+    let t = || format!("writing {}", target.display());
+    std::fs::create_dir_all(target).ctx(t)?;
+    if std::fs::read_dir(target).ctx(t)?.next().is_some() {
+        return Err(Error::Usage(format!(
+            "{} is not empty: a restore from a remote store goes into a new directory",
+            target.display()
+        )));
+    }
+    let root = fsio::open_root(target).ctx(t)?;
+    let mut cache = DirCache::default();
+    let mut bundles = Bundles {
+        remote,
+        kept: Vec::new(),
+        fetched: 0,
+    };
+    let mut report = RemoteRestore::default();
+    let mut warn = Vec::new();
+    for (path, e) in &entries {
+        report.entries += 1;
+        if path.is_empty() {
+            continue;
+        }
+        let what = || format!("restoring {}", display_path(path));
+        let dir = cache.parent_of(root.as_fd(), path).ctx(what)?;
+        let name = basename(path);
+        match (e.kind, &e.link) {
+            (Kind::File, Some(leader)) => {
+                let ldir =
+                    fsio::open_dir(root.as_fd(), crate::model::parent(leader).unwrap_or(b""))
+                        .ctx(what)?;
+                rustix::fs::linkat(
+                    &ldir,
+                    basename(leader),
+                    dir,
+                    name,
+                    rustix::fs::AtFlags::empty(),
+                )
+                .map_err(std::io::Error::from)
+                .ctx(what)?;
+            }
+            (Kind::File, None) => {
+                let h = e.hash.ok_or_else(|| Error::Damaged {
+                    what: format!("{} has no content hash", display_path(path)),
+                })?;
+                let pieces = catalog.get(&h).cloned().ok_or_else(|| Error::Damaged {
+                    what: format!(
+                        "the content of {} is not in {}",
+                        display_path(path),
+                        remote.url
+                    ),
+                })?;
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDWR
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(std::io::Error::from)
+                .ctx(what)?;
+                let file = std::fs::File::from(fd);
+                let mut r = ContentReader {
+                    bundles: &mut bundles,
+                    pieces: pieces.into_iter(),
+                    buf: Vec::new(),
+                    at: 0,
+                    hasher: blake3::Hasher::new(),
+                    damage: None,
+                };
+                let n = match fsio::write_content(&file, &mut r, e.sparse, e.flags) {
+                    Ok(n) => n,
+                    Err(err) => {
+                        return Err(match r.damage.take() {
+                            Some(d) => Error::Damaged {
+                                what: format!("{}: {d}", display_path(path)),
+                            },
+                            None => Err::<(), _>(err).ctx(what).unwrap_err(),
+                        })
+                    }
+                };
+                if r.hasher.finalize().as_bytes() != &h || n != e.size {
+                    return Err(Error::Damaged {
+                        what: format!(
+                            "{} read back from {} does not match its hash",
+                            display_path(path),
+                            remote.url
+                        ),
+                    });
+                }
+                report.bytes += n;
+                fsio::apply_meta_fd(std::os::fd::AsFd::as_fd(&file), e, &mut warn).ctx(what)?;
+            }
+            (Kind::Dir, _) => fsio::create_node(dir, name, e).ctx(what)?,
+            _ => {
+                fsio::create_node(dir, name, e).ctx(what)?;
+                fsio::apply_meta_at(dir, name, e, &mut warn).ctx(what)?;
+            }
+        }
+    }
+    // Directories once their contents stop changing, deepest first; inode flags last of all
+    // (an immutable directory takes no more entries).
+    for (path, e) in entries.iter().rev() {
+        let what = || format!("restoring {}", display_path(path));
+        let at = |p: &[u8]| -> std::io::Result<(std::os::fd::OwnedFd, Vec<u8>)> {
+            match crate::model::parent(p) {
+                Some(par) => Ok((fsio::open_dir(root.as_fd(), par)?, basename(p).to_vec())),
+                None => Ok((root.try_clone()?, b".".to_vec())),
+            }
+        };
+        if e.kind == Kind::Dir {
+            let (d, n) = at(path).ctx(what)?;
+            let fd = rustix::fs::openat(
+                &d,
+                &n[..],
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .ctx(what)?;
+            fsio::apply_meta_fd(std::os::fd::AsFd::as_fd(&fd), e, &mut warn).ctx(what)?;
+        }
+    }
+    for (path, e) in entries.iter().rev() {
+        if e.flags != 0 && matches!(e.kind, Kind::File | Kind::Dir) && e.link.is_none() {
+            let what = || format!("restoring {}", display_path(path));
+            let (d, n) = match crate::model::parent(path) {
+                Some(par) => (
+                    fsio::open_dir(root.as_fd(), par).ctx(what)?,
+                    basename(path).to_vec(),
+                ),
+                None => (root.try_clone().ctx(what)?, b".".to_vec()),
+            };
+            fsio::apply_flags(std::os::fd::AsFd::as_fd(&d), &n, e.flags, &mut warn).ctx(what)?;
+        }
+    }
+    report.warnings = warn;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_catalog_round_trips() {
+        let mut items = BTreeMap::new();
+        items.insert(
+            [1u8; 32],
+            vec![
+                Piece {
+                    bundle: [2; 32],
+                    offset: 0,
+                    len: 10,
+                },
+                Piece {
+                    bundle: [3; 32],
+                    offset: 7,
+                    len: u64::MAX,
+                },
+            ],
+        );
+        items.insert([9u8; 32], vec![]);
+        assert_eq!(decode_catalog(&encode_catalog(&items)), Some(items));
+    }
+}
