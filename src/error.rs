@@ -38,6 +38,13 @@ pub enum Error {
         "store {store} has data ({what}) but no index.db: nothing was written. Run `system_snapshot repair --store {store}` to rebuild the index from index.log"
     )]
     NoIndex { store: PathBuf, what: String },
+    /// A remote store could not be reached or read.
+    #[error("{what} {url}: {message}. Check the URL, the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the endpoint (AWS_ENDPOINT_URL)")]
+    Remote {
+        url: String,
+        what: String,
+        message: String,
+    },
     #[error("no store was made at {store}: {why}. Nothing was written; {then}")]
     StoreNotMounted {
         store: PathBuf,

@@ -42,8 +42,10 @@ pub struct Remote {
 }
 
 fn remote_err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Refused {
-        why: format!("{what} {url}: {e}"),
+    Error::Remote {
+        url: url.to_string(),
+        what: what.to_string(),
+        message: e.to_string(),
     }
 }
 
