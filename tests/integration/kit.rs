@@ -185,7 +185,8 @@ fn a_kit_that_would_not_fit_is_refused_before_anything_is_written() {
 fn a_failed_or_killed_kit_refresh_leaves_a_whole_kit() {
     crate::require_root!();
     let lab = Lab::new();
-    let (_fs, store, kit) = small_store_with_a_kit(&lab, 200 << 20);
+    // Room for a second copy of the program while the kit is refreshed, and the reserve.
+    let (_fs, store, kit) = small_store_with_a_kit(&lab, binaries_size() + (48 << 20));
 
     // The kit's directory cannot be written to.
     make_stale(&kit);
