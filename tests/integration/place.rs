@@ -11,15 +11,6 @@ fn sh(script: &str) {
     assert!(st.success(), "{script}");
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Unmounts when dropped (a failed assertion must not leave a mount behind).
 struct Mounted(PathBuf);
 
