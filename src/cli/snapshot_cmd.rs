@@ -73,9 +73,9 @@ enum Cmd {
     /// credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, endpoint from
     /// AWS_ENDPOINT_URL; or file:///DIR)
     Push {
-        /// The remote store
+        /// The remote store (default: the config's [offsite] url)
         #[arg(long, value_name = "URL")]
-        to: String,
+        to: Option<String>,
     },
     /// Apply retention now: each point kept or removed, and the rule that decided
     Prune {
@@ -111,7 +111,12 @@ pub fn main() -> i32 {
             Some(url) => list_remote(&cli, &system, &url),
             None => list(&cli, &system),
         },
-        Some(Cmd::Push { to }) => push(&cli, &system, to),
+        Some(Cmd::Push { to }) => match to.as_ref().or(config.offsite.url.as_ref()) {
+            Some(url) => push(&cli, &system, url),
+            None => Err(crate::error::Error::Usage(
+                "push needs a remote store: --to s3://BUCKET/PREFIX (or file:///DIR), or `url` in the config's [offsite] section".into(),
+            )),
+        },
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Verify { full }) => match remote_url(&cli) {
             Some(url) => verify_remote(&cli, &url),

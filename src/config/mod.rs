@@ -23,6 +23,16 @@ pub struct Config {
     pub retention: Retention,
     pub hooks: Hooks,
     pub boot: Boot,
+    pub offsite: Offsite,
+}
+
+/// Copies off the machine (`system_snapshot push`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Offsite {
+    /// `s3://BUCKET/PREFIX` or `file:///DIR`: where `push` copies the points when `--to` is
+    /// not given. Credentials come from the environment, never from this file.
+    pub url: Option<String>,
 }
 
 impl Default for Config {
@@ -36,6 +46,7 @@ impl Default for Config {
             retention: Retention::default(),
             hooks: Hooks::default(),
             boot: Boot::default(),
+            offsite: Offsite::default(),
         }
     }
 }

@@ -316,3 +316,26 @@ fn a_killed_push_is_completed_by_the_next() {
     );
     assert_same(&fp, &fingerprint(&t), "the resumed push");
 }
+
+/// `push` takes the config's `[offsite] url` when `--to` is not given, and without either it
+/// says what it needs (exit 2).
+#[test]
+fn push_goes_where_the_config_says() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc && echo conf > etc/conf");
+    lab.snapshot();
+    let remote = lab.target("remote");
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        format!("[offsite]\nurl = \"file://{}\"\n", remote.display()),
+    )
+    .unwrap();
+    let store = lab.store();
+    let out = SNAPSHOT.expect(2, &["push", "--store", Lab::s(&store)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[offsite]"));
+    SNAPSHOT.expect(0, &["push", "-c", Lab::s(&conf), "--store", Lab::s(&store)]);
+    let url = format!("file://{}", remote.display());
+    let out = SNAPSHOT.expect(0, &["list", "--json", "--store", &url]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"id\": 1"));
+}
