@@ -108,7 +108,7 @@ pub fn main() -> i32 {
             Ok(SUCCESS)
         }
         Some(Cmd::List) => match remote_url(&cli) {
-            Some(url) => list_remote(&cli, &system, &url),
+            Some(url) => list_remote(&cli, &url),
             None => list(&cli, &system),
         },
         Some(Cmd::Push { to }) => match to.as_ref().or(config.offsite.url.as_ref()) {
@@ -431,11 +431,9 @@ fn verify_remote(cli: &Cli, url: &str) -> CmdResult {
     })
 }
 
-fn list_remote(cli: &Cli, system: &System, url: &str) -> CmdResult {
+fn list_remote(cli: &Cli, url: &str) -> CmdResult {
     let remote = crate::offsite::Remote::open(url)?;
-    let scratch = std::env::temp_dir();
-    let _ = system;
-    let points = crate::offsite::list(&remote, &scratch)?;
+    let points = crate::offsite::list(&remote, &std::env::temp_dir())?;
     if cli.json {
         outln!(
             "{}",
@@ -443,25 +441,16 @@ fn list_remote(cli: &Cli, system: &System, url: &str) -> CmdResult {
         );
         return Ok(SUCCESS);
     }
-    outln!(
-        "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  LABEL",
-        "ID",
-        "CREATED",
-        "KIND",
-        "ENTRIES",
-        "SIZE"
-    );
-    for p in points {
-        outln!(
-            "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {}",
-            p.id,
-            p.created_at,
-            p.kind,
-            p.files,
-            size(p.bytes),
-            p.label.unwrap_or_default()
-        );
-    }
+    // A remote holds content, not this store's reverse deltas: no STORED column.
+    points_table(points.into_iter().map(|p| PointRow {
+        id: p.id,
+        created: p.created_at,
+        kind: p.kind,
+        files: p.files,
+        bytes: p.bytes,
+        stored: None,
+        label: p.label,
+    }));
     Ok(SUCCESS)
 }
 
@@ -474,6 +463,30 @@ fn list(cli: &Cli, system: &System) -> CmdResult {
         );
         return Ok(SUCCESS);
     }
+    points_table(points.into_iter().map(|p| PointRow {
+        id: p.id.0,
+        created: p.created_at,
+        kind: p.kind.to_string(),
+        files: p.files,
+        bytes: p.bytes,
+        stored: Some(p.stored_bytes),
+        label: p.label,
+    }));
+    Ok(SUCCESS)
+}
+
+/// One line of `list`.
+struct PointRow {
+    id: i64,
+    created: String,
+    kind: String,
+    files: u64,
+    bytes: u64,
+    stored: Option<u64>,
+    label: Option<String>,
+}
+
+fn points_table(rows: impl Iterator<Item = PointRow>) {
     outln!(
         "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {:>10}  LABEL",
         "ID",
@@ -483,19 +496,18 @@ fn list(cli: &Cli, system: &System) -> CmdResult {
         "SIZE",
         "STORED"
     );
-    for p in points {
+    for p in rows {
         outln!(
             "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {:>10}  {}",
             p.id,
-            p.created_at,
+            p.created,
             p.kind,
             p.files,
             size(p.bytes),
-            size(p.stored_bytes),
+            p.stored.map_or("-".to_string(), size),
             p.label.unwrap_or_default()
         );
     }
-    Ok(SUCCESS)
 }
 
 fn show(cli: &Cli, system: &System, id: PointId) -> CmdResult {
