@@ -81,6 +81,11 @@ pub enum Error {
     // -- data
     #[error("damaged: {what}; run `system_snapshot verify --full` to see everything affected")]
     Damaged { what: String },
+    /// Damage in a remote store (an object that does not match its name, a file its hash).
+    #[error(
+        "damaged: {what}; run `system_snapshot verify --store {url}` to see everything affected"
+    )]
+    RemoteDamaged { url: String, what: String },
     // -- input
     #[error("config {path}: {msg}")]
     Config { path: PathBuf, msg: String },

@@ -76,8 +76,10 @@ impl Remote {
                 (Arc::new(s3), prefix.trim_matches('/').to_string())
             } else if let Some(dir) = url.strip_prefix("file://") {
                 std::fs::create_dir_all(dir).ctx(|| format!("creating {dir}"))?;
+                // Synced before each rename: a disk unplugged after a push keeps what it said.
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| remote_err(url, "opening", e))?;
+                    .map_err(|e| remote_err(url, "opening", e))?
+                    .with_fsync(true);
                 (Arc::new(fs), String::new())
             } else {
                 return Err(Error::Usage(format!(
@@ -122,6 +124,15 @@ impl Remote {
             .map_err(|e| remote_err(&self.url, &format!("reading {key} from"), e))
     }
 
+    /// Bytes `range` of an object.
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let p = self.path(key);
+        self.rt
+            .block_on(self.objects.get_range(&p, range))
+            .map(|b| b.to_vec())
+            .map_err(|e| remote_err(&self.url, &format!("reading {key} from"), e))
+    }
+
     /// The names (below `dir/`) and sizes of the objects in `dir`.
     fn list(&self, dir: &str) -> Result<Vec<(String, u64)>> {
         let p = self.path(dir);
@@ -161,7 +172,10 @@ struct Piece {
     len: u64,
 }
 
-/// A catalog: for each content hash, its pieces in order.
+/// For each content hash, its pieces in order.
+type Catalog = BTreeMap<Hash, Vec<Piece>>;
+
+/// A catalog object's bytes.
 fn encode_catalog(items: &BTreeMap<Hash, Vec<Piece>>) -> Vec<u8> {
     let mut raw = Vec::new();
     for (h, pieces) in items {
@@ -216,7 +230,9 @@ fn bundle_key(h: &Hash) -> String {
     format!("data/{}/{x}", &x[..2])
 }
 
-/// The points the remote holds: id -> manifest object name.
+/// The points the remote holds: id -> manifest object name. A manifest is named
+/// `<id>-<created, unix seconds>-<blake3>.db.zst`: the time tells one store's point from
+/// another's with the same id.
 fn remote_points(remote: &Remote) -> Result<BTreeMap<i64, String>> {
     Ok(remote
         .list("points")?
@@ -228,17 +244,35 @@ fn remote_points(remote: &Remote) -> Result<BTreeMap<i64, String>> {
         .collect())
 }
 
-/// Every content hash the remote's catalogs name, and where.
-fn remote_catalog(remote: &Remote) -> Result<BTreeMap<Hash, Vec<Piece>>> {
+/// The creation time (unix seconds) a manifest's name carries, and its hash.
+fn manifest_name_parts(name: &str) -> Option<(i64, &str)> {
+    let mut parts = name.strip_suffix(".db.zst")?.splitn(3, '-');
+    let (_, created, hash) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((created.parse().ok()?, hash))
+}
+
+fn created_secs(created_at: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(created_at).map_or(0, |t| t.timestamp())
+}
+
+/// Every content hash the remote's catalogs name, and where; and the catalogs that cannot be
+/// read (their contents count as not there: a push sends them again, a restore that needs
+/// one names the file).
+fn remote_catalog(remote: &Remote) -> Result<(Catalog, Vec<String>)> {
     let mut all = BTreeMap::new();
+    let mut damaged = Vec::new();
     for (name, _) in remote.list("catalog")? {
-        let bytes = remote.get_checked(&format!("catalog/{name}"), &name)?;
-        let items = decode_catalog(&bytes).ok_or_else(|| Error::Damaged {
-            what: format!("catalog/{name} in {} cannot be read", remote.url),
-        })?;
-        all.extend(items);
+        let key = format!("catalog/{name}");
+        match remote.get_checked(&key, &name) {
+            Ok(bytes) => match decode_catalog(&bytes) {
+                Some(items) => all.extend(items),
+                None => damaged.push(format!("{key} cannot be read")),
+            },
+            Err(Error::Damaged { what }) => damaged.push(what),
+            Err(e) => return Err(e),
+        }
     }
-    Ok(all)
+    Ok((all, damaged))
 }
 
 /// What a push did.
@@ -277,11 +311,19 @@ pub fn push(store: &Store, remote: &Remote) -> Result<PushReport> {
         remote.put(MARKER, br#"{"format":1}"#.to_vec())?;
     }
     let there = remote_points(remote)?;
-    let mut known: HashSet<Hash> = remote_catalog(remote)?.into_keys().collect();
-    let mut packs = crate::restore::Packs::default();
+    let mut known: HashSet<Hash> = remote_catalog(remote)?.0.into_keys().collect();
     for point in store.index.complete_points()? {
         let id = point.id;
-        if there.contains_key(&id.0) {
+        // Per point: the chains it caches are of changes after this point only.
+        let mut packs = crate::restore::Packs::default();
+        if let Some(name) = there.get(&id.0) {
+            let theirs = manifest_name_parts(name).map(|(c, _)| c);
+            if theirs != Some(created_secs(&point.created_at)) {
+                return Err(Error::Usage(format!(
+                    "{} holds a point {} that is not this store's (made at another time): another store pushes there; push this one to a prefix of its own",
+                    remote.url, id.0
+                )));
+            }
             report.already.push(id.0);
             continue;
         }
@@ -324,7 +366,12 @@ pub fn push(store: &Store, remote: &Remote) -> Result<PushReport> {
         flush(remote, &mut b, &mut current, &mut report)?;
         let manifest = manifest(store, id, &state)?;
         let z = zstd::bulk::compress(&manifest, 3).ctx(|| "compressing a manifest".into())?;
-        let name = format!("points/{}-{}.db.zst", id.0, blake3::hash(&z).to_hex());
+        let name = format!(
+            "points/{}-{}-{}.db.zst",
+            id.0,
+            created_secs(&point.created_at),
+            blake3::hash(&z).to_hex()
+        );
         report.objects += 1;
         report.bytes += z.len() as u64;
         remote.put(&name, z)?;
@@ -461,10 +508,7 @@ pub struct RemotePoint {
 pub fn list(remote: &Remote, scratch: &std::path::Path) -> Result<Vec<RemotePoint>> {
     let mut out = Vec::new();
     for (id, name) in remote_points(remote)? {
-        let hexname = name
-            .split_once('-')
-            .map(|(_, h)| h.trim_end_matches(".db.zst"))
-            .unwrap_or_default();
+        let hexname = manifest_name_parts(&name).map_or("", |(_, h)| h);
         let z = remote.get_checked(&format!("points/{name}"), hexname)?;
         let raw = zstd::stream::decode_all(&z[..]).map_err(|e| Error::Damaged {
             what: format!("points/{name} in {}: {e}", remote.url),
@@ -504,10 +548,7 @@ fn manifest_entries(
     name: &str,
     scratch: &std::path::Path,
 ) -> Result<Vec<(Vec<u8>, crate::model::Entry)>> {
-    let hexname = name
-        .split_once('-')
-        .map(|(_, h)| h.trim_end_matches(".db.zst"))
-        .unwrap_or_default();
+    let hexname = manifest_name_parts(name).map_or("", |(_, h)| h);
     let z = remote.get_checked(&format!("points/{name}"), hexname)?;
     let bad = |e: &dyn std::fmt::Display| Error::Damaged {
         what: format!("points/{name} in {}: {e}", remote.url),
@@ -544,10 +585,21 @@ struct Bundles<'a> {
     remote: &'a Remote,
     kept: Vec<(Hash, Vec<u8>)>,
     fetched: u64,
+    /// Fetch each piece's own bytes (a restore: files come in path order, pieces from any
+    /// bundle, and the content's hash checks them) instead of whole bundles (verify).
+    ranged: bool,
 }
 
 impl Bundles<'_> {
     fn piece(&mut self, p: &Piece) -> Result<Vec<u8>> {
+        if self.ranged {
+            let frame = self
+                .remote
+                .get_range(&bundle_key(&p.bundle), p.offset..p.offset + p.len)?;
+            return zstd::stream::decode_all(&frame[..]).map_err(|e| Error::Damaged {
+                what: format!("a piece of bundle {} does not decode: {e}", hex(&p.bundle)),
+            });
+        }
         if !self.kept.iter().any(|(h, _)| *h == p.bundle) {
             let bytes = self
                 .remote
@@ -625,7 +677,8 @@ pub struct RemoteVerify {
 /// damaged.
 pub fn verify(remote: &Remote, scratch: &std::path::Path) -> Result<RemoteVerify> {
     let mut report = RemoteVerify::default();
-    let catalog = remote_catalog(remote)?;
+    let (catalog, damaged) = remote_catalog(remote)?;
+    report.damaged.extend(damaged);
     for (id, name) in remote_points(remote)? {
         report.points += 1;
         match manifest_entries(remote, &name, scratch) {
@@ -646,6 +699,7 @@ pub fn verify(remote: &Remote, scratch: &std::path::Path) -> Result<RemoteVerify
         remote,
         kept: Vec::new(),
         fetched: 0,
+        ranged: false,
     };
     let mut order: Vec<(&Hash, &Vec<Piece>)> = catalog.iter().collect();
     order.sort_by_key(|(_, p)| p.first().map(|p| (p.bundle, p.offset)));
@@ -703,7 +757,7 @@ pub fn restore(
     let points = remote_points(remote)?;
     let name = points.get(&id).ok_or(Error::NoSuchPoint { id })?;
     let entries = manifest_entries(remote, name, scratch)?;
-    let catalog = remote_catalog(remote)?;
+    let (catalog, _) = remote_catalog(remote)?;
     let t = || format!("writing {}", target.display());
     std::fs::create_dir_all(target).ctx(t)?;
     if std::fs::read_dir(target).ctx(t)?.next().is_some() {
@@ -718,6 +772,7 @@ pub fn restore(
         remote,
         kept: Vec::new(),
         fetched: 0,
+        ranged: true,
     };
     let mut report = RemoteRestore::default();
     let mut warn = Vec::new();

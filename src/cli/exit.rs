@@ -28,7 +28,7 @@ pub const CANCELLED: i32 = 8;
 pub fn exit_code_for(e: &Error) -> i32 {
     match e {
         Error::Locked { .. } => LOCKED,
-        Error::Damaged { .. } | Error::NoIndex { .. } => DAMAGED,
+        Error::Damaged { .. } | Error::RemoteDamaged { .. } | Error::NoIndex { .. } => DAMAGED,
         Error::Config { .. } | Error::Usage(_) => USAGE,
         Error::Refused { .. }
         | Error::StoreNotMounted { .. }

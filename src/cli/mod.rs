@@ -67,6 +67,15 @@ struct Place {
 impl Place {
     /// The system and its configuration; flags override the config file.
     fn system(&self) -> Result<(crate::engine::System, Config), Error> {
+        // A remote store is read by list, verify and system_restore --target; anything else
+        // would make a local directory named like the URL.
+        if let Some(s) = self.store.as_ref().and_then(|s| s.to_str()) {
+            if s.starts_with("s3://") || s.starts_with("file://") {
+                return Err(Error::Usage(format!(
+                    "{s} is a remote store: only `list`, `verify` and `system_restore --target` read one; points go there with `system_snapshot push --to {s}`"
+                )));
+            }
+        }
         let root = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
         // Checked first: a store, lock or target must never be created under a mistyped root.
         if !root.is_dir() {

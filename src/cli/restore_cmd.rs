@@ -67,12 +67,33 @@ struct Cli {
 
 /// From a remote store: into a new directory only (`--target`), with `--point` named.
 fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
+    let unsupported = [
+        (cli.dry_run, "--dry-run"),
+        (!cli.paths.is_empty(), "--path"),
+        (cli.checksum, "--checksum"),
+        (cli.skip_damaged, "--skip-damaged"),
+        (cli.boot || cli.boot_only, "--boot"),
+        (cli.no_safety_point, "--no-safety-point"),
+    ];
+    if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
+        eprintln!("error: {flag} does not go with a remote store yet: a restore from one writes a whole point into a new directory (--point ID --target DIR)");
+        return Ok(USAGE);
+    }
     let (Some(id), Some(target)) = (cli.point, cli.target.as_ref()) else {
         eprintln!("error: a restore from a remote store needs --point ID and --target DIR (a new directory)");
         return Ok(USAGE);
     };
     let remote = crate::offsite::Remote::open(url)?;
-    let r = crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir())?;
+    let r =
+        crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir()).map_err(
+            |e| match e {
+                crate::error::Error::Damaged { what } => crate::error::Error::RemoteDamaged {
+                    url: url.to_string(),
+                    what,
+                },
+                other => other,
+            },
+        )?;
     if cli.json {
         outln!(
             "{}",

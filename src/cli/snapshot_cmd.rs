@@ -96,6 +96,17 @@ pub fn main() -> i32 {
             return if e.use_stderr() { USAGE } else { SUCCESS };
         }
     };
+    // A remote store has no system or config of its own to read.
+    if let Some(url) = remote_url(&cli) {
+        let remote = match &cli.cmd {
+            Some(Cmd::List) => Some(list_remote(&cli, &url)),
+            Some(Cmd::Verify { .. }) => Some(verify_remote(&cli, &url)),
+            _ => None,
+        };
+        if let Some(r) = remote {
+            return r.unwrap_or_else(|e| fail(&e));
+        }
+    }
     let (system, config) = match cli.place.system() {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -107,10 +118,7 @@ pub fn main() -> i32 {
             out!("{}", crate::config::EXAMPLE);
             Ok(SUCCESS)
         }
-        Some(Cmd::List) => match remote_url(&cli) {
-            Some(url) => list_remote(&cli, &url),
-            None => list(&cli, &system),
-        },
+        Some(Cmd::List) => list(&cli, &system),
         Some(Cmd::Push { to }) => match to.as_ref().or(config.offsite.url.as_ref()) {
             Some(url) => push(&cli, &system, url),
             None => Err(crate::error::Error::Usage(
@@ -118,10 +126,7 @@ pub fn main() -> i32 {
             )),
         },
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
-        Some(Cmd::Verify { full }) => match remote_url(&cli) {
-            Some(url) => verify_remote(&cli, &url),
-            None => verify(&cli, &system, *full),
-        },
+        Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
         Some(Cmd::Diff { id, rest }) => diff(&system, *id, rest),
         Some(Cmd::Prune {

@@ -269,7 +269,8 @@ fn pushed_points_restore_exactly(
     // to serve the object instead, and the restore fails (1) naming it.
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        matches!(out.status.code(), Some(5) | Some(1)) && err.contains("data/"),
+        matches!(out.status.code(), Some(5) | Some(1))
+            && (err.contains("data/") || err.contains("does not match its hash")),
         "{:?} {err}",
         out.status.code()
     );
@@ -338,4 +339,91 @@ fn push_goes_where_the_config_says() {
     let url = format!("file://{}", remote.display());
     let out = SNAPSHOT.expect(0, &["list", "--json", "--store", &url]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"id\": 1"));
+}
+
+/// What would go wrong quietly is refused (exit 2): another store pushing its points where
+/// this one's are (its point 1 is not this store's), a snapshot into a remote URL (it would
+/// make a local directory named like it), and restore options a remote restore does not take.
+#[test]
+fn a_remote_store_is_not_mistaken_for_another() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc && echo conf > etc/conf");
+    lab.snapshot();
+    let remote = lab.target("remote");
+    let url = format!("file://{}", remote.display());
+    push(&lab, &url, &[]);
+    // Another store of the same tree, made later: its point 1 is another.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let other = lab.target("other-store");
+    SNAPSHOT.expect(
+        0,
+        &["--root", Lab::s(&lab.sys()), "--store", Lab::s(&other)],
+    );
+    let out = SNAPSHOT.expect(2, &["push", "--to", &url, "--store", Lab::s(&other)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not this store's"));
+
+    let out = SNAPSHOT.expect(2, &["--root", Lab::s(&lab.sys()), "--store", &url]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("remote store"));
+    assert!(!Path::new("file:").exists());
+    let t = lab.target("t");
+    let args = [
+        "--store",
+        &url,
+        "--point",
+        "1",
+        "--target",
+        Lab::s(&t),
+        "--yes",
+        "--dry-run",
+    ];
+    RESTORE.expect(2, &args);
+    assert!(!t.exists(), "a dry run writes nothing");
+}
+
+/// A damaged catalog costs only what it names: verify reports it, the next push sends that
+/// content again, and then every point restores.
+#[test]
+fn a_damaged_catalog_is_reported_and_its_content_sent_again() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p d && head -c 200000 /dev/urandom > d/a");
+    lab.snapshot();
+    let remote = lab.target("remote");
+    let url = format!("file://{}", remote.display());
+    push(&lab, &url, &[]);
+    let fp = fingerprint(&lab.sys());
+    let cat = std::fs::read_dir(remote.join("catalog"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&cat).unwrap();
+    bytes[5] ^= 1;
+    std::fs::write(&cat, bytes).unwrap();
+    let out = SNAPSHOT.expect(5, &["verify", "--store", &url]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("catalog/"));
+    lab.run_sh("echo more > d/b");
+    let fp2 = fingerprint(&lab.sys());
+    lab.snapshot();
+    let r = push(&lab, &url, &[]);
+    assert_eq!(r["pushed"], serde_json::json!([2]), "{r}");
+    std::fs::remove_file(&cat).unwrap();
+    SNAPSHOT.expect(0, &["verify", "--store", &url]);
+    for (id, fp) in [(1, &fp), (2, &fp2)] {
+        let t = lab.target(&format!("t{id}"));
+        let id_s = id.to_string();
+        RESTORE.expect(
+            0,
+            &[
+                "--store",
+                &url,
+                "--point",
+                &id_s,
+                "--target",
+                Lab::s(&t),
+                "--yes",
+            ],
+        );
+        assert_same(fp, &fingerprint(&t), &format!("point {id}"));
+    }
 }
