@@ -199,11 +199,22 @@ fn known(dir: &Path) -> Option<String> {
         .map(|k| k.made)
 }
 
-/// Notes the new store at `dir`. Best effort: a user who may not write the state directory
-/// (not root) only goes without the second check.
+/// Notes the new store at `dir` when it is on a disk of its own (a block device or a network
+/// share other than the root's filesystem): the case the check guards. A store on the root
+/// filesystem or on a tmpfs is not noted, so one removed on purpose can be made again there.
+/// Best effort: a user who may not write the state directory (not root) only goes without the
+/// second check.
 pub fn remember(dir: &Path) {
     use std::io::Write;
     let abs = resolved(dir);
+    let root = filesystem_of(Path::new("/")).map(|m| m.point);
+    let own_disk = filesystem_of(&abs).is_some_and(|m| {
+        Some(&m.point) != root.as_ref()
+            && (m.source.starts_with("/dev/") || m.source.contains(":/"))
+    });
+    if !own_disk {
+        return;
+    }
     if known(&abs).is_some() {
         return;
     }
