@@ -150,6 +150,17 @@ fn push(lab: &Lab, url: &str, env: &[(&'static str, String)]) -> serde_json::Val
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A lab whose tree `setup` makes, with one point taken, and a `file://` remote beside it
+/// (not pushed yet): (lab, the remote's directory, its URL).
+fn lab_with_point(setup: &str) -> (Lab, PathBuf, String) {
+    let lab = Lab::new();
+    lab.run_sh(setup);
+    lab.snapshot();
+    let remote = lab.target("remote");
+    let url = format!("file://{}", remote.display());
+    (lab, remote, url)
+}
+
 #[test]
 fn points_pushed_to_a_directory_restore_exactly_from_it_alone() {
     let lab = Lab::new();
@@ -280,12 +291,10 @@ fn pushed_points_restore_exactly(
 /// manifest comes last); the next push completes it, and the point restores exactly.
 #[test]
 fn a_killed_push_is_completed_by_the_next() {
-    let lab = Lab::new();
-    lab.run_sh("mkdir -p d && for i in $(seq 1 30); do head -c 900000 /dev/urandom > d/f$i; done");
+    let (lab, remote, url) = lab_with_point(
+        "mkdir -p d && for i in $(seq 1 30); do head -c 900000 /dev/urandom > d/f$i; done",
+    );
     let fp = fingerprint(&lab.sys());
-    lab.snapshot();
-    let remote = lab.target("remote");
-    let url = format!("file://{}", remote.display());
     let killed = std::process::Command::new(SNAPSHOT.path())
         .args(["push", "--to", &url, "--store", Lab::s(&lab.store())])
         .env("RESTOREPOINT_FAILPOINT", "push-after-bundle")
@@ -322,10 +331,7 @@ fn a_killed_push_is_completed_by_the_next() {
 /// says what it needs (exit 2).
 #[test]
 fn push_goes_where_the_config_says() {
-    let lab = Lab::new();
-    lab.run_sh("mkdir -p etc && echo conf > etc/conf");
-    lab.snapshot();
-    let remote = lab.target("remote");
+    let (lab, remote, _) = lab_with_point("mkdir -p etc && echo conf > etc/conf");
     let conf = lab.target("rp.conf");
     std::fs::write(
         &conf,
@@ -346,11 +352,7 @@ fn push_goes_where_the_config_says() {
 /// make a local directory named like it), and restore options a remote restore does not take.
 #[test]
 fn a_remote_store_is_not_mistaken_for_another() {
-    let lab = Lab::new();
-    lab.run_sh("mkdir -p etc && echo conf > etc/conf");
-    lab.snapshot();
-    let remote = lab.target("remote");
-    let url = format!("file://{}", remote.display());
+    let (lab, _, url) = lab_with_point("mkdir -p etc && echo conf > etc/conf");
     push(&lab, &url, &[]);
     // Another store of the same tree, made later: its point 1 is another.
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -384,11 +386,7 @@ fn a_remote_store_is_not_mistaken_for_another() {
 /// content again, and then every point restores.
 #[test]
 fn a_damaged_catalog_is_reported_and_its_content_sent_again() {
-    let lab = Lab::new();
-    lab.run_sh("mkdir -p d && head -c 200000 /dev/urandom > d/a");
-    lab.snapshot();
-    let remote = lab.target("remote");
-    let url = format!("file://{}", remote.display());
+    let (lab, remote, url) = lab_with_point("mkdir -p d && head -c 200000 /dev/urandom > d/a");
     push(&lab, &url, &[]);
     let fp = fingerprint(&lab.sys());
     let cat = std::fs::read_dir(remote.join("catalog"))
