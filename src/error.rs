@@ -70,6 +70,16 @@ pub enum Error {
     BootRefused { device: PathBuf, why: String },
     #[error("restore refused, nothing was written: {why}")]
     RestoreRefused { why: String },
+    #[error("bare-metal restore onto {device} refused, nothing was written: {why}")]
+    BareMetalRefused { device: PathBuf, why: String },
+    /// A step of a bare-metal restore failed; `next` says how to go on.
+    #[error("bare-metal restore onto {device} stopped at the step `{step}`: {message}. {next}")]
+    BareMetalStep {
+        device: PathBuf,
+        step: String,
+        message: String,
+        next: String,
+    },
     /// A restore stopped part way (the disk filled up); `next` says how to finish or go back.
     #[error("{what}: {source}. {next}")]
     Unfinished {

@@ -1,5 +1,6 @@
 pub mod admission;
 pub mod audit;
+pub mod baremetal;
 pub mod boot;
 pub mod cli;
 pub mod config;

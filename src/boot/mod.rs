@@ -8,7 +8,7 @@
 
 pub mod discover;
 pub mod kit;
-mod records;
+pub(crate) mod records;
 pub mod restore;
 pub mod table;
 

@@ -96,6 +96,28 @@ pub fn plan(
             ),
         ));
     }
+    let writes = writes(store, point, capture, &f, device, with_table)?;
+    Ok(BootPlan {
+        point,
+        device: device.to_path_buf(),
+        chosen_by: chosen_by.to_string(),
+        captured_disk: capture.disk.clone(),
+        with_partition_table: with_table,
+        writes,
+        table_changes,
+    })
+}
+
+/// What writing `capture`'s pieces to the disk open as `f` means: the bytes, and whether the
+/// disk already holds them.
+fn writes(
+    store: &Path,
+    point: PointId,
+    capture: &Capture,
+    f: &std::fs::File,
+    device: &Path,
+    with_table: bool,
+) -> Result<Vec<Write>> {
     let mut writes = Vec::new();
     for p in &capture.pieces {
         let mut bytes = get_blob(store, &p.hash)?;
@@ -112,7 +134,7 @@ pub fn plan(
             Role::Table if !with_table => continue,
             _ => {}
         }
-        let current = table::read_at(&f, p.offset, bytes.len())
+        let current = table::read_at(f, p.offset, bytes.len())
             .ctx(|| format!("reading {} of {}", p.name, device.display()))?;
         let name = match p.role {
             Role::Sector0 if !with_table => "boot code (sector 0, bytes 0-439)".to_string(),
@@ -126,19 +148,49 @@ pub fn plan(
             bytes,
         });
     }
+    Ok(writes)
+}
+
+/// Plans writing the boot code (sector 0's first 440 bytes and GRUB's core image) of `capture`
+/// to `device`, whose partition table a bare-metal restore has just recreated from the point's
+/// record: the same layout, on a disk that may be larger than the captured one.
+pub fn plan_recreated(
+    store: &Path,
+    point: PointId,
+    capture: &Capture,
+    device: &Path,
+) -> Result<BootPlan> {
+    let (f, size, sector) =
+        open_disk(device, false).ctx(|| format!("opening {} to compare", device.display()))?;
+    let now = table::read(&f, size, sector)
+        .ctx(|| format!("reading the partition table of {}", device.display()))?;
+    let mut as_captured = now.clone();
+    if now.size >= capture.layout.size {
+        as_captured.size = capture.layout.size;
+    }
+    let diffs = as_captured.differences(&capture.layout);
+    if !diffs.is_empty() {
+        return Err(refuse(
+            device,
+            format!(
+                "its new partition table differs from the one captured with point {point}: {}",
+                diffs.join("; ")
+            ),
+        ));
+    }
     Ok(BootPlan {
         point,
         device: device.to_path_buf(),
-        chosen_by: chosen_by.to_string(),
+        chosen_by: "--device".into(),
         captured_disk: capture.disk.clone(),
-        with_partition_table: with_table,
-        writes,
-        table_changes,
+        with_partition_table: false,
+        writes: writes(store, point, capture, &f, device, false)?,
+        table_changes: Vec::new(),
     })
 }
 
 /// A mounted partition of the block device `disk`, from mountinfo and sysfs.
-fn mounted_partition(disk: &Path) -> Option<String> {
+pub(crate) fn mounted_partition(disk: &Path) -> Option<String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let md = std::fs::metadata(disk).ok()?;
     if !md.file_type().is_block_device() {

@@ -60,9 +60,104 @@ struct Cli {
     /// Also write the captured partition table back (every partition of the disk unmounted)
     #[arg(long)]
     with_partition_table: bool,
+    /// Rebuild a blank disk (or disk image file) given by --device from the point: partition
+    /// table, filesystems with their UUIDs and labels, files, boot area. Destroys DEV
+    #[arg(long, requires = "device", conflicts_with_all = ["target", "paths", "boot", "boot_only", "with_partition_table", "checksum", "skip_damaged"])]
+    bare_metal: bool,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
+}
+
+/// `--bare-metal`: shows the plan, asks for `yes` (the disk is erased), runs the steps.
+fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate::error::Error> {
+    let (system, config) = cli.place.system()?;
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !terminal && (cli.point.is_none() || (!cli.yes && !cli.dry_run)) {
+        eprintln!("error: no terminal to ask on; name the point and confirm on the command line: --point ID --yes (or --dry-run to see the plan)");
+        return Ok(NEEDS_CONFIRMATION);
+    }
+    let mut store = system.open_store()?;
+    let id = match cli.point {
+        Some(id) => id,
+        None => match choose_point(&store, &config.database_locations)? {
+            Some(id) => id,
+            None => {
+                outln!("Nothing was changed.");
+                return Ok(CANCELLED);
+            }
+        },
+    };
+    let plan = crate::baremetal::plan(&store, id, device)?;
+    if cli.json && cli.dry_run {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("plan serializes")
+        );
+        return Ok(SUCCESS);
+    }
+    for line in plan.describe() {
+        outln!("{line}");
+    }
+    if cli.dry_run {
+        return Ok(SUCCESS);
+    }
+    if !cli.yes {
+        outln!(
+            "EVERYTHING ON {} WILL BE DESTROYED: it becomes the disk of point {id}.",
+            device.display()
+        );
+        let answer: Result<String, _> = dialoguer::Input::new()
+            .with_prompt(format!(
+                "To erase {} and rebuild it from point {id}, type 'yes' ",
+                device.display()
+            ))
+            .allow_empty(true)
+            .interact_text();
+        if !matches!(answer, Ok(a) if a.trim() == "yes") {
+            outln!("Nothing was changed.");
+            return Ok(CANCELLED);
+        }
+    }
+    let progress = progress_bar();
+    let json = cli.json;
+    let report =
+        crate::baremetal::run(&system, &mut store, &plan, progress.as_ref(), &mut |line| {
+            if json {
+                eprintln!("{line}");
+            } else {
+                outln!("{line}");
+            }
+        })?;
+    let r = &report.restore;
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        outln!(
+            "Rebuilt {} from point {id}: {} filesystem(s), {} entries restored ({}), boot area {}.",
+            device.display(),
+            report.filesystems,
+            r.created,
+            size(r.bytes_written),
+            size(report.boot_bytes)
+        );
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    for d in &r.damaged {
+        eprintln!("DAMAGED {}: {}", d.path, d.problem);
+    }
+    Ok(if !r.damaged.is_empty() {
+        DAMAGED
+    } else if r.warnings.is_empty() {
+        SUCCESS
+    } else {
+        WARNINGS
+    })
 }
 
 /// From a remote store: into a new directory only (`--target`), with `--point` named.
@@ -131,6 +226,9 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
+    if let (true, Some(device)) = (cli.bare_metal, cli.device.as_deref()) {
+        return restore_bare_metal(cli, device);
+    }
     if (cli.device.is_some() || cli.with_partition_table) && !(cli.boot || cli.boot_only) {
         eprintln!("error: --device and --with-partition-table go with --boot or --boot-only");
         return Ok(USAGE);

@@ -19,13 +19,13 @@ macro_rules! require_tool {
     };
 }
 
-fn has_tool(t: &str) -> bool {
+pub(crate) fn has_tool(t: &str) -> bool {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
         .iter()
         .any(|d| Path::new(d).join(t).exists())
 }
 
-fn sh(script: &str) -> String {
+pub(crate) fn sh(script: &str) -> String {
     let out = Command::new("sh")
         .arg("-ec")
         .arg(script)
@@ -39,19 +39,19 @@ fn sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn random(n: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn random(n: usize, seed: u8) -> Vec<u8> {
     // Not zero, not constant: each byte says where it is and which fill it came from.
     (0..n)
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
         .collect()
 }
 
-fn write_at(img: &Path, offset: u64, bytes: &[u8]) {
+pub(crate) fn write_at(img: &Path, offset: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
     f.write_all_at(bytes, offset).unwrap();
 }
 
-fn read_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
+pub(crate) fn read_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
     let f = std::fs::File::open(img).unwrap();
     let mut b = vec![0; len];
     f.read_exact_at(&mut b, offset).unwrap();
@@ -95,7 +95,7 @@ fn mbr_lab(seed: u8) -> (Lab, PathBuf) {
     (lab, img)
 }
 
-fn config_with_device(lab: &Lab, device: &Path) {
+pub(crate) fn config_with_device(lab: &Lab, device: &Path) {
     std::fs::create_dir_all(lab.sys().join("etc")).unwrap();
     std::fs::write(
         lab.sys().join("etc/system_snapshots.conf"),
@@ -517,12 +517,12 @@ fn the_disk_under_boot_is_found_on_a_real_block_device() {
     assert!(text(&out).contains("is mounted"), "{}", text(&out));
 }
 
-struct Loop(String);
+pub(crate) struct Loop(pub(crate) String);
 
 impl Loop {
     /// A loop device over `img` (`extra`: losetup options such as `-b 4096`). None, with the
     /// reason printed, when loop devices cannot be used here.
-    fn plain(img: &Path, extra: &[&str]) -> Option<Loop> {
+    pub(crate) fn plain(img: &Path, extra: &[&str]) -> Option<Loop> {
         let out = Command::new("losetup")
             .args(["-f", "--show"])
             .args(extra)
@@ -542,7 +542,7 @@ impl Loop {
     }
 
     /// With partition nodes (this kernel may lack the partition parsers: partx adds them).
-    fn attach(img: &Path) -> Option<Loop> {
+    pub(crate) fn attach(img: &Path) -> Option<Loop> {
         let l = Loop::plain(img, &[])?;
         let _ = Command::new("partx").args(["-a", &l.0]).output();
         let p1 = PathBuf::from(format!("{}p1", l.0));
@@ -564,11 +564,11 @@ impl Drop for Loop {
     }
 }
 
-struct Unmount(PathBuf);
+pub(crate) struct Unmount(PathBuf);
 
 impl Unmount {
     /// Mounts (`mount ARGS… DIR`, DIR created) and unmounts when dropped.
-    fn mount(args: &str, dir: &Path) -> Unmount {
+    pub(crate) fn mount(args: &str, dir: &Path) -> Unmount {
         std::fs::create_dir_all(dir).unwrap();
         sh(&format!("mount {args} {}", dir.display()));
         Unmount(dir.to_path_buf())
@@ -624,7 +624,7 @@ fn grub_image(dir: &Path, gpt: bool) -> PathBuf {
 /// Boots the image in QEMU and says whether the marker reached the serial console within
 /// `wait`. TCG unless RP_QEMU_ACCEL says otherwise: on this nested VM KVM's firmware takes
 /// about 16 s to reach the boot sector, TCG 0.25 s, and real-mode boot code runs the same.
-fn boots(img: &Path, wait: std::time::Duration) -> bool {
+pub(crate) fn boots(img: &Path, wait: std::time::Duration) -> bool {
     use std::io::Read;
     let accel = std::env::var("RP_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
     let mut child = Command::new("qemu-system-x86_64")

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, real trees on disk, the real binaries, real SQLite and zstd.
 
+mod baremetal;
 mod boot;
 mod busy;
 mod cli;

@@ -1,0 +1,565 @@
+//! Bare-metal restore (DESIGN.md "Bare-metal restore"): a blank disk, or a disk image file,
+//! made into the disk a point was taken of. The point's records of that disk (its `sfdisk
+//! --dump`, `blkid`, `lsblk` and `/etc/fstab`) give the partition table, each filesystem's
+//! type, UUID and label, and where it was mounted; the point gives the files and the boot area.
+//!
+//! Everything that can be checked is checked before the first write: the disk is big enough,
+//! none of it is mounted, every tool is there, every filesystem the fstab mounts can be made.
+//! Then each step runs and says what it ran. The steps destroy the disk, so a failure half way
+//! has nothing to undo: the same command starts over from the partition table.
+
+pub mod records;
+mod run;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::boot::{Capture, Layout, TableKind};
+use crate::error::{Error, IoContext, Result};
+use crate::store::{PointId, Store};
+use records::FstabEntry;
+pub use run::{run, Report};
+
+/// A filesystem of the captured disk, to be made again with its identity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Filesystem {
+    /// The partition it lies on.
+    pub partition: u32,
+    /// Its device name when the point was taken (`/dev/sda2`).
+    pub was: String,
+    /// `ext4`, `xfs`, `vfat`, `swap` … as blkid names it.
+    pub kind: String,
+    pub uuid: Option<String>,
+    pub label: Option<String>,
+    /// ext2/3/4: the block size; vfat: FAT12/16/32.
+    pub block_size: Option<String>,
+    pub version: Option<String>,
+    /// Where the recorded fstab mounts it (None: not mounted, or swap).
+    pub mount: Option<String>,
+    /// Whether the point holds files for it (its mount point is one of the point's sources,
+    /// or lies under one and the point has files below it).
+    pub has_files: bool,
+}
+
+impl Filesystem {
+    /// The command that makes it, with its recorded UUID and label (None: not made here).
+    pub fn mkfs(&self, dev: &Path) -> Option<(String, Vec<String>)> {
+        let mut args: Vec<String> = Vec::new();
+        let label = |flag: &str, args: &mut Vec<String>| {
+            if let Some(l) = &self.label {
+                args.extend([flag.to_string(), l.clone()]);
+            }
+        };
+        let tool = match self.kind.as_str() {
+            "ext2" | "ext3" | "ext4" => {
+                args.extend(["-F".into(), "-q".into(), "-t".into(), self.kind.clone()]);
+                if let Some(u) = &self.uuid {
+                    args.extend(["-U".into(), u.clone()]);
+                }
+                if let Some(b) = &self.block_size {
+                    args.extend(["-b".into(), b.clone()]);
+                }
+                label("-L", &mut args);
+                "mke2fs"
+            }
+            "xfs" => {
+                args.push("-f".into());
+                if let Some(u) = &self.uuid {
+                    args.extend(["-m".into(), format!("uuid={u}")]);
+                }
+                label("-L", &mut args);
+                "mkfs.xfs"
+            }
+            "vfat" => {
+                if let Some(v) = self.version.as_deref().and_then(|v| v.strip_prefix("FAT")) {
+                    args.extend(["-F".into(), v.to_string()]);
+                }
+                if let Some(u) = &self.uuid {
+                    args.extend(["-i".into(), u.replace('-', "")]);
+                }
+                label("-n", &mut args);
+                "mkfs.vfat"
+            }
+            "swap" => {
+                if let Some(u) = &self.uuid {
+                    args.extend(["-U".into(), u.clone()]);
+                }
+                label("-L", &mut args);
+                "mkswap"
+            }
+            _ => return None,
+        };
+        args.push(dev.display().to_string());
+        Some((tool.to_string(), args))
+    }
+
+    fn mount_type(&self) -> &str {
+        &self.kind
+    }
+}
+
+/// Filesystems a bare-metal restore makes again.
+pub const MADE: [&str; 6] = ["ext2", "ext3", "ext4", "xfs", "vfat", "swap"];
+
+/// The package each tool comes from, for the refusal that names a missing one.
+fn package_of(tool: &str) -> &'static str {
+    match tool {
+        "mke2fs" => "e2fsprogs",
+        "mkfs.xfs" => "xfsprogs",
+        "mkfs.vfat" => "dosfstools",
+        "sfdisk" => "fdisk",
+        "mount" | "umount" | "losetup" => "mount",
+        _ => "util-linux",
+    }
+}
+
+/// Everything a bare-metal restore will do, decided before it writes anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub point: PointId,
+    pub device: PathBuf,
+    /// A disk image file: attached to a loop device for the restore.
+    pub image_file: bool,
+    pub device_size: u64,
+    /// Bytes the recorded layout needs (its last partition's end, and GPT's backup table).
+    pub needed: u64,
+    pub captured_disk: String,
+    pub layout: Layout,
+    pub table: String,
+    pub partitions: Vec<records::PartLine>,
+    pub filesystems: Vec<Filesystem>,
+    /// What is left as it was recorded but not made again, and why.
+    pub notes: Vec<String>,
+    pub uefi: bool,
+    #[serde(skip)]
+    pub script: String,
+    #[serde(skip)]
+    pub capture: Capture,
+    /// Files the point holds, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+}
+
+fn refuse(device: &Path, why: impl Into<String>) -> Error {
+    Error::BareMetalRefused {
+        device: device.to_path_buf(),
+        why: why.into(),
+    }
+}
+
+fn record_text(store: &Store, c: &Capture, name: &str) -> Result<Option<String>> {
+    match c.records.iter().find(|r| r.name == name) {
+        None => Ok(None),
+        Some(r) => Ok(Some(
+            String::from_utf8_lossy(&crate::store::blobs::get(&store.dir, &r.hash)?).into_owned(),
+        )),
+    }
+}
+
+/// What an fstab `spec` names, among the disk's filesystems (by recorded tags or node).
+fn resolves(
+    spec: &str,
+    node: &str,
+    tags: &BTreeMap<String, String>,
+    part: &records::PartLine,
+) -> bool {
+    let eq = |key: &str, v: &str| tags.get(key).is_some_and(|t| t.eq_ignore_ascii_case(v));
+    let by = |prefix: &str, key: &str| {
+        spec.strip_prefix(prefix)
+            .is_some_and(|v| eq(key, v.trim_matches('"')))
+    };
+    by("UUID=", "UUID")
+        || by("/dev/disk/by-uuid/", "UUID")
+        || by("LABEL=", "LABEL")
+        || by("/dev/disk/by-label/", "LABEL")
+        || by("PARTLABEL=", "PARTLABEL")
+        || by("/dev/disk/by-partlabel/", "PARTLABEL")
+        || spec.strip_prefix("PARTUUID=").is_some_and(|v| {
+            eq("PARTUUID", v)
+                || part
+                    .uuid
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(v))
+        })
+        || spec
+            .strip_prefix("/dev/disk/by-partuuid/")
+            .is_some_and(|v| eq("PARTUUID", v))
+        || spec == node
+}
+
+/// Depth of a mount point: parents are mounted before their children whatever the fstab's
+/// order.
+fn depth(point: &str) -> usize {
+    point.split('/').filter(|c| !c.is_empty()).count()
+}
+
+/// Decides the restore of point `point` onto `device`, and refuses (nothing written) when it
+/// cannot be done there.
+pub fn plan(store: &Store, point: PointId, device: &Path) -> Result<Plan> {
+    let (captures, note) = crate::boot::of_point(store, point)?;
+    if captures.is_empty() {
+        return Err(refuse(
+            device,
+            format!(
+                "point {point} holds no record of its disk ({}): choose a point taken with boot capture on (`system_snapshot show ID` says)",
+                note.unwrap_or_else(|| "taken before disk capture existed".into())
+            ),
+        ));
+    }
+    // The disk that held `/`: the one whose recorded fstab root is among its filesystems.
+    let mut chosen = None;
+    let mut why_not = Vec::new();
+    for c in &captures {
+        match plan_capture(store, point, c, device) {
+            Ok(p) => {
+                chosen = Some(p);
+                break;
+            }
+            Err(e) => why_not.push(format!("{}: {e}", c.disk)),
+        }
+    }
+    let Some(mut plan) = chosen else {
+        return Err(refuse(device, why_not.join("; ")));
+    };
+    let p = store.index.point(point)?;
+    plan.files = p.files;
+    plan.bytes = p.bytes;
+    check_device(&mut plan)?;
+    Ok(plan)
+}
+
+fn plan_capture(store: &Store, point: PointId, c: &Capture, device: &Path) -> Result<Plan> {
+    let missing = |what: &str, tool: &str| {
+        Error::Invalid(format!(
+            "point {point} has no record of its {what} ({tool} was not installed on the machine, or failed, when the point was taken)"
+        ))
+    };
+    let dump = records::parse_sfdisk(
+        &record_text(store, c, "sfdisk")?.ok_or_else(|| missing("partition table", "sfdisk"))?,
+    )
+    .map_err(|e| Error::Damaged {
+        what: format!("the partition table record of point {point}: {e}"),
+    })?;
+    let blkid = records::parse_blkid(
+        &record_text(store, c, "blkid")?.ok_or_else(|| missing("filesystems", "blkid"))?,
+    );
+    let fstab = records::parse_fstab(
+        &record_text(store, c, "fstab")?
+            .ok_or_else(|| missing("mounts", "/etc/fstab (there was none)"))?,
+    );
+    let versions = record_text(store, c, "lsblk")?
+        .map(|t| records::lsblk_versions(&t))
+        .unwrap_or_default();
+    if dump.sector_size != c.layout.sector {
+        return Err(Error::Damaged {
+            what: format!(
+                "point {point}: the partition table record says {}-byte sectors, the captured disk had {}",
+                dump.sector_size, c.layout.sector
+            ),
+        });
+    }
+    let sources = store.index.point(point)?.sources;
+    let mut filesystems = Vec::new();
+    let mut notes = Vec::new();
+    let mut mounted_by_fstab: Vec<&FstabEntry> = Vec::new();
+    for part in &dump.parts {
+        let empty = BTreeMap::new();
+        let tags = blkid.get(&part.node).unwrap_or(&empty);
+        let mounts: Vec<&FstabEntry> = fstab
+            .iter()
+            .filter(|e| resolves(&e.spec, &part.node, tags, part))
+            .collect();
+        let Some(kind) = tags.get("TYPE") else {
+            if let Some(m) = mounts.first() {
+                return Err(Error::Invalid(format!(
+                    "the fstab mounts {} on {}, but blkid recorded no filesystem there",
+                    m.spec, m.point
+                )));
+            }
+            continue;
+        };
+        if !MADE.contains(&kind.as_str()) {
+            let container = matches!(
+                kind.as_str(),
+                "LVM2_member" | "crypto_LUKS" | "linux_raid_member" | "zfs_member"
+            );
+            if container || !mounts.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "partition {} ({}) holds {kind}{}: a bare-metal restore makes {} only; rebuild this disk by hand from the records `system_snapshot show {point}` lists, then restore the files with --root",
+                    part.number,
+                    part.node,
+                    mounts.first().map(|m| format!(", mounted on {}", m.point)).unwrap_or_default(),
+                    MADE.join(", ")
+                )));
+            }
+            notes.push(format!(
+                "partition {} holds {kind}, which is not made again: it is left empty",
+                part.number
+            ));
+            continue;
+        }
+        let mount = mounts
+            .iter()
+            .find(|m| m.fstype != "swap" && m.point.starts_with('/'))
+            .map(|m| m.point.clone());
+        mounted_by_fstab.extend(mounts.iter().copied());
+        filesystems.push(Filesystem {
+            partition: part.number,
+            was: part.node.clone(),
+            kind: kind.clone(),
+            uuid: tags.get("UUID").cloned(),
+            label: tags.get("LABEL").cloned(),
+            block_size: tags
+                .get("BLOCK_SIZE")
+                .filter(|_| kind.starts_with("ext"))
+                .cloned(),
+            version: versions.get(&part.node).cloned(),
+            has_files: mount.as_deref().is_some_and(|m| {
+                sources
+                    .iter()
+                    .any(|s| s.trim_matches('/') == m.trim_matches('/'))
+            }),
+            mount,
+        });
+    }
+    if !filesystems.iter().any(|f| f.mount.as_deref() == Some("/")) {
+        let root = fstab.iter().find(|e| e.point == "/");
+        return Err(Error::Invalid(match root {
+            Some(r) => format!(
+                "its root filesystem ({}) is not on it: a bare-metal restore rebuilds the disk that holds /",
+                r.spec
+            ),
+            None => "the recorded fstab mounts nothing on /".into(),
+        }));
+    }
+    for e in fstab
+        .iter()
+        .filter(|e| e.point.starts_with('/') && !mounted_by_fstab.contains(e))
+    {
+        if matches!(
+            e.fstype.as_str(),
+            "tmpfs" | "proc" | "sysfs" | "devpts" | "none"
+        ) || e.fstype.starts_with("nfs")
+            || e.fstype == "cifs"
+        {
+            continue;
+        }
+        notes.push(format!(
+            "the fstab mounts {} on {}, which is not on this disk: that disk is not rebuilt",
+            e.spec, e.point
+        ));
+    }
+    let s = c.layout.sector;
+    let end = dump
+        .parts
+        .iter()
+        .map(|p| (p.start + p.sectors) * s)
+        .max()
+        .unwrap_or(0);
+    let backup = match c.layout.table {
+        TableKind::Gpt => c.layout.gpt_backup.map(|(_, l)| l).unwrap_or(33 * s),
+        _ => 0,
+    };
+    Ok(Plan {
+        point,
+        device: device.to_path_buf(),
+        image_file: false,
+        device_size: 0,
+        needed: end + backup,
+        captured_disk: c.disk.clone(),
+        layout: c.layout.clone(),
+        table: dump.label.clone(),
+        partitions: dump.parts.clone(),
+        filesystems,
+        notes,
+        uefi: c.uefi,
+        script: dump.script,
+        capture: c.clone(),
+        files: 0,
+        bytes: 0,
+    })
+}
+
+/// The device: there, not mounted, big enough, with the recorded sector size; and every tool
+/// the steps run is installed.
+fn check_device(plan: &mut Plan) -> Result<()> {
+    let dev = plan.device.clone();
+    let md = std::fs::metadata(&dev).ctx(|| format!("reading {}", dev.display()))?;
+    use std::os::unix::fs::FileTypeExt;
+    if md.file_type().is_file() {
+        plan.image_file = true;
+    } else if !md.file_type().is_block_device() {
+        return Err(refuse(
+            &dev,
+            "it is neither a disk (a block device) nor a disk image file",
+        ));
+    }
+    let (_, size, sector) =
+        crate::boot::open_disk(&dev, false).ctx(|| format!("opening {}", dev.display()))?;
+    plan.device_size = size;
+    let sector = sector.unwrap_or(512);
+    if sector != plan.layout.sector {
+        return Err(refuse(
+            &dev,
+            format!(
+                "its sectors are {sector} bytes, the recorded disk's were {}: the recorded partition table counts in those",
+                plan.layout.sector
+            ),
+        ));
+    }
+    if size < plan.needed {
+        return Err(refuse(
+            &dev,
+            format!(
+                "it holds {} ({size} bytes); the recorded layout of {} needs {} ({} bytes). Use a disk at least that large",
+                crate::model::human_size(size),
+                plan.captured_disk,
+                crate::model::human_size(plan.needed),
+                plan.needed
+            ),
+        ));
+    }
+    if let Some(m) = crate::boot::restore::mounted_partition(&dev) {
+        return Err(refuse(
+            &dev,
+            format!("{m} is mounted: this is a disk in use. Name a blank disk"),
+        ));
+    }
+    if plan.image_file {
+        if let Some(l) = run::loop_of(&dev) {
+            return Err(refuse(
+                &dev,
+                format!("it is attached to {l}: detach it first (losetup -d {l})"),
+            ));
+        }
+    }
+    let mut tools = vec!["sfdisk", "partx", "mount", "umount"];
+    if plan.image_file {
+        tools.push("losetup");
+    }
+    let nowhere = Path::new("/dev/null");
+    for f in &plan.filesystems {
+        if let Some((tool, _)) = f.mkfs(nowhere) {
+            if !tools.contains(&tool.as_str()) {
+                tools.push(match tool.as_str() {
+                    "mke2fs" => "mke2fs",
+                    "mkfs.xfs" => "mkfs.xfs",
+                    "mkfs.vfat" => "mkfs.vfat",
+                    _ => "mkswap",
+                });
+            }
+        }
+    }
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|t| crate::boot::records::which(t).is_none())
+        .map(|t| format!("{t} (package {})", package_of(t)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(refuse(
+            &dev,
+            format!("missing tools: {}; install them first", missing.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// The filesystems the fstab mounts, parents first.
+    pub fn mounts(&self) -> Vec<&Filesystem> {
+        let mut m: Vec<&Filesystem> = self
+            .filesystems
+            .iter()
+            .filter(|f| f.mount.is_some())
+            .collect();
+        m.sort_by_key(|f| depth(f.mount.as_deref().unwrap_or("/")));
+        m
+    }
+
+    /// The plan, for people.
+    pub fn describe(&self) -> Vec<String> {
+        use crate::model::human_size;
+        let mut out = vec![
+            format!(
+                "Bare-metal restore of point {} onto {} ({}{}):",
+                self.point,
+                self.device.display(),
+                human_size(self.device_size),
+                if self.image_file {
+                    ", a disk image file"
+                } else {
+                    ""
+                }
+            ),
+            format!(
+                "  Partition table: {} {} as recorded from {} ({} needed{})",
+                self.table,
+                self.layout.id,
+                self.captured_disk,
+                human_size(self.needed),
+                if self.device_size > self.layout.size {
+                    "; the rest of the disk stays unpartitioned"
+                } else {
+                    ""
+                }
+            ),
+        ];
+        let s = self.layout.sector;
+        for p in &self.partitions {
+            let fs = self.filesystems.iter().find(|f| f.partition == p.number);
+            out.push(format!(
+                "    {:>3}  start {:>10}  {:>9}  {}{}",
+                p.number,
+                p.start,
+                human_size(p.sectors * s),
+                match fs {
+                    Some(f) => format!(
+                        "{} UUID {}{}",
+                        f.kind,
+                        f.uuid.as_deref().unwrap_or("-"),
+                        f.label
+                            .as_ref()
+                            .map(|l| format!(" label {l:?}"))
+                            .unwrap_or_default()
+                    ),
+                    None if p.kind.eq_ignore_ascii_case(crate::boot::table::BIOS_BOOT) => {
+                        "BIOS boot partition (GRUB's core image, written with the boot area)"
+                            .to_string()
+                    }
+                    None => "no filesystem".to_string(),
+                },
+                match fs.and_then(|f| f.mount.as_deref()) {
+                    Some(m) => format!(
+                        "  mounted on {m}{}",
+                        if fs.is_some_and(|f| f.has_files) {
+                            ""
+                        } else {
+                            " (not one of the point's sources: made empty unless the point crossed into it)"
+                        }
+                    ),
+                    None if fs.is_some_and(|f| f.kind == "swap") => "  swap".into(),
+                    None => String::new(),
+                }
+            ));
+        }
+        out.push(format!(
+            "  Files: point {}'s {} entries, {}, mounted in fstab order under a temporary root",
+            self.point,
+            self.files,
+            human_size(self.bytes)
+        ));
+        out.push(format!(
+            "  Boot area: the boot code and GRUB's core image captured from {}",
+            self.captured_disk
+        ));
+        for n in &self.notes {
+            out.push(format!("  Note: {n}"));
+        }
+        if self.uefi {
+            out.push("  Note: the machine booted by UEFI: the EFI system partition's files come back, but the firmware's boot entries belong to the machine; if it does not boot, run grub-install (or efibootmgr) from the restored system".into());
+        }
+        out
+    }
+}

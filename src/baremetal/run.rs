@@ -1,0 +1,381 @@
+//! The steps of a bare-metal restore, each printed with the command it runs and its result.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Plan;
+use crate::engine::{RestoreRequest, System};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub point: crate::store::PointId,
+    pub device: PathBuf,
+    pub filesystems: usize,
+    pub restore: crate::restore::RestoreReport,
+    pub boot_bytes: u64,
+}
+
+/// What the steps have set up, taken down in reverse when they end, however they end.
+struct Setup {
+    loop_dev: Option<String>,
+    root: Option<PathBuf>,
+    mounted: Vec<PathBuf>,
+}
+
+impl Setup {
+    fn unmount_all(&mut self, say: &mut dyn FnMut(String)) -> std::result::Result<(), String> {
+        while let Some(dir) = self.mounted.pop() {
+            if let Err(e) = command("umount", &[dir.display().to_string()], None) {
+                self.mounted.push(dir);
+                return Err(e);
+            }
+            say(format!("  unmounted {}", dir.display()));
+        }
+        if let Some(root) = self.root.take() {
+            // Only once nothing is mounted there: an rmdir cannot take restored files with it.
+            let _ = std::fs::remove_dir(&root);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.unmount_all(&mut |_| {});
+        if let Some(l) = self.loop_dev.take() {
+            let _ = command("partx", &["-d".into(), l.clone()], None);
+            let _ = command("losetup", &["-d".into(), l], None);
+        }
+    }
+}
+
+/// Runs `tool args…` (PATH as cron and rescue shells lack sbin), feeding `input`; its stdout,
+/// or its stderr (or exit status) as the error.
+fn command(
+    tool: &str,
+    args: &[String],
+    input: Option<&str>,
+) -> std::result::Result<String, String> {
+    let exe =
+        crate::boot::records::which(tool).ok_or_else(|| format!("{tool} is not installed"))?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("writing to {tool}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for {tool}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(if err.is_empty() {
+            format!("{tool} failed ({})", out.status)
+        } else {
+            format!("{tool} failed ({}): {err}", out.status)
+        })
+    }
+}
+
+/// The loop device a disk image file is attached to, if any.
+pub fn loop_of(file: &Path) -> Option<String> {
+    let out = command("losetup", &["-j".into(), file.display().to_string()], None).ok()?;
+    out.lines()
+        .next()
+        .and_then(|l| l.split(':').next())
+        .map(str::to_string)
+}
+
+/// The partition device nodes of `disk`, by number, from sysfs.
+fn partitions_of(disk: &Path) -> BTreeMap<u32, PathBuf> {
+    let mut out = BTreeMap::new();
+    let Some(name) = disk
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_os_string()))
+    else {
+        return out;
+    };
+    let sys = Path::new("/sys/class/block").join(&name);
+    let Ok(entries) = std::fs::read_dir(&sys) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(n) = std::fs::read_to_string(e.path().join("partition")) else {
+            continue;
+        };
+        if let Ok(n) = n.trim().parse() {
+            out.insert(n, Path::new("/dev").join(e.file_name()));
+        }
+    }
+    out
+}
+
+fn shell_words(tool: &str, args: &[String]) -> String {
+    std::iter::once(tool.to_string())
+        .chain(args.iter().map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        }))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Rebuilds the disk as `plan` says, restores the point's files into its filesystems and its
+/// boot area onto it. `say` gets each step's command and result.
+pub fn run(
+    system: &System,
+    store: &mut Store,
+    plan: &Plan,
+    progress: &dyn Progress,
+    say: &mut dyn FnMut(String),
+) -> Result<Report> {
+    let mut setup = Setup {
+        loop_dev: None,
+        root: None,
+        mounted: Vec::new(),
+    };
+    let result = steps(system, store, plan, progress, say, &mut setup);
+    let teardown = setup.unmount_all(say);
+    if let Some(l) = setup.loop_dev.take() {
+        let _ = command("partx", &["-d".into(), l.clone()], None);
+        match command("losetup", &["-d".into(), l.clone()], None) {
+            Ok(_) => say(format!("  detached {l}")),
+            Err(e) => say(format!("  could not detach {l}: {e}")),
+        }
+    }
+    let report = result?;
+    if let Err(e) = teardown {
+        return Err(Error::BareMetalStep {
+            device: plan.device.clone(),
+            step: "unmount".into(),
+            message: e,
+            next: "everything was written; unmount the filesystems listed by `findmnt` under /tmp/restorepoint-bare-metal.* by hand".into(),
+        });
+    }
+    Ok(report)
+}
+
+fn steps(
+    system: &System,
+    store: &mut Store,
+    plan: &Plan,
+    progress: &dyn Progress,
+    say: &mut dyn FnMut(String),
+    setup: &mut Setup,
+) -> Result<Report> {
+    let again = "the disk is partly written and nothing else was touched; fix the cause and run the same command again: it starts over from the partition table";
+    let fail = |step: &str, message: String| Error::BareMetalStep {
+        device: plan.device.clone(),
+        step: step.to_string(),
+        message,
+        next: again.to_string(),
+    };
+    let run = |say: &mut dyn FnMut(String),
+               step: &str,
+               tool: &str,
+               args: Vec<String>,
+               input: Option<&str>| {
+        say(format!("[{step}] {}", shell_words(tool, &args)));
+        match command(tool, &args, input) {
+            Ok(out) => {
+                say("  ok".into());
+                Ok(out)
+            }
+            Err(e) => {
+                say(format!("  FAILED: {e}"));
+                Err(fail(step, e))
+            }
+        }
+    };
+    let disk: PathBuf = if plan.image_file {
+        let out = run(
+            say,
+            "attach",
+            "losetup",
+            vec![
+                "--find".into(),
+                "--show".into(),
+                plan.device.display().to_string(),
+            ],
+            None,
+        )?;
+        let l = out.trim().to_string();
+        setup.loop_dev = Some(l.clone());
+        PathBuf::from(l)
+    } else {
+        plan.device.clone()
+    };
+    let d = disk.display().to_string();
+    run(
+        say,
+        "partition table",
+        "sfdisk",
+        vec![
+            "--wipe".into(),
+            "always".into(),
+            "--wipe-partitions".into(),
+            "always".into(),
+            d.clone(),
+        ],
+        Some(&plan.script),
+    )?;
+    // The kernel may lack the parser for the table (or refuse to re-read a disk it holds):
+    // partx adds the partitions it does not show yet.
+    let wanted: Vec<u32> = plan.partitions.iter().map(|p| p.number).collect();
+    let _ = command("partx", &["-u".into(), d.clone()], None);
+    if !wanted.iter().all(|n| partitions_of(&disk).contains_key(n)) {
+        let _ = run(
+            say,
+            "partitions",
+            "partx",
+            vec!["-a".into(), d.clone()],
+            None,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let nodes = loop {
+        let found = partitions_of(&disk);
+        if wanted
+            .iter()
+            .all(|n| found.get(n).is_some_and(|p| p.exists()))
+        {
+            break found;
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                "partitions",
+                format!(
+                    "the kernel shows partitions {:?} of {d}, the table has {wanted:?}",
+                    found.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for f in &plan.filesystems {
+        let node = &nodes[&f.partition];
+        if let Some((tool, args)) = f.mkfs(node) {
+            run(
+                say,
+                &format!("filesystem {}", f.partition),
+                &tool,
+                args,
+                None,
+            )?;
+        }
+    }
+    let root = tempfile::Builder::new()
+        .prefix("restorepoint-bare-metal.")
+        .tempdir()
+        .map_err(|e| fail("mount", format!("making a temporary directory: {e}")))?
+        .keep();
+    setup.root = Some(root.clone());
+    for f in plan.mounts() {
+        let m = f.mount.as_deref().unwrap_or("/");
+        let dir = match m.trim_start_matches('/') {
+            "" => root.clone(),
+            rel => root.join(rel),
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail("mount", format!("making {}: {e}", dir.display())))?;
+        let mut args = vec!["-t".to_string(), f.mount_type().to_string()];
+        if f.kind == "xfs" {
+            // The disk the point was taken of may be attached too, with the same UUID.
+            args.extend(["-o".into(), "nouuid".into()]);
+        }
+        args.extend([
+            nodes[&f.partition].display().to_string(),
+            dir.display().to_string(),
+        ]);
+        run(say, &format!("mount {m}"), "mount", args, None)?;
+        setup.mounted.push(dir);
+    }
+    say(format!(
+        "[files] restoring point {} into {}",
+        plan.point,
+        root.display()
+    ));
+    let req = RestoreRequest {
+        point: plan.point,
+        target: Some(root.clone()),
+        paths: Vec::new(),
+        safety_point: false,
+        protect: Vec::new(),
+        boot: crate::boot::Source::Off,
+        checksum: false,
+        skip_damaged: false,
+    };
+    let files = system
+        .plan_restore_with(store, &req, progress)
+        .and_then(|p| system.restore(store, &req, &p, &[], progress));
+    let outcome = match files {
+        Ok(o) => o,
+        Err(e) => {
+            say(format!("  FAILED: {e}"));
+            return Err(fail("files", e.to_string()));
+        }
+    };
+    let r = &outcome.report;
+    say(format!(
+        "  {} created, {} written{}",
+        r.created,
+        crate::model::human_size(r.bytes_written),
+        if r.damaged.is_empty() {
+            String::new()
+        } else {
+            format!(", {} damaged and left out", r.damaged.len())
+        }
+    ));
+    if let Err(e) = setup.unmount_all(say) {
+        return Err(fail("unmount", e));
+    }
+    say(format!(
+        "[boot area] writing the boot code captured from {}",
+        plan.captured_disk
+    ));
+    let boot = crate::boot::restore::plan_recreated(&store.dir, plan.point, &plan.capture, &disk)
+        .and_then(|b| crate::boot::restore::apply(&b));
+    let boot_bytes = match boot {
+        Ok(n) => n,
+        Err(e) => {
+            say(format!("  FAILED: {e}"));
+            return Err(fail("boot area", e.to_string()));
+        }
+    };
+    say(format!(
+        "  {} written, read back and checked",
+        crate::model::human_size(boot_bytes)
+    ));
+    Ok(Report {
+        point: plan.point,
+        device: plan.device.clone(),
+        filesystems: plan.filesystems.len(),
+        restore: outcome.report,
+        boot_bytes,
+    })
+}
