@@ -341,3 +341,67 @@ fn the_rebuilt_disk_boots_in_qemu_and_reads_its_restored_boot_filesystem() {
         "the rebuilt disk boots and GRUB reads the restored /boot"
     );
 }
+
+/// A step that fails names itself and what to do; what the steps mounted and attached is taken
+/// down; the same command, run again, starts over and finishes.
+#[test]
+fn a_failed_step_is_named_cleaned_up_and_the_same_command_finishes_it() {
+    crate::require_root!();
+    require_tools!("sfdisk", "mke2fs", "mkswap", "losetup", "partx", "blkid");
+    let Some(m) = machine() else { return };
+    let blank = m.lab.target("blank.img");
+    sh(&format!("truncate -s 100M {}", blank.display()));
+    // A `mount` that fails for /boot only, found first on PATH.
+    let bin = m.lab.target("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = ["/usr/bin/mount", "/bin/mount"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap();
+    std::fs::write(
+        bin.join("mount"),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do last=$a; done\ncase $last in */boot) echo 'mount: simulated I/O error' >&2; exit 32;; esac\nexec {real} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod 755 {}/mount", bin.display()));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = std::process::Command::new(RESTORE.path())
+        .args([
+            "--store",
+            Lab::s(&m.lab.store()),
+            "--point",
+            &m.point.to_string(),
+            "--bare-metal",
+            "--device",
+            Lab::s(&blank),
+            "--yes",
+        ])
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("step `mount /boot`"), "{said}");
+    assert!(said.contains("simulated I/O error"), "{said}");
+    assert!(said.contains("run the same command again"), "{said}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains("restorepoint-bare-metal."),
+        "the root it had mounted is unmounted: {mounts}"
+    );
+    assert!(
+        sh(&format!("losetup -j {}", blank.display())).trim().is_empty(),
+        "the image is detached"
+    );
+
+    let out = bare_metal(&m, &blank, &["--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let Some(l) = Loop::attach(&blank) else { return };
+    let r = m.lab.target("restored");
+    let _root = Unmount::mount(&part(&l, 2), &r);
+    let _boot = Unmount::mount(&part(&l, 3), &r.join("boot"));
+    assert_same(&m.tree, &fingerprint(&r), "the files after the second run");
+}
