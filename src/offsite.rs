@@ -455,23 +455,52 @@ fn manifest(
     };
     let conn = rusqlite::Connection::open(tmp.path()).map_err(db)?;
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=OFF; CREATE TABLE point (id INTEGER, created TEXT, kind TEXT, label TEXT, files INTEGER, bytes INTEGER);
-         CREATE TABLE entries (path BLOB PRIMARY KEY, {});",
+        "PRAGMA journal_mode=OFF; CREATE TABLE point (id INTEGER, created TEXT, kind TEXT, label TEXT, files INTEGER, bytes INTEGER, sources TEXT);
+         CREATE TABLE entries (path BLOB PRIMARY KEY, {});
+         CREATE TABLE boot (disk TEXT, capture TEXT);
+         CREATE TABLE blobs (hash TEXT PRIMARY KEY, bytes BLOB);",
         crate::store::ENTRY_COLS
     ))
     .map_err(db)?;
     conn.execute(
-        "INSERT INTO point VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO point VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         rusqlite::params![
             id.0,
             point.created_at,
             point.kind.as_str(),
             point.label,
             point.files as i64,
-            point.bytes as i64
+            point.bytes as i64,
+            serde_json::to_string(&point.sources).expect("sources serialize")
         ],
     )
     .map_err(db)?;
+    // The disk records and boot area travel with the point: a bare-metal restore from the
+    // remote needs nothing else from the machine that is gone.
+    let (captures, _) = crate::boot::of_point(store, id)?;
+    for c in &captures {
+        conn.execute(
+            "INSERT INTO boot VALUES (?1, ?2)",
+            rusqlite::params![
+                c.disk,
+                serde_json::to_string(c).expect("capture serializes")
+            ],
+        )
+        .map_err(db)?;
+        let hashes = c
+            .pieces
+            .iter()
+            .map(|p| &p.hash)
+            .chain(c.records.iter().map(|r| &r.hash));
+        for h in hashes {
+            let bytes = crate::store::blobs::get(&store.dir, h)?;
+            conn.execute(
+                "INSERT OR IGNORE INTO blobs VALUES (?1, ?2)",
+                rusqlite::params![h, bytes],
+            )
+            .map_err(db)?;
+        }
+    }
     let tx = conn.unchecked_transaction().map_err(db)?;
     {
         let n = crate::store::ENTRY_COLS.split(", ").count();
@@ -504,21 +533,48 @@ pub struct RemotePoint {
     pub bytes: u64,
 }
 
+/// A manifest fetched, checked against its name and opened from a scratch file (deleted
+/// with the handle).
+struct Manifest {
+    conn: rusqlite::Connection,
+    _file: tempfile::NamedTempFile,
+    name: String,
+    url: String,
+}
+
+impl Manifest {
+    fn open(remote: &Remote, name: &str, scratch: &std::path::Path) -> Result<Manifest> {
+        let hexname = manifest_name_parts(name).map_or("", |(_, h)| h);
+        let z = remote.get_checked(&format!("points/{name}"), hexname)?;
+        let bad = |e: &dyn std::fmt::Display| Error::Damaged {
+            what: format!("points/{name} in {}: {e}", remote.url),
+        };
+        let raw = zstd::stream::decode_all(&z[..]).map_err(|e| bad(&e))?;
+        let file = tempfile::NamedTempFile::new_in(scratch).ctx(|| "reading a manifest".into())?;
+        std::fs::write(file.path(), raw).ctx(|| "reading a manifest".into())?;
+        let conn = rusqlite::Connection::open(file.path()).map_err(|e| bad(&e))?;
+        Ok(Manifest {
+            conn,
+            _file: file,
+            name: name.to_string(),
+            url: remote.url.clone(),
+        })
+    }
+
+    fn bad(&self, e: &dyn std::fmt::Display) -> Error {
+        Error::Damaged {
+            what: format!("points/{} in {}: {e}", self.name, self.url),
+        }
+    }
+}
+
 /// The points `remote` holds, oldest first; each manifest checked against its name.
 pub fn list(remote: &Remote, scratch: &std::path::Path) -> Result<Vec<RemotePoint>> {
     let mut out = Vec::new();
     for (id, name) in remote_points(remote)? {
-        let hexname = manifest_name_parts(&name).map_or("", |(_, h)| h);
-        let z = remote.get_checked(&format!("points/{name}"), hexname)?;
-        let raw = zstd::stream::decode_all(&z[..]).map_err(|e| Error::Damaged {
-            what: format!("points/{name} in {}: {e}", remote.url),
-        })?;
-        let tmp = tempfile::NamedTempFile::new_in(scratch).ctx(|| "reading a manifest".into())?;
-        std::fs::write(tmp.path(), raw).ctx(|| "reading a manifest".into())?;
-        let conn = rusqlite::Connection::open(tmp.path()).map_err(|e| Error::Damaged {
-            what: format!("points/{name} in {}: {e}", remote.url),
-        })?;
-        let p = conn
+        let m = Manifest::open(remote, &name, scratch)?;
+        let p = m
+            .conn
             .query_row(
                 "SELECT created, kind, label, files, bytes FROM point",
                 [],
@@ -533,10 +589,88 @@ pub fn list(remote: &Remote, scratch: &std::path::Path) -> Result<Vec<RemotePoin
                     })
                 },
             )
-            .map_err(|e| Error::Damaged {
-                what: format!("points/{name} in {}: {e}", remote.url),
-            })?;
+            .map_err(|e| m.bad(&e))?;
         out.push(p);
+    }
+    Ok(out)
+}
+
+/// What a bare-metal restore from the remote needs of point `id` besides its files: the
+/// disk records and boot area pushed with it, and its sources.
+pub struct PointDisk {
+    pub captures: Vec<crate::boot::Capture>,
+    pub blobs: BTreeMap<String, Vec<u8>>,
+    pub sources: Vec<String>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+pub fn point_disk(remote: &Remote, id: i64, scratch: &std::path::Path) -> Result<PointDisk> {
+    let name = remote_points(remote)?
+        .remove(&id)
+        .ok_or(Error::NoSuchPoint { id })?;
+    let m = Manifest::open(remote, &name, scratch)?;
+    let has_boot = m
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'boot'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| m.bad(&e))?
+        > 0;
+    let (files, bytes, sources): (i64, i64, Option<String>) = m
+        .conn
+        .query_row(
+            if has_boot {
+                "SELECT files, bytes, sources FROM point"
+            } else {
+                "SELECT files, bytes, NULL FROM point"
+            },
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(|e| m.bad(&e))?;
+    let mut out = PointDisk {
+        captures: Vec::new(),
+        blobs: BTreeMap::new(),
+        sources: match sources {
+            Some(s) => serde_json::from_str(&s).map_err(|e| m.bad(&e))?,
+            None => Vec::new(),
+        },
+        files: files as u64,
+        bytes: bytes as u64,
+    };
+    if !has_boot {
+        return Ok(out);
+    }
+    let mut st = m
+        .conn
+        .prepare("SELECT capture FROM boot")
+        .map_err(|e| m.bad(&e))?;
+    for c in st
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| m.bad(&e))?
+    {
+        let c = c.map_err(|e| m.bad(&e))?;
+        out.captures
+            .push(serde_json::from_str(&c).map_err(|e| m.bad(&e))?);
+    }
+    let mut st = m
+        .conn
+        .prepare("SELECT hash, bytes FROM blobs")
+        .map_err(|e| m.bad(&e))?;
+    for row in st
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(|e| m.bad(&e))?
+    {
+        let (h, b) = row.map_err(|e| m.bad(&e))?;
+        if blake3::hash(&b).to_hex().as_str() != h {
+            return Err(m.bad(&format!("boot record {h} does not match its hash")));
+        }
+        out.blobs.insert(h, b);
     }
     Ok(out)
 }
@@ -548,16 +682,10 @@ fn manifest_entries(
     name: &str,
     scratch: &std::path::Path,
 ) -> Result<Vec<(Vec<u8>, crate::model::Entry)>> {
-    let hexname = manifest_name_parts(name).map_or("", |(_, h)| h);
-    let z = remote.get_checked(&format!("points/{name}"), hexname)?;
-    let bad = |e: &dyn std::fmt::Display| Error::Damaged {
-        what: format!("points/{name} in {}: {e}", remote.url),
-    };
-    let raw = zstd::stream::decode_all(&z[..]).map_err(|e| bad(&e))?;
-    let tmp = tempfile::NamedTempFile::new_in(scratch).ctx(|| "reading a manifest".into())?;
-    std::fs::write(tmp.path(), raw).ctx(|| "reading a manifest".into())?;
-    let conn = rusqlite::Connection::open(tmp.path()).map_err(|e| bad(&e))?;
-    let mut st = conn
+    let m = Manifest::open(remote, name, scratch)?;
+    let bad = |e: &dyn std::fmt::Display| m.bad(e);
+    let mut st = m
+        .conn
         .prepare(&format!(
             "SELECT path, {} FROM entries ORDER BY path",
             crate::store::ENTRY_COLS
@@ -751,6 +879,29 @@ pub fn restore(
     target: &std::path::Path,
     scratch: &std::path::Path,
 ) -> Result<RemoteRestore> {
+    restore_into(remote, id, target, scratch, false)
+}
+
+/// Whether `dir` holds nothing but directories (a new filesystem's `lost+found`, the mount
+/// points of the filesystems mounted below it).
+fn only_directories(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .all(|e| e.file_type().is_ok_and(|t| t.is_dir()) && only_directories(&e.path()))
+    })
+}
+
+/// `restore`, where `fresh` allows a target that holds only directories: the new filesystems
+/// of a bare-metal restore, mounted under their root. Their directories take the point's
+/// metadata.
+pub fn restore_into(
+    remote: &Remote,
+    id: i64,
+    target: &std::path::Path,
+    scratch: &std::path::Path,
+    fresh: bool,
+) -> Result<RemoteRestore> {
     use crate::fsio::{self, DirCache};
     use crate::model::basename;
     use rustix::fs::{Mode, OFlags};
@@ -760,7 +911,10 @@ pub fn restore(
     let (catalog, _) = remote_catalog(remote)?;
     let t = || format!("writing {}", target.display());
     std::fs::create_dir_all(target).ctx(t)?;
-    if std::fs::read_dir(target).ctx(t)?.next().is_some() {
+    let empty = std::fs::read_dir(target).ctx(t)?.next().is_none();
+    // A new filesystem holds lost+found, and the mount points of those below it.
+    let fresh_dirs = fresh && only_directories(target);
+    if !empty && !fresh_dirs {
         return Err(Error::Usage(format!(
             "{} is not empty: a restore from a remote store goes into a new directory",
             target.display()
@@ -854,7 +1008,10 @@ pub fn restore(
                 report.bytes += n;
                 fsio::apply_meta_fd(std::os::fd::AsFd::as_fd(&file), e, &mut warn).ctx(what)?;
             }
-            (Kind::Dir, _) => fsio::create_node(dir, name, e).ctx(what)?,
+            (Kind::Dir, _) => match fsio::create_node(dir, name, e) {
+                Err(err) if fresh && err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => other.ctx(what)?,
+            },
             _ => {
                 fsio::create_node(dir, name, e).ctx(what)?;
                 fsio::apply_meta_at(dir, name, e, &mut warn).ctx(what)?;

@@ -21,6 +21,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::{PointId, Store};
 use records::FstabEntry;
 pub use run::{run, Report};
+pub use run::{Files, FilesStep};
 
 /// A filesystem of the captured disk, to be made again with its identity.
 #[derive(Debug, Clone, Serialize)]
@@ -149,12 +150,68 @@ fn refuse(device: &Path, why: impl Into<String>) -> Error {
     }
 }
 
-fn record_text(store: &Store, c: &Capture, name: &str) -> Result<Option<String>> {
-    match c.records.iter().find(|r| r.name == name) {
-        None => Ok(None),
-        Some(r) => Ok(Some(
-            String::from_utf8_lossy(&crate::store::blobs::get(&store.dir, &r.hash)?).into_owned(),
-        )),
+/// A boot piece's or record's bytes by hash, checked against it.
+pub type BlobReader<'a> = Box<dyn Fn(&str) -> Result<Vec<u8>> + 'a>;
+
+/// What a point says of its disk, from a local store or a remote one.
+pub struct Records<'a> {
+    pub point: PointId,
+    pub captures: Vec<Capture>,
+    /// Why the point has no captures, if it has none.
+    pub note: Option<String>,
+    pub blob: BlobReader<'a>,
+    pub sources: Vec<String>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl<'a> Records<'a> {
+    pub fn local(store: &Store, point: PointId) -> Result<Records<'a>> {
+        let (captures, note) = crate::boot::of_point(store, point)?;
+        let p = store.index.point(point)?;
+        Ok(Records {
+            point,
+            captures,
+            note,
+            blob: {
+                let dir = store.dir.clone();
+                Box::new(move |h| crate::store::blobs::get(&dir, h))
+            },
+            sources: p.sources,
+            files: p.files,
+            bytes: p.bytes,
+        })
+    }
+
+    /// From a point pushed off site; `url` names the remote in errors.
+    pub fn remote(point: PointId, disk: crate::offsite::PointDisk, url: &str) -> Records<'a> {
+        let url = url.to_string();
+        let blobs = disk.blobs;
+        Records {
+            point,
+            note: disk
+                .captures
+                .is_empty()
+                .then(|| format!("its copy in {url} has none: it was pushed without disk records (before they travelled with points), or taken without them")),
+            captures: disk.captures,
+            blob: Box::new(move |h| {
+                blobs.get(h).cloned().ok_or_else(|| Error::Damaged {
+                    what: format!("boot record {h} is missing from its point's manifest in {url}"),
+                })
+            }),
+            sources: disk.sources,
+            files: disk.files,
+            bytes: disk.bytes,
+        }
+    }
+
+    fn text(&self, c: &Capture, name: &str) -> Result<Option<String>> {
+        match c.records.iter().find(|r| r.name == name) {
+            None => Ok(None),
+            Some(r) => Ok(Some(
+                String::from_utf8_lossy(&(self.blob)(&r.hash)?).into_owned(),
+            )),
+        }
     }
 }
 
@@ -197,8 +254,9 @@ fn depth(point: &str) -> usize {
 
 /// Decides the restore of point `point` onto `device`, and refuses (nothing written) when it
 /// cannot be done there.
-pub fn plan(store: &Store, point: PointId, device: &Path) -> Result<Plan> {
-    let (captures, note) = crate::boot::of_point(store, point)?;
+pub fn plan(rec: &Records, device: &Path) -> Result<Plan> {
+    let point = rec.point;
+    let (captures, note) = (&rec.captures, rec.note.clone());
     if captures.is_empty() {
         return Err(refuse(
             device,
@@ -211,8 +269,8 @@ pub fn plan(store: &Store, point: PointId, device: &Path) -> Result<Plan> {
     // The disk that held `/`: the one whose recorded fstab root is among its filesystems.
     let mut chosen = None;
     let mut why_not = Vec::new();
-    for c in &captures {
-        match plan_capture(store, point, c, device) {
+    for c in captures {
+        match plan_capture(rec, c, device) {
             Ok(p) => {
                 chosen = Some(p);
                 break;
@@ -223,33 +281,36 @@ pub fn plan(store: &Store, point: PointId, device: &Path) -> Result<Plan> {
     let Some(mut plan) = chosen else {
         return Err(refuse(device, why_not.join("; ")));
     };
-    let p = store.index.point(point)?;
-    plan.files = p.files;
-    plan.bytes = p.bytes;
+    plan.files = rec.files;
+    plan.bytes = rec.bytes;
     check_device(&mut plan)?;
     Ok(plan)
 }
 
-fn plan_capture(store: &Store, point: PointId, c: &Capture, device: &Path) -> Result<Plan> {
+fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
+    let point = rec.point;
     let missing = |what: &str, tool: &str| {
         Error::Invalid(format!(
             "point {point} has no record of its {what} ({tool} was not installed on the machine, or failed, when the point was taken)"
         ))
     };
     let dump = records::parse_sfdisk(
-        &record_text(store, c, "sfdisk")?.ok_or_else(|| missing("partition table", "sfdisk"))?,
+        &rec.text(c, "sfdisk")?
+            .ok_or_else(|| missing("partition table", "sfdisk"))?,
     )
     .map_err(|e| Error::Damaged {
         what: format!("the partition table record of point {point}: {e}"),
     })?;
     let blkid = records::parse_blkid(
-        &record_text(store, c, "blkid")?.ok_or_else(|| missing("filesystems", "blkid"))?,
+        &rec.text(c, "blkid")?
+            .ok_or_else(|| missing("filesystems", "blkid"))?,
     );
     let fstab = records::parse_fstab(
-        &record_text(store, c, "fstab")?
+        &rec.text(c, "fstab")?
             .ok_or_else(|| missing("mounts", "/etc/fstab (there was none)"))?,
     );
-    let versions = record_text(store, c, "lsblk")?
+    let versions = rec
+        .text(c, "lsblk")?
         .map(|t| records::lsblk_versions(&t))
         .unwrap_or_default();
     if dump.sector_size != c.layout.sector {
@@ -260,7 +321,7 @@ fn plan_capture(store: &Store, point: PointId, c: &Capture, device: &Path) -> Re
             ),
         });
     }
-    let sources = store.index.point(point)?.sources;
+    let sources = &rec.sources;
     let mut filesystems = Vec::new();
     let mut notes = Vec::new();
     let mut mounted_by_fstab: Vec<&FstabEntry> = Vec::new();

@@ -8,20 +8,31 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::Plan;
-use crate::engine::{RestoreRequest, System};
+use super::{Plan, Records};
 use crate::error::{Error, Result};
-use crate::progress::Progress;
-use crate::store::Store;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub point: crate::store::PointId,
     pub device: PathBuf,
     pub filesystems: usize,
-    pub restore: crate::restore::RestoreReport,
+    pub files: Files,
     pub boot_bytes: u64,
 }
+
+/// What the files step restored into the new filesystems.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Files {
+    pub entries: u64,
+    pub bytes: u64,
+    /// `path: message`.
+    pub warnings: Vec<String>,
+    /// `path: problem`: stored content that could not be rebuilt, left out.
+    pub damaged: Vec<String>,
+}
+
+/// Restores the point's files into the directory it is given (the new filesystems, mounted).
+pub type FilesStep<'a> = dyn FnMut(&Path) -> Result<Files> + 'a;
 
 /// What the steps have set up, taken down in reverse when they end, however they end.
 struct Setup {
@@ -148,10 +159,9 @@ fn shell_words(tool: &str, args: &[String]) -> String {
 /// Rebuilds the disk as `plan` says, restores the point's files into its filesystems and its
 /// boot area onto it. `say` gets each step's command and result.
 pub fn run(
-    system: &System,
-    store: &mut Store,
     plan: &Plan,
-    progress: &dyn Progress,
+    rec: &Records,
+    files: &mut FilesStep,
     say: &mut dyn FnMut(String),
 ) -> Result<Report> {
     let mut setup = Setup {
@@ -159,7 +169,7 @@ pub fn run(
         root: None,
         mounted: Vec::new(),
     };
-    let result = steps(system, store, plan, progress, say, &mut setup);
+    let result = steps(plan, rec, files, say, &mut setup);
     let teardown = setup.unmount_all(say);
     if let Some(l) = setup.loop_dev.take() {
         let _ = command("partx", &["-d".into(), l.clone()], None);
@@ -181,10 +191,9 @@ pub fn run(
 }
 
 fn steps(
-    system: &System,
-    store: &mut Store,
     plan: &Plan,
-    progress: &dyn Progress,
+    rec: &Records,
+    files: &mut FilesStep,
     say: &mut dyn FnMut(String),
     setup: &mut Setup,
 ) -> Result<Report> {
@@ -320,35 +329,21 @@ fn steps(
         plan.point,
         root.display()
     ));
-    let req = RestoreRequest {
-        point: plan.point,
-        target: Some(root.clone()),
-        paths: Vec::new(),
-        safety_point: false,
-        protect: Vec::new(),
-        boot: crate::boot::Source::Off,
-        checksum: false,
-        skip_damaged: false,
-    };
-    let files = system
-        .plan_restore_with(store, &req, progress)
-        .and_then(|p| system.restore(store, &req, &p, &[], progress));
-    let outcome = match files {
-        Ok(o) => o,
+    let done = match files(&root) {
+        Ok(d) => d,
         Err(e) => {
             say(format!("  FAILED: {e}"));
             return Err(fail("files", e.to_string()));
         }
     };
-    let r = &outcome.report;
     say(format!(
-        "  {} created, {} written{}",
-        r.created,
-        crate::model::human_size(r.bytes_written),
-        if r.damaged.is_empty() {
+        "  {} entries, {} written{}",
+        done.entries,
+        crate::model::human_size(done.bytes),
+        if done.damaged.is_empty() {
             String::new()
         } else {
-            format!(", {} damaged and left out", r.damaged.len())
+            format!(", {} damaged and left out", done.damaged.len())
         }
     ));
     if let Err(e) = setup.unmount_all(say) {
@@ -358,7 +353,7 @@ fn steps(
         "[boot area] writing the boot code captured from {}",
         plan.captured_disk
     ));
-    let boot = crate::boot::restore::plan_recreated(&store.dir, plan.point, &plan.capture, &disk)
+    let boot = crate::boot::restore::plan_recreated(&*rec.blob, plan.point, &plan.capture, &disk)
         .and_then(|b| crate::boot::restore::apply(&b));
     let boot_bytes = match boot {
         Ok(n) => n,
@@ -375,7 +370,7 @@ fn steps(
         point: plan.point,
         device: plan.device.clone(),
         filesystems: plan.filesystems.len(),
-        restore: outcome.report,
+        files: done,
         boot_bytes,
     })
 }

@@ -96,7 +96,14 @@ pub fn plan(
             ),
         ));
     }
-    let writes = writes(store, point, capture, &f, device, with_table)?;
+    let writes = writes(
+        &|h| get_blob(store, h),
+        point,
+        capture,
+        &f,
+        device,
+        with_table,
+    )?;
     Ok(BootPlan {
         point,
         device: device.to_path_buf(),
@@ -111,7 +118,7 @@ pub fn plan(
 /// What writing `capture`'s pieces to the disk open as `f` means: the bytes, and whether the
 /// disk already holds them.
 fn writes(
-    store: &Path,
+    get: &dyn Fn(&str) -> Result<Vec<u8>>,
     point: PointId,
     capture: &Capture,
     f: &std::fs::File,
@@ -120,7 +127,7 @@ fn writes(
 ) -> Result<Vec<Write>> {
     let mut writes = Vec::new();
     for p in &capture.pieces {
-        let mut bytes = get_blob(store, &p.hash)?;
+        let mut bytes = get(&p.hash)?;
         if bytes.len() as u64 != p.len {
             return Err(Error::Damaged {
                 what: format!(
@@ -155,7 +162,7 @@ fn writes(
 /// to `device`, whose partition table a bare-metal restore has just recreated from the point's
 /// record: the same layout, on a disk that may be larger than the captured one.
 pub fn plan_recreated(
-    store: &Path,
+    get: &dyn Fn(&str) -> Result<Vec<u8>>,
     point: PointId,
     capture: &Capture,
     device: &Path,
@@ -184,7 +191,7 @@ pub fn plan_recreated(
         chosen_by: "--device".into(),
         captured_disk: capture.disk.clone(),
         with_partition_table: false,
-        writes: writes(store, point, capture, &f, device, false)?,
+        writes: writes(get, point, capture, &f, device, false)?,
         table_changes: Vec::new(),
     })
 }

@@ -69,26 +69,52 @@ struct Cli {
     json: bool,
 }
 
-/// `--bare-metal`: shows the plan, asks for `yes` (the disk is erased), runs the steps.
+/// `--bare-metal`: shows the plan, asks for `yes` (the disk is erased), runs the steps. From
+/// a local store, or from a remote one (`--store s3://…`, `--point` named).
 fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate::error::Error> {
-    let (system, config) = cli.place.system()?;
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !terminal && (cli.point.is_none() || (!cli.yes && !cli.dry_run)) {
         eprintln!("error: no terminal to ask on; name the point and confirm on the command line: --point ID --yes (or --dry-run to see the plan)");
         return Ok(NEEDS_CONFIRMATION);
     }
-    let mut store = system.open_store()?;
-    let id = match cli.point {
-        Some(id) => id,
-        None => match choose_point(&store, &config.database_locations)? {
-            Some(id) => id,
-            None => {
-                outln!("Nothing was changed.");
-                return Ok(CANCELLED);
-            }
-        },
+    let url = remote_url(cli);
+    let scratch = std::env::temp_dir();
+    let mut local = None;
+    let remote = match url {
+        Some(u) => Some(crate::offsite::Remote::open(u)?),
+        None => {
+            let (system, config) = cli.place.system()?;
+            let store = system.open_store()?;
+            local = Some((system, config, store));
+            None
+        }
     };
-    let plan = crate::baremetal::plan(&store, id, device)?;
+    let id = match (cli.point, &local) {
+        (Some(id), _) => id,
+        (None, Some((_, config, store))) => {
+            match choose_point(store, &config.database_locations)? {
+                Some(id) => id,
+                None => {
+                    outln!("Nothing was changed.");
+                    return Ok(CANCELLED);
+                }
+            }
+        }
+        (None, None) => {
+            eprintln!("error: a bare-metal restore from a remote store needs --point ID (`system_snapshot list --store URL` lists them)");
+            return Ok(USAGE);
+        }
+    };
+    let rec = match (&remote, &local) {
+        (Some(r), _) => crate::baremetal::Records::remote(
+            id,
+            crate::offsite::point_disk(r, id.0, &scratch)?,
+            &r.url,
+        ),
+        (None, Some((_, _, store))) => crate::baremetal::Records::local(store, id)?,
+        (None, None) => unreachable!("a store is local or remote"),
+    };
+    let plan = crate::baremetal::plan(&rec, device)?;
     if cli.json && cli.dry_run {
         outln!(
             "{}",
@@ -120,16 +146,56 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
         }
     }
     let progress = progress_bar();
-    let json = cli.json;
-    let report =
-        crate::baremetal::run(&system, &mut store, &plan, progress.as_ref(), &mut |line| {
-            if json {
-                eprintln!("{line}");
-            } else {
-                outln!("{line}");
+    let mut files =
+        |root: &std::path::Path| -> Result<crate::baremetal::Files, crate::error::Error> {
+            if let Some(r) = &remote {
+                let done = crate::offsite::restore_into(r, id.0, root, &scratch, true)?;
+                return Ok(crate::baremetal::Files {
+                    entries: done.entries,
+                    bytes: done.bytes,
+                    warnings: done.warnings,
+                    damaged: Vec::new(),
+                });
             }
-        })?;
-    let r = &report.restore;
+            let (system, _, store) = local.as_mut().expect("a store is local or remote");
+            let req = RestoreRequest {
+                point: id,
+                target: Some(root.to_path_buf()),
+                paths: Vec::new(),
+                safety_point: false,
+                protect: Vec::new(),
+                boot: crate::boot::Source::Off,
+                checksum: false,
+                skip_damaged: false,
+            };
+            let plan = system.plan_restore_with(store, &req, progress.as_ref())?;
+            let r = system
+                .restore(store, &req, &plan, &[], progress.as_ref())?
+                .report;
+            Ok(crate::baremetal::Files {
+                entries: r.created,
+                bytes: r.bytes_written,
+                warnings: r
+                    .warnings
+                    .iter()
+                    .map(|w| format!("{}: {}", w.path, w.message))
+                    .collect(),
+                damaged: r
+                    .damaged
+                    .iter()
+                    .map(|d| format!("{}: {}", d.path, d.problem))
+                    .collect(),
+            })
+        };
+    let json = cli.json;
+    let report = crate::baremetal::run(&plan, &rec, &mut files, &mut |line| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            outln!("{line}");
+        }
+    })?;
+    let f = &report.files;
     if json {
         outln!(
             "{}",
@@ -140,24 +206,33 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
             "Rebuilt {} from point {id}: {} filesystem(s), {} entries restored ({}), boot area {}.",
             device.display(),
             report.filesystems,
-            r.created,
-            size(r.bytes_written),
+            f.entries,
+            size(f.bytes),
             size(report.boot_bytes)
         );
     }
-    for w in &r.warnings {
-        eprintln!("warning: {}: {}", w.path, w.message);
+    for w in &f.warnings {
+        eprintln!("warning: {w}");
     }
-    for d in &r.damaged {
-        eprintln!("DAMAGED {}: {}", d.path, d.problem);
+    for d in &f.damaged {
+        eprintln!("DAMAGED {d}");
     }
-    Ok(if !r.damaged.is_empty() {
+    Ok(if !f.damaged.is_empty() {
         DAMAGED
-    } else if r.warnings.is_empty() {
+    } else if f.warnings.is_empty() {
         SUCCESS
     } else {
         WARNINGS
     })
+}
+
+/// The `--store` URL when it names a remote store.
+fn remote_url(cli: &Cli) -> Option<&str> {
+    cli.place
+        .store
+        .as_ref()
+        .and_then(|s| s.to_str())
+        .filter(|s| s.starts_with("s3://") || s.starts_with("file://"))
 }
 
 /// From a remote store: into a new directory only (`--target`), with `--point` named.
@@ -233,13 +308,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         eprintln!("error: --device and --with-partition-table go with --boot or --boot-only");
         return Ok(USAGE);
     }
-    if let Some(url) = cli
-        .place
-        .store
-        .as_ref()
-        .and_then(|s| s.to_str())
-        .filter(|s| s.starts_with("s3://") || s.starts_with("file://"))
-    {
+    if let Some(url) = remote_url(cli) {
         return restore_remote(cli, url);
     }
     let (system, config) = cli.place.system()?;

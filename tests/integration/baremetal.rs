@@ -131,6 +131,30 @@ fn machine_with(boot_code: Vec<u8>, core: Vec<u8>) -> Option<Machine> {
     })
 }
 
+/// `blank` is the machine's disk again: its table, boot code and core image, each
+/// filesystem's type, UUID and label, and every file with its metadata.
+fn assert_rebuilt(m: &Machine, blank: &Path, what: &str) {
+    assert_eq!(table_of(blank), table_of(&m.img), "the partition table");
+    assert_eq!(read_at(blank, 0, 440), m.boot_code, "the boot code");
+    assert!(
+        read_at(blank, 2048 * 512, MIB as usize) == m.core,
+        "GRUB's core image"
+    );
+    let l = Loop::attach(blank).expect("a loop device (the restore had one)");
+    for (n, kind, uuid, label) in &m.filesystems {
+        let d = part(&l, *n);
+        assert_eq!(
+            (tag(&d, "TYPE"), tag(&d, "UUID"), tag(&d, "LABEL")),
+            (kind.clone(), uuid.clone(), label.clone()),
+            "partition {n}"
+        );
+    }
+    let r = m.lab.target("restored");
+    let _root = Unmount::mount(&part(&l, 2), &r);
+    let _boot = Unmount::mount(&part(&l, 3), &r.join("boot"));
+    assert_same(&m.tree, &fingerprint(&r), what);
+}
+
 fn bare_metal(m: &Machine, device: &Path, extra: &[&str]) -> std::process::Output {
     let mut args: Vec<String> = [
         "--store",
@@ -190,27 +214,7 @@ fn a_blank_larger_disk_image_becomes_the_recorded_disk() {
         assert!(said.contains(step), "the step {step} is shown: {said}");
     }
 
-    assert_eq!(table_of(&blank), table_of(&m.img), "the partition table");
-    assert_eq!(read_at(&blank, 0, 440), m.boot_code, "the boot code");
-    assert!(
-        read_at(&blank, 2048 * 512, MIB as usize) == m.core,
-        "GRUB's core image"
-    );
-    let Some(l) = Loop::attach(&blank) else {
-        return;
-    };
-    for (n, kind, uuid, label) in &m.filesystems {
-        let d = part(&l, *n);
-        assert_eq!(
-            (tag(&d, "TYPE"), tag(&d, "UUID"), tag(&d, "LABEL")),
-            (kind.clone(), uuid.clone(), label.clone()),
-            "partition {n}"
-        );
-    }
-    let r = m.lab.target("restored");
-    let _root = Unmount::mount(&part(&l, 2), &r);
-    let _boot = Unmount::mount(&part(&l, 3), &r.join("boot"));
-    assert_same(&m.tree, &fingerprint(&r), "the rebuilt disk's files");
+    assert_rebuilt(&m, &blank, "the rebuilt disk's files");
 }
 
 #[test]
@@ -366,7 +370,11 @@ fn a_failed_step_is_named_cleaned_up_and_the_same_command_finishes_it() {
     )
     .unwrap();
     sh(&format!("chmod 755 {}/mount", bin.display()));
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = std::process::Command::new(RESTORE.path())
         .args([
             "--store",
@@ -393,15 +401,42 @@ fn a_failed_step_is_named_cleaned_up_and_the_same_command_finishes_it() {
         "the root it had mounted is unmounted: {mounts}"
     );
     assert!(
-        sh(&format!("losetup -j {}", blank.display())).trim().is_empty(),
+        sh(&format!("losetup -j {}", blank.display()))
+            .trim()
+            .is_empty(),
         "the image is detached"
     );
 
     let out = bare_metal(&m, &blank, &["--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let Some(l) = Loop::attach(&blank) else { return };
-    let r = m.lab.target("restored");
-    let _root = Unmount::mount(&part(&l, 2), &r);
-    let _boot = Unmount::mount(&part(&l, 3), &r.join("boot"));
-    assert_same(&m.tree, &fingerprint(&r), "the files after the second run");
+    assert_rebuilt(&m, &blank, "the disk after the second run");
+}
+
+/// The point pushed off site carries its disk records and boot area: the disk is rebuilt from
+/// the remote copy alone, the local store gone.
+#[test]
+fn a_blank_disk_is_rebuilt_from_the_off_site_copy_alone() {
+    crate::require_root!();
+    require_tools!("sfdisk", "mke2fs", "mkswap", "losetup", "partx", "blkid");
+    let Some(m) = machine() else { return };
+    let url = format!("file://{}", m.lab.target("offsite").display());
+    SNAPSHOT.expect(
+        0,
+        &["push", "--store", Lab::s(&m.lab.store()), "--to", &url],
+    );
+    std::fs::remove_dir_all(m.lab.store()).unwrap();
+    let blank = m.lab.target("blank.img");
+    sh(&format!("truncate -s 100M {}", blank.display()));
+    let out = RESTORE.run(&[
+        "--store",
+        &url,
+        "--point",
+        &m.point.to_string(),
+        "--bare-metal",
+        "--device",
+        Lab::s(&blank),
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_rebuilt(&m, &blank, "the files from the remote");
 }
