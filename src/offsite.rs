@@ -305,15 +305,29 @@ struct PieceAt {
 }
 
 /// Copies every complete point of `store` that `remote` does not hold yet.
-pub fn push(store: &Store, remote: &Remote) -> Result<PushReport> {
+/// With `keep` (`[offsite] keep_points`), only the newest `keep` points of the remote and the
+/// store together are pushed, and the remote's older ones are expired afterwards (`expire`):
+/// a point expired there is never sent again.
+pub fn push(store: &Store, remote: &Remote, keep: Option<usize>) -> Result<PushReport> {
     let mut report = PushReport::default();
     if remote.get(MARKER)?.is_none() {
         remote.put(MARKER, br#"{"format":1}"#.to_vec())?;
     }
     let there = remote_points(remote)?;
     let mut known: HashSet<Hash> = remote_catalog(remote)?.0.into_keys().collect();
-    for point in store.index.complete_points()? {
+    let points = store.index.complete_points()?;
+    let oldest_kept = keep.and_then(|k| {
+        let mut ids: Vec<i64> = there.keys().copied().collect();
+        ids.extend(points.iter().map(|p| p.id.0));
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len().checked_sub(k).map(|i| ids[i])
+    });
+    for point in points {
         let id = point.id;
+        if oldest_kept.is_some_and(|o| id.0 < o) {
+            continue;
+        }
         // Per point: the chains it caches are of changes after this point only.
         let mut packs = crate::restore::Packs::default();
         if let Some(name) = there.get(&id.0) {
@@ -531,6 +545,116 @@ pub struct RemotePoint {
     pub label: Option<String>,
     pub files: u64,
     pub bytes: u64,
+}
+
+/// What `expire` removed from a remote.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Expired {
+    pub points: Vec<i64>,
+    /// Catalogs deleted (those that kept some live contents were first written again
+    /// without the others, under their new hash).
+    pub catalogs: u64,
+    pub bundles: u64,
+    pub bytes: u64,
+}
+
+impl Remote {
+    fn delete(&self, key: &str) -> Result<()> {
+        let p = self.path(key);
+        match self.rt.block_on(self.objects.delete(&p)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(remote_err(&self.url, &format!("deleting {key} from"), e)),
+        }
+    }
+}
+
+/// Keeps the newest `keep` points of `remote` and deletes what only older ones needed.
+///
+/// Order, so that a kill at any moment leaves every remaining point whole: the expired
+/// points' manifests first (from then on they are not off site); then each catalog that names
+/// a content no remaining point has is written again with the live contents only, under its
+/// new name, before the old one is deleted; bundles last, those no remaining catalog piece
+/// lies in. A bundle is deleted only once no catalog names it, so a push never skips content
+/// whose bytes are gone. Run again, it finishes what a killed run left.
+pub fn expire(remote: &Remote, keep: usize, scratch: &std::path::Path) -> Result<Expired> {
+    let mut out = Expired::default();
+    let mut points = remote_points(remote)?;
+    while points.len() > keep.max(1) {
+        let (id, name) = points.pop_first().expect("more than one point");
+        remote.delete(&format!("points/{name}"))?;
+        out.points.push(id);
+    }
+    crate::failpoint::hit("expire-after-manifests");
+    let mut live: HashSet<Hash> = HashSet::new();
+    for name in points.values() {
+        let m = Manifest::open(remote, name, scratch)?;
+        let mut st = m
+            .conn
+            .prepare("SELECT hash FROM entries WHERE hash IS NOT NULL AND link IS NULL")
+            .map_err(|e| m.bad(&e))?;
+        for h in st
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| m.bad(&e))?
+        {
+            let h = h.map_err(|e| m.bad(&e))?;
+            live.insert(
+                h.try_into()
+                    .map_err(|_| m.bad(&"a hash of the wrong length"))?,
+            );
+        }
+    }
+    let mut bundles_live: HashSet<Hash> = HashSet::new();
+    for (name, _) in remote.list("catalog")? {
+        let key = format!("catalog/{name}");
+        // An unreadable catalog counts as absent (a push sends its contents again): it is
+        // left for verify to report, and keeps no bundle alive.
+        let Some(items) = remote
+            .get_checked(&key, &name)
+            .ok()
+            .and_then(|b| decode_catalog(&b))
+        else {
+            continue;
+        };
+        let kept: BTreeMap<Hash, Vec<Piece>> = items
+            .iter()
+            .filter(|(h, _)| live.contains(*h))
+            .map(|(h, p)| (*h, p.clone()))
+            .collect();
+        bundles_live.extend(kept.values().flatten().map(|p| p.bundle));
+        if kept.len() == items.len() {
+            continue;
+        }
+        if !kept.is_empty() {
+            let bytes = encode_catalog(&kept);
+            let h = blake3::hash(&bytes).to_hex().to_string();
+            remote.put(&format!("catalog/{h}"), bytes)?;
+        }
+        remote.delete(&key)?;
+        out.catalogs += 1;
+        crate::failpoint::hit("expire-after-catalog");
+    }
+    for (name, size) in remote.list("data")? {
+        // `<hh>/<hash>`
+        let Some(hexname) = name.rsplit('/').next() else {
+            continue;
+        };
+        let mut h = [0u8; 32];
+        if hexname.len() != 64
+            || (0..32).any(|i| {
+                u8::from_str_radix(&hexname[2 * i..2 * i + 2], 16)
+                    .map(|b| h[i] = b)
+                    .is_err()
+            })
+        {
+            continue;
+        }
+        if !bundles_live.contains(&h) {
+            remote.delete(&format!("data/{name}"))?;
+            out.bundles += 1;
+            out.bytes += size;
+        }
+    }
+    Ok(out)
 }
 
 /// A manifest fetched, checked against its name and opened from a scratch file (deleted

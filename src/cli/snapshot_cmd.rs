@@ -120,7 +120,7 @@ pub fn main() -> i32 {
         }
         Some(Cmd::List) => list(&cli, &system),
         Some(Cmd::Push { to }) => match to.as_ref().or(config.offsite.url.as_ref()) {
-            Some(url) => push(&cli, &system, url),
+            Some(url) => push(&cli, &system, url, config.offsite.keep_points.map(|k| k.0)),
             None => Err(crate::error::Error::Usage(
                 "push needs a remote store: --to s3://BUCKET/PREFIX (or file:///DIR), or `url` in the config's [offsite] section".into(),
             )),
@@ -381,15 +381,18 @@ fn remote_url(cli: &Cli) -> Option<String> {
     (s.starts_with("s3://") || s.starts_with("file://")).then(|| s.to_string())
 }
 
-fn push(cli: &Cli, system: &System, to: &str) -> CmdResult {
+fn push(cli: &Cli, system: &System, to: &str, keep: Option<usize>) -> CmdResult {
     let remote = crate::offsite::Remote::open(to)?;
     let store = system.open_store()?;
-    let r = crate::offsite::push(&store, &remote)?;
+    let r = crate::offsite::push(&store, &remote, keep)?;
+    let expired = match keep {
+        Some(k) => Some(crate::offsite::expire(&remote, k, &std::env::temp_dir())?),
+        None => None,
+    };
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
+        let mut v = serde_json::to_value(&r).expect("report serializes");
+        v["expired"] = serde_json::to_value(&expired).expect("report serializes");
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json prints"));
     } else {
         outln!(
             "Pushed {} point(s) to {} ({} already there): {} new contents, {} objects, {}",
@@ -400,6 +403,16 @@ fn push(cli: &Cli, system: &System, to: &str) -> CmdResult {
             r.objects,
             size(r.bytes)
         );
+        if let Some(e) = expired.filter(|e| !e.points.is_empty() || e.bundles > 0) {
+            outln!(
+                "Removed from {} (keep_points): point(s) {:?}, {} bundles ({}), {} catalogs",
+                remote.url,
+                e.points,
+                e.bundles,
+                size(e.bytes),
+                e.catalogs
+            );
+        }
     }
     Ok(SUCCESS)
 }

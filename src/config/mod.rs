@@ -33,6 +33,9 @@ pub struct Offsite {
     /// `s3://BUCKET/PREFIX` or `file:///DIR`: where `push` copies the points when `--to` is
     /// not given. Credentials come from the environment, never from this file.
     pub url: Option<String>,
+    /// Points kept off site (the newest); older ones are removed from the remote after each
+    /// push. None: every point pushed stays there.
+    pub keep_points: Option<MinPoints>,
 }
 
 impl Default for Config {

@@ -425,3 +425,95 @@ fn a_damaged_catalog_is_reported_and_its_content_sent_again() {
         assert_same(fp, &fingerprint(&t), &format!("point {id}"));
     }
 }
+
+/// `[offsite] keep_points`: the remote keeps the newest N points, more than the local store
+/// keeps; older ones go from the remote with the bundles only they needed, and what remains
+/// verifies and restores exactly.
+#[test]
+fn keep_points_keeps_more_off_site_than_local_and_expires_the_oldest() {
+    let lab = Lab::new();
+    let remote = lab.target("remote");
+    let url = format!("file://{}", remote.display());
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        format!("[offsite]\nurl = \"{url}\"\nkeep_points = 3\n[boot]\ncapture = false\n"),
+    )
+    .unwrap();
+    let store = lab.store();
+    let push = || -> serde_json::Value {
+        let out = SNAPSHOT.expect(
+            0,
+            &[
+                "push",
+                "-c",
+                Lab::s(&conf),
+                "--store",
+                Lab::s(&store),
+                "--json",
+            ],
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let remote_ids = || listed_ids(&["--store", &url]);
+    let mut expected = BTreeMap::new();
+    // Each point has 20 MB of its own (several bundles of nothing else) and shares the rest.
+    lab.run_sh(
+        "mkdir -p etc && echo shared > etc/shared && printf '[retention]\\nceiling_ratio = 20\\n[boot]\\ncapture = false\\n' > etc/system_snapshots.conf",
+    );
+    for n in 1..=3 {
+        lab.run_sh(&format!(
+            "rm -f own* && head -c 20000000 /dev/urandom > own{n}"
+        ));
+        expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    }
+    let r = push();
+    assert_eq!(r["pushed"], serde_json::json!([1, 2, 3]), "{r}");
+    assert_eq!(r["expired"]["points"], serde_json::json!([]), "{r}");
+    // The local store keeps fewer: the remote still has them.
+    SNAPSHOT.expect(0, &["prune", "--oldest", "2", "--store", Lab::s(&store)]);
+    lab.run_sh("rm -f own* && head -c 20000000 /dev/urandom > own4");
+    expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    // Killed once point 1's manifest is gone, before its bundles are: the next push finishes.
+    let killed = Command::new(SNAPSHOT.path())
+        .args(["push", "-c", Lab::s(&conf), "--store", Lab::s(&store)])
+        .env("RESTOREPOINT_FAILPOINT", "expire-after-manifests")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "killed at the failpoint");
+    assert_eq!(remote_ids(), vec![2, 3, 4]);
+    SNAPSHOT.expect(0, &["verify", "--store", &url]);
+    let r = push();
+    assert_eq!(r["pushed"], serde_json::json!([]), "{r}");
+    assert!(
+        r["expired"]["bundles"].as_u64().unwrap() >= 1,
+        "point 1's own bundles are deleted: {r}"
+    );
+    // Nothing dangles.
+    SNAPSHOT.expect(0, &["verify", "--store", &url]);
+    for id in [2, 3] {
+        let t = lab.target(&format!("r{id}"));
+        RESTORE.expect(
+            0,
+            &[
+                "--store",
+                &url,
+                "--point",
+                &id.to_string(),
+                "--target",
+                Lab::s(&t),
+                "--yes",
+            ],
+        );
+        assert_same(
+            &expected[&id],
+            &fingerprint(&t),
+            &format!("point {id}, gone locally"),
+        );
+    }
+    // A keep_points of 0 is refused by the config.
+    std::fs::write(&conf, "[offsite]\nkeep_points = 0\n").unwrap();
+    let out = SNAPSHOT.run(&["push", "-c", Lab::s(&conf), "--store", Lab::s(&store)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("keep_points"), "{}", text(&out));
+}
