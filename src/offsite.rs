@@ -54,6 +54,13 @@ impl Remote {
     /// AWS tools take them: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
     /// AWS_ENDPOINT_URL) or `file:///DIR`.
     pub fn open(url: &str) -> Result<Remote> {
+        Remote::open_with(url, None)
+    }
+
+    /// `open`, with the S3 credentials read from `credentials` (an AWS-style shared
+    /// credentials file) when the environment has none; without it, from
+    /// `AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials` when that exists.
+    pub fn open_with(url: &str, credentials: Option<&std::path::Path>) -> Result<Remote> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -62,11 +69,27 @@ impl Remote {
             if let Some(rest) = url.strip_prefix("s3://") {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 // The server checks each upload's SHA-256: a body damaged on the way is refused.
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                let mut b = object_store::aws::AmazonS3Builder::from_env();
+                let mut endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                    if let Some(c) = shared_credentials(credentials)? {
+                        b = b
+                            .with_access_key_id(c.key_id)
+                            .with_secret_access_key(c.secret);
+                        if let Some(t) = c.token {
+                            b = b.with_token(t);
+                        }
+                        if let (Some(r), None) = (c.region, std::env::var_os("AWS_REGION")) {
+                            b = b.with_region(r);
+                        }
+                        endpoint = endpoint.or(c.endpoint);
+                    }
+                }
+                let mut b = b
                     .with_bucket_name(bucket)
                     .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
                     .with_conditional_put(object_store::aws::S3ConditionalPut::Disabled);
-                if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL") {
+                if let Some(ep) = endpoint {
                     b = b
                         .with_allow_http(ep.starts_with("http://"))
                         .with_endpoint(ep)
@@ -162,6 +185,83 @@ impl Remote {
         }
         Ok(bytes)
     }
+}
+
+/// S3 credentials from a shared credentials file.
+struct Credentials {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+}
+
+/// Reads the profile `AWS_PROFILE` (else `default`) of the AWS-style credentials file
+/// `path` (else `AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials` when it exists), as
+/// the AWS tools do: `aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`,
+/// and, for other S3 servers, `region` and `endpoint_url`. The file must be its owner's
+/// alone (no group or other permission bits): a secret others can read is refused.
+fn shared_credentials(path: Option<&std::path::Path>) -> Result<Option<Credentials>> {
+    use std::os::unix::fs::MetadataExt;
+    let named = path
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| std::env::var_os("AWS_SHARED_CREDENTIALS_FILE").map(Into::into));
+    let path = match named {
+        Some(p) => p,
+        None => match std::env::var_os("HOME") {
+            Some(h) if std::path::Path::new(&h).join(".aws/credentials").exists() => {
+                std::path::Path::new(&h).join(".aws/credentials")
+            }
+            _ => return Ok(None),
+        },
+    };
+    let shown = path.display().to_string();
+    let md = std::fs::metadata(&path).ctx(|| format!("reading the credentials file {shown}"))?;
+    if md.mode() & 0o077 != 0 {
+        return Err(Error::Usage(format!(
+            "the credentials file {shown} can be read by others (mode {:o}): make it its owner's alone with `chmod 600 {shown}`",
+            md.mode() & 0o777
+        )));
+    }
+    if md.uid() != rustix::process::geteuid().as_raw() {
+        return Err(Error::Usage(format!(
+            "the credentials file {shown} belongs to uid {}, not to this user: `chown` it to the user that runs the push",
+            md.uid()
+        )));
+    }
+    let text =
+        std::fs::read_to_string(&path).ctx(|| format!("reading the credentials file {shown}"))?;
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let mut in_profile = false;
+    let mut values = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            in_profile = name == profile || name == format!("profile {profile}");
+            continue;
+        }
+        if let (true, Some((k, v))) = (in_profile, line.split_once('=')) {
+            values.insert(k.trim().to_lowercase(), v.trim().to_string());
+        }
+    }
+    let (Some(key_id), Some(secret)) = (
+        values.remove("aws_access_key_id"),
+        values.remove("aws_secret_access_key"),
+    ) else {
+        return Err(Error::Usage(format!(
+            "the credentials file {shown} has no aws_access_key_id and aws_secret_access_key in its [{profile}] profile"
+        )));
+    };
+    Ok(Some(Credentials {
+        key_id,
+        secret,
+        token: values.remove("aws_session_token"),
+        region: values.remove("region"),
+        endpoint: values.remove("endpoint_url"),
+    }))
 }
 
 /// One piece of a content: where its zstd frame is.

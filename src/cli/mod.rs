@@ -65,6 +65,27 @@ struct Place {
 }
 
 impl Place {
+    /// The config's `[offsite] credentials`, for commands that read a remote store without a
+    /// system (list, verify, restore from a URL). A config that cannot be read is an error
+    /// only when named with `-c`.
+    fn offsite_credentials(&self) -> Result<Option<PathBuf>, Error> {
+        let root = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let config = match &self.config {
+            Some(path) => Config::load(path, true)?,
+            None => Config::load(
+                &under(&root, Path::new("/etc/system_snapshots.conf")),
+                false,
+            )
+            .unwrap_or_default(),
+        };
+        Ok(config.offsite.credentials)
+    }
+
+    /// The remote store at `url`, with the config's credentials file.
+    fn remote(&self, url: &str) -> Result<crate::offsite::Remote, Error> {
+        crate::offsite::Remote::open_with(url, self.offsite_credentials()?.as_deref())
+    }
+
     /// The system and its configuration; flags override the config file.
     fn system(&self) -> Result<(crate::engine::System, Config), Error> {
         // A remote store is read by list, verify and system_restore --target; anything else

@@ -81,7 +81,7 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
     let scratch = std::env::temp_dir();
     let mut local = None;
     let remote = match url {
-        Some(u) => Some(crate::offsite::Remote::open(u)?),
+        Some(u) => Some(cli.place.remote(u)?),
         None => {
             let (system, config) = cli.place.system()?;
             let store = system.open_store()?;
@@ -253,7 +253,7 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
         eprintln!("error: a restore from a remote store needs --point ID and --target DIR (a new directory)");
         return Ok(USAGE);
     };
-    let remote = crate::offsite::Remote::open(url)?;
+    let remote = cli.place.remote(url)?;
     let r =
         crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir()).map_err(
             |e| match e {

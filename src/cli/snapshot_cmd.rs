@@ -120,7 +120,7 @@ pub fn main() -> i32 {
         }
         Some(Cmd::List) => list(&cli, &system),
         Some(Cmd::Push { to }) => match to.as_ref().or(config.offsite.url.as_ref()) {
-            Some(url) => push(&cli, &system, url, config.offsite.keep_points.map(|k| k.0)),
+            Some(url) => push(&cli, &system, url, &config.offsite),
             None => Err(crate::error::Error::Usage(
                 "push needs a remote store: --to s3://BUCKET/PREFIX (or file:///DIR), or `url` in the config's [offsite] section".into(),
             )),
@@ -381,8 +381,9 @@ fn remote_url(cli: &Cli) -> Option<String> {
     (s.starts_with("s3://") || s.starts_with("file://")).then(|| s.to_string())
 }
 
-fn push(cli: &Cli, system: &System, to: &str, keep: Option<usize>) -> CmdResult {
-    let remote = crate::offsite::Remote::open(to)?;
+fn push(cli: &Cli, system: &System, to: &str, conf: &crate::config::Offsite) -> CmdResult {
+    let keep = conf.keep_points.map(|k| k.0);
+    let remote = crate::offsite::Remote::open_with(to, conf.credentials.as_deref())?;
     let store = system.open_store()?;
     let r = crate::offsite::push(&store, &remote, keep)?;
     let expired = match keep {
@@ -418,7 +419,7 @@ fn push(cli: &Cli, system: &System, to: &str, keep: Option<usize>) -> CmdResult 
 }
 
 fn verify_remote(cli: &Cli, url: &str) -> CmdResult {
-    let remote = crate::offsite::Remote::open(url)?;
+    let remote = cli.place.remote(url)?;
     let r = crate::offsite::verify(&remote, &std::env::temp_dir())?;
     if cli.json {
         outln!(
@@ -450,7 +451,7 @@ fn verify_remote(cli: &Cli, url: &str) -> CmdResult {
 }
 
 fn list_remote(cli: &Cli, url: &str) -> CmdResult {
-    let remote = crate::offsite::Remote::open(url)?;
+    let remote = cli.place.remote(url)?;
     let points = crate::offsite::list(&remote, &std::env::temp_dir())?;
     if cli.json {
         outln!(

@@ -36,6 +36,9 @@ pub struct Offsite {
     /// Points kept off site (the newest); older ones are removed from the remote after each
     /// push. None: every point pushed stays there.
     pub keep_points: Option<MinPoints>,
+    /// An AWS-style shared credentials file, its owner's alone (mode 600), read when the
+    /// environment has no AWS_ACCESS_KEY_ID.
+    pub credentials: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {

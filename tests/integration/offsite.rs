@@ -517,3 +517,77 @@ fn keep_points_keeps_more_off_site_than_local_and_expires_the_oldest() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("keep_points"), "{}", text(&out));
 }
+
+/// S3 credentials from a file of root's alone, as the AWS tools keep them: named in the
+/// config for a push, by AWS_SHARED_CREDENTIALS_FILE for a list; a file others can read is
+/// refused; the secret never shows in any output.
+#[test]
+fn credentials_come_from_a_file_only_its_owner_reads() {
+    let lab = Lab::new();
+    let Some(g) = Garage::start(&lab.target("garage")) else {
+        return;
+    };
+    lab.run_sh("echo x > f");
+    lab.snapshot();
+    let creds = lab.target("s3-credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "# web1's backup key\n[other]\naws_access_key_id = GKnotthisone\naws_secret_access_key = no\n\n[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\nregion = garage\nendpoint_url = http://127.0.0.1:{}\n",
+            g.port
+        ),
+    )
+    .unwrap();
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        format!("[offsite]\ncredentials = \"{}\"\n", creds.display()),
+    )
+    .unwrap();
+    let url = "s3://restorepoint/web1";
+    let bare = |args: &[&str], extra: &[(&str, &Path)]| -> Output {
+        let mut c = Command::new(SNAPSHOT.path());
+        c.args(args).stdin(std::process::Stdio::null());
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_PROFILE",
+        ] {
+            c.env_remove(k);
+        }
+        c.env("HOME", lab.target("home"));
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let store = lab.store();
+    let push_args = [
+        "push",
+        "-c",
+        Lab::s(&conf),
+        "--store",
+        Lab::s(&store),
+        "--to",
+        url,
+    ];
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = bare(&push_args, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("chmod 600"), "{}", text(&out));
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = bare(&push_args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listed = bare(
+        &["list", "--store", url],
+        &[("AWS_SHARED_CREDENTIALS_FILE", &creds)],
+    );
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed));
+    assert!(text(&listed).contains('1'), "{}", text(&listed));
+    for o in [&out, &listed] {
+        assert!(!text(o).contains(SECRET), "the secret is not shown");
+    }
+}
