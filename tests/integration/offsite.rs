@@ -18,26 +18,32 @@ struct Garage {
 const KEY_ID: &str = "GK0123456789abcdef01234567";
 const SECRET: &str = "0000000000000000000000000000000000000000000000000000000000000042";
 
+/// The `garage` binary; None (with the reason printed) where there is none.
+fn garage_bin() -> Option<String> {
+    let bin = [
+        "garage".into(),
+        format!(
+            "{}/.cargo/bin/garage",
+            std::env::var("HOME").unwrap_or_default()
+        ),
+    ]
+    .into_iter()
+    .find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(bin) = bin else {
+        eprintln!("skipped the S3 half: garage is not installed (.ci/run installs it)");
+        return None;
+    };
+    Some(bin)
+}
+
 impl Garage {
     fn start(dir: &Path) -> Option<Garage> {
-        let bin = [
-            "garage".into(),
-            format!(
-                "{}/.cargo/bin/garage",
-                std::env::var("HOME").unwrap_or_default()
-            ),
-        ]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        let Some(bin) = bin else {
-            eprintln!("skipped the S3 half: garage is not installed (.ci/run installs it)");
-            return None;
-        };
+        let bin = garage_bin()?;
         // Ports of this test process's own: tests run in parallel, and so may CI jobs.
         let port = 20000 + (std::process::id() % 2000) as u16 * 2;
         std::fs::create_dir_all(dir).unwrap();
@@ -590,4 +596,212 @@ fn credentials_come_from_a_file_only_its_owner_reads() {
     for o in [&out, &listed] {
         assert!(!text(o).contains(SECRET), "the secret is not shown");
     }
+}
+
+/// Three Garage nodes, every object on all three (replication_factor 3, quorum 2). Stopped
+/// when dropped.
+struct Cluster {
+    nodes: Vec<Option<Child>>,
+    confs: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    api: Vec<u16>,
+    bin: String,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Option<Cluster> {
+        let bin = garage_bin()?;
+        // Its own ports: the single-node servers use 20000-23999.
+        let base = 26000 + (std::process::id() % 1000) as u16 * 8;
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            confs: Vec::new(),
+            dirs: Vec::new(),
+            api: Vec::new(),
+            bin,
+        };
+        for i in 0..3u16 {
+            let d = dir.join(format!("node{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let (api, rpc) = (base + 2 * i, base + 2 * i + 1);
+            let conf = d.join("garage.toml");
+            std::fs::write(
+                &conf,
+                format!(
+                    "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
+                     replication_factor = 3\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                     rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+                     [s3_api]\napi_bind_addr = \"127.0.0.1:{api}\"\ns3_region = \"garage\"\n",
+                    d = d.display(),
+                    secret = "5".repeat(64),
+                ),
+            )
+            .unwrap();
+            let child = Command::new(&c.bin)
+                .args(["-c", Lab::s(&conf), "server"])
+                .stdout(std::fs::File::create(d.join("server.log")).unwrap())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            c.nodes.push(Some(child));
+            c.confs.push(conf);
+            c.dirs.push(d);
+            c.api.push(api);
+        }
+        let ids: Vec<String> = (0..3)
+            .map(|i| {
+                c.retry(i, &["node", "id", "-q"])
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        for full in &ids[1..] {
+            c.retry(0, &["node", "connect", full]);
+        }
+        for full in &ids {
+            let id = full.split('@').next().unwrap();
+            c.retry(0, &["layout", "assign", "-z", "dc1", "-c", "1G", id]);
+        }
+        c.retry(0, &["layout", "apply", "--version", "1"]);
+        c.retry(
+            0,
+            &["key", "import", "-n", "rp-test", "--yes", KEY_ID, SECRET],
+        );
+        c.retry(0, &["bucket", "create", "restorepoint"]);
+        c.retry(
+            0,
+            &[
+                "bucket",
+                "allow",
+                "--read",
+                "--write",
+                "--owner",
+                "restorepoint",
+                "--key",
+                "rp-test",
+            ],
+        );
+        Some(c)
+    }
+
+    /// Runs `garage -c <node i's config> ARGS` until it succeeds (the cluster takes a moment
+    /// to come up and to agree on its layout); its output.
+    fn retry(&self, i: usize, args: &[&str]) -> String {
+        let mut last = String::new();
+        for _ in 0..100 {
+            let out = Command::new(&self.bin)
+                .args(["-c", Lab::s(&self.confs[i])])
+                .args(args)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("garage {args:?} on node {i}: {last}");
+    }
+
+    fn env(&self, node: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
+            ("AWS_REGION", "garage".into()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.api[node]),
+            ),
+        ]
+    }
+
+    fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Bytes of data blocks node `i` holds.
+    fn stored(&self, i: usize) -> u64 {
+        walkdir::WalkDir::new(self.dirs[i].join("data"))
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i);
+        }
+    }
+}
+
+/// A node of a three-node cluster is stopped while a push runs: the push completes on the
+/// other two (a write needs two of three), and the point verifies and restores exactly,
+/// through another node, with that node still down.
+#[test]
+fn a_push_survives_a_node_of_three_stopped_during_it() {
+    let (lab, _, _) = lab_with_point(
+        "mkdir -p d && for i in $(seq 1 40); do head -c 1500000 /dev/urandom > d/f$i; done && ln d/f1 d/f1-link",
+    );
+    let fp = fingerprint(&lab.sys());
+    let Some(mut c) = Cluster::start(&lab.target("cluster")) else {
+        return;
+    };
+    let url = "s3://restorepoint/web1";
+    let mut push = Command::new(SNAPSHOT.path());
+    push.args([
+        "push",
+        "--to",
+        url,
+        "--store",
+        Lab::s(&lab.store()),
+        "--json",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in c.env(0) {
+        push.env(k, v);
+    }
+    let child = push.spawn().unwrap();
+    // Stopped once the first bundles have reached it.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while c.stored(2) < 4 << 20 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    c.stop(2);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["pushed"], serde_json::json!([1]), "{r}");
+    run(&SNAPSHOT, &c.env(1), 0, &["verify", "--store", url]);
+    let t = lab.target("t");
+    run(
+        &RESTORE,
+        &c.env(1),
+        0,
+        &[
+            "--store",
+            url,
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&t),
+            "--yes",
+        ],
+    );
+    assert_same(
+        &fp,
+        &fingerprint(&t),
+        "restored through another node, one down",
+    );
 }
