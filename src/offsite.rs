@@ -492,7 +492,64 @@ pub fn push(store: &Store, remote: &Remote, keep: Option<usize>) -> Result<PushR
         crate::failpoint::hit("push-after-manifest");
         report.pushed.push(id.0);
     }
+    push_kit(store, remote, &mut report)?;
     Ok(report)
+}
+
+/// The RECOVERY the remote holds: how to rebuild a machine from it alone, then the store's
+/// own RECOVERY (its steps and recorded disk layout).
+fn remote_recovery(store: &Store, url: &str) -> String {
+    let local = std::fs::read_to_string(store.dir.join("kit/RECOVERY")).unwrap_or_default();
+    format!(
+        "RESTOREPOINT OFF-SITE COPY: {url}\n\
+         \n\
+         This remote holds restore points of the machine, each with its files, its disk layout\n\
+         and its boot area. To rebuild the machine on a blank disk from a rescue system:\n\
+         \n\
+         1. Fetch kit/system_restore from this remote with any S3 client (aws s3 cp, s3cmd,\n\
+         \x20  rclone, mc), then: chmod +x system_restore; ln system_restore system_snapshot\n\
+         2. Export the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and\n\
+         \x20  AWS_ENDPOINT_URL for servers other than AWS), or put them in ~/.aws/credentials\n\
+         \x20  (mode 600).\n\
+         3. ./system_snapshot list --store {url}\n\
+         4. ./system_restore --store {url} --point N --bare-metal --device /dev/sdX\n\
+         \x20  It shows the plan (partition table, filesystems with their UUIDs and labels, mount\n\
+         \x20  points) and erases /dev/sdX only after the typed word yes. Then reboot.\n\
+         \n\
+         Files only, into a directory: ./system_restore --store {url} --point N --target DIR\n\
+         \n\
+         The store's own recovery notes, as of the last push, follow.\n\
+         ------------------------------------------------------------------------------\n\
+         {local}"
+    )
+}
+
+/// The program and RECOVERY as `kit/system_restore` and `kit/RECOVERY` on the remote, so a
+/// rescue system needs only an S3 client and the credentials. They are sent when they differ
+/// from what `kit/manifest.json` (written after them) says the remote holds.
+fn push_kit(store: &Store, remote: &Remote, report: &mut PushReport) -> Result<()> {
+    let program_path = crate::boot::kit::source()?;
+    let program = std::fs::read(&program_path)
+        .ctx(|| format!("reading {}", program_path.display()))?;
+    let recovery = remote_recovery(store, &remote.url).into_bytes();
+    let want = serde_json::json!({
+        "system_restore": blake3::hash(&program).to_hex().to_string(),
+        "RECOVERY": blake3::hash(&recovery).to_hex().to_string(),
+    });
+    let have = remote
+        .get("kit/manifest.json")?
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if have.as_ref() == Some(&want) {
+        return Ok(());
+    }
+    for (key, bytes) in [("kit/system_restore", program), ("kit/RECOVERY", recovery)] {
+        report.objects += 1;
+        report.bytes += bytes.len() as u64;
+        remote.put(key, bytes)?;
+    }
+    remote.put("kit/manifest.json", want.to_string().into_bytes())?;
+    report.objects += 1;
+    Ok(())
 }
 
 /// Uploads the bundle being filled, then the catalog of the contents it completes.

@@ -58,7 +58,7 @@ pub fn refresh(
 
 /// The program the kit holds: `system_snapshot` next to this one (installed together), else
 /// this one. Either runs both commands.
-fn source() -> Result<PathBuf> {
+pub fn source() -> Result<PathBuf> {
     let exe = std::env::current_exe().ctx(|| "finding this program's path".to_string())?;
     let beside = exe.with_file_name(BINARIES[0]);
     Ok(if beside.exists() { beside } else { exe })

@@ -805,3 +805,44 @@ fn a_push_survives_a_node_of_three_stopped_during_it() {
         "restored through another node, one down",
     );
 }
+
+/// The remote holds the program and RECOVERY: fetched from there alone, the program lists the
+/// remote's points; a push with nothing new sends neither again.
+#[test]
+fn the_kit_and_recovery_travel_to_the_remote_and_run_from_there() {
+    let (lab, remote, url) = lab_with_point("echo x > f");
+    push(&lab, &url, &[]);
+    let recovery = std::fs::read_to_string(remote.join("kit/RECOVERY")).unwrap();
+    assert!(recovery.contains(&url), "{recovery}");
+    assert!(recovery.contains("--bare-metal"), "{recovery}");
+    let rescue = lab.target("rescue");
+    std::fs::create_dir_all(&rescue).unwrap();
+    std::fs::copy(
+        remote.join("kit/system_restore"),
+        rescue.join("system_restore"),
+    )
+    .unwrap();
+    sh_in(
+        &rescue,
+        "chmod +x system_restore && ln system_restore system_snapshot",
+    );
+    let out = Command::new(rescue.join("system_snapshot"))
+        .args(["list", "--json", "--store", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["id"], 1, "{listed}");
+    let r = push(&lab, &url, &[]);
+    assert_eq!(r["objects"], 0, "nothing sent again: {r}");
+}
+
+fn sh_in(dir: &Path, script: &str) {
+    let st = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{script}");
+}
