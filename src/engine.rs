@@ -758,7 +758,7 @@ fn keep_for_unfinished_restores(store: &Store, decisions: &mut [Decision]) -> Re
 
 /// Refuses the restore when a filesystem of the target has less space available than the plan
 /// writes there. A target that does not exist yet is measured at its nearest existing ancestor.
-fn check_space(target: &Path, plan: &RestorePlan) -> Result<()> {
+pub fn check_space(target: &Path, plan: &RestorePlan) -> Result<()> {
     let (fd, exists) = match fsio::open_root(target) {
         Ok(fd) => (fd, true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -529,8 +529,8 @@ fn remote_recovery(store: &Store, url: &str) -> String {
 /// from what `kit/manifest.json` (written after them) says the remote holds.
 fn push_kit(store: &Store, remote: &Remote, report: &mut PushReport) -> Result<()> {
     let program_path = crate::boot::kit::source()?;
-    let program = std::fs::read(&program_path)
-        .ctx(|| format!("reading {}", program_path.display()))?;
+    let program =
+        std::fs::read(&program_path).ctx(|| format!("reading {}", program_path.display()))?;
     let recovery = remote_recovery(store, &remote.url).into_bytes();
     let want = serde_json::json!({
         "system_restore": blake3::hash(&program).to_hex().to_string(),
@@ -626,7 +626,7 @@ fn manifest(
     };
     let conn = rusqlite::Connection::open(tmp.path()).map_err(db)?;
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=OFF; CREATE TABLE point (id INTEGER, created TEXT, kind TEXT, label TEXT, files INTEGER, bytes INTEGER, sources TEXT);
+        "PRAGMA journal_mode=OFF; CREATE TABLE point (id INTEGER, created TEXT, kind TEXT, label TEXT, files INTEGER, bytes INTEGER, sources TEXT, excludes TEXT);
          CREATE TABLE entries (path BLOB PRIMARY KEY, {});
          CREATE TABLE boot (disk TEXT, capture TEXT);
          CREATE TABLE blobs (hash TEXT PRIMARY KEY, bytes BLOB);",
@@ -634,7 +634,7 @@ fn manifest(
     ))
     .map_err(db)?;
     conn.execute(
-        "INSERT INTO point VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO point VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         rusqlite::params![
             id.0,
             point.created_at,
@@ -642,7 +642,11 @@ fn manifest(
             point.label,
             point.files as i64,
             point.bytes as i64,
-            serde_json::to_string(&point.sources).expect("sources serialize")
+            serde_json::to_string(&point.sources).expect("sources serialize"),
+            point
+                .excludes
+                .as_ref()
+                .map(|x| serde_json::to_string(x).expect("excludes serialize"))
         ],
     )
     .map_err(db)?;
@@ -842,6 +846,34 @@ impl Manifest {
         })
     }
 
+    /// Every path's entry, in path order, each kept as `keep` makes it.
+    fn entries<T>(
+        &self,
+        mut keep: impl FnMut(Vec<u8>, crate::model::Entry) -> T,
+    ) -> Result<Vec<T>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT path, {} FROM entries ORDER BY path",
+                crate::store::ENTRY_COLS
+            ))
+            .map_err(|e| self.bad(&e))?;
+        let rows = st
+            .query_map([], |r| {
+                let path: Vec<u8> = r.get(0)?;
+                let e = crate::store::entry_at(r, 1)?;
+                Ok((path, e))
+            })
+            .map_err(|e| self.bad(&e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (path, e) = row.map_err(|e| self.bad(&e))?;
+            let e = e.ok_or_else(|| self.bad(&"an entry without a kind"))?;
+            out.push(keep(path, e));
+        }
+        Ok(out)
+    }
+
     fn bad(&self, e: &dyn std::fmt::Display) -> Error {
         Error::Damaged {
             what: format!("points/{} in {}: {e}", self.name, self.url),
@@ -874,6 +906,57 @@ pub fn list(remote: &Remote, scratch: &std::path::Path) -> Result<Vec<RemotePoin
         out.push(p);
     }
     Ok(out)
+}
+
+/// The plan that makes the tree at `root` equal to point `id` of `remote`, within the
+/// point's sources and leaving out what it excluded, `protect` (database directories) and
+/// `keep` (paths below the root never touched: a local store).
+pub fn plan_in_place(
+    remote: &Remote,
+    id: i64,
+    root: std::os::fd::BorrowedFd,
+    protect: &[String],
+    keep: Vec<crate::model::RelPath>,
+    opts: crate::restore::PlanOptions,
+    scratch: &std::path::Path,
+) -> Result<crate::restore::RestorePlan> {
+    let name = remote_points(remote)?
+        .remove(&id)
+        .ok_or(Error::NoSuchPoint { id })?;
+    let m = Manifest::open(remote, &name, scratch)?;
+    let (sources, excludes): (Option<String>, Option<String>) = m
+        .conn
+        .query_row("SELECT sources, excludes FROM point", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap_or((None, None));
+    let sources: Vec<String> = match sources {
+        Some(s) => serde_json::from_str(&s).map_err(|e| m.bad(&e))?,
+        None => vec!["/".into()],
+    };
+    let mut patterns: Vec<String> = match excludes {
+        Some(x) => serde_json::from_str(&x).map_err(|e| m.bad(&e))?,
+        None => crate::exclude::DEFAULT_EXCLUDES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    patterns.extend(protect.iter().cloned());
+    let excludes = crate::exclude::ExcludeSet::new(&patterns, keep)?;
+    let want = m.entries(|p, e| (p, crate::model::Packed::new(&e)))?;
+    drop(m);
+    let scopes: Vec<crate::model::RelPath> = sources
+        .iter()
+        .map(|s| s.trim_matches('/').as_bytes().to_vec())
+        .collect();
+    crate::restore::build_plan(
+        crate::store::PointId(id),
+        want,
+        Some(root),
+        &scopes,
+        &excludes,
+        opts,
+    )
 }
 
 /// What a bare-metal restore from the remote needs of point `id` besides its files: the
@@ -963,29 +1046,7 @@ fn manifest_entries(
     name: &str,
     scratch: &std::path::Path,
 ) -> Result<Vec<(Vec<u8>, crate::model::Entry)>> {
-    let m = Manifest::open(remote, name, scratch)?;
-    let bad = |e: &dyn std::fmt::Display| m.bad(e);
-    let mut st = m
-        .conn
-        .prepare(&format!(
-            "SELECT path, {} FROM entries ORDER BY path",
-            crate::store::ENTRY_COLS
-        ))
-        .map_err(|e| bad(&e))?;
-    let rows = st
-        .query_map([], |r| {
-            let path: Vec<u8> = r.get(0)?;
-            let e = crate::store::entry_at(r, 1)?;
-            Ok((path, e))
-        })
-        .map_err(|e| bad(&e))?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (path, e) = row.map_err(|e| bad(&e))?;
-        let e = e.ok_or_else(|| bad(&"an entry without a kind"))?;
-        out.push((path, e));
-    }
-    Ok(out)
+    Manifest::open(remote, name, scratch)?.entries(|path, e| (path, e))
 }
 
 /// Bundles fetched whole, checked against their names; the last few kept (the pieces of one
@@ -1034,6 +1095,77 @@ impl Bundles<'_> {
         zstd::stream::decode_all(frame).map_err(|e| Error::Damaged {
             what: format!("a piece of bundle {} does not decode: {e}", hex(&p.bundle)),
         })
+    }
+}
+
+/// File content read from a remote store for a restore, each piece by its own byte range,
+/// each file checked against its hash.
+pub struct RemoteContent<'a> {
+    bundles: Bundles<'a>,
+    catalog: Catalog,
+}
+
+impl<'a> RemoteContent<'a> {
+    fn new(remote: &'a Remote, catalog: Catalog) -> RemoteContent<'a> {
+        RemoteContent {
+            bundles: Bundles {
+                remote,
+                kept: Vec::new(),
+                fetched: 0,
+                ranged: true,
+            },
+            catalog,
+        }
+    }
+
+    /// The content of every point of `remote`.
+    pub fn of(remote: &'a Remote) -> Result<RemoteContent<'a>> {
+        Ok(RemoteContent::new(remote, remote_catalog(remote)?.0))
+    }
+}
+
+impl crate::restore::ContentSource for RemoteContent<'_> {
+    fn write(&mut self, path: &[u8], e: &crate::model::Entry, file: &std::fs::File) -> Result<u64> {
+        let url = &self.bundles.remote.url;
+        let h = e.hash.ok_or_else(|| Error::Damaged {
+            what: format!("{} has no content hash", display_path(path)),
+        })?;
+        let pieces = self
+            .catalog
+            .get(&h)
+            .cloned()
+            .ok_or_else(|| Error::Damaged {
+                what: format!("the content of {} is not in {url}", display_path(path)),
+            })?;
+        let url = url.clone();
+        let mut r = ContentReader {
+            bundles: &mut self.bundles,
+            pieces: pieces.into_iter(),
+            buf: Vec::new(),
+            at: 0,
+            hasher: blake3::Hasher::new(),
+            damage: None,
+        };
+        let n = match crate::fsio::write_content(file, &mut r, e.sparse, e.flags) {
+            Ok(n) => n,
+            Err(err) => {
+                return Err(match r.damage.take() {
+                    Some(d) => Error::Damaged {
+                        what: format!("{}: {d}", display_path(path)),
+                    },
+                    None => Error::io(format!("writing {}", display_path(path)), err),
+                })
+            }
+        };
+        if r.hasher.finalize().as_bytes() != &h || n != e.size {
+            return Err(Error::Damaged {
+                what: format!(
+                    "{} read back from {url} does not match its hash",
+                    display_path(path)
+                ),
+            });
+        }
+        Ok(n)
     }
 }
 
@@ -1203,12 +1335,7 @@ pub fn restore_into(
     }
     let root = fsio::open_root(target).ctx(t)?;
     let mut cache = DirCache::default();
-    let mut bundles = Bundles {
-        remote,
-        kept: Vec::new(),
-        fetched: 0,
-        ranged: true,
-    };
+    let mut content = RemoteContent::new(remote, catalog);
     let mut report = RemoteRestore::default();
     let mut warn = Vec::new();
     for (path, e) in &entries {
@@ -1235,16 +1362,6 @@ pub fn restore_into(
                 .ctx(what)?;
             }
             (Kind::File, None) => {
-                let h = e.hash.ok_or_else(|| Error::Damaged {
-                    what: format!("{} has no content hash", display_path(path)),
-                })?;
-                let pieces = catalog.get(&h).cloned().ok_or_else(|| Error::Damaged {
-                    what: format!(
-                        "the content of {} is not in {}",
-                        display_path(path),
-                        remote.url
-                    ),
-                })?;
                 let fd = rustix::fs::openat(
                     dir,
                     name,
@@ -1258,35 +1375,7 @@ pub fn restore_into(
                 .map_err(std::io::Error::from)
                 .ctx(what)?;
                 let file = std::fs::File::from(fd);
-                let mut r = ContentReader {
-                    bundles: &mut bundles,
-                    pieces: pieces.into_iter(),
-                    buf: Vec::new(),
-                    at: 0,
-                    hasher: blake3::Hasher::new(),
-                    damage: None,
-                };
-                let n = match fsio::write_content(&file, &mut r, e.sparse, e.flags) {
-                    Ok(n) => n,
-                    Err(err) => {
-                        return Err(match r.damage.take() {
-                            Some(d) => Error::Damaged {
-                                what: format!("{}: {d}", display_path(path)),
-                            },
-                            None => Err::<(), _>(err).ctx(what).unwrap_err(),
-                        })
-                    }
-                };
-                if r.hasher.finalize().as_bytes() != &h || n != e.size {
-                    return Err(Error::Damaged {
-                        what: format!(
-                            "{} read back from {} does not match its hash",
-                            display_path(path),
-                            remote.url
-                        ),
-                    });
-                }
-                report.bytes += n;
+                report.bytes += crate::restore::ContentSource::write(&mut content, path, e, &file)?;
                 fsio::apply_meta_fd(std::os::fd::AsFd::as_fd(&file), e, &mut warn).ctx(what)?;
             }
             (Kind::Dir, _) => match fsio::create_node(dir, name, e) {

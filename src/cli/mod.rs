@@ -81,6 +81,14 @@ impl Place {
         Ok(config.offsite.credentials)
     }
 
+    /// The config file (`-c`, else the root's), or the defaults when the root has none.
+    fn config_or_default(&self, root: &Path) -> Result<Config, Error> {
+        match &self.config {
+            Some(path) => Config::load(path, true),
+            None => Config::load(&under(root, Path::new("/etc/system_snapshots.conf")), false),
+        }
+    }
+
     /// The remote store at `url`, with the config's credentials file.
     fn remote(&self, url: &str) -> Result<crate::offsite::Remote, Error> {
         crate::offsite::Remote::open_with(url, self.offsite_credentials()?.as_deref())

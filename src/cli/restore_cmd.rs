@@ -235,23 +235,134 @@ fn remote_url(cli: &Cli) -> Option<&str> {
         .filter(|s| s.starts_with("s3://") || s.starts_with("file://"))
 }
 
-/// From a remote store: into a new directory only (`--target`), with `--point` named.
+/// From a remote store, in place: the system root (`--root DIR`, else `/`) made equal to
+/// the point, reading only what differs. No pre-restore point: the store is remote.
+fn restore_remote_in_place(cli: &Cli, url: &str, id: PointId) -> Result<i32, crate::error::Error> {
+    use crate::error::IoContext;
+    let root = cli.place.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    if !root.is_dir() {
+        return Err(crate::error::Error::Usage(format!(
+            "the root {} is not a directory (missing?); check --root",
+            root.display()
+        )));
+    }
+    let config = cli.place.config_or_default(&root)?;
+    // A local store below the root is never touched (the point left it out when it was taken).
+    let store = config
+        .store
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/root/snapshots"));
+    let keep = vec![store
+        .strip_prefix("/")
+        .unwrap_or(&store)
+        .as_os_str()
+        .as_encoded_bytes()
+        .to_vec()];
+    let remote = cli.place.remote(url)?;
+    let root_fd = crate::fsio::open_root(&root)
+        .ctx(|| format!("opening the restore target {}", root.display()))?;
+    let plan = crate::offsite::plan_in_place(
+        &remote,
+        id.0,
+        std::os::fd::AsFd::as_fd(&root_fd),
+        &config.database_locations,
+        keep,
+        crate::restore::PlanOptions {
+            checksum: cli.checksum,
+            progress: progress_bar().as_ref(),
+        },
+        &std::env::temp_dir(),
+    )?;
+    let where_ = root.display().to_string();
+    print_plan(cli, &plan, &[], &where_);
+    if cli.dry_run {
+        return Ok(SUCCESS);
+    }
+    if !cli.yes {
+        outln!("ARE YOU SURE? THIS WILL REVERT {where_} TO POINT {id} OF {url}!");
+        outln!("No restore point of the current state is taken: the store is remote. Running the same restore again finishes an interrupted one.");
+        let answer: Result<String, _> = dialoguer::Input::new()
+            .with_prompt(format!(
+                "To continue and revert {where_} to point {id}, type 'yes' "
+            ))
+            .allow_empty(true)
+            .interact_text();
+        if !matches!(answer, Ok(a) if a.trim() == "yes") {
+            outln!("Nothing was changed.");
+            return Ok(CANCELLED);
+        }
+    }
+    crate::engine::check_space(&root, &plan)?;
+    let mut content = crate::offsite::RemoteContent::of(&remote)?;
+    let progress = progress_bar();
+    let r = crate::restore::apply_from(
+        crate::restore::Source::Other(&mut content),
+        &plan,
+        std::os::fd::AsFd::as_fd(&root_fd),
+        crate::restore::ApplyMode::InPlace,
+        progress.as_ref(),
+    )
+    .map_err(|e| match e {
+        crate::error::Error::Damaged { what } => crate::error::Error::RemoteDamaged {
+            url: url.to_string(),
+            what,
+        },
+        other => other,
+    })?;
+    if cli.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serializes")
+        );
+    } else {
+        outln!(
+            "Restored point {id} of {url} into {where_}: {} created, {} rewritten, {} deleted, {} metadata fixed, {} written",
+            r.created, r.rewritten, r.deleted, r.metadata, size(r.bytes_written)
+        );
+        outln!("Reboot so that running programs use the restored files.");
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    Ok(if r.warnings.is_empty() {
+        SUCCESS
+    } else {
+        WARNINGS
+    })
+}
+
+/// From a remote store: into a new directory (`--target`), or in place (`--root`), with
+/// `--point` named.
 fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
     let unsupported = [
-        (cli.dry_run, "--dry-run"),
+        (
+            cli.dry_run && cli.target.is_some(),
+            "--dry-run with --target",
+        ),
         (!cli.paths.is_empty(), "--path"),
-        (cli.checksum, "--checksum"),
+        (
+            cli.checksum && cli.target.is_some(),
+            "--checksum with --target",
+        ),
         (cli.skip_damaged, "--skip-damaged"),
         (cli.boot || cli.boot_only, "--boot"),
         (cli.no_safety_point, "--no-safety-point"),
     ];
     if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
-        eprintln!("error: {flag} does not go with a remote store yet: a restore from one writes a whole point into a new directory (--point ID --target DIR)");
+        eprintln!("error: {flag} does not go with a remote store yet: a restore from one writes a whole point into a new directory (--point ID --target DIR) or onto the system (--point ID, --root DIR)");
         return Ok(USAGE);
     }
-    let (Some(id), Some(target)) = (cli.point, cli.target.as_ref()) else {
-        eprintln!("error: a restore from a remote store needs --point ID and --target DIR (a new directory)");
+    let Some(id) = cli.point else {
+        eprintln!("error: a restore from a remote store needs --point ID (`system_snapshot list --store URL` lists them)");
         return Ok(USAGE);
+    };
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !terminal && !cli.yes && !cli.dry_run {
+        eprintln!("error: no terminal to ask on; confirm on the command line: --yes (or --dry-run to see the plan)");
+        return Ok(NEEDS_CONFIRMATION);
+    }
+    let Some(target) = cli.target.as_ref() else {
+        return restore_remote_in_place(cli, url, id);
     };
     let remote = cli.place.remote(url)?;
     let r =

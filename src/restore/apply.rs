@@ -37,8 +37,21 @@ pub struct RestoreReport {
     pub damaged: Vec<DamagedPath>,
 }
 
+/// Where a restore's file content comes from when not from a local store: a remote store.
+pub trait ContentSource {
+    /// Writes the content `w` records for `path` into `file` (new and empty), checked against
+    /// `w.hash`; its length. Damage is `Error::Damaged`.
+    fn write(&mut self, path: &[u8], w: &Entry, file: &File) -> Result<u64>;
+}
+
+/// The content of a restore: the local store's, or another source's.
+pub enum Source<'a> {
+    Store(&'a Store),
+    Other(&'a mut dyn ContentSource),
+}
+
 struct Ctx<'a> {
-    store: &'a Store,
+    source: Source<'a>,
     target: BorrowedFd<'a>,
     packs: Packs,
     cache: DirCache,
@@ -69,8 +82,23 @@ pub fn apply(
     mode: ApplyMode,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    apply_from(Source::Store(store), plan, target, mode, progress)
+}
+
+/// `apply`, with the content from `source`.
+pub fn apply_from<'a>(
+    source: Source<'a>,
+    plan: &RestorePlan,
+    target: BorrowedFd<'a>,
+    mode: ApplyMode,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let replica = match &source {
+        Source::Store(store) => Some(store.replica()),
+        Source::Other(_) => None,
+    };
     let mut cx = Ctx {
-        store,
+        source,
         target,
         packs: Packs::default(),
         cache: DirCache::default(),
@@ -107,7 +135,7 @@ pub fn apply(
     }
     // The replica's copies read ahead of the loop (`fsio::Prefetcher`): the latest version of
     // every file is there, and older ones start from it.
-    let prefetch = fsio::Prefetcher::start(&store.replica());
+    let prefetch = replica.and_then(|r| fsio::Prefetcher::start(&r));
     let reads = |it: &PlanItem| {
         matches!(it.action, Action::Create | Action::Rewrite)
             && it
@@ -361,20 +389,23 @@ fn build_temp(
             *made = true;
         }
         (None, Kind::File) => {
-            let staging = cx.store.staging();
+            let store = match &mut cx.source {
+                Source::Store(store) => *store,
+                Source::Other(_) => {
+                    let file = create_temp(cx, path, tmp, made)?;
+                    let Source::Other(src) = &mut cx.source else {
+                        unreachable!("matched above")
+                    };
+                    cx.report.bytes_written += src.write(path, w, &file)?;
+                    return fsio::apply_meta_fd(file.as_fd(), w, warn)
+                        .ctx(|| format!("setting metadata of {}", display_path(path)));
+                }
+            };
+            let staging = store.staging();
             let (mut body, unchecked) =
-                rebuild_unchecked(cx.store, &mut cx.packs, cx.report.point, path, w, staging)
+                rebuild_unchecked(store, &mut cx.packs, cx.report.point, path, w, staging)
                     .map_err(store_side)?;
-            let dir = parent_fd(cx, path)?;
-            let fd = rustix::fs::openat(
-                dir,
-                tmp,
-                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-            .ctx(|| format!("creating a temp file for {}", display_path(path)))?;
-            *made = true;
-            let file = File::from(fd);
+            let file = create_temp(cx, path, tmp, made)?;
             let damaged = || Error::Damaged {
                 what: format!(
                     "replica file {}: content hash does not match the index",
@@ -383,7 +414,7 @@ fn build_temp(
             };
             let map = match (unchecked, &body) {
                 (Some(h), Body::File(_)) if w.sparse && w.size > LARGE_FILE => {
-                    cx.store.index.leaf_map(path, h, w.size)?
+                    store.index.leaf_map(path, h, w.size)?
                 }
                 _ => None,
             };
@@ -423,6 +454,20 @@ fn build_temp(
         }
     }
     Ok(())
+}
+
+/// A new file `tmp` in the directory of `path`, for its content.
+fn create_temp(cx: &mut Ctx, path: &[u8], tmp: &[u8], made: &mut bool) -> Result<File> {
+    let dir = parent_fd(cx, path)?;
+    let fd = rustix::fs::openat(
+        dir,
+        tmp,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ctx(|| format!("creating a temp file for {}", display_path(path)))?;
+    *made = true;
+    Ok(File::from(fd))
 }
 
 /// A large sparse file copied from the replica by its leaves (`delta::leaves`): leaves in a

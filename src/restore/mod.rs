@@ -8,7 +8,7 @@ mod plan;
 mod space;
 mod state;
 
-pub use apply::{apply, ApplyMode, RestoreReport};
+pub use apply::{apply, apply_from, ApplyMode, ContentSource, RestoreReport, Source};
 pub use check::{check_content, refusal as damaged_refusal, without_damaged, DamagedPath};
 pub use plan::{build as build_plan, Action, PlanItem, PlanOptions, PlanSummary, RestorePlan};
 pub use space::{needs as space_needs, FsNeed};

@@ -846,3 +846,57 @@ fn sh_in(dir: &Path, script: &str) {
         .unwrap();
     assert!(st.success(), "{script}");
 }
+
+/// `--root` with a remote store: the system rolled back in place from the remote alone (a
+/// rescue system whose local store is gone), the local store's place left alone.
+#[test]
+fn a_root_is_rolled_back_in_place_from_the_remote() {
+    let (lab, _, url) = lab_with_point(
+        "mkdir -p root etc usr/bin var/log && echo 'port 22' > etc/sshd && head -c 2000000 /dev/urandom > usr/bin/big \
+         && ln usr/bin/big usr/bin/big2 && ln -s sshd etc/link && echo log > var/log/syslog && chmod 600 etc/sshd",
+    );
+    let fp = fingerprint(&lab.sys());
+    push(&lab, &url, &[]);
+    lab.run_sh(
+        "echo 'port 2222' > etc/sshd && chmod 644 etc/sshd && rm usr/bin/big2 && echo new > etc/new \
+         && head -c 100 /dev/urandom >> usr/bin/big && mkdir -p root/snapshots && echo keep > root/snapshots/local",
+    );
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            &url,
+            "--point",
+            "1",
+        ]
+        .map(String::from)
+        .into();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let before = fingerprint(&lab.sys());
+    let out = RESTORE.expect(0, &args(&["--dry-run"]));
+    assert!(text(&out).contains("to rewrite"), "{}", text(&out));
+    assert_eq!(fingerprint(&lab.sys()), before, "a dry run changes nothing");
+    let out = RESTORE.run(&args(&[]));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "no terminal, no --yes: {}",
+        text(&out)
+    );
+    RESTORE.expect(0, &args(&["--yes"]));
+    assert_eq!(
+        std::fs::read_to_string(lab.sys().join("root/snapshots/local")).unwrap(),
+        "keep\n",
+        "the local store's place is left alone"
+    );
+    std::fs::remove_dir_all(lab.sys().join("root/snapshots")).unwrap();
+    let mut now = fingerprint(&lab.sys());
+    let mut want = fp.clone();
+    // /root's own times changed with the store made in it.
+    now.remove(&b"root"[..]);
+    want.remove(&b"root"[..]);
+    assert_same(&want, &now, "rolled back from the remote");
+}
