@@ -344,6 +344,11 @@ fn remote_points(remote: &Remote) -> Result<BTreeMap<i64, String>> {
         .collect())
 }
 
+/// The newest point the remote holds.
+pub fn latest(remote: &Remote) -> Result<Option<i64>> {
+    Ok(remote_points(remote)?.keys().next_back().copied())
+}
+
 /// The creation time (unix seconds) a manifest's name carries, and its hash.
 fn manifest_name_parts(name: &str) -> Option<(i64, &str)> {
     let mut parts = name.strip_suffix(".db.zst")?.splitn(3, '-');

@@ -67,7 +67,11 @@ pub fn plan(
     let now = table::read(&f, size, sector)
         .ctx(|| format!("reading the partition table of {}", device.display()))?;
     let was = &capture.layout;
-    let diffs = now.differences(was);
+    let diffs = if with_table {
+        now.differences(was)
+    } else {
+        boot_code_differences(&now, was)
+    };
     let mut table_changes = Vec::new();
     if with_table {
         if now.size != was.size || now.sector != was.sector {
@@ -158,6 +162,17 @@ fn writes(
     Ok(writes)
 }
 
+/// What differs between the disk's layout and the captured one that matters to the boot code:
+/// everything but a larger size (a disk grown since, or a standby disk larger than the one
+/// captured, keeps every partition where the boot code's sector numbers point).
+fn boot_code_differences(now: &table::Layout, was: &table::Layout) -> Vec<String> {
+    let mut as_captured = now.clone();
+    if now.size >= was.size {
+        as_captured.size = was.size;
+    }
+    as_captured.differences(was)
+}
+
 /// Plans writing the boot code (sector 0's first 440 bytes and GRUB's core image) of `capture`
 /// to `device`, whose partition table a bare-metal restore has just recreated from the point's
 /// record: the same layout, on a disk that may be larger than the captured one.
@@ -171,11 +186,7 @@ pub fn plan_recreated(
         open_disk(device, false).ctx(|| format!("opening {} to compare", device.display()))?;
     let now = table::read(&f, size, sector)
         .ctx(|| format!("reading the partition table of {}", device.display()))?;
-    let mut as_captured = now.clone();
-    if now.size >= capture.layout.size {
-        as_captured.size = capture.layout.size;
-    }
-    let diffs = as_captured.differences(&capture.layout);
+    let diffs = boot_code_differences(&now, &capture.layout);
     if !diffs.is_empty() {
         return Err(refuse(
             device,

@@ -23,9 +23,14 @@ use crate::store::{Point, PointId, Store};
 struct Cli {
     #[command(flatten)]
     place: Place,
-    /// The point to restore (its id, as `system_snapshot list` shows); asked for when omitted
+    /// The point to restore: its id, as `system_snapshot list` shows, or `latest`; asked for
+    /// when omitted
     #[arg(long, value_name = "ID")]
-    point: Option<PointId>,
+    point: Option<PointSel>,
+    /// Leave this path as it is on the target (repeatable, a glob as in `exclude`): a standby
+    /// disk's own /etc/fstab
+    #[arg(long = "keep", value_name = "PATH")]
+    keep: Vec<String>,
     /// Materialize the point with DIR as its root instead of rolling the system back
     #[arg(long, value_name = "DIR")]
     target: Option<PathBuf>,
@@ -69,6 +74,48 @@ struct Cli {
     json: bool,
 }
 
+/// `--point`: an id, or the newest complete point.
+#[derive(Debug, Clone, Copy)]
+enum PointSel {
+    Id(PointId),
+    Latest,
+}
+
+impl std::str::FromStr for PointSel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "latest" {
+            return Ok(PointSel::Latest);
+        }
+        s.parse()
+            .map(PointSel::Id)
+            .map_err(|_| format!("{s:?} is not a point: give its id (a number) or `latest`"))
+    }
+}
+
+impl PointSel {
+    fn local(self, store: &Store) -> Result<PointId, crate::error::Error> {
+        match self {
+            PointSel::Id(id) => Ok(id),
+            PointSel::Latest => store
+                .index
+                .complete_points()?
+                .last()
+                .map(|p| p.id)
+                .ok_or(crate::error::Error::NoPoints),
+        }
+    }
+
+    fn remote(self, remote: &crate::offsite::Remote) -> Result<PointId, crate::error::Error> {
+        match self {
+            PointSel::Id(id) => Ok(id),
+            PointSel::Latest => crate::offsite::latest(remote)?
+                .map(PointId)
+                .ok_or(crate::error::Error::NoPoints),
+        }
+    }
+}
+
 /// `--bare-metal`: shows the plan, asks for `yes` (the disk is erased), runs the steps. From
 /// a local store, or from a remote one (`--store s3://…`, `--point` named).
 fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate::error::Error> {
@@ -89,9 +136,11 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
             None
         }
     };
-    let id = match (cli.point, &local) {
-        (Some(id), _) => id,
-        (None, Some((_, config, store))) => {
+    let id = match (cli.point, &local, &remote) {
+        (Some(sel), Some((_, _, store)), _) => sel.local(store)?,
+        (Some(sel), _, Some(r)) => sel.remote(r)?,
+        (Some(_), None, None) => unreachable!("a store is local or remote"),
+        (None, Some((_, config, store)), _) => {
             match choose_point(store, &config.database_locations)? {
                 Some(id) => id,
                 None => {
@@ -100,7 +149,7 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
                 }
             }
         }
-        (None, None) => {
+        (None, None, _) => {
             eprintln!("error: a bare-metal restore from a remote store needs --point ID (`system_snapshot list --store URL` lists them)");
             return Ok(USAGE);
         }
@@ -237,7 +286,12 @@ fn remote_url(cli: &Cli) -> Option<&str> {
 
 /// From a remote store, in place: the system root (`--root DIR`, else `/`) made equal to
 /// the point, reading only what differs. No pre-restore point: the store is remote.
-fn restore_remote_in_place(cli: &Cli, url: &str, id: PointId) -> Result<i32, crate::error::Error> {
+fn restore_remote_in_place(
+    cli: &Cli,
+    remote: &crate::offsite::Remote,
+    id: PointId,
+) -> Result<i32, crate::error::Error> {
+    let url = remote.url.as_str();
     use crate::error::IoContext;
     let root = cli.place.root.clone().unwrap_or_else(|| PathBuf::from("/"));
     if !root.is_dir() {
@@ -258,14 +312,15 @@ fn restore_remote_in_place(cli: &Cli, url: &str, id: PointId) -> Result<i32, cra
         .as_os_str()
         .as_encoded_bytes()
         .to_vec()];
-    let remote = cli.place.remote(url)?;
     let root_fd = crate::fsio::open_root(&root)
         .ctx(|| format!("opening the restore target {}", root.display()))?;
+    let mut protect = config.database_locations.clone();
+    protect.extend(cli.keep.iter().cloned());
     let plan = crate::offsite::plan_in_place(
-        &remote,
+        remote,
         id.0,
         std::os::fd::AsFd::as_fd(&root_fd),
-        &config.database_locations,
+        &protect,
         keep,
         crate::restore::PlanOptions {
             checksum: cli.checksum,
@@ -293,7 +348,7 @@ fn restore_remote_in_place(cli: &Cli, url: &str, id: PointId) -> Result<i32, cra
         }
     }
     crate::engine::check_space(&root, &plan)?;
-    let mut content = crate::offsite::RemoteContent::of(&remote)?;
+    let mut content = crate::offsite::RemoteContent::of(remote)?;
     let progress = progress_bar();
     let r = crate::restore::apply_from(
         crate::restore::Source::Other(&mut content),
@@ -352,7 +407,7 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
         eprintln!("error: {flag} does not go with a remote store yet: a restore from one writes a whole point into a new directory (--point ID --target DIR) or onto the system (--point ID, --root DIR)");
         return Ok(USAGE);
     }
-    let Some(id) = cli.point else {
+    let Some(sel) = cli.point else {
         eprintln!("error: a restore from a remote store needs --point ID (`system_snapshot list --store URL` lists them)");
         return Ok(USAGE);
     };
@@ -361,10 +416,11 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
         eprintln!("error: no terminal to ask on; confirm on the command line: --yes (or --dry-run to see the plan)");
         return Ok(NEEDS_CONFIRMATION);
     }
-    let Some(target) = cli.target.as_ref() else {
-        return restore_remote_in_place(cli, url, id);
-    };
     let remote = cli.place.remote(url)?;
+    let id = sel.remote(&remote)?;
+    let Some(target) = cli.target.as_ref() else {
+        return restore_remote_in_place(cli, &remote, id);
+    };
     let r =
         crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir()).map_err(
             |e| match e {
@@ -445,7 +501,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut store = system.open_store()?;
     let id = match cli.point {
-        Some(id) => id,
+        Some(sel) => sel.local(&store)?,
         None => match choose_point(&store, &config.database_locations)? {
             Some(id) => id,
             None => {
@@ -470,7 +526,12 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         target: cli.target.clone(),
         paths,
         safety_point: !cli.no_safety_point,
-        protect: config.database_locations.clone(),
+        protect: config
+            .database_locations
+            .iter()
+            .chain(&cli.keep)
+            .cloned()
+            .collect(),
         // The pre-restore point holds the boot area about to be overwritten.
         boot: match boot_plans.as_slice() {
             [one] => crate::boot::Source::Device(one.device.clone()),

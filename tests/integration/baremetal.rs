@@ -440,3 +440,77 @@ fn a_blank_disk_is_rebuilt_from_the_off_site_copy_alone() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_rebuilt(&m, &blank, "the files from the remote");
 }
+
+/// A standby disk: rebuilt once with --bare-metal (on a larger disk), then converged to the
+/// newest point by an in-place restore onto its mounted root: no safety point (it is not this
+/// machine's state), its own /etc/fstab kept, and the boot code written to it.
+#[test]
+fn a_standby_disk_is_kept_converged_to_the_latest_point() {
+    crate::require_root!();
+    require_tools!("sfdisk", "mke2fs", "mkswap", "losetup", "partx", "blkid");
+    let Some(m) = machine() else { return };
+    let standby = m.lab.target("standby.img");
+    sh(&format!("truncate -s 128M {}", standby.display()));
+    let out = bare_metal(&m, &standby, &["--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The machine changes and takes its nightly point.
+    let l = Loop::attach(&m.img).expect("a loop device");
+    let sys = m.lab.sys();
+    let root = Unmount::mount(&part(&l, 2), &sys);
+    let boot = Unmount::mount(&part(&l, 3), &sys.join("boot"));
+    crate::boot::config_with_device(&m.lab, Path::new(&l.0));
+    m.lab.run_sh(
+        "echo web2 > etc/hostname && head -c 200000 /dev/urandom > boot/vmlinuz-6.1.0-next \
+         && rm usr/bin/tool-again && echo 'new log' >> var/log/syslog",
+    );
+    let tree = fingerprint(&sys);
+    let latest = m.lab.snapshot();
+    drop(boot);
+    drop(root);
+    drop(l);
+
+    // The standby, mounted, with its own fstab and its boot code gone.
+    let s = Loop::attach(&standby).expect("a loop device");
+    let sroot = m.lab.target("standby");
+    let _r = Unmount::mount(&part(&s, 2), &sroot);
+    let _b = Unmount::mount(&part(&s, 3), &sroot.join("boot"));
+    std::fs::write(sroot.join("etc/fstab"), "# the standby's own\n").unwrap();
+    write_at(Path::new(&s.0), 0, &[0; 440]);
+    let out = RESTORE.run(&[
+        "--root",
+        Lab::s(&sroot),
+        "--store",
+        Lab::s(&m.lab.store()),
+        "--point",
+        "latest",
+        "--no-safety-point",
+        "--keep",
+        "/etc/fstab",
+        "--boot",
+        "--device",
+        &s.0,
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(sroot.join("etc/fstab")).unwrap(),
+        "# the standby's own\n",
+        "its own fstab is kept"
+    );
+    let mut want = tree.clone();
+    let mut got = fingerprint(&sroot);
+    want.remove(&b"etc/fstab"[..]);
+    got.remove(&b"etc/fstab"[..]);
+    assert_same(&want, &got, "the standby after converging");
+    assert_eq!(
+        read_at(Path::new(&s.0), 0, 440),
+        m.boot_code,
+        "its boot code"
+    );
+    assert_eq!(
+        m.lab.point_ids().last(),
+        Some(&latest),
+        "no safety point was added"
+    );
+}
