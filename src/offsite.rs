@@ -856,27 +856,38 @@ impl Manifest {
         &self,
         mut keep: impl FnMut(Vec<u8>, crate::model::Entry) -> T,
     ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        self.each(false, |path, e| {
+            out.push(keep(path, e));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every path's entry, one at a time, in path order (`reverse`: deepest
+    /// first), straight from the manifest file: memory does not grow with the point.
+    fn each(
+        &self,
+        reverse: bool,
+        mut f: impl FnMut(Vec<u8>, crate::model::Entry) -> Result<()>,
+    ) -> Result<()> {
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT path, {} FROM entries ORDER BY path",
-                crate::store::ENTRY_COLS
+                "SELECT path, {} FROM entries ORDER BY path{}",
+                crate::store::ENTRY_COLS,
+                if reverse { " DESC" } else { "" }
             ))
             .map_err(|e| self.bad(&e))?;
-        let rows = st
-            .query_map([], |r| {
-                let path: Vec<u8> = r.get(0)?;
-                let e = crate::store::entry_at(r, 1)?;
-                Ok((path, e))
-            })
-            .map_err(|e| self.bad(&e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (path, e) = row.map_err(|e| self.bad(&e))?;
-            let e = e.ok_or_else(|| self.bad(&"an entry without a kind"))?;
-            out.push(keep(path, e));
+        let mut rows = st.query([]).map_err(|e| self.bad(&e))?;
+        while let Some(r) = rows.next().map_err(|e| self.bad(&e))? {
+            let path: Vec<u8> = r.get(0).map_err(|e| self.bad(&e))?;
+            let e = crate::store::entry_at(r, 1)
+                .map_err(|e| self.bad(&e))?
+                .ok_or_else(|| self.bad(&"an entry without a kind"))?;
+            f(path, e)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn bad(&self, e: &dyn std::fmt::Display) -> Error {
@@ -1103,29 +1114,97 @@ impl Bundles<'_> {
     }
 }
 
+/// The remote's catalogs gathered into an SQLite file in the scratch directory, so that a
+/// restore's memory does not grow with the number of contents (deleted with the handle).
+struct CatalogDb {
+    conn: rusqlite::Connection,
+    _file: tempfile::NamedTempFile,
+}
+
+impl CatalogDb {
+    fn load(remote: &Remote, scratch: &std::path::Path) -> Result<CatalogDb> {
+        let file =
+            tempfile::NamedTempFile::new_in(scratch).ctx(|| "making a catalog file".into())?;
+        let db = |e: rusqlite::Error| Error::io("writing the catalog file", std::io::Error::other(e));
+        let conn = rusqlite::Connection::open(file.path()).map_err(db)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
+             CREATE TABLE c (hash BLOB PRIMARY KEY, pieces BLOB) WITHOUT ROWID;",
+        )
+        .map_err(db)?;
+        let tx = conn.unchecked_transaction().map_err(db)?;
+        for (name, _) in remote.list("catalog")? {
+            let key = format!("catalog/{name}");
+            // One that cannot be read counts as absent, as for a push: a content only it
+            // names is reported missing when a file needs it.
+            let Some(items) = remote
+                .get_checked(&key, &name)
+                .ok()
+                .and_then(|b| decode_catalog(&b))
+            else {
+                continue;
+            };
+            let mut st = tx
+                .prepare_cached("INSERT OR REPLACE INTO c VALUES (?1, ?2)")
+                .map_err(db)?;
+            for (h, pieces) in items {
+                let mut raw = Vec::with_capacity(pieces.len() * 48);
+                for p in &pieces {
+                    raw.extend_from_slice(&p.bundle);
+                    raw.extend_from_slice(&p.offset.to_le_bytes());
+                    raw.extend_from_slice(&p.len.to_le_bytes());
+                }
+                st.execute(rusqlite::params![&h[..], raw]).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(CatalogDb { conn, _file: file })
+    }
+
+    fn get(&self, h: &Hash) -> Result<Option<Vec<Piece>>> {
+        let db = |e: rusqlite::Error| Error::io("reading the catalog file", std::io::Error::other(e));
+        let raw: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT pieces FROM c WHERE hash = ?1")
+            .map_err(db)?
+            .query_row([&h[..]], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(db)?;
+        Ok(raw.map(|raw| {
+            raw.chunks_exact(48)
+                .map(|c| Piece {
+                    bundle: c[..32].try_into().expect("32 bytes"),
+                    offset: u64::from_le_bytes(c[32..40].try_into().expect("8 bytes")),
+                    len: u64::from_le_bytes(c[40..48].try_into().expect("8 bytes")),
+                })
+                .collect()
+        }))
+    }
+}
+
 /// File content read from a remote store for a restore, each piece by its own byte range,
 /// each file checked against its hash.
 pub struct RemoteContent<'a> {
     bundles: Bundles<'a>,
-    catalog: Catalog,
+    catalog: CatalogDb,
 }
 
 impl<'a> RemoteContent<'a> {
-    fn new(remote: &'a Remote, catalog: Catalog) -> RemoteContent<'a> {
-        RemoteContent {
+    /// The content of every point of `remote`; its catalog kept in `scratch`.
+    pub fn of(remote: &'a Remote, scratch: &std::path::Path) -> Result<RemoteContent<'a>> {
+        Ok(RemoteContent {
             bundles: Bundles {
                 remote,
                 kept: Vec::new(),
                 fetched: 0,
                 ranged: true,
             },
-            catalog,
-        }
-    }
-
-    /// The content of every point of `remote`.
-    pub fn of(remote: &'a Remote) -> Result<RemoteContent<'a>> {
-        Ok(RemoteContent::new(remote, remote_catalog(remote)?.0))
+            catalog: CatalogDb::load(remote, scratch)?,
+        })
     }
 }
 
@@ -1137,8 +1216,7 @@ impl crate::restore::ContentSource for RemoteContent<'_> {
         })?;
         let pieces = self
             .catalog
-            .get(&h)
-            .cloned()
+            .get(&h)?
             .ok_or_else(|| Error::Damaged {
                 what: format!("the content of {} is not in {url}", display_path(path)),
             })?;
@@ -1325,8 +1403,10 @@ pub fn restore_into(
     use rustix::fs::{Mode, OFlags};
     let points = remote_points(remote)?;
     let name = points.get(&id).ok_or(Error::NoSuchPoint { id })?;
-    let entries = manifest_entries(remote, name, scratch)?;
-    let (catalog, _) = remote_catalog(remote)?;
+    // Both stay on disk in `scratch`: the entries are read one at a time, each content's
+    // pieces looked up when its file is written.
+    let m = Manifest::open(remote, name, scratch)?;
+    let mut content = RemoteContent::of(remote, scratch)?;
     let t = || format!("writing {}", target.display());
     std::fs::create_dir_all(target).ctx(t)?;
     let empty = std::fs::read_dir(target).ctx(t)?.next().is_none();
@@ -1340,13 +1420,13 @@ pub fn restore_into(
     }
     let root = fsio::open_root(target).ctx(t)?;
     let mut cache = DirCache::default();
-    let mut content = RemoteContent::new(remote, catalog);
     let mut report = RemoteRestore::default();
     let mut warn = Vec::new();
-    for (path, e) in &entries {
+    m.each(false, |path, e| {
+        let (path, e) = (&path, &e);
         report.entries += 1;
         if path.is_empty() {
-            continue;
+            return Ok(());
         }
         let what = || format!("restoring {}", display_path(path));
         let dir = cache.parent_of(root.as_fd(), path).ctx(what)?;
@@ -1392,10 +1472,12 @@ pub fn restore_into(
                 fsio::apply_meta_at(dir, name, e, &mut warn).ctx(what)?;
             }
         }
-    }
+        Ok(())
+    })?;
     // Directories once their contents stop changing, deepest first; inode flags last of all
     // (an immutable directory takes no more entries).
-    for (path, e) in entries.iter().rev() {
+    m.each(true, |path, e| {
+        let (path, e) = (&path, &e);
         let what = || format!("restoring {}", display_path(path));
         let at = |p: &[u8]| -> std::io::Result<(std::os::fd::OwnedFd, Vec<u8>)> {
             match crate::model::parent(p) {
@@ -1415,8 +1497,10 @@ pub fn restore_into(
             .ctx(what)?;
             fsio::apply_meta_fd(std::os::fd::AsFd::as_fd(&fd), e, &mut warn).ctx(what)?;
         }
-    }
-    for (path, e) in entries.iter().rev() {
+        Ok(())
+    })?;
+    m.each(true, |path, e| {
+        let (path, e) = (&path, &e);
         if e.flags != 0 && matches!(e.kind, Kind::File | Kind::Dir) && e.link.is_none() {
             let what = || format!("restoring {}", display_path(path));
             let (d, n) = match crate::model::parent(path) {
@@ -1428,7 +1512,8 @@ pub fn restore_into(
             };
             fsio::apply_flags(std::os::fd::AsFd::as_fd(&d), &n, e.flags, &mut warn).ctx(what)?;
         }
-    }
+        Ok(())
+    })?;
     report.warnings = warn;
     Ok(report)
 }

@@ -348,7 +348,7 @@ fn restore_remote_in_place(
         }
     }
     crate::engine::check_space(&root, &plan)?;
-    let mut content = crate::offsite::RemoteContent::of(remote)?;
+    let mut content = crate::offsite::RemoteContent::of(remote, &std::env::temp_dir())?;
     let progress = progress_bar();
     let r = crate::restore::apply_from(
         crate::restore::Source::Other(&mut content),
