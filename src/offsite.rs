@@ -1125,7 +1125,8 @@ impl CatalogDb {
     fn load(remote: &Remote, scratch: &std::path::Path) -> Result<CatalogDb> {
         let file =
             tempfile::NamedTempFile::new_in(scratch).ctx(|| "making a catalog file".into())?;
-        let db = |e: rusqlite::Error| Error::io("writing the catalog file", std::io::Error::other(e));
+        let db =
+            |e: rusqlite::Error| Error::io("writing the catalog file", std::io::Error::other(e));
         let conn = rusqlite::Connection::open(file.path()).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
@@ -1162,7 +1163,8 @@ impl CatalogDb {
     }
 
     fn get(&self, h: &Hash) -> Result<Option<Vec<Piece>>> {
-        let db = |e: rusqlite::Error| Error::io("reading the catalog file", std::io::Error::other(e));
+        let db =
+            |e: rusqlite::Error| Error::io("reading the catalog file", std::io::Error::other(e));
         let raw: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT pieces FROM c WHERE hash = ?1")
@@ -1214,12 +1216,9 @@ impl crate::restore::ContentSource for RemoteContent<'_> {
         let h = e.hash.ok_or_else(|| Error::Damaged {
             what: format!("{} has no content hash", display_path(path)),
         })?;
-        let pieces = self
-            .catalog
-            .get(&h)?
-            .ok_or_else(|| Error::Damaged {
-                what: format!("the content of {} is not in {url}", display_path(path)),
-            })?;
+        let pieces = self.catalog.get(&h)?.ok_or_else(|| Error::Damaged {
+            what: format!("the content of {} is not in {url}", display_path(path)),
+        })?;
         let url = url.clone();
         let mut r = ContentReader {
             bundles: &mut self.bundles,

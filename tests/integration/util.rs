@@ -52,8 +52,12 @@ pub fn fingerprint(root: &Path) -> Fingerprint {
 
 /// The fingerprint, leaving out the named top-level entries (a store kept inside the tree).
 pub fn fingerprint_except(root: &Path, skip: &[&str]) -> Fingerprint {
-    let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-        .expect("open tree root");
+    let fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .expect("open tree root");
     let mut out = BTreeMap::new();
     let mut inodes: HashMap<u64, Vec<u8>> = HashMap::new();
     describe(fd.as_fd(), b".", b"", &mut out, &mut inodes);
@@ -86,7 +90,7 @@ fn visit(
             let sub = rustix::fs::openat(
                 &dir,
                 &name[..],
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .expect("open dir");
@@ -134,8 +138,13 @@ fn describe(
         ));
     }
     if ft == FileType::RegularFile {
-        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty())
-            .expect("open file");
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open file");
         let mut f = File::from(fd);
         let mut h = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -166,7 +175,7 @@ fn describe(
         let fd = rustix::fs::openat(
             dir,
             name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .expect("open");
