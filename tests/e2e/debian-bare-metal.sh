@@ -11,7 +11,7 @@
 # /var/cache/restorepoint-e2e). Usage: tests/e2e/debian-bare-metal.sh   (exit 0: all passed)
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root: loop devices, mounts, debootstrap" >&2; exit 2; }
-cd "$(dirname "$0")/../.."
+cd "${E2E_REPO:-$(dirname "$0")/../..}"
 W=${E2E_DIR:-/var/tmp/rp-e2e}
 CACHE=${E2E_CACHE:-/var/cache/restorepoint-e2e}
 SIZE=3G
