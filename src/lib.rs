@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod fsio;
 pub mod hooks;
 pub mod model;
+pub mod monitor;
 pub mod offsite;
 pub mod progress;
 pub mod prune;

@@ -33,6 +33,10 @@ struct Cli {
     /// Machine-readable output
     #[arg(long, global = true)]
     json: bool,
+    /// Print only warnings and errors (what cron and the timer want: mail only when something
+    /// is wrong)
+    #[arg(short, long, global = true)]
+    quiet: bool,
     /// zstd level for new frames (1-19; 9 by default)
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
     level: Option<i32>,
@@ -143,11 +147,71 @@ pub fn main() -> i32 {
 
 type CmdResult = Result<i32, crate::error::Error>;
 
+/// A snapshot run, told to the machine's monitoring (syslog, status file, Prometheus
+/// textfile) however it ends.
 fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
+    let started = std::time::Instant::now();
+    let result = take_point(cli, system, config);
+    let (exit_code, point, warnings, message) = match &result {
+        Ok((code, Some(r))) => (
+            *code,
+            Some(r.point.0),
+            r.warnings.len() as u64,
+            format!(
+                "restore point {} recorded in {}: {} entries, {} changed, {} stored{}",
+                r.point,
+                system.store.display(),
+                r.files,
+                r.added + r.modified + r.deleted + r.metadata_only,
+                size(r.stored_bytes),
+                if *code == SUCCESS {
+                    String::new()
+                } else {
+                    ", with warnings".to_string()
+                }
+            ),
+        ),
+        Ok((code, None)) => (
+            *code,
+            None,
+            0,
+            format!(
+                "snapshot into {} not taken: a pre_snapshot hook failed",
+                system.store.display()
+            ),
+        ),
+        Err(e) => (
+            exit_code_for(e),
+            None,
+            0,
+            format!("snapshot into {} failed: {e}", system.store.display()),
+        ),
+    };
+    let run = crate::monitor::Run {
+        time: chrono::Utc::now().timestamp(),
+        exit_code,
+        point,
+        seconds: started.elapsed().as_secs_f64(),
+        warnings,
+        message,
+    };
+    let points = system.list().map_or(0, |p| p.len() as u64);
+    let bytes = crate::store::usage(&system.store).total;
+    for p in config.monitoring.report(&system.store, run, points, bytes) {
+        eprintln!("warning: monitoring: {p}");
+    }
+    result.map(|(code, _)| code)
+}
+
+fn take_point(
+    cli: &Cli,
+    system: &System,
+    config: &Config,
+) -> Result<(i32, Option<crate::snapshot::SnapshotReport>), crate::error::Error> {
     let opts = snapshot_options(cli, config, &system.root)?;
     let policy = config.retention.policy();
     let started = std::time::Instant::now();
-    if !cli.json {
+    if !cli.json && !cli.quiet {
         print_preamble(system, &policy, &config.database_locations);
     }
     let env = vec![
@@ -163,7 +227,7 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
                 let msg = format!("pre_snapshot {f}; the snapshot was not taken");
                 eprintln!("error: {msg}");
                 on_failure(config, &env, &msg);
-                return Ok(FAILURE);
+                return Ok((FAILURE, None));
             }
         }
     }
@@ -188,7 +252,7 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
         v["retention"] = serde_json::to_value(&decisions).expect("decisions serialize");
         v["seconds"] = serde_json::json!(secs);
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
-    } else {
+    } else if !cli.quiet {
         let changed = r.added + r.modified + r.deleted + r.metadata_only;
         outln!(
             "Restore point {} recorded: {} entries ({}), {} changed ({} added, {} modified, {} deleted, {} metadata only), {} stored",
@@ -221,11 +285,12 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     for w in &hook_warnings {
         eprintln!("warning: {w}");
     }
-    Ok(if r.warnings.is_empty() && hook_warnings.is_empty() {
+    let code = if r.warnings.is_empty() && hook_warnings.is_empty() {
         SUCCESS
     } else {
         WARNINGS
-    })
+    };
+    Ok((code, Some(r)))
 }
 
 /// Runs the `on_failure` hooks with the error in `RESTOREPOINT_ERROR`; their own failures are

@@ -24,6 +24,7 @@ pub struct Config {
     pub hooks: Hooks,
     pub boot: Boot,
     pub offsite: Offsite,
+    pub monitoring: crate::monitor::Monitoring,
 }
 
 /// Copies off the machine (`system_snapshot push`).
@@ -53,6 +54,7 @@ impl Default for Config {
             hooks: Hooks::default(),
             boot: Boot::default(),
             offsite: Offsite::default(),
+            monitoring: Default::default(),
         }
     }
 }

@@ -440,3 +440,73 @@ fn admission_keeps_a_reserve_free_on_the_stores_filesystem() {
     );
     SNAPSHOT.expect(0, &["list", "--store", Lab::s(&store)]);
 }
+
+/// `-q` prints nothing when all is well; every run, however it ends, leaves its figures in the
+/// status file and the Prometheus textfile, the last success kept across a failure.
+#[test]
+fn quiet_runs_report_to_the_status_file_and_the_textfile() {
+    let lab = Lab::new();
+    let status = lab.target("status.json");
+    let prom = lab.target("textfiles/restorepoint.prom");
+    lab.run_sh("mkdir -p etc && echo a > etc/a");
+    let conf = |hook: &str| {
+        std::fs::write(
+            lab.sys().join("etc/system_snapshots.conf"),
+            format!(
+                "[hooks]\n{hook}\n[boot]\ncapture = false\n[monitoring]\nsyslog = false\nstatus_file = \"{}\"\ntextfile = \"{}\"\n",
+                status.display(),
+                prom.display()
+            ),
+        )
+        .unwrap();
+    };
+    conf("");
+    let (sys, store_dir) = (lab.sys(), lab.store());
+    let args = ["-q", "--root", Lab::s(&sys), "--store", Lab::s(&store_dir)];
+    let out = SNAPSHOT.expect(0, &args);
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+    assert_eq!(s["schema"], 1);
+    assert_eq!(s["last_run"]["exit_code"], 0, "{s}");
+    assert_eq!(s["last_run"]["point"], 1, "{s}");
+    assert_eq!(s["points"], 1, "{s}");
+    assert!(s["store_bytes"].as_u64().unwrap() > 0, "{s}");
+    let success = s["last_success"].as_i64().expect("a success time");
+    assert!(s["last_failure"].is_null(), "{s}");
+    let store = lab.store().display().to_string();
+    let t = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        t.contains(&format!("restorepoint_points{{store=\"{store}\"}} 1\n")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "restorepoint_last_success_timestamp_seconds{{store=\"{store}\"}} {success}\n"
+        )),
+        "{t}"
+    );
+
+    conf("pre_snapshot = [\"false\"]");
+    let out = SNAPSHOT.run(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+    assert_eq!(s["last_run"]["exit_code"], 1, "{s}");
+    assert_eq!(s["last_success"], success, "the last success is kept: {s}");
+    assert!(s["last_failure"].as_i64().is_some(), "{s}");
+    assert!(
+        s["last_run"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pre_snapshot"),
+        "{s}"
+    );
+    let t = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        t.contains(&format!(
+            "restorepoint_last_run_exit_code{{store=\"{store}\"}} 1\n"
+        )),
+        "{t}"
+    );
+}
