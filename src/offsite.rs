@@ -210,7 +210,16 @@ fn shared_credentials(path: Option<&std::path::Path>) -> Result<Option<Credentia
         Some(p) => p,
         None => match std::env::var_os("HOME") {
             Some(h) if std::path::Path::new(&h).join(".aws/credentials").exists() => {
-                std::path::Path::new(&h).join(".aws/credentials")
+                // Found, not named: a file that will not do is said, and the credentials
+                // come from where the S3 client looks next (an instance role).
+                let p = std::path::Path::new(&h).join(".aws/credentials");
+                return match shared_credentials(Some(&p)) {
+                    Ok(c) => Ok(c),
+                    Err(e) => {
+                        eprintln!("warning: {e}; not using it");
+                        Ok(None)
+                    }
+                };
             }
             _ => return Ok(None),
         },
@@ -225,7 +234,7 @@ fn shared_credentials(path: Option<&std::path::Path>) -> Result<Option<Credentia
     }
     if md.uid() != rustix::process::geteuid().as_raw() {
         return Err(Error::Usage(format!(
-            "the credentials file {shown} belongs to uid {}, not to this user: `chown` it to the user that runs the push",
+            "the credentials file {shown} belongs to uid {}, not to the user running this command: run it as that user, or give this user a credentials file of its own",
             md.uid()
         )));
     }
@@ -770,15 +779,18 @@ pub fn expire(remote: &Remote, keep: usize, scratch: &std::path::Path) -> Result
         }
     }
     let mut bundles_live: HashSet<Hash> = HashSet::new();
+    let mut unreadable = false;
     for (name, _) in remote.list("catalog")? {
         let key = format!("catalog/{name}");
-        // An unreadable catalog counts as absent (a push sends its contents again): it is
-        // left for verify to report, and keeps no bundle alive.
-        let Some(items) = remote
-            .get_checked(&key, &name)
-            .ok()
-            .and_then(|b| decode_catalog(&b))
-        else {
+        // A damaged catalog is left for verify to report; while there is one, no bundle is
+        // deleted: the bundles only it names may hold what a remaining point needs.
+        let items = match remote.get_checked(&key, &name) {
+            Ok(b) => decode_catalog(&b),
+            Err(Error::Damaged { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let Some(items) = items else {
+            unreadable = true;
             continue;
         };
         let kept: BTreeMap<Hash, Vec<Piece>> = items
@@ -798,6 +810,9 @@ pub fn expire(remote: &Remote, keep: usize, scratch: &std::path::Path) -> Result
         remote.delete(&key)?;
         out.catalogs += 1;
         crate::failpoint::hit("expire-after-catalog");
+    }
+    if unreadable {
+        return Ok(out);
     }
     for (name, size) in remote.list("data")? {
         // `<hh>/<hash>`
@@ -890,6 +905,23 @@ impl Manifest {
         Ok(())
     }
 
+    /// Whether `table` of this manifest has `column` (manifests of older pushes lack some).
+    fn has_column(&self, table: &str, column: &str) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .map_err(|e| self.bad(&e))?;
+        let names = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.bad(&e))?;
+        for n in names {
+            if n.map_err(|e| self.bad(&e))? == column {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn bad(&self, e: &dyn std::fmt::Display) -> Error {
         Error::Damaged {
             what: format!("points/{} in {}: {e}", self.name, self.url),
@@ -940,15 +972,26 @@ pub fn plan_in_place(
         .remove(&id)
         .ok_or(Error::NoSuchPoint { id })?;
     let m = Manifest::open(remote, &name, scratch)?;
+    // Without its sources and exclusions a point cannot say what lies outside it: an
+    // in-place restore would delete all of that. Manifests pushed before they were recorded
+    // are refused for it.
+    if !m.has_column("point", "excludes")? {
+        return Err(Error::RestoreRefused {
+            why: format!(
+                "point {id} in {} was pushed by an older restorepoint, without its sources and exclusions, so an in-place restore cannot tell what it must leave alone; restore it into a new directory (--target DIR), or push a newer point",
+                remote.url
+            ),
+        });
+    }
     let (sources, excludes): (Option<String>, Option<String>) = m
         .conn
         .query_row("SELECT sources, excludes FROM point", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
-        .unwrap_or((None, None));
+        .map_err(|e| m.bad(&e))?;
     let sources: Vec<String> = match sources {
         Some(s) => serde_json::from_str(&s).map_err(|e| m.bad(&e))?,
-        None => vec!["/".into()],
+        None => return Err(m.bad(&"the point's row has no sources")),
     };
     let mut patterns: Vec<String> = match excludes {
         Some(x) => serde_json::from_str(&x).map_err(|e| m.bad(&e))?,
@@ -1136,13 +1179,14 @@ impl CatalogDb {
         let tx = conn.unchecked_transaction().map_err(db)?;
         for (name, _) in remote.list("catalog")? {
             let key = format!("catalog/{name}");
-            // One that cannot be read counts as absent, as for a push: a content only it
-            // names is reported missing when a file needs it.
-            let Some(items) = remote
-                .get_checked(&key, &name)
-                .ok()
-                .and_then(|b| decode_catalog(&b))
-            else {
+            // A damaged one counts as absent, as for a push: a content only it names is
+            // reported damaged when a file needs it. Any other error (the network) stops.
+            let items = match remote.get_checked(&key, &name) {
+                Ok(b) => decode_catalog(&b),
+                Err(Error::Damaged { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let Some(items) = items else {
                 continue;
             };
             let mut st = tx

@@ -36,6 +36,10 @@ pub struct Filesystem {
     pub label: Option<String>,
     /// ext2/3/4: the block size; vfat: FAT12/16/32.
     pub block_size: Option<String>,
+    /// ext2/3/4: the features and inode size `dumpe2fs` recorded (None: points taken before
+    /// that record, made with mke2fs's defaults).
+    pub features: Option<Vec<String>>,
+    pub inode_size: Option<String>,
     pub version: Option<String>,
     /// Where the recorded fstab mounts it (None: not mounted, or swap).
     pub mount: Option<String>,
@@ -61,6 +65,12 @@ impl Filesystem {
                 }
                 if let Some(b) = &self.block_size {
                     args.extend(["-b".into(), b.clone()]);
+                }
+                if let Some(f) = self.features.as_ref().filter(|f| !f.is_empty()) {
+                    args.extend(["-O".into(), format!("none,{}", f.join(","))]);
+                }
+                if let Some(i) = &self.inode_size {
+                    args.extend(["-I".into(), i.clone()]);
                 }
                 label("-L", &mut args);
                 "mke2fs"
@@ -365,8 +375,19 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
             .iter()
             .find(|m| m.fstype != "swap" && m.point.starts_with('/'))
             .map(|m| m.point.clone());
+        if let Some(m) = mount.as_deref().filter(|m| m.split('/').any(|c| c == "..")) {
+            return Err(Error::Invalid(format!(
+                "the recorded fstab mounts a filesystem on {m:?}, a path with `..`: refused"
+            )));
+        }
         mounted_by_fstab.extend(mounts.iter().copied());
+        let (features, inode_size) = match rec.text(c, &format!("dumpe2fs {}", part.node))? {
+            Some(t) if kind.starts_with("ext") => records::parse_dumpe2fs(&t),
+            _ => (None, None),
+        };
         filesystems.push(Filesystem {
+            features,
+            inode_size,
             partition: part.number,
             was: part.node.clone(),
             kind: kind.clone(),
@@ -389,7 +410,7 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
         let root = fstab.iter().find(|e| e.point == "/");
         return Err(Error::Invalid(match root {
             Some(r) => format!(
-                "its root filesystem ({}) is not on it: a bare-metal restore rebuilds the disk that holds /",
+                "its fstab names the root filesystem as {}, which is none of this disk's recorded filesystems (by UUID=, LABEL=, PARTUUID=, PARTLABEL=, /dev/disk/by-uuid|label|partuuid|partlabel or the partition's name; /dev/disk/by-id, by-path and /dev/mapper names are not matched): a bare-metal restore rebuilds the disk that holds /",
                 r.spec
             ),
             None => "the recorded fstab mounts nothing on /".into(),
@@ -443,6 +464,32 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
     })
 }
 
+/// Why the block device `dev` is in use (a mounted partition, swap, LVM, md or dm on it),
+/// or None. An exclusive open of the whole disk fails while the kernel has any part of it
+/// claimed; the mount table names the mounted partition when that is the reason.
+pub(crate) fn in_use(dev: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::metadata(dev).is_ok_and(|m| m.file_type().is_block_device()) {
+        return None;
+    }
+    if let Some(m) = crate::boot::restore::mounted_partition(dev) {
+        return Some(format!(
+            "{m} is mounted: this is a disk in use. Name a blank disk"
+        ));
+    }
+    match rustix::fs::open(
+        dev,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::EXCL | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Err(rustix::io::Errno::BUSY) => Some(format!(
+            "the kernel has it (or a partition of it) in use: swap, LVM, RAID, encryption or a mount (see `lsblk {}` and /proc/swaps). Name a blank disk",
+            dev.display()
+        )),
+        _ => None,
+    }
+}
+
 /// The device: there, not mounted, big enough, with the recorded sector size; and every tool
 /// the steps run is installed.
 fn check_device(plan: &mut Plan) -> Result<()> {
@@ -482,11 +529,8 @@ fn check_device(plan: &mut Plan) -> Result<()> {
             ),
         ));
     }
-    if let Some(m) = crate::boot::restore::mounted_partition(&dev) {
-        return Err(refuse(
-            &dev,
-            format!("{m} is mounted: this is a disk in use. Name a blank disk"),
-        ));
+    if let Some(why) = in_use(&dev) {
+        return Err(refuse(&dev, why));
     }
     if plan.image_file {
         if let Some(l) = run::loop_of(&dev) {

@@ -168,6 +168,23 @@ pub fn lsblk_versions(text: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// What `dumpe2fs -h` says of an ext filesystem that `mke2fs` can make again: its features
+/// (less those only a mounted or damaged filesystem has) and its inode size.
+pub fn parse_dumpe2fs(text: &str) -> (Option<Vec<String>>, Option<String>) {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let features = field("Filesystem features:").map(|v| {
+        v.split_whitespace()
+            .filter(|f| !matches!(*f, "needs_recovery" | "orphan_present" | "(none)"))
+            .map(str::to_string)
+            .collect()
+    });
+    (features, field("Inode size:"))
+}
+
 /// One line of fstab.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FstabEntry {
@@ -240,6 +257,24 @@ mod tests {
         assert_eq!(b["/dev/vda1"]["TYPE"], "ext4");
         assert_eq!(b["/dev/vda2"]["PARTUUID"], "p-2");
         assert!(!b["/dev/vda2"].contains_key("TYPE"));
+    }
+
+    #[test]
+    fn dumpe2fs_features_without_the_runtime_ones() {
+        let (f, i) = parse_dumpe2fs(
+            "Filesystem volume name:   root\nFilesystem features:      has_journal ext_attr needs_recovery extent 64bit orphan_present metadata_csum\nInode size:\t          256\n",
+        );
+        assert_eq!(
+            f.unwrap(),
+            [
+                "has_journal",
+                "ext_attr",
+                "extent",
+                "64bit",
+                "metadata_csum"
+            ]
+        );
+        assert_eq!(i.as_deref(), Some("256"));
     }
 
     #[test]

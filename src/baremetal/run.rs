@@ -89,14 +89,18 @@ fn command(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {tool}: {e}"))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("writing to {tool}: {e}"))?;
-    }
+    // A tool that stops before reading all its input (sfdisk refusing a busy disk) says why
+    // on stderr: that, not the broken pipe, is the error.
+    let fed = match (input, child.stdin.take()) {
+        (Some(text), Some(mut stdin)) => stdin.write_all(text.as_bytes()),
+        _ => Ok(()),
+    };
     let out = child
         .wait_with_output()
         .map_err(|e| format!("waiting for {tool}: {e}"))?;
+    if let (Err(e), true) = (fed, out.status.success()) {
+        return Err(format!("writing to {tool}: {e}"));
+    }
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -143,6 +147,19 @@ fn partitions_of(disk: &Path) -> BTreeMap<u32, PathBuf> {
     out
 }
 
+/// Where the kernel has a partition: (start, size) in 512-byte sectors, from sysfs.
+fn geometry(node: &Path) -> Option<(u64, u64)> {
+    let sys = Path::new("/sys/class/block").join(node.file_name()?);
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(sys.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((read("start")?, read("size")?))
+}
+
 fn shell_words(tool: &str, args: &[String]) -> String {
     std::iter::once(tool.to_string())
         .chain(args.iter().map(|a| {
@@ -171,6 +188,11 @@ pub fn run(
     };
     let result = steps(plan, rec, files, say, &mut setup);
     let teardown = setup.unmount_all(say);
+    let left_mounted: Vec<String> = setup
+        .mounted
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
     if let Some(l) = setup.loop_dev.take() {
         let _ = command("partx", &["-d".into(), l.clone()], None);
         match command("losetup", &["-d".into(), l.clone()], None) {
@@ -178,7 +200,29 @@ pub fn run(
             Err(e) => say(format!("  could not detach {l}: {e}")),
         }
     }
-    let report = result?;
+    let report = match (result, &teardown) {
+        (
+            Err(Error::BareMetalStep {
+                device,
+                step,
+                message,
+                next,
+            }),
+            Err(t),
+        ) => {
+            // Still mounted, the disk would be refused as in use: say what to unmount first.
+            return Err(Error::BareMetalStep {
+                device,
+                step,
+                message: format!("{message}; then unmounting failed too: {t}"),
+                next: format!(
+                    "unmount {} (umount -l if busy), then {next}",
+                    left_mounted.join(" and ")
+                ),
+            });
+        }
+        (r, _) => r?,
+    };
     if let Err(e) = teardown {
         return Err(Error::BareMetalStep {
             device: plan.device.clone(),
@@ -240,6 +284,11 @@ fn steps(
         plan.device.clone()
     };
     let d = disk.display().to_string();
+    // Checked again now: the disk may have been mounted (or taken by LVM, swap, md) while the
+    // plan waited for `yes`.
+    if let Some(why) = super::in_use(&disk) {
+        return Err(fail("partition table", why));
+    }
     run(
         say,
         "partition table",
@@ -286,6 +335,23 @@ fn steps(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The kernel must see the new table, not an old one it kept: mkfs at old offsets would
+    // write over the new partitions' neighbours.
+    for p in &plan.partitions {
+        let seen = geometry(&nodes[&p.number]);
+        let k = plan.layout.sector / 512;
+        if seen != Some((p.start * k, p.sectors * k)) {
+            return Err(fail(
+                "partitions",
+                format!(
+                    "the kernel has partition {} of {d} at {:?} (start, size in 512-byte sectors), the table at {:?}; re-read the table (partx -u {d}, or detach and attach the disk) and run again",
+                    p.number,
+                    seen,
+                    (p.start * k, p.sectors * k)
+                ),
+            ));
+        }
+    }
     for f in &plan.filesystems {
         let node = &nodes[&f.partition];
         if let Some((tool, args)) = f.mkfs(node) {

@@ -76,6 +76,16 @@ pub fn collect(disk: &Path, root: &Path) -> Vec<Record> {
     .into_iter()
     .flatten()
     .collect();
+    // Each ext filesystem's features and inode size, so that a bare-metal restore makes it as
+    // it was, not with the rescue system's mke2fs defaults (which an older GRUB or e2fsck of
+    // the restored system may not read).
+    for part in partitions(disk) {
+        let node = part.display().to_string();
+        if let Some(mut r) = run("dumpe2fs", "dumpe2fs", &["-h", &node]) {
+            r.name = format!("dumpe2fs {node}");
+            out.push(r);
+        }
+    }
     let fstab = root.join("etc/fstab");
     if let Ok(text) = std::fs::read(&fstab) {
         out.push(Record {
@@ -90,6 +100,32 @@ pub fn collect(disk: &Path, root: &Path) -> Vec<Record> {
     if Path::new("/sys/firmware/efi").exists() {
         out.extend(run("efibootmgr", "efibootmgr", &["-v"]));
     }
+    out
+}
+
+/// The partitions of `disk` as device paths named as its own (`/dev/sda` → `/dev/sda1`),
+/// from sysfs.
+fn partitions(disk: &Path) -> Vec<PathBuf> {
+    let Some(name) = disk
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_os_string()))
+    else {
+        return Vec::new();
+    };
+    let Some(dir) = disk.parent() else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = std::fs::read_dir(Path::new("/sys/class/block").join(&name))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("partition").exists())
+                .map(|e| dir.join(e.file_name()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
     out
 }
 

@@ -379,6 +379,16 @@ fn restore_remote_in_place(
     for w in &r.warnings {
         eprintln!("warning: {}: {}", w.path, w.message);
     }
+    for d in &r.damaged {
+        eprintln!("DAMAGED {}: {}", d.path, d.problem);
+    }
+    if !r.damaged.is_empty() {
+        eprintln!(
+            "{} path(s) of point {id} were not restored: their content in {url} is damaged or missing; everything else was. Run `system_snapshot verify --store {url}` to see everything affected.",
+            r.damaged.len()
+        );
+        return Ok(DAMAGED);
+    }
     Ok(if r.warnings.is_empty() {
         SUCCESS
     } else {

@@ -23,6 +23,15 @@ fn part(l: &Loop, n: u32) -> String {
     format!("{}p{n}", l.0)
 }
 
+/// An ext filesystem's features as dumpe2fs lists them (empty for anything else).
+fn features(dev: &str) -> String {
+    sh(&format!(
+        "dumpe2fs -h {dev} 2>/dev/null | sed -n 's/^Filesystem features: *//p' || true"
+    ))
+    .trim()
+    .to_string()
+}
+
 fn tag(dev: &str, name: &str) -> String {
     sh(&format!("blkid -p -s {name} -o value {dev} || true"))
         .trim()
@@ -47,6 +56,8 @@ struct Machine {
     tree: Fingerprint,
     /// (partition, TYPE, UUID, LABEL) as made.
     filesystems: Vec<(u32, String, String, String)>,
+    /// The ext filesystems' features, by partition.
+    features: Vec<(u32, String)>,
     boot_code: Vec<u8>,
     core: Vec<u8>,
 }
@@ -79,6 +90,9 @@ fn machine_with(boot_code: Vec<u8>, core: Vec<u8>) -> Option<Machine> {
             (n, tag(&d, "TYPE"), tag(&d, "UUID"), tag(&d, "LABEL"))
         })
         .collect();
+    // Made with features a plain mke2fs would not choose, as an older or tuned system has.
+    sh(&format!("tune2fs -O ^dir_nlink {} >/dev/null", part(&l, 2)));
+    let features: Vec<(u32, String)> = [2, 3].map(|n| (n, features(&part(&l, n)))).into();
     let sys = lab.sys();
     let root = Unmount::mount(&part(&l, 2), &sys);
     let boot = Unmount::mount(&part(&l, 3), &sys.join("boot"));
@@ -126,6 +140,7 @@ fn machine_with(boot_code: Vec<u8>, core: Vec<u8>) -> Option<Machine> {
         point,
         tree,
         filesystems,
+        features,
         boot_code,
         core,
     })
@@ -148,6 +163,9 @@ fn assert_rebuilt(m: &Machine, blank: &Path, what: &str) {
             (kind.clone(), uuid.clone(), label.clone()),
             "partition {n}"
         );
+    }
+    for (n, f) in &m.features {
+        assert_eq!(&features(&part(&l, *n)), f, "partition {n}'s ext features");
     }
     let r = m.lab.target("restored");
     let _root = Unmount::mount(&part(&l, 2), &r);
@@ -395,11 +413,18 @@ fn a_failed_step_is_named_cleaned_up_and_the_same_command_finishes_it() {
     assert!(said.contains("step `mount /boot`"), "{said}");
     assert!(said.contains("simulated I/O error"), "{said}");
     assert!(said.contains("run the same command again"), "{said}");
+    // Its temporary root (other tests' may be mounted meanwhile).
+    let root = said
+        .split_whitespace()
+        .find(|w| w.contains("restorepoint-bare-metal."))
+        .expect("the temporary root is shown")
+        .to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        !mounts.contains("restorepoint-bare-metal."),
+        !mounts.contains(&format!(" {root} ")),
         "the root it had mounted is unmounted: {mounts}"
     );
+    assert!(!Path::new(&root).exists(), "and removed");
     assert!(
         sh(&format!("losetup -j {}", blank.display()))
             .trim()

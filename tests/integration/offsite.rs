@@ -893,10 +893,32 @@ fn a_root_is_rolled_back_in_place_from_the_remote() {
         "the local store's place is left alone"
     );
     std::fs::remove_dir_all(lab.sys().join("root/snapshots")).unwrap();
-    let mut now = fingerprint(&lab.sys());
-    let mut want = fp.clone();
     // /root's own times changed with the store made in it.
-    now.remove(&b"root"[..]);
-    want.remove(&b"root"[..]);
-    assert_same(&want, &now, "rolled back from the remote");
+    let without = |mut f: Fingerprint, paths: &[&str]| {
+        for p in paths.iter().chain(&["root"]) {
+            f.remove(p.as_bytes());
+        }
+        f
+    };
+    assert_same(
+        &without(fp.clone(), &[]),
+        &without(fingerprint(&lab.sys()), &[]),
+        "rolled back from the remote",
+    );
+    // Damage in the remote costs the files it held, named, exit 5; the rest is restored.
+    lab.run_sh("head -c 100 /dev/urandom >> usr/bin/big && echo 'port 1' > etc/sshd");
+    flip_in_largest(&lab.target("remote").join("data"));
+    let out = RESTORE.run(&args(&["--yes"]));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains("DAMAGED /usr/bin/big"),
+        "{}",
+        text(&out)
+    );
+    let damaged = ["usr/bin/big", "usr/bin/big2"];
+    assert_same(
+        &without(fp, &damaged),
+        &without(fingerprint(&lab.sys()), &damaged),
+        "everything but the damaged file",
+    );
 }
