@@ -1114,18 +1114,50 @@ struct Bundles<'a> {
     remote: &'a Remote,
     kept: Vec<(Hash, Vec<u8>)>,
     fetched: u64,
-    /// Fetch each piece's own bytes (a restore: files come in path order, pieces from any
-    /// bundle, and the content's hash checks them) instead of whole bundles (verify).
+    /// Fetch byte ranges (a restore: the content's hash checks them) instead of whole
+    /// bundles (verify).
     ranged: bool,
+    /// A restore's last range: (bundle, where it starts, its bytes).
+    window: Option<(Hash, u64, Vec<u8>)>,
+    /// Where the last piece read ended: a piece starting there is read sequentially.
+    next: Option<(Hash, u64)>,
+    /// How far a read reaches past its piece: doubled while pieces come in bundle order, as
+    /// they do when a restore goes in the order the push wrote them; none after a jump.
+    reach: u64,
 }
 
+/// The furthest a restore reads ahead in a bundle.
+const READ_AHEAD: u64 = 8 << 20;
+
 impl Bundles<'_> {
-    fn piece(&mut self, p: &Piece) -> Result<Vec<u8>> {
+    /// Piece `p`; `end` is where its bundle's last known piece ends (ranged reads only).
+    fn piece(&mut self, p: &Piece, end: Option<u64>) -> Result<Vec<u8>> {
         if self.ranged {
-            let frame = self
-                .remote
-                .get_range(&bundle_key(&p.bundle), p.offset..p.offset + p.len)?;
-            return zstd::stream::decode_all(&frame[..]).map_err(|e| Error::Damaged {
+            let sequential = self.next == Some((p.bundle, p.offset));
+            self.next = Some((p.bundle, p.offset + p.len));
+            let inside = |(b, start, bytes): &(Hash, u64, Vec<u8>)| {
+                *b == p.bundle && p.offset >= *start && p.offset + p.len <= start + bytes.len() as u64
+            };
+            if !self.window.as_ref().is_some_and(inside) {
+                self.reach = if sequential {
+                    (self.reach * 2).clamp(1 << 20, READ_AHEAD)
+                } else {
+                    0
+                };
+                let stop = (p.offset + p.len.max(self.reach))
+                    .min(end.unwrap_or(0).max(p.offset + p.len));
+                let bytes = self
+                    .remote
+                    .get_range(&bundle_key(&p.bundle), p.offset..stop)?;
+                self.fetched += 1;
+                self.window = Some((p.bundle, p.offset, bytes));
+            }
+            let (_, start, bytes) = self.window.as_ref().expect("just read");
+            let at = (p.offset - start) as usize;
+            let frame = bytes.get(at..at + p.len as usize).ok_or_else(|| Error::Damaged {
+                what: format!("a piece past the end of bundle {}", hex(&p.bundle)),
+            })?;
+            return zstd::stream::decode_all(frame).map_err(|e| Error::Damaged {
                 what: format!("a piece of bundle {} does not decode: {e}", hex(&p.bundle)),
             });
         }
@@ -1173,7 +1205,8 @@ impl CatalogDb {
         let conn = rusqlite::Connection::open(file.path()).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
-             CREATE TABLE c (hash BLOB PRIMARY KEY, pieces BLOB) WITHOUT ROWID;",
+             CREATE TABLE c (hash BLOB PRIMARY KEY, pieces BLOB) WITHOUT ROWID;
+             CREATE TABLE e (bundle BLOB PRIMARY KEY, end INTEGER) WITHOUT ROWID;",
         )
         .map_err(db)?;
         let tx = conn.unchecked_transaction().map_err(db)?;
@@ -1192,18 +1225,40 @@ impl CatalogDb {
             let mut st = tx
                 .prepare_cached("INSERT OR REPLACE INTO c VALUES (?1, ?2)")
                 .map_err(db)?;
+            let mut ends = tx
+                .prepare_cached(
+                    "INSERT INTO e VALUES (?1, ?2) ON CONFLICT (bundle) DO UPDATE SET end = max(end, excluded.end)",
+                )
+                .map_err(db)?;
             for (h, pieces) in items {
                 let mut raw = Vec::with_capacity(pieces.len() * 48);
                 for p in &pieces {
                     raw.extend_from_slice(&p.bundle);
                     raw.extend_from_slice(&p.offset.to_le_bytes());
                     raw.extend_from_slice(&p.len.to_le_bytes());
+                    ends.execute(rusqlite::params![&p.bundle[..], (p.offset + p.len) as i64])
+                        .map_err(db)?;
                 }
                 st.execute(rusqlite::params![&h[..], raw]).map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
         Ok(CatalogDb { conn, _file: file })
+    }
+
+    /// Where the last piece any catalog names in `bundle` ends.
+    fn end_of(&self, bundle: &Hash) -> Result<Option<u64>> {
+        let db = |e: rusqlite::Error| Error::io("reading the catalog file", std::io::Error::other(e));
+        self.conn
+            .prepare_cached("SELECT end FROM e WHERE bundle = ?1")
+            .map_err(db)?
+            .query_row([&bundle[..]], |r| r.get::<_, i64>(0))
+            .map(|e| Some(e as u64))
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(db)
     }
 
     fn get(&self, h: &Hash) -> Result<Option<Vec<Piece>>> {
@@ -1248,6 +1303,9 @@ impl<'a> RemoteContent<'a> {
                 kept: Vec::new(),
                 fetched: 0,
                 ranged: true,
+                window: None,
+                next: None,
+                reach: 0,
             },
             catalog: CatalogDb::load(remote, scratch)?,
         })
@@ -1264,9 +1322,14 @@ impl crate::restore::ContentSource for RemoteContent<'_> {
             what: format!("the content of {} is not in {url}", display_path(path)),
         })?;
         let url = url.clone();
+        let mut with_ends = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            let end = self.catalog.end_of(&p.bundle)?;
+            with_ends.push((p, end));
+        }
         let mut r = ContentReader {
             bundles: &mut self.bundles,
-            pieces: pieces.into_iter(),
+            pieces: with_ends.into_iter(),
             buf: Vec::new(),
             at: 0,
             hasher: blake3::Hasher::new(),
@@ -1298,7 +1361,8 @@ impl crate::restore::ContentSource for RemoteContent<'_> {
 /// A content read piece by piece, hashed as it goes.
 struct ContentReader<'a, 'b> {
     bundles: &'a mut Bundles<'b>,
-    pieces: std::vec::IntoIter<Piece>,
+    /// Each piece, with where its bundle's known pieces end (for a ranged read).
+    pieces: std::vec::IntoIter<(Piece, Option<u64>)>,
     buf: Vec<u8>,
     at: usize,
     hasher: blake3::Hasher,
@@ -1312,7 +1376,7 @@ impl Read for ContentReader<'_, '_> {
             let Some(p) = self.pieces.next() else {
                 return Ok(0);
             };
-            self.buf = self.bundles.piece(&p).map_err(|e| match e {
+            self.buf = self.bundles.piece(&p.0, p.1).map_err(|e| match e {
                 Error::Damaged { what } => {
                     self.damage = Some(what.clone());
                     std::io::Error::other(what)
@@ -1367,6 +1431,9 @@ pub fn verify(remote: &Remote, scratch: &std::path::Path) -> Result<RemoteVerify
         kept: Vec::new(),
         fetched: 0,
         ranged: false,
+        window: None,
+        next: None,
+        reach: 0,
     };
     let mut order: Vec<(&Hash, &Vec<Piece>)> = catalog.iter().collect();
     order.sort_by_key(|(_, p)| p.first().map(|p| (p.bundle, p.offset)));
@@ -1376,7 +1443,11 @@ pub fn verify(remote: &Remote, scratch: &std::path::Path) -> Result<RemoteVerify
         report.contents += 1;
         let mut r = ContentReader {
             bundles: &mut bundles,
-            pieces: pieces.clone().into_iter(),
+            pieces: pieces
+                .iter()
+                .map(|p| (p.clone(), None))
+                .collect::<Vec<_>>()
+                .into_iter(),
             buf: Vec::new(),
             at: 0,
             hasher: blake3::Hasher::new(),

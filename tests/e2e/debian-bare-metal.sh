@@ -149,7 +149,9 @@ for from in disk remote; do
   truncate -s "$SIZE" "$img"
   store=$R/backup/rp; [ $from = remote ] && store=$url
   echo "== bare-metal restore from the $from onto a blank disk"
+  t0=$SECONDS
   "$rp/system_restore" --store "$store" --point 1 --bare-metal --device "$img" --yes
+  echo "(the bare-metal restore from the $from took $((SECONDS - t0)) s)"
   got=$(boot "$img" "$R/boot-$from.log")
   echo "from the $from: $got"
   if [ "$got" != "$orig" ]; then
