@@ -1,4 +1,5 @@
 pub mod admission;
+pub mod apt;
 pub mod audit;
 pub mod baremetal;
 pub mod boot;

@@ -1136,7 +1136,9 @@ impl Bundles<'_> {
             let sequential = self.next == Some((p.bundle, p.offset));
             self.next = Some((p.bundle, p.offset + p.len));
             let inside = |(b, start, bytes): &(Hash, u64, Vec<u8>)| {
-                *b == p.bundle && p.offset >= *start && p.offset + p.len <= start + bytes.len() as u64
+                *b == p.bundle
+                    && p.offset >= *start
+                    && p.offset + p.len <= start + bytes.len() as u64
             };
             if !self.window.as_ref().is_some_and(inside) {
                 self.reach = if sequential {
@@ -1144,8 +1146,8 @@ impl Bundles<'_> {
                 } else {
                     0
                 };
-                let stop = (p.offset + p.len.max(self.reach))
-                    .min(end.unwrap_or(0).max(p.offset + p.len));
+                let stop =
+                    (p.offset + p.len.max(self.reach)).min(end.unwrap_or(0).max(p.offset + p.len));
                 let bytes = self
                     .remote
                     .get_range(&bundle_key(&p.bundle), p.offset..stop)?;
@@ -1154,9 +1156,11 @@ impl Bundles<'_> {
             }
             let (_, start, bytes) = self.window.as_ref().expect("just read");
             let at = (p.offset - start) as usize;
-            let frame = bytes.get(at..at + p.len as usize).ok_or_else(|| Error::Damaged {
-                what: format!("a piece past the end of bundle {}", hex(&p.bundle)),
-            })?;
+            let frame = bytes
+                .get(at..at + p.len as usize)
+                .ok_or_else(|| Error::Damaged {
+                    what: format!("a piece past the end of bundle {}", hex(&p.bundle)),
+                })?;
             return zstd::stream::decode_all(frame).map_err(|e| Error::Damaged {
                 what: format!("a piece of bundle {} does not decode: {e}", hex(&p.bundle)),
             });
@@ -1248,7 +1252,8 @@ impl CatalogDb {
 
     /// Where the last piece any catalog names in `bundle` ends.
     fn end_of(&self, bundle: &Hash) -> Result<Option<u64>> {
-        let db = |e: rusqlite::Error| Error::io("reading the catalog file", std::io::Error::other(e));
+        let db =
+            |e: rusqlite::Error| Error::io("reading the catalog file", std::io::Error::other(e));
         self.conn
             .prepare_cached("SELECT end FROM e WHERE bundle = ?1")
             .map_err(db)?

@@ -81,6 +81,9 @@ enum Cmd {
         #[arg(long, value_name = "URL")]
         to: Option<String>,
     },
+    /// Take a point before a package operation, once per apt run (what the apt hook in
+    /// /etc/apt/apt.conf.d runs; never fails apt)
+    AptHook,
     /// Apply retention now: each point kept or removed, and the rule that decided
     Prune {
         /// Remove the N oldest points instead of applying the retention policy
@@ -111,6 +114,17 @@ pub fn main() -> i32 {
             return r.unwrap_or_else(|e| fail(&e));
         }
     }
+    if matches!(cli.cmd, Some(Cmd::AptHook)) {
+        // apt must go on whatever happens here: every failure is a warning and exit 0.
+        let r = cli
+            .place
+            .system()
+            .and_then(|(system, config)| apt_hook(&cli, &system, &config));
+        if let Err(e) = r {
+            eprintln!("restorepoint: warning: no restore point before this package operation: {e}");
+        }
+        return SUCCESS;
+    }
     let (system, config) = match cli.place.system() {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -129,6 +143,7 @@ pub fn main() -> i32 {
                 "push needs a remote store: --to s3://BUCKET/PREFIX (or file:///DIR), or `url` in the config's [offsite] section".into(),
             )),
         },
+        Some(Cmd::AptHook) => unreachable!("handled above"),
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
@@ -146,6 +161,70 @@ pub fn main() -> i32 {
 }
 
 type CmdResult = Result<i32, crate::error::Error>;
+
+/// One point per apt run, none when the newest is younger than `[apt] min_interval`, taken
+/// by a child `system_snapshot -q` that apt waits for at most `[apt] timeout`.
+fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
+    let run = crate::apt::find_run();
+    if let Some(r) = &run {
+        if !crate::apt::first_for(r) {
+            return Ok(SUCCESS);
+        }
+    }
+    let min = config.apt.min_interval.0;
+    // A store not made yet has no recent point; the snapshot says what else is wrong.
+    if let Some(p) = system.list().unwrap_or_default().last() {
+        let age = chrono::DateTime::parse_from_rfc3339(&p.created_at)
+            .map(|t| chrono::Utc::now().signed_duration_since(t))
+            .ok()
+            .and_then(|d| d.to_std().ok());
+        if age.is_some_and(|a| a < min) {
+            eprintln!(
+                "restorepoint: restore point {} is {} min old: none taken before this package operation ([apt] min_interval)",
+                p.id,
+                age.map_or(0, |a| a.as_secs() / 60)
+            );
+            return Ok(SUCCESS);
+        }
+    }
+    let label = crate::apt::label(run.as_ref());
+    let exe = crate::boot::kit::source()?;
+    let mut c = std::process::Command::new(&exe);
+    {
+        use std::os::unix::process::CommandExt;
+        c.arg0("system_snapshot").process_group(0);
+    }
+    c.args(["-q", "--label", &label]);
+    if let Some(f) = &cli.place.config {
+        c.arg("-c").arg(f);
+    }
+    c.arg("--root").arg(&system.root);
+    c.arg("--store").arg(&system.store);
+    c.stdin(std::process::Stdio::null());
+    let mut child = c
+        .spawn()
+        .map_err(|e| crate::error::Error::io(format!("starting {}", exe.display()), e))?;
+    let timeout = config.apt.timeout.0;
+    match crate::hooks::wait_until(&mut child, timeout) {
+        Ok(st) if st.success() => {
+            let id = system.list().unwrap_or_default().last().map(|p| p.id.0);
+            eprintln!(
+                "restorepoint: restore point {} taken {label}",
+                id.map_or("?".to_string(), |i| i.to_string())
+            );
+        }
+        Ok(st) if st.code() == Some(WARNINGS) => {
+            eprintln!("restorepoint: restore point taken {label}, with the warnings above")
+        }
+        Ok(st) => eprintln!(
+            "restorepoint: warning: the restore point {label} failed ({st}); apt goes on"
+        ),
+        Err(why) => eprintln!(
+            "restorepoint: warning: the restore point {label} {why}; apt goes on (the next run rolls the unfinished point back)"
+        ),
+    }
+    Ok(SUCCESS)
+}
 
 /// A snapshot run, told to the machine's monitoring (syslog, status file, Prometheus
 /// textfile) however it ends.

@@ -25,6 +25,7 @@ pub struct Config {
     pub boot: Boot,
     pub offsite: Offsite,
     pub monitoring: crate::monitor::Monitoring,
+    pub apt: crate::apt::AptHook,
 }
 
 /// Copies off the machine (`system_snapshot push`).
@@ -55,6 +56,7 @@ impl Default for Config {
             boot: Boot::default(),
             offsite: Offsite::default(),
             monitoring: Default::default(),
+            apt: Default::default(),
         }
     }
 }

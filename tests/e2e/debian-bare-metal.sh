@@ -100,6 +100,9 @@ EOF
 fi
 
 rm -rf "$W/run"; mkdir -p "$W/run"; R=$W/run
+# This run's own list of stores made on other disks: the previous run's backup disk, made
+# again blank, would otherwise be refused as a store that went missing.
+export RESTOREPOINT_STATE_DIR=$R/state
 cp --sparse=always "$base" "$R/machine.img"
 echo "== booting the original ($accel)"
 orig=$(boot "$R/machine.img" "$R/boot-original.log")

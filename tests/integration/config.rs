@@ -510,3 +510,118 @@ fn quiet_runs_report_to_the_status_file_and_the_textfile() {
         "{t}"
     );
 }
+
+/// The apt hook: one point per apt run, labelled with its command line; none when the newest
+/// point is recent; apt goes on when the point takes too long; and a real `apt-get install`
+/// and `remove` of a local package with the hook configured.
+#[test]
+fn the_apt_hook_takes_one_point_per_apt_run_and_never_fails_apt() {
+    crate::require_root!();
+    for t in ["apt-get", "dpkg-deb", "dpkg"] {
+        if !["/usr/bin", "/bin", "/usr/sbin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(t).exists())
+        {
+            eprintln!("skipped: {t} is not installed");
+            return;
+        }
+    }
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc && echo a > etc/a");
+    let conf = |apt: &str, hooks: &str| {
+        std::fs::write(
+            lab.sys().join("etc/system_snapshots.conf"),
+            format!("[boot]\ncapture = false\n[monitoring]\nsyslog = false\nstatus_file = \"{}\"\n[apt]\n{apt}\n[hooks]\n{hooks}\n",
+                lab.target("status.json").display()),
+        )
+        .unwrap();
+    };
+    let hook = format!(
+        "{} apt-hook --root {} --store {}",
+        SNAPSHOT.path().display(),
+        lab.sys().display(),
+        lab.store().display()
+    );
+    // A stand-in for apt-get (a shell under that name) that invokes the hook twice, as apt does
+    // when it calls dpkg twice in one run.
+    let bin = lab.target("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/sh", bin.join("apt-get")).unwrap();
+    // Output to a file, not a pipe: the pre_snapshot hook left running by a stopped point
+    // would hold a pipe open (apt waits for the hook's process, not for its output).
+    let log = lab.target("apt.log");
+    let fake_apt = |script: &str| -> (bool, String) {
+        let st = std::process::Command::new(bin.join("apt-get"))
+            .arg("-c")
+            .arg(script)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .status()
+            .unwrap();
+        (st.success(), std::fs::read_to_string(&log).unwrap())
+    };
+    conf("min_interval = \"0s\"", "");
+    let (ok, said) = fake_apt(&format!("{hook} && {hook}"));
+    assert!(ok, "{said}");
+    assert_eq!(lab.point_ids(), vec![1], "one point for one apt run");
+    let listed = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
+    let l: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        l[0]["label"].as_str().unwrap().starts_with("before "),
+        "{l}"
+    );
+    assert!(l[0]["label"].as_str().unwrap().contains("apt-get"), "{l}");
+
+    // A point that takes too long: apt goes on (exit 0), the point is not kept.
+    conf(
+        "min_interval = \"0s\"\ntimeout = \"1s\"",
+        "pre_snapshot = [\"sleep 30\"]",
+    );
+    let (ok, said) = fake_apt(&hook);
+    assert!(ok, "{said}");
+    assert!(said.contains("apt goes on"), "{said}");
+    assert_eq!(lab.point_ids(), vec![1]);
+
+    // Real apt-get, the hook in DPkg::Pre-Invoke, a local package.
+    let pkg = lab.target("pkg");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("usr/share/doc/rp-apt-hook-test")).unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        "Package: rp-apt-hook-test\nVersion: 1.0\nArchitecture: all\nMaintainer: restorepoint tests <root@localhost>\nDescription: a package for the apt hook test\n",
+    )
+    .unwrap();
+    std::fs::write(pkg.join("usr/share/doc/rp-apt-hook-test/README"), "test\n").unwrap();
+    let deb = lab.target("rp-apt-hook-test_1.0_all.deb");
+    let st = std::process::Command::new("dpkg-deb")
+        .args(["--build", Lab::s(&pkg), Lab::s(&deb)])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", text(&st));
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(["-y", "-q", "-o", &format!("DPkg::Pre-Invoke::={hook}")])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap()
+    };
+    conf("min_interval = \"0s\"", "");
+    let out = apt(&["install", Lab::s(&deb)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lab.point_ids(), vec![1, 2], "{}", text(&out));
+    let listed = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
+    let l: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(l[1]["label"].as_str().unwrap().contains("install"), "{l}");
+    // The newest point is recent: the removal takes none, and apt is not held up.
+    conf("min_interval = \"1h\"", "");
+    let out = apt(&["remove", "rp-apt-hook-test"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("min_interval"), "{}", text(&out));
+    assert_eq!(lab.point_ids(), vec![1, 2]);
+    let st = std::process::Command::new("dpkg")
+        .args(["-s", "rp-apt-hook-test"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success(), "the package was removed");
+}

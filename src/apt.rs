@@ -1,0 +1,148 @@
+//! The apt hook (`system_snapshot apt-hook`, run by `DPkg::Pre-Invoke`): a restore point
+//! before dpkg changes packages, labelled with the apt command line. apt may invoke dpkg
+//! several times in one run; the hook takes one point per run, none when a point is younger
+//! than `[apt] min_interval`, never keeps apt waiting longer than `[apt] timeout`, and never
+//! fails apt: whatever happens, it exits 0 and says so on stderr.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[apt]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AptHook {
+    /// No point before an apt run when the newest point is younger than this.
+    pub min_interval: crate::config::Span,
+    /// apt goes on without the point after this long (the interrupted point is rolled back by
+    /// the next run).
+    pub timeout: crate::config::Span,
+}
+
+impl Default for AptHook {
+    fn default() -> Self {
+        AptHook {
+            min_interval: crate::config::Span(Duration::from_secs(10 * 60)),
+            timeout: crate::config::Span(Duration::from_secs(10 * 60)),
+        }
+    }
+}
+
+/// The apt (or aptitude, unattended-upgrades …) process this hook runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptRun {
+    pub pid: u32,
+    /// Its start time in clock ticks since boot: with the pid, names this one run.
+    pub start: u64,
+    pub command_line: String,
+}
+
+const FRONTENDS: [&str; 6] = [
+    "apt",
+    "apt-get",
+    "aptitude",
+    "unattended-upgr",
+    "synaptic",
+    "packagekitd",
+];
+
+fn stat_fields(pid: u32) -> Option<(String, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so split at the last ')'.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    Some((comm, ppid, start))
+}
+
+/// Walks up from this process's parent to the package manager's process.
+pub fn find_run() -> Option<AptRun> {
+    let mut pid = rustix::process::getppid()?.as_raw_nonzero().get() as u32;
+    for _ in 0..16 {
+        let (comm, ppid, start) = stat_fields(pid)?;
+        if FRONTENDS.contains(&comm.as_str()) {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let command_line = raw
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            return Some(AptRun {
+                pid,
+                start,
+                command_line,
+            });
+        }
+        if ppid <= 1 {
+            return None;
+        }
+        pid = ppid;
+    }
+    None
+}
+
+/// The file naming the apt run the last point was taken for.
+pub fn last_run_file() -> PathBuf {
+    std::env::var_os("RESTOREPOINT_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/restorepoint"))
+        .join("apt-hook")
+}
+
+/// Whether the hook already ran for `run`; records it otherwise (before the point is taken:
+/// a second dpkg call of the same run, even while the first point is being taken, adds none).
+pub fn first_for(run: &AptRun) -> bool {
+    let file = last_run_file();
+    let key = format!("{} {}\n", run.pid, run.start);
+    if std::fs::read_to_string(&file).is_ok_and(|k| k == key) {
+        return false;
+    }
+    if let Some(d) = file.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let _ = std::fs::write(&file, key);
+    true
+}
+
+/// The label of the point taken before `run`.
+pub fn label(run: Option<&AptRun>) -> String {
+    match run {
+        Some(r) if !r.command_line.is_empty() => {
+            let mut l = format!("before {}", r.command_line);
+            if l.len() > 200 {
+                let mut cut = 197;
+                while !l.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                l.truncate(cut);
+                l.push_str("...");
+            }
+            l
+        }
+        _ => "before a package operation".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_not_under_apt_and_labels_are_bounded() {
+        // The test runner's ancestors are no package manager.
+        assert_eq!(find_run().map(|r| r.pid), None);
+        let long = AptRun {
+            pid: 1,
+            start: 1,
+            command_line: format!("apt-get install {}", "é".repeat(300)),
+        };
+        let l = label(Some(&long));
+        assert!(l.len() <= 200 && l.ends_with("...") && l.starts_with("before apt-get install"));
+        assert_eq!(label(None), "before a package operation");
+    }
+}
