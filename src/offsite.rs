@@ -734,6 +734,16 @@ pub struct Expired {
 }
 
 impl Remote {
+    /// Catalog `name`'s items; None when it is damaged (does not match its name or decode).
+    /// Any other error (the network, the credentials) is returned.
+    fn catalog(&self, name: &str) -> Result<Option<Catalog>> {
+        match self.get_checked(&format!("catalog/{name}"), name) {
+            Ok(b) => Ok(decode_catalog(&b)),
+            Err(Error::Damaged { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         let p = self.path(key);
         match self.rt.block_on(self.objects.delete(&p)) {
@@ -784,12 +794,7 @@ pub fn expire(remote: &Remote, keep: usize, scratch: &std::path::Path) -> Result
         let key = format!("catalog/{name}");
         // A damaged catalog is left for verify to report; while there is one, no bundle is
         // deleted: the bundles only it names may hold what a remaining point needs.
-        let items = match remote.get_checked(&key, &name) {
-            Ok(b) => decode_catalog(&b),
-            Err(Error::Damaged { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        let Some(items) = items else {
+        let Some(items) = remote.catalog(&name)? else {
             unreadable = true;
             continue;
         };
@@ -1215,15 +1220,9 @@ impl CatalogDb {
         .map_err(db)?;
         let tx = conn.unchecked_transaction().map_err(db)?;
         for (name, _) in remote.list("catalog")? {
-            let key = format!("catalog/{name}");
             // A damaged one counts as absent, as for a push: a content only it names is
-            // reported damaged when a file needs it. Any other error (the network) stops.
-            let items = match remote.get_checked(&key, &name) {
-                Ok(b) => decode_catalog(&b),
-                Err(Error::Damaged { .. }) => None,
-                Err(e) => return Err(e),
-            };
-            let Some(items) = items else {
+            // reported damaged when a file needs it.
+            let Some(items) = remote.catalog(&name)? else {
                 continue;
             };
             let mut st = tx

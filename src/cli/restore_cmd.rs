@@ -376,6 +376,16 @@ fn restore_remote_in_place(
         );
         outln!("Reboot so that running programs use the restored files.");
     }
+    Ok(report_end(
+        &r,
+        id,
+        &format!("their content in {url} is damaged or missing"),
+        &format!("system_snapshot verify --store {url}"),
+    ))
+}
+
+/// Prints a restore's warnings and damaged paths; its exit code.
+fn report_end(r: &crate::restore::RestoreReport, id: PointId, why: &str, verify: &str) -> i32 {
     for w in &r.warnings {
         eprintln!("warning: {}: {}", w.path, w.message);
     }
@@ -384,16 +394,16 @@ fn restore_remote_in_place(
     }
     if !r.damaged.is_empty() {
         eprintln!(
-            "{} path(s) of point {id} were not restored: their content in {url} is damaged or missing; everything else was. Run `system_snapshot verify --store {url}` to see everything affected.",
+            "{} path(s) of point {id} were not restored: {why}; everything else was. Run `{verify}` to see everything affected.",
             r.damaged.len()
         );
-        return Ok(DAMAGED);
+        return DAMAGED;
     }
-    Ok(if r.warnings.is_empty() {
+    if r.warnings.is_empty() {
         SUCCESS
     } else {
         WARNINGS
-    })
+    }
 }
 
 /// From a remote store: into a new directory (`--target`), or in place (`--root`), with
@@ -629,24 +639,12 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
             outln!("Reboot so that running programs use the restored files.");
         }
     }
-    for w in &r.warnings {
-        eprintln!("warning: {}: {}", w.path, w.message);
-    }
-    for d in &r.damaged {
-        eprintln!("DAMAGED {}: {}", d.path, d.problem);
-    }
-    if !r.damaged.is_empty() {
-        eprintln!(
-            "{} path(s) of point {id} were not restored: their stored content is damaged; everything else was. Run `system_snapshot verify --full` to see everything affected.",
-            r.damaged.len()
-        );
-        return Ok(DAMAGED);
-    }
-    Ok(if r.warnings.is_empty() {
-        SUCCESS
-    } else {
-        WARNINGS
-    })
+    Ok(report_end(
+        r,
+        id,
+        "their stored content is damaged",
+        "system_snapshot verify --full",
+    ))
 }
 
 /// `Restore point 1: 12-11-2009 : at 15 hours, 25 min, and 29 seconds. ( 0 days, 0 hrs, 40 minutes ago)`
