@@ -18,6 +18,7 @@ macro_rules! out {
     };
 }
 
+mod assets;
 mod exit;
 mod render;
 mod restore_cmd;

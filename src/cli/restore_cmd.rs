@@ -18,9 +18,10 @@ use crate::store::{Point, PointId, Store};
 #[command(
     name = "system_restore",
     version,
-    about = "Roll this machine, or a copy of it, back (or forward) to a restore point"
+    about = "Roll this machine, or a copy of it, back (or forward) to a restore point",
+    long_about = "Roll this machine, or a copy of it, back (or forward) to a restore point.\n\nWithout --target it rolls the running system (or the root given with --root) back in place, after taking a restore point of the current state; with --target DIR it writes the point into DIR instead. --bare-metal rebuilds a blank disk from the point."
 )]
-struct Cli {
+pub(super) struct Cli {
     #[command(flatten)]
     place: Place,
     /// The point to restore: its id, as `system_snapshot list` shows, or `latest`; asked for

@@ -84,6 +84,9 @@ enum Cmd {
     /// Take a point before a package operation, once per apt run (what the apt hook in
     /// /etc/apt/apt.conf.d runs; never fails apt)
     AptHook,
+    /// Write the man pages and shell completions into DIR (for packaging)
+    #[command(hide = true)]
+    GenerateAssets { dir: std::path::PathBuf },
     /// Apply retention now: each point kept or removed, and the rule that decided
     Prune {
         /// Remove the N oldest points instead of applying the retention policy
@@ -114,6 +117,18 @@ pub fn main() -> i32 {
             return r.unwrap_or_else(|e| fail(&e));
         }
     }
+    if let Some(Cmd::GenerateAssets { dir }) = &cli.cmd {
+        return match super::assets::generate(dir) {
+            Ok(()) => SUCCESS,
+            Err(e) => fail(&crate::error::Error::io(
+                format!(
+                    "writing the man pages and completions into {}",
+                    dir.display()
+                ),
+                e,
+            )),
+        };
+    }
     if matches!(cli.cmd, Some(Cmd::AptHook)) {
         // apt must go on whatever happens here: every failure is a warning and exit 0.
         let r = cli
@@ -143,7 +158,7 @@ pub fn main() -> i32 {
                 "push needs a remote store: --to s3://BUCKET/PREFIX (or file:///DIR), or `url` in the config's [offsite] section".into(),
             )),
         },
-        Some(Cmd::AptHook) => unreachable!("handled above"),
+        Some(Cmd::AptHook | Cmd::GenerateAssets { .. }) => unreachable!("handled above"),
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
@@ -161,6 +176,11 @@ pub fn main() -> i32 {
 }
 
 type CmdResult = Result<i32, crate::error::Error>;
+
+/// The command's clap definition, for the man page and completions.
+pub(super) fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
 
 /// One point per apt run, none when the newest is younger than `[apt] min_interval`, taken
 /// by a child `system_snapshot -q` that apt waits for at most `[apt] timeout`.

@@ -13,6 +13,7 @@ mod interactive;
 mod kit;
 mod large;
 mod offsite;
+mod package;
 mod partial;
 mod place;
 mod props;
