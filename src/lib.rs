@@ -3,6 +3,7 @@ pub mod apt;
 pub mod audit;
 pub mod baremetal;
 pub mod boot;
+pub mod browse;
 pub mod cli;
 pub mod config;
 pub mod content;

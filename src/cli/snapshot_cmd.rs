@@ -54,6 +54,15 @@ enum Cmd {
     List,
     /// What a point changed against the point before it
     Show { id: PointId },
+    /// A point's directory (or one path), listed as `ls -l` does, without restoring it
+    Ls {
+        id: PointId,
+        /// A path of the point (default: its root)
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// One file of a point, its content to standard output (checked against its hash)
+    Cat { id: PointId, path: String },
     /// What changed between two points, or between a point and the live system
     Diff {
         id: PointId,
@@ -160,6 +169,8 @@ pub fn main() -> i32 {
         },
         Some(Cmd::AptHook | Cmd::GenerateAssets { .. }) => unreachable!("handled above"),
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
+        Some(Cmd::Ls { id, path }) => ls(&cli, &system, *id, path),
+        Some(Cmd::Cat { id, path }) => cat(&system, *id, path),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
         Some(Cmd::Diff { id, rest }) => diff(&system, *id, rest),
@@ -691,6 +702,73 @@ fn points_table(rows: impl Iterator<Item = PointRow>) {
             p.label.unwrap_or_default()
         );
     }
+}
+
+fn ls(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
+    let rel = crate::engine::source_rel(path)?;
+    let store = system.open_store()?;
+    let entries = crate::browse::list(&store, id, &rel)?;
+    if cli.json {
+        let v: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(p, e)| {
+                serde_json::json!({
+                    "path": crate::model::display_path(p),
+                    "kind": e.kind.name(),
+                    "mode": format!("{:04o}", e.mode & 0o7777),
+                    "uid": e.uid,
+                    "gid": e.gid,
+                    "size": e.size,
+                    "mtime": chrono::DateTime::from_timestamp(e.mtime.sec, e.mtime.nsec)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
+                    "target": e.target.as_ref().map(|t| String::from_utf8_lossy(t).into_owned()),
+                    "link": e.link.as_ref().map(|l| crate::model::display_path(l)),
+                })
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"schema": 1, "point": id.0, "entries": v})
+            )
+            .expect("json")
+        );
+        return Ok(SUCCESS);
+    }
+    for (p, e) in &entries {
+        let when = chrono::DateTime::from_timestamp(e.mtime.sec, e.mtime.nsec)
+            .map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let name = crate::model::basename(p);
+        let mut line = format!(
+            "{} {:>5} {:>5} {:>12} {when} {}",
+            crate::browse::mode_string(e),
+            e.uid,
+            e.gid,
+            e.size,
+            String::from_utf8_lossy(if name.is_empty() { b"/" } else { name })
+        );
+        if let Some(t) = &e.target {
+            line.push_str(&format!(" -> {}", String::from_utf8_lossy(t)));
+        }
+        if let Some(l) = &e.link {
+            line.push_str(&format!(" (hardlink of {})", crate::model::display_path(l)));
+        }
+        outln!("{line}");
+    }
+    Ok(SUCCESS)
+}
+
+fn cat(system: &System, id: PointId, path: &str) -> CmdResult {
+    let rel = crate::engine::source_rel(path)?;
+    let store = system.open_store()?;
+    let mut out = std::io::stdout().lock();
+    crate::browse::cat(&store, id, &rel, &mut out)?;
+    Ok(SUCCESS)
 }
 
 fn show(cli: &Cli, system: &System, id: PointId) -> CmdResult {

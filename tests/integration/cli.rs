@@ -304,3 +304,62 @@ fn diff_shows_text_changes_binary_changes_and_metadata() {
         "{text}"
     );
 }
+
+/// `ls` and `cat` look into older points without restoring them: each point's own listing
+/// and content, a hardlink's content, refusals that name what to do.
+#[test]
+fn ls_and_cat_show_a_points_tree_and_files_as_they_were() {
+    let lab = Lab::new();
+    lab.run_sh(
+        "mkdir -p etc/ssh && echo 'port 22' > etc/ssh/sshd_config && chmod 600 etc/ssh/sshd_config \
+         && ln -s sshd_config etc/ssh/link && head -c 300000 /dev/urandom > etc/blob && ln etc/blob etc/blob2",
+    );
+    let first = lab.snapshot();
+    let blob1 = std::fs::read(lab.sys().join("etc/blob")).unwrap();
+    lab.run_sh("echo 'port 2222' > etc/ssh/sshd_config && rm etc/ssh/link && head -c 1000 /dev/urandom >> etc/blob");
+    let second = lab.snapshot();
+    let store = lab.store();
+    let s = Lab::s(&store);
+    let cat = |id: i64, p: &str| {
+        SNAPSHOT
+            .expect(0, &["cat", &id.to_string(), p, "--store", s])
+            .stdout
+    };
+    assert_eq!(cat(first, "/etc/ssh/sshd_config"), b"port 22\n");
+    assert_eq!(cat(second, "/etc/ssh/sshd_config"), b"port 2222\n");
+    assert!(
+        cat(first, "/etc/blob2") == blob1,
+        "a hardlink's content is its leader's"
+    );
+    let ls =
+        |id: i64, p: &str| text(&SNAPSHOT.expect(0, &["ls", &id.to_string(), p, "--store", s]));
+    let l1 = ls(first, "/etc/ssh");
+    assert!(
+        l1.contains("-rw------- ") && l1.contains("sshd_config"),
+        "{l1}"
+    );
+    assert!(l1.contains("link -> sshd_config"), "{l1}");
+    assert!(
+        !ls(second, "/etc/ssh").contains("link"),
+        "gone in the second point"
+    );
+    let json = SNAPSHOT.expect(
+        0,
+        &["ls", &first.to_string(), "/etc", "--store", s, "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["schema"], 1);
+    let names: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["/etc/blob", "/etc/blob2", "/etc/ssh"]);
+    let out = SNAPSHOT.run(&["cat", &first.to_string(), "/etc/ssh", "--store", s]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not a file"), "{}", text(&out));
+    let out = SNAPSHOT.run(&["cat", &second.to_string(), "/etc/ssh/link", "--store", s]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is not in point"), "{}", text(&out));
+}
