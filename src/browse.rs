@@ -3,6 +3,7 @@
 //! and checked against its hash before a byte goes out.
 
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::{display_path, Entry, Kind, RelPath};
@@ -100,4 +101,46 @@ pub fn mode_string(e: &Entry) -> String {
     ]
     .iter()
     .collect()
+}
+
+/// A path some point holds that matches a `find` pattern.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Found {
+    pub point: i64,
+    pub path: String,
+    pub kind: &'static str,
+    pub size: u64,
+    /// Unix seconds.
+    pub mtime: i64,
+}
+
+/// Every complete point's paths matching `pattern`: a glob as `exclude` takes it (`/etc/*.conf`
+/// anchored at the root, `*.conf` a name anywhere), oldest point first, in path order.
+pub fn find(store: &Store, pattern: &str) -> Result<Vec<Found>> {
+    let anchored = pattern.starts_with('/');
+    let glob = globset::GlobBuilder::new(pattern.trim_start_matches('/'))
+        .literal_separator(anchored)
+        .build()
+        .map_err(|e| Error::Usage(format!("{pattern:?} is not a pattern: {e}")))?
+        .compile_matcher();
+    let mut out = Vec::new();
+    for p in store.index.complete_points()? {
+        for (path, e) in crate::restore::point_state(store, p.id)? {
+            let name = if anchored {
+                &path[..]
+            } else {
+                crate::model::basename(&path)
+            };
+            if !path.is_empty() && glob.is_match(<std::ffi::OsStr as OsStrExt>::from_bytes(name)) {
+                out.push(Found {
+                    point: p.id.0,
+                    path: display_path(&path),
+                    kind: e.kind.name(),
+                    size: e.size,
+                    mtime: e.mtime.sec,
+                });
+            }
+        }
+    }
+    Ok(out)
 }

@@ -63,6 +63,9 @@ enum Cmd {
     },
     /// One file of a point, its content to standard output (checked against its hash)
     Cat { id: PointId, path: String },
+    /// Which points hold a path matching PATTERN (`/etc/*.conf` from the root, `*.conf` a
+    /// name anywhere), with sizes and times
+    Find { pattern: String },
     /// What changed between two points, or between a point and the live system
     Diff {
         id: PointId,
@@ -171,6 +174,7 @@ pub fn main() -> i32 {
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Ls { id, path }) => ls(&cli, &system, *id, path),
         Some(Cmd::Cat { id, path }) => cat(&system, *id, path),
+        Some(Cmd::Find { pattern }) => find(&cli, &system, pattern),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
         Some(Cmd::Diff { id, rest }) => diff(&system, *id, rest),
@@ -759,6 +763,43 @@ fn ls(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
             line.push_str(&format!(" (hardlink of {})", crate::model::display_path(l)));
         }
         outln!("{line}");
+    }
+    Ok(SUCCESS)
+}
+
+fn find(cli: &Cli, system: &System, pattern: &str) -> CmdResult {
+    let store = system.open_store()?;
+    let found = crate::browse::find(&store, pattern)?;
+    if cli.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"schema": 1, "found": found}))
+                .expect("json")
+        );
+    } else {
+        for f in &found {
+            let when = chrono::DateTime::from_timestamp(f.mtime, 0)
+                .map(|t| {
+                    t.with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            outln!(
+                "point {:>4}  {:>10}  {when}  {}{}",
+                f.point,
+                size(f.size),
+                f.path,
+                if f.kind == "file" {
+                    String::new()
+                } else {
+                    format!(" ({})", f.kind)
+                }
+            );
+        }
+    }
+    if found.is_empty() && !cli.json {
+        eprintln!("No point holds a path matching {pattern:?}.");
     }
     Ok(SUCCESS)
 }

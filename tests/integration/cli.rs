@@ -356,6 +356,29 @@ fn ls_and_cat_show_a_points_tree_and_files_as_they_were() {
         .map(|e| e["path"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["/etc/blob", "/etc/blob2", "/etc/ssh"]);
+    // `find`: which points hold a path, by name anywhere or anchored at the root.
+    let found = |p: &str| -> Vec<(i64, String)> {
+        let out = SNAPSHOT.expect(0, &["find", p, "--store", s, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["found"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["point"].as_i64().unwrap(),
+                    f["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        found("link"),
+        vec![(first, "/etc/ssh/link".to_string())],
+        "only the first point had it"
+    );
+    assert_eq!(found("/etc/*").len(), 6, "{:?}", found("/etc/*"));
+    assert_eq!(found("/blob"), vec![]);
     let out = SNAPSHOT.run(&["cat", &first.to_string(), "/etc/ssh", "--store", s]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("not a file"), "{}", text(&out));
