@@ -21,14 +21,10 @@ use crate::store::{PointId, PointKind};
 struct Cli {
     #[command(flatten)]
     place: Place,
-    /// A directory to record, relative to the root (repeatable; default: /)
-    #[arg(long = "source", global = true, value_name = "PATH")]
-    sources: Vec<String>,
-    /// Leave out paths matching GLOB (`/tmp` anchored at the root, `*.pid` anywhere); repeatable
-    #[arg(long = "exclude", global = true, value_name = "GLOB")]
-    excludes: Vec<String>,
+    #[command(flatten)]
+    selection: Selection,
     /// A note stored with the point
-    #[arg(long, global = true, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT")]
     label: Option<String>,
     /// Machine-readable output
     #[arg(long, global = true)]
@@ -38,10 +34,22 @@ struct Cli {
     #[arg(short, long, global = true)]
     quiet: bool,
     /// zstd level for new frames (1-19; 9 by default)
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
     level: Option<i32>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
+}
+
+/// What a snapshot (or an audit of one) records: taken by the snapshot itself and by `audit`
+/// only, so that no other subcommand accepts them silently.
+#[derive(clap::Args, Debug, Default, Clone)]
+struct Selection {
+    /// A directory to record, relative to the root (repeatable; default: /)
+    #[arg(long = "source", value_name = "PATH")]
+    sources: Vec<String>,
+    /// Leave out paths matching GLOB (`/tmp` anchored at the root, `*.pid` anywhere); repeatable
+    #[arg(long = "exclude", value_name = "GLOB")]
+    excludes: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,7 +57,10 @@ enum Cmd {
     /// Print a commented example of /etc/system_snapshots.conf
     ConfigExample,
     /// What is NOT backed up: excluded paths with their sizes and rules, mounts not crossed
-    Audit,
+    Audit {
+        #[command(flatten)]
+        selection: Selection,
+    },
     /// List the complete points, oldest first
     List,
     /// What a point changed against the point before it
@@ -158,7 +169,7 @@ pub fn main() -> i32 {
     };
     let result = match &cli.cmd {
         None => take(&cli, &system, &config),
-        Some(Cmd::Audit) => audit(&cli, &system, &config),
+        Some(Cmd::Audit { selection }) => audit(&cli, selection, &system, &config),
         Some(Cmd::ConfigExample) => {
             out!("{}", crate::config::EXAMPLE);
             Ok(SUCCESS)
@@ -322,7 +333,7 @@ fn take_point(
     system: &System,
     config: &Config,
 ) -> Result<(i32, Option<crate::snapshot::SnapshotReport>), crate::error::Error> {
-    let opts = snapshot_options(cli, config, &system.root)?;
+    let opts = snapshot_options(cli, &cli.selection, config, &system.root)?;
     let policy = config.retention.policy();
     let started = std::time::Instant::now();
     if !cli.json && !cli.quiet {
@@ -422,19 +433,20 @@ fn on_failure(config: &Config, env: &[(&str, String)], error: &str) {
 /// The snapshot's settings: flags over the config file over the defaults.
 fn snapshot_options(
     cli: &Cli,
+    sel: &Selection,
     config: &Config,
     root: &std::path::Path,
 ) -> Result<SnapshotOptions, crate::error::Error> {
-    let sources = if cli.sources.is_empty() {
+    let sources = if sel.sources.is_empty() {
         &config.sources
     } else {
-        &cli.sources
+        &sel.sources
     };
     let mut sources: Vec<crate::model::RelPath> = sources
         .iter()
         .map(|s| source_rel(s))
         .collect::<Result<_, _>>()?;
-    if config.boot.capture && config.one_file_system && cli.sources.is_empty() {
+    if config.boot.capture && config.one_file_system && sel.sources.is_empty() {
         // /boot and the EFI system partition belong with the boot area even when they are
         // filesystems of their own, which a walk that stays on one filesystem would skip.
         for m in crate::boot::boot_mounts(root) {
@@ -448,7 +460,7 @@ fn snapshot_options(
     let mut excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
     excludes.extend(config.exclude.iter().cloned());
     excludes.extend(config.database_locations.iter().cloned());
-    excludes.extend(cli.excludes.iter().cloned());
+    excludes.extend(sel.excludes.iter().cloned());
     // A run from a terminal is someone's decision; one from cron is the schedule's.
     let kind = if std::io::stdin().is_terminal() {
         PointKind::Manual
@@ -469,8 +481,12 @@ fn snapshot_options(
     Ok(opts)
 }
 
-fn audit(cli: &Cli, system: &System, config: &Config) -> CmdResult {
-    let opts = snapshot_options(cli, config, &system.root)?;
+fn audit(cli: &Cli, selection: &Selection, system: &System, config: &Config) -> CmdResult {
+    // Given before or after `audit`.
+    let mut sel = cli.selection.clone();
+    sel.sources.extend(selection.sources.iter().cloned());
+    sel.excludes.extend(selection.excludes.iter().cloned());
+    let opts = snapshot_options(cli, &sel, config, &system.root)?;
     let store = crate::engine::within(&system.root, &system.store);
     let r = crate::audit::audit(&system.root, store, &opts)?;
     if cli.json {

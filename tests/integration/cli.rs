@@ -386,3 +386,44 @@ fn ls_and_cat_show_a_points_tree_and_files_as_they_were() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("is not in point"), "{}", text(&out));
 }
+
+/// The snapshot's own flags belong to the snapshot (and `audit`): another subcommand refuses
+/// them instead of ignoring them.
+#[test]
+fn snapshot_flags_are_refused_by_the_other_subcommands() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc && echo a > etc/a");
+    lab.snapshot();
+    let s = lab.store();
+    for bad in [
+        &["list", "--label", "foo"][..],
+        &["list", "--source", "/nope"][..],
+        &["verify", "--level", "3"][..],
+        &["prune", "--exclude", "/x", "--dry-run"][..],
+    ] {
+        let mut args = bad.to_vec();
+        args.extend(["--store", Lab::s(&s)]);
+        let out = SNAPSHOT.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out));
+    }
+    let help = text(&SNAPSHOT.expect(0, &["list", "--help"]));
+    assert!(
+        !help.contains("--source") && !help.contains("--label"),
+        "{help}"
+    );
+    // `audit` takes the selection after its name too.
+    let sys = lab.sys();
+    let out = SNAPSHOT.run(&[
+        "audit",
+        "--root",
+        Lab::s(&sys),
+        "--source",
+        "/etc",
+        "--json",
+    ]);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "{}",
+        text(&out)
+    );
+}
