@@ -88,10 +88,7 @@ pub fn find_run() -> Option<AptRun> {
 
 /// The file naming the apt run the last point was taken for.
 pub fn last_run_file() -> PathBuf {
-    std::env::var_os("RESTOREPOINT_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/restorepoint"))
-        .join("apt-hook")
+    crate::store::place::state_dir().join("apt-hook")
 }
 
 /// Whether the hook already ran for `run`; records it otherwise (before the point is taken:

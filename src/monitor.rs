@@ -62,17 +62,11 @@ pub struct Status {
     pub store_bytes: u64,
 }
 
-fn state_dir() -> PathBuf {
-    std::env::var_os("RESTOREPOINT_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/restorepoint"))
-}
-
 impl Monitoring {
     fn status_path(&self) -> PathBuf {
         self.status_file
             .clone()
-            .unwrap_or_else(|| state_dir().join("status.json"))
+            .unwrap_or_else(|| crate::store::place::state_dir().join("status.json"))
     }
 
     fn textfile_path(&self) -> Option<PathBuf> {

@@ -193,25 +193,6 @@ pub struct FstabEntry {
     pub fstype: String,
 }
 
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
     text.lines()
         .map(str::trim)
@@ -219,8 +200,8 @@ pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             Some(FstabEntry {
-                spec: unescape(f.next()?),
-                point: unescape(f.next()?),
+                spec: crate::store::place::unescape(f.next()?),
+                point: crate::store::place::unescape(f.next()?),
                 fstype: f.next()?.to_string(),
             })
         })

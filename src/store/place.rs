@@ -12,12 +12,17 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Where restorepoint keeps what it knows of this machine (stores made, the apt hook's last
+/// run, the status file): /var/lib/restorepoint, or RESTOREPOINT_STATE_DIR (tests).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("RESTOREPOINT_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/restorepoint"))
+}
+
 /// The file of stores made on this machine, one JSON object a line.
 pub fn known_stores_file() -> PathBuf {
-    let dir = std::env::var_os("RESTOREPOINT_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/restorepoint"));
-    dir.join("stores")
+    state_dir().join("stores")
 }
 
 fn fstab_file() -> PathBuf {
@@ -27,7 +32,7 @@ fn fstab_file() -> PathBuf {
 }
 
 /// `\040`-style escapes of fstab and mountinfo fields.
-fn unescape(field: &str) -> String {
+pub(crate) fn unescape(field: &str) -> String {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
