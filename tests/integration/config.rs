@@ -606,6 +606,17 @@ fn the_apt_hook_takes_one_point_per_apt_run_and_never_fails_apt() {
             .output()
             .unwrap()
     };
+    // The dummy package never stays on the machine the tests run on, even when an assertion
+    // fails half way.
+    struct Removed;
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("dpkg")
+                .args(["--purge", "rp-apt-hook-test"])
+                .output();
+        }
+    }
+    let _removed = Removed;
     conf("min_interval = \"0s\"", "");
     let out = apt(&["install", Lab::s(&deb)]);
     assert!(out.status.success(), "{}", text(&out));
