@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 profile=${PROFILE:-release}
 dir=release; [ "$profile" = dev ] && dir=debug
 cargo build --profile "$profile" --locked -q
-"target/$dir/system_snapshot" generate-assets target/assets
+target=${CARGO_TARGET_DIR:-target}
+"$target/$dir/system_snapshot" generate-assets target/assets
 cargo deb --no-build --profile "$profile" "$@"

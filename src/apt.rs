@@ -93,18 +93,29 @@ pub fn last_run_file() -> PathBuf {
 
 /// Whether the hook already ran for `run`; records it otherwise (before the point is taken:
 /// a second dpkg call of the same run, even while the first point is being taken, adds none).
+///
+/// A long-lived front end (packagekitd, synaptic, an interactive aptitude) keeps its pid for
+/// many package operations: the same process counts as the same run for six hours only.
 pub fn first_for(run: &AptRun) -> bool {
     let file = last_run_file();
-    let key = format!("{} {}\n", run.pid, run.start);
-    if std::fs::read_to_string(&file).is_ok_and(|k| k == key) {
+    let key = format!("{} {}", run.pid, run.start);
+    let now = chrono::Utc::now().timestamp();
+    let seen = std::fs::read_to_string(&file).ok().and_then(|t| {
+        let (k, when) = t.trim().rsplit_once(' ')?;
+        Some((k.to_string(), when.parse::<i64>().ok()?))
+    });
+    if seen.is_some_and(|(k, when)| k == key && now - when < SAME_RUN_SECS) {
         return false;
     }
     if let Some(d) = file.parent() {
         let _ = std::fs::create_dir_all(d);
     }
-    let _ = std::fs::write(&file, key);
+    let _ = std::fs::write(&file, format!("{key} {now}\n"));
     true
 }
+
+/// How long one front-end process counts as one apt run.
+const SAME_RUN_SECS: i64 = 6 * 3600;
 
 /// The label of the point taken before `run`.
 pub fn label(run: Option<&AptRun>) -> String {

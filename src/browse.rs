@@ -118,6 +118,11 @@ pub struct Found {
 /// anchored at the root, `*.conf` a name anywhere), oldest point first, in path order.
 pub fn find(store: &Store, pattern: &str) -> Result<Vec<Found>> {
     let anchored = pattern.starts_with('/');
+    // `/etc/` names the directory, as an exclusion does.
+    let pattern = match pattern.trim_end_matches('/') {
+        "" => pattern,
+        p => p,
+    };
     let glob = globset::GlobBuilder::new(pattern.trim_start_matches('/'))
         .literal_separator(anchored)
         .build()

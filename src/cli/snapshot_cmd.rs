@@ -163,6 +163,15 @@ pub fn main() -> i32 {
         }
         return SUCCESS;
     }
+    // The snapshot's own flags, given before another subcommand's name, would be ignored.
+    let snapshot_flags = !cli.selection.sources.is_empty()
+        || !cli.selection.excludes.is_empty()
+        || cli.label.is_some()
+        || cli.level.is_some();
+    if snapshot_flags && !matches!(cli.cmd, None | Some(Cmd::Audit { .. })) {
+        eprintln!("error: --source, --exclude, --label and --level are the snapshot's own (and --source, --exclude audit's): this subcommand does not take them");
+        return USAGE;
+    }
     let (system, config) = match cli.place.system() {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -218,8 +227,13 @@ fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
         }
     }
     let min = config.apt.min_interval.0;
-    // A store not made yet has no recent point; the snapshot says what else is wrong.
-    if let Some(p) = system.list().unwrap_or_default().last() {
+    let points = system.list().unwrap_or_default();
+    if points.is_empty() {
+        // A first point reads and copies the whole system: longer than apt should wait.
+        eprintln!("restorepoint: no restore point yet, so none is taken before this package operation; the first comes from the timer (or run system_snapshot)");
+        return Ok(SUCCESS);
+    }
+    if let Some(p) = points.last() {
         let age = chrono::DateTime::parse_from_rfc3339(&p.created_at)
             .map(|t| chrono::Utc::now().signed_duration_since(t))
             .ok()
@@ -726,7 +740,7 @@ fn points_table(rows: impl Iterator<Item = PointRow>) {
 
 fn ls(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
     let rel = crate::engine::source_rel(path)?;
-    let store = system.open_store()?;
+    let store = crate::store::Store::open_for_reading(&system.store)?;
     let entries = crate::browse::list(&store, id, &rel)?;
     if cli.json {
         let v: Vec<serde_json::Value> = entries
@@ -784,7 +798,7 @@ fn ls(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
 }
 
 fn find(cli: &Cli, system: &System, pattern: &str) -> CmdResult {
-    let store = system.open_store()?;
+    let store = crate::store::Store::open_for_reading(&system.store)?;
     let found = crate::browse::find(&store, pattern)?;
     if cli.json {
         outln!(
@@ -822,7 +836,7 @@ fn find(cli: &Cli, system: &System, pattern: &str) -> CmdResult {
 
 fn cat(system: &System, id: PointId, path: &str) -> CmdResult {
     let rel = crate::engine::source_rel(path)?;
-    let store = system.open_store()?;
+    let store = crate::store::Store::open_for_reading(&system.store)?;
     let mut out = std::io::stdout().lock();
     crate::browse::cat(&store, id, &rel, &mut out)?;
     Ok(SUCCESS)

@@ -406,6 +406,9 @@ fn snapshot_flags_are_refused_by_the_other_subcommands() {
         let out = SNAPSHOT.run(&args);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out));
     }
+    // Before the subcommand's name too.
+    let out = SNAPSHOT.run(&["--label", "x", "list", "--store", Lab::s(&s)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let help = text(&SNAPSHOT.expect(0, &["list", "--help"]));
     assert!(
         !help.contains("--source") && !help.contains("--label"),
