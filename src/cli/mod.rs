@@ -147,7 +147,7 @@ fn raise_fd_limit() {
 
 /// Prints the error with its causes and returns its exit code.
 fn fail(e: &Error) -> i32 {
-    let mut msg = format!("error: {e}");
+    let mut msg = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         let s_text = s.to_string();
@@ -156,9 +156,27 @@ fn fail(e: &Error) -> i32 {
         }
         src = s.source();
     }
-    eprintln!("{msg}");
-    exit_code_for(e)
+    eprintln!("error: {msg}");
+    let code = exit_code_for(e);
+    if JSON_ERRORS.load(Ordering::Relaxed) {
+        // A script that asked for JSON reads the error as JSON too (stdout, as any result).
+        let kind = match code {
+            USAGE => "usage",
+            LOCKED => "locked",
+            DAMAGED => "damaged",
+            REFUSED => "refused",
+            _ => "failure",
+        };
+        outln!(
+            "{}",
+            serde_json::json!({"schema": 1, "error": {"kind": kind, "exit_code": code, "message": msg}})
+        );
+    }
+    code
 }
+
+/// Set once the command line asked for `--json`: errors are printed as JSON too.
+static JSON_ERRORS: AtomicBool = AtomicBool::new(false);
 
 fn progress_bar() -> Box<dyn crate::progress::Progress> {
     if std::io::stderr().is_terminal() {

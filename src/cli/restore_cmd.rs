@@ -485,6 +485,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { USAGE } else { SUCCESS };
         }
     };
+    super::JSON_ERRORS.store(cli.json, std::sync::atomic::Ordering::Relaxed);
     run(&cli).unwrap_or_else(|e| fail(&e))
 }
 

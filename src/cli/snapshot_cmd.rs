@@ -129,6 +129,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { USAGE } else { SUCCESS };
         }
     };
+    super::JSON_ERRORS.store(cli.json, std::sync::atomic::Ordering::Relaxed);
     // A remote store has no system or config of its own to read.
     if let Some(url) = remote_url(&cli) {
         let remote = match &cli.cmd {

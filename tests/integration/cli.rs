@@ -430,3 +430,45 @@ fn snapshot_flags_are_refused_by_the_other_subcommands() {
         text(&out)
     );
 }
+
+/// With `--json`, an error is JSON on stdout too (schema 1, its kind and exit code), besides
+/// the line on stderr.
+#[test]
+fn errors_are_json_when_json_is_asked_for() {
+    let lab = Lab::new();
+    lab.run_sh("echo a > f");
+    lab.snapshot();
+    let s = lab.store();
+    for (args, code, kind) in [
+        (vec!["show", "99", "--json"], 1, "failure"),
+        (vec!["cat", "1", "/nope", "--json"], 2, "usage"),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--store", Lab::s(&s)]);
+        let out = SNAPSHOT.run(&a);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)));
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["error"]["exit_code"], code, "{v}");
+        assert_eq!(v["error"]["kind"], kind, "{v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let out = RESTORE.run(&[
+        "--store",
+        Lab::s(&s),
+        "--point",
+        "77",
+        "--target",
+        Lab::s(&lab.target("t")),
+        "--yes",
+        "--json",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("restore's error as JSON");
+    assert_eq!(
+        v["error"]["exit_code"].as_i64(),
+        out.status.code().map(i64::from),
+        "{v}"
+    );
+}
