@@ -276,6 +276,17 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
     })
 }
 
+/// Damage read from a remote names the remote, so the message points at `verify --store URL`.
+fn remote_damage(e: crate::error::Error, url: &str) -> crate::error::Error {
+    match e {
+        crate::error::Error::Damaged { what } => crate::error::Error::RemoteDamaged {
+            url: url.to_string(),
+            what,
+        },
+        other => other,
+    }
+}
+
 /// The `--store` URL when it names a remote store.
 fn remote_url(cli: &Cli) -> Option<&str> {
     cli.place
@@ -358,13 +369,7 @@ fn restore_remote_in_place(
         crate::restore::ApplyMode::InPlace,
         progress.as_ref(),
     )
-    .map_err(|e| match e {
-        crate::error::Error::Damaged { what } => crate::error::Error::RemoteDamaged {
-            url: url.to_string(),
-            what,
-        },
-        other => other,
-    })?;
+    .map_err(|e| remote_damage(e, url))?;
     if cli.json {
         outln!(
             "{}",
@@ -442,16 +447,8 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
     let Some(target) = cli.target.as_ref() else {
         return restore_remote_in_place(cli, &remote, id);
     };
-    let r =
-        crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir()).map_err(
-            |e| match e {
-                crate::error::Error::Damaged { what } => crate::error::Error::RemoteDamaged {
-                    url: url.to_string(),
-                    what,
-                },
-                other => other,
-            },
-        )?;
+    let r = crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir())
+        .map_err(|e| remote_damage(e, url))?;
     if cli.json {
         outln!(
             "{}",
