@@ -611,7 +611,13 @@ impl System {
 
     /// What differs between point `a` and point `b`, or the live system when `b` is None,
     /// rendered for people (unified diffs for text files); within `paths` when given.
-    pub fn diff(&self, a: PointId, b: Option<PointId>, paths: &[RelPath]) -> Result<Vec<String>> {
+    /// Each path that differs, with its rendering for people (a unified diff for text).
+    pub fn diff(
+        &self,
+        a: PointId,
+        b: Option<PointId>,
+        paths: &[RelPath],
+    ) -> Result<Vec<(crate::diff::DiffItem, String)>> {
         let store = Store::open_for_reading(&self.store)?;
         let mut packs = restore::Packs::default();
         let root_fd = fsio::open_root(&self.root)
@@ -644,8 +650,11 @@ impl System {
             }
         };
         items
-            .iter()
-            .map(|it| crate::diff::render(&store, &mut packs, a, &side, it))
+            .into_iter()
+            .map(|it| {
+                let text = crate::diff::render(&store, &mut packs, a, &side, &it)?;
+                Ok((it, text))
+            })
             .collect()
     }
 

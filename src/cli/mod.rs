@@ -167,15 +167,39 @@ fn fail(e: &Error) -> i32 {
             REFUSED => "refused",
             _ => "failure",
         };
-        outln!(
-            "{}",
-            serde_json::json!({"schema": 1, "error": {"kind": kind, "exit_code": code, "message": msg}})
-        );
+        write_stdout(format_args!(
+            "{}\n",
+            serde_json::json!({"schema": JSON_SCHEMA, "error": {"kind": kind, "exit_code": code, "message": msg}})
+        ));
     }
     code
 }
 
-/// Set once the command line asked for `--json`: errors are printed as JSON too.
+/// The version of every JSON document the commands print (docs/json.md): raised only when a
+/// field changes meaning or goes away, never for a field added.
+pub const JSON_SCHEMA: u32 = 1;
+
+/// Prints a command's result as one JSON document: an object gains `"schema"`; anything else
+/// (a list of points, of decisions) is put under `key` beside it, so that every document a
+/// script parses is an object that says its version.
+fn print_json(key: &str, value: &impl serde::Serialize) {
+    let v = serde_json::to_value(value).expect("command results serialize");
+    let v = match v {
+        serde_json::Value::Object(mut m) => {
+            m.insert("schema".into(), JSON_SCHEMA.into());
+            serde_json::Value::Object(m)
+        }
+        other => serde_json::json!({ "schema": JSON_SCHEMA, key: other }),
+    };
+    write_stdout(format_args!(
+        "{}\n",
+        serde_json::to_string_pretty(&v).expect("JSON values print")
+    ));
+}
+
+/// Set once the command line asked for `--json`: errors are printed as JSON too, and every
+/// line for people (a plan, a question) goes to stderr, so that stdout holds exactly the one
+/// JSON document a script parses.
 static JSON_ERRORS: AtomicBool = AtomicBool::new(false);
 
 fn progress_bar() -> Box<dyn crate::progress::Progress> {
@@ -192,6 +216,14 @@ static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 /// of the output is dropped and the command finishes its work with its own exit code: a closed
 /// pipe must neither panic nor stop a snapshot or a restore half-way.
 pub(crate) fn write_out(args: std::fmt::Arguments) {
+    if JSON_ERRORS.load(Ordering::Relaxed) {
+        eprint!("{args}");
+        return;
+    }
+    write_stdout(args);
+}
+
+fn write_stdout(args: std::fmt::Arguments) {
     if STDOUT_GONE.load(Ordering::Relaxed) {
         return;
     }

@@ -10,6 +10,32 @@ use crate::progress::Progress;
 
 pub use crate::model::human_size as size;
 
+/// The one date format people read, in every command: local time to the second. JSON carries
+/// RFC 3339 (`rfc3339`) instead.
+pub fn when(sec: i64, nsec: u32) -> String {
+    chrono::DateTime::from_timestamp(sec, nsec)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| format!("@{sec}"))
+}
+
+/// A point's creation time (RFC 3339 in the index), as `when` shows times.
+pub fn when_created(created_at: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(created_at) {
+        Ok(t) => when(t.timestamp(), t.timestamp_subsec_nanos()),
+        Err(_) => created_at.to_string(),
+    }
+}
+
+/// A time in JSON: RFC 3339 in UTC, nanoseconds kept.
+pub fn rfc3339(sec: i64, nsec: u32) -> Option<String> {
+    chrono::DateTime::from_timestamp(sec, nsec)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
 /// A line on stderr, drawn only when stderr is a terminal (the caller checks): the phase, its
 /// files and bytes done (of how many, when known), each with its rate.
 pub struct Bar {

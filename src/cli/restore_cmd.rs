@@ -166,10 +166,7 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
     };
     let plan = crate::baremetal::plan(&rec, device)?;
     if cli.json && cli.dry_run {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&plan).expect("plan serializes")
-        );
+        print_json("plan", &plan);
         return Ok(SUCCESS);
     }
     for line in plan.describe() {
@@ -247,10 +244,7 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
     })?;
     let f = &report.files;
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
+        print_json("report", &report);
     } else {
         outln!(
             "Rebuilt {} from point {id}: {} filesystem(s), {} entries restored ({}), boot area {}.",
@@ -371,10 +365,7 @@ fn restore_remote_in_place(
     )
     .map_err(|e| remote_damage(e, url))?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
+        print_json("report", &r);
     } else {
         outln!(
             "Restored point {id} of {url} into {where_}: {} created, {} rewritten, {} deleted, {} metadata fixed, {} written",
@@ -450,10 +441,7 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
     let r = crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir())
         .map_err(|e| remote_damage(e, url))?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
+        print_json("report", &r);
     } else {
         for w in &r.warnings {
             eprintln!("warning: {w}");
@@ -600,10 +588,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     let outcome = system.restore(&mut store, &req, &plan, &boot_plans, progress.as_ref())?;
     let r = &outcome.report;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&outcome).expect("outcome serializes")
-        );
+        print_json("outcome", &outcome);
     } else {
         if let Some(j) = &outcome.resumed {
             outln!(
@@ -747,9 +732,9 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &s
             .iter()
             .map(|it| serde_json::json!({"action": it.action, "path": display_path(&it.path)}))
             .collect();
-        outln!(
-            "{}",
-            serde_json::json!({"point": plan.point, "summary": s, "boot_critical": boot, "items": items, "boot_area": boot_plans, "damaged": plan.damaged})
+        print_json(
+            "plan",
+            &serde_json::json!({"point": plan.point, "summary": s, "boot_critical": boot, "items": items, "boot_area": boot_plans, "damaged": plan.damaged}),
         );
         return;
     }

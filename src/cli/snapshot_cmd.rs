@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand};
 
-use super::render::size;
+use super::render::{rfc3339, size, when, when_created};
 use super::*;
 use crate::delta::Level;
 use crate::engine::{source_rel, PathChange, System};
@@ -198,7 +198,7 @@ pub fn main() -> i32 {
         Some(Cmd::Find { pattern }) => find(&cli, &system, pattern),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
-        Some(Cmd::Diff { id, rest }) => diff(&system, *id, rest),
+        Some(Cmd::Diff { id, rest }) => diff(&cli, &system, *id, rest),
         Some(Cmd::Prune {
             oldest: Some(n),
             dry_run,
@@ -391,7 +391,7 @@ fn take_point(
         let mut v = serde_json::to_value(&r).expect("report serializes");
         v["retention"] = serde_json::to_value(&decisions).expect("decisions serialize");
         v["seconds"] = serde_json::json!(secs);
-        outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        print_json("report", &v);
     } else if !cli.quiet {
         let changed = r.added + r.modified + r.deleted + r.metadata_only;
         outln!(
@@ -505,10 +505,7 @@ fn audit(cli: &Cli, selection: &Selection, system: &System, config: &Config) -> 
     let store = crate::engine::within(&system.root, &system.store);
     let r = crate::audit::audit(&system.root, store, &opts)?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
+        print_json("report", &r);
     } else {
         outln!("Not backed up ({} paths):", r.excluded.len());
         for e in &r.excluded {
@@ -603,7 +600,7 @@ fn push(cli: &Cli, system: &System, to: &str, conf: &crate::config::Offsite) -> 
     if cli.json {
         let mut v = serde_json::to_value(&r).expect("report serializes");
         v["expired"] = serde_json::to_value(&expired).expect("report serializes");
-        outln!("{}", serde_json::to_string_pretty(&v).expect("json prints"));
+        print_json("push", &v);
     } else {
         outln!(
             "Pushed {} point(s) to {} ({} already there): {} new contents, {} objects, {}",
@@ -632,10 +629,7 @@ fn verify_remote(cli: &Cli, url: &str) -> CmdResult {
     let remote = cli.place.remote(url)?;
     let r = crate::offsite::verify(&remote, &std::env::temp_dir())?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
+        print_json("report", &r);
     } else {
         for d in &r.damaged {
             outln!("DAMAGED: {d}");
@@ -664,16 +658,13 @@ fn list_remote(cli: &Cli, url: &str) -> CmdResult {
     let remote = cli.place.remote(url)?;
     let points = crate::offsite::list(&remote, &std::env::temp_dir())?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&points).expect("points serialize")
-        );
+        print_json("points", &points);
         return Ok(SUCCESS);
     }
     // A remote holds content, not this store's reverse deltas: no STORED column.
     points_table(points.into_iter().map(|p| PointRow {
         id: p.id,
-        created: p.created_at,
+        created: when_created(&p.created_at),
         kind: p.kind,
         files: p.files,
         bytes: p.bytes,
@@ -686,15 +677,12 @@ fn list_remote(cli: &Cli, url: &str) -> CmdResult {
 fn list(cli: &Cli, system: &System) -> CmdResult {
     let points = system.list()?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&points).expect("points serialize")
-        );
+        print_json("points", &points);
         return Ok(SUCCESS);
     }
     points_table(points.into_iter().map(|p| PointRow {
         id: p.id.0,
-        created: p.created_at,
+        created: when_created(&p.created_at),
         kind: p.kind.to_string(),
         files: p.files,
         bytes: p.bytes,
@@ -717,7 +705,7 @@ struct PointRow {
 
 fn points_table(rows: impl Iterator<Item = PointRow>) {
     outln!(
-        "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {:>10}  LABEL",
+        "{:>5}  {:<19}  {:<11}  {:>9}  {:>10}  {:>10}  LABEL",
         "ID",
         "CREATED",
         "KIND",
@@ -727,7 +715,7 @@ fn points_table(rows: impl Iterator<Item = PointRow>) {
     );
     for p in rows {
         outln!(
-            "{:>5}  {:<25}  {:<11}  {:>9}  {:>10}  {:>10}  {}",
+            "{:>5}  {:<19}  {:<11}  {:>9}  {:>10}  {:>10}  {}",
             p.id,
             p.created,
             p.kind,
@@ -754,33 +742,20 @@ fn ls(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
                     "uid": e.uid,
                     "gid": e.gid,
                     "size": e.size,
-                    "mtime": chrono::DateTime::from_timestamp(e.mtime.sec, e.mtime.nsec)
-                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
+                    "mtime": rfc3339(e.mtime.sec, e.mtime.nsec),
                     "target": e.target.as_ref().map(|t| String::from_utf8_lossy(t).into_owned()),
                     "link": e.link.as_ref().map(|l| crate::model::display_path(l)),
                 })
             })
             .collect();
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"schema": 1, "point": id.0, "entries": v})
-            )
-            .expect("json")
-        );
+        print_json("ls", &serde_json::json!({"point": id.0, "entries": v}));
         return Ok(SUCCESS);
     }
     for (p, e) in &entries {
-        let when = chrono::DateTime::from_timestamp(e.mtime.sec, e.mtime.nsec)
-            .map(|t| {
-                t.with_timezone(&chrono::Local)
-                    .format("%Y-%m-%d %H:%M")
-                    .to_string()
-            })
-            .unwrap_or_default();
+        let at = when(e.mtime.sec, e.mtime.nsec);
         let name = crate::model::basename(p);
         let mut line = format!(
-            "{} {:>5} {:>5} {:>12} {when} {}",
+            "{} {:>5} {:>5} {:>12} {at} {}",
             crate::browse::mode_string(e),
             e.uid,
             e.gid,
@@ -802,22 +777,24 @@ fn find(cli: &Cli, system: &System, pattern: &str) -> CmdResult {
     let store = crate::store::Store::open_for_reading(&system.store)?;
     let found = crate::browse::find(&store, pattern)?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"schema": 1, "found": found}))
-                .expect("json")
-        );
+        let found: Vec<serde_json::Value> = found
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "point": f.point,
+                    "path": f.path,
+                    "kind": f.kind,
+                    "size": f.size,
+                    "mtime": rfc3339(f.mtime, 0),
+                })
+            })
+            .collect();
+        print_json("found", &serde_json::json!({ "found": found }));
     } else {
         for f in &found {
-            let when = chrono::DateTime::from_timestamp(f.mtime, 0)
-                .map(|t| {
-                    t.with_timezone(&chrono::Local)
-                        .format("%Y-%m-%d %H:%M")
-                        .to_string()
-                })
-                .unwrap_or_default();
+            let at = when(f.mtime, 0);
             outln!(
-                "point {:>4}  {:>10}  {when}  {}{}",
+                "point {:>4}  {:>10}  {at}  {}{}",
                 f.point,
                 size(f.size),
                 f.path,
@@ -846,17 +823,14 @@ fn cat(system: &System, id: PointId, path: &str) -> CmdResult {
 fn show(cli: &Cli, system: &System, id: PointId) -> CmdResult {
     let c = system.show(id)?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&c).expect("changes serialize")
-        );
+        print_json("show", &c);
         return Ok(SUCCESS);
     }
     let p = c.point.as_ref().expect("show returns its point");
     outln!(
         "Restore point {} ({}, {}{})",
         p.id,
-        p.created_at,
+        when_created(&p.created_at),
         p.kind,
         p.label
             .as_ref()
@@ -899,7 +873,7 @@ fn show(cli: &Cli, system: &System, id: PointId) -> CmdResult {
     Ok(SUCCESS)
 }
 
-fn diff(system: &System, a: PointId, rest: &[String]) -> CmdResult {
+fn diff(cli: &Cli, system: &System, a: PointId, rest: &[String]) -> CmdResult {
     let (b, paths) = match rest.first().and_then(|r| r.parse::<PointId>().ok()) {
         Some(b) => (Some(b), &rest[1..]),
         None => (None, rest),
@@ -909,7 +883,38 @@ fn diff(system: &System, a: PointId, rest: &[String]) -> CmdResult {
         .map(|p| source_rel(p))
         .collect::<Result<Vec<_>, _>>()?;
     let blocks = system.diff(a, b, &paths)?;
-    for block in &blocks {
+    if cli.json {
+        let side = |e: &Option<crate::model::Entry>| {
+            e.as_ref().map(|e| {
+                serde_json::json!({
+                    "kind": e.kind.name(),
+                    "size": e.size,
+                    "mode": format!("{:04o}", e.mode & 0o7777),
+                    "uid": e.uid,
+                    "gid": e.gid,
+                    "mtime": rfc3339(e.mtime.sec, e.mtime.nsec),
+                })
+            })
+        };
+        let items: Vec<serde_json::Value> = blocks
+            .iter()
+            .map(|(it, text)| {
+                serde_json::json!({
+                    "path": crate::model::display_path(&it.path),
+                    "change": it.change,
+                    "old": side(&it.old),
+                    "new": side(&it.new),
+                    "text": text,
+                })
+            })
+            .collect();
+        print_json(
+            "diff",
+            &serde_json::json!({"from": a.0, "to": b.map(|b| b.0), "changes": items}),
+        );
+        return Ok(SUCCESS);
+    }
+    for (_, block) in &blocks {
         out!("{block}");
     }
     if blocks.is_empty() {
@@ -921,11 +926,7 @@ fn diff(system: &System, a: PointId, rest: &[String]) -> CmdResult {
 fn repair(cli: &Cli, system: &System, force: bool) -> CmdResult {
     let (r, v) = system.repair(force)?;
     if cli.json {
-        let both = serde_json::json!({ "repair": r, "verify": v });
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&both).expect("report serializes")
-        );
+        print_json("repair", &serde_json::json!({ "repair": r, "verify": v }));
     } else {
         if r.index_intact {
             outln!("index.db reads back whole: nothing to rebuild");
@@ -984,10 +985,7 @@ fn repair(cli: &Cli, system: &System, force: bool) -> CmdResult {
 fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
     let r = system.verify(full)?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
+        print_json("report", &r);
     } else {
         print_verify(&r, full);
     }
@@ -1029,10 +1027,7 @@ fn print_verify(r: &crate::verify::VerifyReport, full: bool) {
 fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> CmdResult {
     let decisions = system.prune(&config.retention.policy(), dry_run)?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&decisions).expect("decisions serialize")
-        );
+        print_json("decisions", &decisions);
         return Ok(SUCCESS);
     }
     for d in &decisions {
@@ -1049,17 +1044,14 @@ fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> C
 fn prune(cli: &Cli, system: &System, n: usize, dry_run: bool) -> CmdResult {
     let removed = system.remove_oldest(n, dry_run)?;
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&removed).expect("points serialize")
-        );
+        print_json("removed", &removed);
     } else {
         let verb = if dry_run { "Would remove" } else { "Removed" };
         for p in &removed {
             outln!(
                 "{verb} restore point {} ({}): oldest point, --oldest {n}",
                 p.id,
-                p.created_at
+                when_created(&p.created_at)
             );
         }
         if removed.len() < n {

@@ -132,14 +132,14 @@ fn list_json_has_the_contract_fields_oldest_first() {
     let lab = lab_with_points(3);
     let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<i64> = v
+    let ids: Vec<i64> = v["points"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, vec![1, 2, 3]);
-    for p in v.as_array().unwrap() {
+    for p in v["points"].as_array().unwrap() {
         for key in ["id", "created_at", "kind", "label", "files", "bytes"] {
             assert!(p.get(key).is_some(), "missing {key} in {p}");
         }
@@ -163,7 +163,7 @@ fn prune_oldest_never_removes_the_latest_and_the_rest_restore() {
     let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        v.as_array().unwrap().len(),
+        v["points"].as_array().unwrap().len(),
         1,
         "only the latest point stays"
     );
@@ -470,5 +470,67 @@ fn errors_are_json_when_json_is_asked_for() {
         v["error"]["exit_code"].as_i64(),
         out.status.code().map(i64::from),
         "{v}"
+    );
+}
+
+/// Every command's `--json` is one object that says its schema (docs/json.md), times in it
+/// are RFC 3339, and `diff --json` is JSON rather than the text diff.
+#[test]
+fn every_json_document_is_an_object_with_its_schema() {
+    let lab = lab_with_points(2);
+    let (sys, store) = (lab.sys(), lab.store());
+    let place = ["--root", Lab::s(&sys), "--store", Lab::s(&store)];
+    let target = lab.target("t");
+    let restore = lab.restore_to_args(1, &target, &["--dry-run"]);
+    // Not a dry run: the plan is for people (stderr), stdout holds the report alone.
+    let restored = lab.restore_to_args(1, &lab.target("u"), &[]);
+    let runs: Vec<(&Bin, Vec<&str>, i32)> = vec![
+        (&SNAPSHOT, vec!["list"], 0),
+        (&SNAPSHOT, vec!["show", "2"], 0),
+        (&SNAPSHOT, vec!["ls", "1", "/etc"], 0),
+        (&SNAPSHOT, vec!["find", "app.conf"], 0),
+        (&SNAPSHOT, vec!["diff", "1", "2"], 0),
+        (&SNAPSHOT, vec!["diff", "1"], 0),
+        (&SNAPSHOT, vec!["verify"], 0),
+        (&SNAPSHOT, vec!["prune", "--dry-run"], 0),
+        (&SNAPSHOT, vec!["prune", "--oldest", "1", "--dry-run"], 0),
+        (&SNAPSHOT, vec!["audit"], 0),
+        (&SNAPSHOT, vec![], 0),
+        (&SNAPSHOT, vec!["show", "99"], 1),
+        (&RESTORE, restore.iter().map(String::as_str).collect(), 0),
+        (&RESTORE, restored.iter().map(String::as_str).collect(), 0),
+    ];
+    for (runner, args, code) in runs {
+        let mut all = args.clone();
+        if runner.0 == "system_snapshot" {
+            all.extend(place);
+        }
+        all.push("--json");
+        let out = runner.run(&all);
+        assert_eq!(out.status.code(), Some(code), "{all:?}: {}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{all:?} printed no JSON ({e}): {}", text(&out)));
+        assert_eq!(v["schema"], 1, "{all:?}: {v}");
+        if args.first() == Some(&"diff") {
+            let changes = v["changes"].as_array().unwrap();
+            let conf = changes
+                .iter()
+                .find(|c| c["path"] == "/etc/app.conf")
+                .unwrap_or_else(|| panic!("{v}"));
+            assert_eq!(conf["change"], "modified", "{v}");
+            assert!(conf["text"].as_str().unwrap().contains("-version 0"), "{v}");
+            let mtime = conf["old"]["mtime"].as_str().unwrap();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(mtime).is_ok(),
+                "{mtime}"
+            );
+        }
+    }
+    let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&store)]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let created = v["points"][0]["created_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+        "{created}"
     );
 }

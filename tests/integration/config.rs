@@ -573,10 +573,19 @@ fn the_apt_hook_takes_one_point_per_apt_run_and_never_fails_apt() {
     let listed = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
     let l: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert!(
-        l[1]["label"].as_str().unwrap().starts_with("before "),
+        l["points"][1]["label"]
+            .as_str()
+            .unwrap()
+            .starts_with("before "),
         "{l}"
     );
-    assert!(l[1]["label"].as_str().unwrap().contains("apt-get"), "{l}");
+    assert!(
+        l["points"][1]["label"]
+            .as_str()
+            .unwrap()
+            .contains("apt-get"),
+        "{l}"
+    );
 
     // A point that takes too long: apt goes on (exit 0), the point is not kept.
     conf(
@@ -629,7 +638,13 @@ fn the_apt_hook_takes_one_point_per_apt_run_and_never_fails_apt() {
     assert_eq!(lab.point_ids(), vec![1, 2, 3], "{}", text(&out));
     let listed = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
     let l: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert!(l[2]["label"].as_str().unwrap().contains("install"), "{l}");
+    assert!(
+        l["points"][2]["label"]
+            .as_str()
+            .unwrap()
+            .contains("install"),
+        "{l}"
+    );
     // The newest point is recent: the removal takes none, and apt is not held up.
     conf("min_interval = \"1h\"", "");
     let out = apt(&["remove", "rp-apt-hook-test"]);

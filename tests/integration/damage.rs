@@ -446,11 +446,11 @@ fn repair_rebuilds_a_lost_index_from_its_log() {
     };
     let before = list(&store);
     let points: serde_json::Value = serde_json::from_slice(&before).unwrap();
-    let safety = points.as_array().unwrap().last().unwrap()["id"]
+    let safety = points["points"].as_array().unwrap().last().unwrap()["id"]
         .as_i64()
         .unwrap();
     assert_eq!(
-        points.as_array().unwrap().last().unwrap()["kind"],
+        points["points"].as_array().unwrap().last().unwrap()["kind"],
         "pre-restore"
     );
     expected.insert(safety, before_restore);

@@ -6,8 +6,7 @@ use crate::util::*;
 
 fn points(lab: &Lab) -> Vec<serde_json::Value> {
     let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .unwrap()
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["points"]
         .as_array()
         .unwrap()
         .clone()

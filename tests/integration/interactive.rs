@@ -42,8 +42,7 @@ fn exit_code(p: &PtySession) -> Option<i32> {
 
 fn point_count(lab: &Lab) -> usize {
     let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .unwrap()
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["points"]
         .as_array()
         .unwrap()
         .len()

@@ -175,7 +175,11 @@ fn a_kit_that_would_not_fit_is_refused_before_anything_is_written() {
     assert_eq!(kit_state(&kit), before, "the kit is left as it was");
     let list = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&store)]);
     let points: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(points.as_array().unwrap().len(), 1, "no point was added");
+    assert_eq!(
+        points["points"].as_array().unwrap().len(),
+        1,
+        "no point was added"
+    );
 }
 
 /// A refresh that fails while writing keeps the previous kit whole and leaves no temp file

@@ -238,7 +238,7 @@ fn pushed_points_restore_exactly(
 
     let out = run(&SNAPSHOT, env, 0, &["list", "--json", "--store", url]);
     let points: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<i64> = points
+    let ids: Vec<i64> = points["points"]
         .as_array()
         .unwrap()
         .iter()
@@ -313,7 +313,8 @@ fn a_killed_push_is_completed_by_the_next() {
         "no point counts as off site before its manifest"
     );
     let out = SNAPSHOT.expect(0, &["list", "--json", "--store", &url]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["points"], serde_json::json!([]), "{listed}");
     let r = push(&lab, &url, &[]);
     assert_eq!(r["pushed"], serde_json::json!([1]), "{r}");
     SNAPSHOT.expect(0, &["verify", "--store", &url]);
@@ -832,7 +833,7 @@ fn the_kit_and_recovery_travel_to_the_remote_and_run_from_there() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed[0]["id"], 1, "{listed}");
+    assert_eq!(listed["points"][0]["id"], 1, "{listed}");
     let r = push(&lab, &url, &[]);
     assert_eq!(r["objects"], 0, "nothing sent again: {r}");
 }

@@ -88,7 +88,7 @@ fn without(fp: &Fingerprint, paths: &[&str]) -> Fingerprint {
 fn points(lab: &Lab) -> usize {
     let out = SNAPSHOT.expect(0, &["list", "--json", "--store", Lab::s(&lab.store())]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().unwrap().len()
+    v["points"].as_array().unwrap().len()
 }
 
 fn in_place(c: &Case, extra: &[&str]) -> std::process::Output {

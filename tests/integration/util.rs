@@ -306,7 +306,8 @@ pub fn listed_ids(place: &[&str]) -> Vec<i64> {
     args.extend_from_slice(place);
     let out = SNAPSHOT.expect(0, &args);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
+    v["points"]
+        .as_array()
         .unwrap()
         .iter()
         .map(|p| p["id"].as_i64().unwrap())
