@@ -672,6 +672,15 @@ impl System {
     }
 
     /// Removes the `n` oldest points (never the latest). With `dry_run`, only says which.
+    /// Labels a point after the fact (an empty label removes it).
+    pub fn set_label(&self, id: PointId, label: &str) -> Result<Point> {
+        let mut store = open_writer(&self.store, false)?;
+        let label = label.trim();
+        store
+            .index
+            .set_label(id, (!label.is_empty()).then_some(label))
+    }
+
     pub fn remove_oldest(&self, n: usize, dry_run: bool) -> Result<Vec<Point>> {
         let mut store = open_writer(&self.store, false)?;
         if dry_run {

@@ -84,6 +84,8 @@ enum Cmd {
         #[arg(value_name = "ID2|PATH")]
         rest: Vec<String>,
     },
+    /// Give a point a label after the fact (an empty TEXT removes it)
+    Label { id: PointId, text: String },
     /// Check the store: the replica against the index; with --full every older version too
     Verify {
         #[arg(long)]
@@ -196,6 +198,7 @@ pub fn main() -> i32 {
         Some(Cmd::Ls { id, path }) => ls(&cli, &system, *id, path),
         Some(Cmd::Cat { id, path }) => cat(&system, *id, path),
         Some(Cmd::Find { pattern }) => find(&cli, &system, pattern),
+        Some(Cmd::Label { id, text }) => label(&cli, &system, *id, text),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
         Some(Cmd::Diff { id, rest }) => diff(&cli, &system, *id, rest),
@@ -769,6 +772,19 @@ fn ls(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
             line.push_str(&format!(" (hardlink of {})", crate::model::display_path(l)));
         }
         outln!("{line}");
+    }
+    Ok(SUCCESS)
+}
+
+fn label(cli: &Cli, system: &System, id: PointId, text: &str) -> CmdResult {
+    let p = system.set_label(id, text)?;
+    if cli.json {
+        print_json("point", &p);
+    } else if !cli.quiet {
+        match &p.label {
+            Some(l) => outln!("Restore point {id} is labelled {l:?}."),
+            None => outln!("Restore point {id} has no label now."),
+        }
     }
     Ok(SUCCESS)
 }

@@ -1065,6 +1065,15 @@ impl Index {
         )
     }
 
+    /// Gives complete point `id` the label `label` (None: none), logged like every write so
+    /// that a repair from the log keeps it.
+    pub fn set_label(&mut self, id: PointId, label: Option<&str>) -> Result<Point> {
+        let mut p = self.point(id)?;
+        p.label = label.map(str::to_string);
+        self.commit("labelling the point", vec![put(POINTS, point_values(&p))])?;
+        Ok(p)
+    }
+
     /// One snapshot batch, in one transaction.
     pub fn write_batch(&mut self, writes: impl IntoIterator<Item = BatchWrite>) -> Result<()> {
         let mut maps = Vec::new();

@@ -534,3 +534,42 @@ fn every_json_document_is_an_object_with_its_schema() {
         "{created}"
     );
 }
+
+/// A label given after the fact shows in `list`, survives the loss of index.db (repair
+/// replays it from index.log), and an empty one removes it; a missing point is named.
+#[test]
+fn a_point_is_labelled_after_the_fact() {
+    let lab = lab_with_points(2);
+    let s = Lab::s(&lab.store()).to_string();
+    let labels = || -> Vec<serde_json::Value> {
+        let out = SNAPSHOT.expect(0, &["list", "--json", "--store", &s]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["label"].clone())
+            .collect()
+    };
+    let out = SNAPSHOT.expect(0, &["label", "1", "before the upgrade", "--store", &s]);
+    assert!(
+        text(&out).contains("labelled \"before the upgrade\""),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        labels(),
+        [
+            serde_json::json!("before the upgrade"),
+            serde_json::Value::Null
+        ]
+    );
+    std::fs::remove_file(lab.store().join("index.db")).unwrap();
+    SNAPSHOT.expect(0, &["repair", "--store", &s]);
+    assert_eq!(labels()[0], "before the upgrade", "repair keeps the label");
+    SNAPSHOT.expect(0, &["label", "1", "", "--store", &s]);
+    assert_eq!(labels()[0], serde_json::Value::Null);
+    let out = SNAPSHOT.run(&["label", "7", "x", "--store", &s]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no restore point 7"), "{}", text(&out));
+}
