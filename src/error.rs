@@ -34,6 +34,14 @@ pub enum Error {
         "{store} is not a restorepoint store (no index.db); check --store or the config's `store`"
     )]
     NoStore { store: PathBuf },
+    #[error("{store} belongs to {owner} (mode {mode:04o}) and this user (uid {uid}) cannot {verb} it: run the command as root (sudo), or as the store's owner")]
+    NoAccess {
+        store: PathBuf,
+        owner: String,
+        mode: u32,
+        uid: u32,
+        verb: &'static str,
+    },
     #[error(
         "store {store} has data ({what}) but no index.db: nothing was written. Run `system_snapshot repair --store {store}` to rebuild the index from index.log"
     )]

@@ -381,11 +381,37 @@ fn restore_remote_in_place(
     ))
 }
 
+/// Prints a restore's warnings, one line each, but for the owners a restore by another user
+/// than root cannot set: those are one line for all, or a restore of a whole tree as a user
+/// prints a warning for every entry it wrote.
+fn print_warnings<'a>(warnings: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut owners: Vec<&str> = Vec::new();
+    for (path, message) in warnings {
+        if message.starts_with("owner ") && message.ends_with("(not running as root)") {
+            owners.push(path);
+        } else {
+            eprintln!("warning: {path}: {message}");
+        }
+    }
+    if !owners.is_empty() {
+        let shown: Vec<&str> = owners.iter().take(5).copied().collect();
+        eprintln!(
+            "warning: {} entries belong to this user (uid {}) instead of their recorded owners: only root can give files away ({}{}). Run the restore as root to restore the owners",
+            owners.len(),
+            rustix::process::geteuid().as_raw(),
+            shown.join(", "),
+            if owners.len() > shown.len() { ", …" } else { "" }
+        );
+    }
+}
+
 /// Prints a restore's warnings and damaged paths; its exit code.
 fn report_end(r: &crate::restore::RestoreReport, id: PointId, why: &str, verify: &str) -> i32 {
-    for w in &r.warnings {
-        eprintln!("warning: {}: {}", w.path, w.message);
-    }
+    print_warnings(
+        r.warnings
+            .iter()
+            .map(|w| (w.path.as_str(), w.message.as_str())),
+    );
     for d in &r.damaged {
         eprintln!("DAMAGED {}: {}", d.path, d.problem);
     }

@@ -352,6 +352,7 @@ fn take_point(
     config: &Config,
 ) -> Result<(i32, Option<crate::snapshot::SnapshotReport>), crate::error::Error> {
     let opts = snapshot_options(cli, &cli.selection, config, &system.root)?;
+    crate::store::check_access(&system.store, true)?;
     let policy = config.retention.policy();
     let started = std::time::Instant::now();
     if !cli.json && !cli.quiet {

@@ -42,6 +42,34 @@ pub struct Store {
 
 const SUBDIRS: [&str; 4] = ["replica", "packs", "staging", "boot"];
 
+/// A store this user may not use is named as such before anything is read: as another user, a
+/// root's store (mode 0700) would otherwise look missing, empty, or "not a store". A store
+/// that is not there is left to the caller's own message.
+pub fn check_access(dir: &Path, write: bool) -> Result<()> {
+    use rustix::fs::Access;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let mut want = Access::READ_OK | Access::EXEC_OK;
+    if write {
+        want |= Access::WRITE_OK;
+    }
+    match rustix::fs::access(dir, want) {
+        Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => Err(Error::NoAccess {
+            store: dir.to_path_buf(),
+            owner: match md.uid() {
+                0 => "root".into(),
+                u => format!("uid {u}"),
+            },
+            mode: md.mode() & 0o7777,
+            uid: rustix::process::geteuid().as_raw(),
+            verb: if write { "write" } else { "read" },
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Opens the store for writing: takes the lock. With `create`, a new store is made where
     /// there is none; a directory that holds a store's data but no index is refused, never
@@ -49,6 +77,7 @@ impl Store {
     /// caller runs the recovery steps (rollback, garbage collection) it needs: see
     /// `engine::open_writer`.
     pub fn open_for_writing(dir: &Path, create: bool) -> Result<Store> {
+        check_access(dir, true)?;
         if !dir.join("index.db").exists() {
             if let Some(what) = store_data_without_index(dir) {
                 return Err(Error::NoIndex {
@@ -72,6 +101,7 @@ impl Store {
     /// Opens for reading only (list, show, diff, verify): no lock, nothing rolled back,
     /// deleted or written (a migration to this binary's schema aside).
     pub fn open_for_reading(dir: &Path) -> Result<Store> {
+        check_access(dir, false)?;
         if !dir.join("index.db").exists() {
             if let Some(what) = store_data_without_index(dir) {
                 return Err(Error::NoIndex {

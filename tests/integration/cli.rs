@@ -573,3 +573,87 @@ fn a_point_is_labelled_after_the_fact() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("no restore point 7"), "{}", text(&out));
 }
+
+/// Another user than root is told that root's store is root's (not that it is missing or
+/// empty), before anything is read or written; and a restore as a user sums up in one line
+/// the owners it could not set, instead of a warning for every entry.
+#[test]
+fn another_user_gets_the_right_messages() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    require_root!();
+    let lab = lab_with_points(1);
+    lab.run_sh("mkdir -p etc/d && for i in 1 2 3 4 5 6 7; do echo $i > etc/d/f$i; done && chown -R 1000:1000 etc/d");
+    lab.snapshot();
+    std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |bin: &Bin, args: &[&str]| {
+        std::process::Command::new(bin.path())
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .env(
+                "RESTOREPOINT_STATE_DIR",
+                lab.dir.path().join("nobody-state"),
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let store = lab.store();
+    let s = Lab::s(&store);
+    for args in [vec!["list", "--store", s], vec!["show", "1", "--store", s]] {
+        let out = as_nobody(&SNAPSHOT, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out)
+                .contains("belongs to root (mode 0700) and this user (uid 65534) cannot read it"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let out = as_nobody(&SNAPSHOT, &["--root", Lab::s(&lab.sys()), "--store", s]);
+    assert!(text(&out).contains("cannot write it"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("no restore point yet"),
+        "{}",
+        text(&out)
+    );
+    // A store of the user's own, holding files of other owners.
+    let own = lab.dir.path().join("own");
+    std::process::Command::new("cp")
+        .args(["-a", s, Lab::s(&own)])
+        .status()
+        .unwrap();
+    std::process::Command::new("chown")
+        .args(["-R", "65534:65534", Lab::s(&own)])
+        .status()
+        .unwrap();
+    let target = lab.dir.path().join("as-nobody");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::chown(&target, Some(65534), Some(65534)).unwrap();
+    let out = as_nobody(
+        &RESTORE,
+        &[
+            "--store",
+            Lab::s(&own),
+            "--point",
+            "2",
+            "--target",
+            Lab::s(&target),
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0]
+            .contains("entries belong to this user (uid 65534) instead of their recorded owners"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("etc/d/f7")).unwrap(),
+        "7\n"
+    );
+}
