@@ -41,6 +41,9 @@ pub(super) struct Cli {
     /// Show the plan and change nothing
     #[arg(long)]
     dry_run: bool,
+    /// List each path the restore creates, rewrites, deletes or fixes, as --dry-run does
+    #[arg(short, long)]
+    verbose: bool,
     /// Do not ask: this replaces typing `yes`
     #[arg(long)]
     yes: bool,
@@ -793,7 +796,7 @@ fn print_plan(cli: &Cli, plan: &RestorePlan, boot_plans: &[BootPlan], target: &s
             boot.iter().take(12).cloned().collect::<Vec<_>>().join(", ")
         );
     }
-    if cli.dry_run {
+    if cli.dry_run || cli.verbose {
         for it in &plan.items {
             let verb = match it.action {
                 Action::Create => "create",

@@ -33,6 +33,10 @@ struct Cli {
     /// is wrong)
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Also list each path the new point recorded as added, modified, deleted or changed in
+    /// metadata only (what `show ID` lists)
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
     /// zstd level for new frames (1-19; 9 by default)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
     level: Option<i32>,
@@ -402,6 +406,9 @@ fn take_point(
             "Restore point {} recorded: {} entries ({}), {} changed ({} added, {} modified, {} deleted, {} metadata only), {} stored",
             r.point, r.files, size(r.bytes), changed, r.added, r.modified, r.deleted, r.metadata_only, size(r.stored_bytes)
         );
+        if cli.verbose {
+            print_changes(&system.show(r.point)?, true);
+        }
         for b in &r.boot {
             outln!("Boot area recorded: {b}");
         }
@@ -866,6 +873,12 @@ fn show(cli: &Cli, system: &System, id: PointId) -> CmdResult {
             c.added.len()
         );
     }
+    print_changes(&c, !c.initial);
+    Ok(SUCCESS)
+}
+
+/// A point's changes by kind, a path a line (`added`: also its added paths).
+fn print_changes(c: &crate::engine::PointChanges, added: bool) {
     let section = |title: &str, items: &[PathChange]| {
         if items.is_empty() {
             return;
@@ -881,13 +894,12 @@ fn show(cli: &Cli, system: &System, id: PointId) -> CmdResult {
             );
         }
     };
-    if !c.initial {
+    if added {
         section("Added", &c.added);
     }
     section("Modified", &c.modified);
     section("Deleted", &c.deleted);
     section("Metadata only", &c.metadata_only);
-    Ok(SUCCESS)
 }
 
 fn diff(cli: &Cli, system: &System, a: PointId, rest: &[String]) -> CmdResult {

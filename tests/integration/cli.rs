@@ -657,3 +657,32 @@ fn another_user_gets_the_right_messages() {
         "7\n"
     );
 }
+
+/// `-v` lists what the new point recorded (and a restore what it writes); it cannot be
+/// combined with `-q`.
+#[test]
+fn verbose_lists_each_path() {
+    let lab = lab_with_points(1);
+    lab.run_sh("echo new > etc/added && echo changed > etc/app.conf");
+    let (sys, store) = (lab.sys(), lab.store());
+    let place = ["--root", Lab::s(&sys), "--store", Lab::s(&store)];
+    let out = SNAPSHOT.expect(0, &[&place[..], &["-v"]].concat());
+    let said = text(&out);
+    assert!(
+        said.contains("Added (1):") && said.contains("/etc/added"),
+        "{said}"
+    );
+    assert!(
+        said.contains("Modified (1):") && said.contains("/etc/app.conf"),
+        "{said}"
+    );
+    let out = SNAPSHOT.run(&[&place[..], &["-v", "-q"]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let target = lab.target("v");
+    let out = RESTORE.expect(0, &lab.restore_to_args(1, &target, &["-v"]));
+    assert!(
+        text(&out).contains("create   /etc/app.conf"),
+        "{}",
+        text(&out)
+    );
+}
