@@ -64,17 +64,73 @@ pub fn run(hook: &Hook, env: &[(&str, String)]) -> Result<(), HookFailure> {
     }
 }
 
+/// Kills the process group `leader` leads and every process descended from it, whatever
+/// group it moved to: a snapshot runs each hook in a group of its own, and a hook left running
+/// by a stopped snapshot would keep holding what it inherited (apt's stderr, a lock) until its
+/// own timeout. The group is stopped first so that nothing forks while the tree is read.
+pub fn kill_tree(leader: u32) {
+    use rustix::process::{kill_process_group, Pid, Signal};
+    let Some(pgid) = Pid::from_raw(leader as i32) else {
+        return;
+    };
+    let _ = kill_process_group(pgid, Signal::STOP);
+    // Twice: a descendant in a group of its own may have forked while the first pass ran.
+    for _ in 0..2 {
+        for (pid, group) in descendants(leader) {
+            if let Some(g) = Pid::from_raw(group as i32).filter(|_| group != 0) {
+                let _ = kill_process_group(g, Signal::KILL);
+            }
+            if let Some(p) = Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, Signal::KILL);
+            }
+        }
+    }
+    let _ = kill_process_group(pgid, Signal::KILL);
+}
+
+/// Every process below `root` (children, theirs, …), with its process group, from /proc.
+fn descendants(root: u32) -> Vec<(u32, u32)> {
+    let mut procs: Vec<(u32, u32, u32)> = Vec::new(); // pid, ppid, pgrp
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(Ok(ppid)), Some(Ok(pgrp))) =
+            (f.get(1).map(|v| v.parse()), f.get(2).map(|v| v.parse()))
+        {
+            procs.push((pid, ppid, pgrp));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid, pgrp) in &procs {
+            if ppid == parent && !out.iter().any(|&(p, _)| p == pid) {
+                out.push((pid, pgrp));
+                frontier.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Waits for `child` (started as the leader of its own process group) at most `timeout`;
-/// past it, kills the whole group and says so.
+/// past it, kills the whole group and all it started (`kill_tree`) and says so.
 pub fn wait_until(child: &mut Child, timeout: Duration) -> Result<ExitStatus, String> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
             Ok(Some(st)) => return Ok(st),
             Ok(None) if Instant::now() >= deadline => {
-                let pgid =
-                    rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
-                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                kill_tree(child.id());
                 let _ = child.wait();
                 return Err(format!(
                     "did not finish within {} s and was stopped",

@@ -587,15 +587,27 @@ fn the_apt_hook_takes_one_point_per_apt_run_and_never_fails_apt() {
         "{l}"
     );
 
-    // A point that takes too long: apt goes on (exit 0), the point is not kept.
+    // A point that takes too long: apt goes on (exit 0), the point is not kept, and the
+    // snapshot's pre_snapshot hook (in a process group of its own) is stopped with it.
+    let pid_file = lab.target("hook.pid");
     conf(
         "min_interval = \"0s\"\ntimeout = \"1s\"",
-        "pre_snapshot = [\"sleep 30\"]",
+        &format!(
+            "pre_snapshot = [{{ command = \"echo $$ > {} && exec sleep 300\", timeout = \"10m\" }}]",
+            pid_file.display()
+        ),
     );
     let (ok, said) = fake_apt(&hook);
     assert!(ok, "{said}");
     assert!(said.contains("apt goes on"), "{said}");
     assert_eq!(lab.point_ids(), vec![1, 2]);
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    assert!(
+        stat.as_ref().map_or(true, |s| s.contains(") Z ")),
+        "the hook (pid {}) outlived the stopped point: {stat:?}",
+        pid.trim()
+    );
 
     // Real apt-get, the hook in DPkg::Pre-Invoke, a local package.
     let pkg = lab.target("pkg");
