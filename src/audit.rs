@@ -27,6 +27,9 @@ pub struct Excluded {
     pub rule: String,
     /// Apparent size of everything below it (None: another filesystem, not measured).
     pub bytes: Option<u64>,
+    /// What it takes on disk, as `du` counts it (blocks, a hardlinked file once): what leaving
+    /// it out saves the store, and what `df` would show.
+    pub disk_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -75,6 +78,7 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
                         path: format!("{}/*", display_path(p).trim_end_matches('/')),
                         rule,
                         bytes: None,
+                        disk_bytes: None,
                     }),
                     None => report.mounts_not_crossed.push(display_path(p)),
                 }
@@ -82,11 +86,12 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
         }
         for p in hit.borrow_mut().drain(..) {
             let rule = excludes.matching_rule(&p).unwrap_or_default();
-            let bytes = size_below(root_fd.as_fd(), &p, dev);
+            let sizes = size_below(root_fd.as_fd(), &p, dev);
             report.excluded.push(Excluded {
                 path: display_path(&p),
                 rule,
-                bytes,
+                bytes: sizes.map(|s| s.0),
+                disk_bytes: sizes.map(|s| s.1),
             });
         }
     }
@@ -113,9 +118,10 @@ fn covering_rule(excludes: &ExcludeSet, path: &[u8]) -> Option<String> {
     }
 }
 
-/// Apparent size of `path` and everything below it on the same filesystem as `dev`; None for
-/// another filesystem (a pseudo-filesystem like /proc has no meaningful size).
-fn size_below(root: std::os::fd::BorrowedFd, path: &[u8], dev: Option<u64>) -> Option<u64> {
+/// Apparent size and size on disk of `path` and everything below it on the same filesystem
+/// as `dev`; None for another filesystem (a pseudo-filesystem like /proc has no meaningful
+/// size).
+fn size_below(root: std::os::fd::BorrowedFd, path: &[u8], dev: Option<u64>) -> Option<(u64, u64)> {
     let fd = fsio::open_beneath(root, path, rustix::fs::OFlags::PATH).ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;
     if Some(st.st_dev) != dev {
@@ -123,7 +129,7 @@ fn size_below(root: std::os::fd::BorrowedFd, path: &[u8], dev: Option<u64>) -> O
     }
     let basic = fsio::stat_to_basic(&st)?;
     if basic.kind != Kind::Dir {
-        return Some(basic.size);
+        return Some((basic.size, basic.blocks * 512));
     }
     let none = |_: &[u8], _: Kind| false;
     let (mut out, mut warns) = (Vec::new(), Vec::new());
@@ -139,10 +145,16 @@ fn size_below(root: std::os::fd::BorrowedFd, path: &[u8], dev: Option<u64>) -> O
         &mut warns,
     )
     .ok()?;
-    Some(
-        out.iter()
-            .filter(|(_, b)| b.kind == Kind::File)
-            .map(|(_, b)| b.size)
-            .sum(),
-    )
+    let apparent = out
+        .iter()
+        .filter(|(_, b)| b.kind == Kind::File)
+        .map(|(_, b)| b.size)
+        .sum();
+    let mut seen = std::collections::HashSet::new();
+    let disk = out
+        .iter()
+        .filter(|(_, b)| b.nlink < 2 || b.kind == Kind::Dir || seen.insert(b.ino))
+        .map(|(_, b)| b.blocks * 512)
+        .sum();
+    Some((apparent, disk))
 }

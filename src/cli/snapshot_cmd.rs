@@ -520,11 +520,14 @@ fn audit(cli: &Cli, selection: &Selection, system: &System, config: &Config) -> 
     } else {
         outln!("Not backed up ({} paths):", r.excluded.len());
         for e in &r.excluded {
-            let bytes = e
-                .bytes
-                .map(size)
-                .unwrap_or_else(|| "another filesystem".into());
-            outln!("  {:<40} {:>20}  rule {}", e.path, bytes, e.rule);
+            let bytes = match (e.disk_bytes, e.bytes) {
+                (Some(d), Some(a)) if a > d + d / 10 || d > a + a / 10 => {
+                    format!("{} on disk ({} apparent)", size(d), size(a))
+                }
+                (Some(d), _) => format!("{} on disk", size(d)),
+                _ => "another filesystem".into(),
+            };
+            outln!("  {:<40} {:>34}  rule {}", e.path, bytes, e.rule);
         }
         if !r.mounts_not_crossed.is_empty() {
             outln!("Mounts not crossed (list them as sources to record them):");
@@ -687,8 +690,15 @@ fn list_remote(cli: &Cli, url: &str) -> CmdResult {
 
 fn list(cli: &Cli, system: &System) -> CmdResult {
     let points = system.list()?;
+    let usage = system.usage()?;
     if cli.json {
-        print_json("points", &points);
+        print_json(
+            "points",
+            &serde_json::json!({
+                "points": points,
+                "store": {"disk_bytes": usage.total, "replica_disk_bytes": usage.replica, "history_disk_bytes": usage.packs},
+            }),
+        );
         return Ok(SUCCESS);
     }
     points_table(points.into_iter().map(|p| PointRow {
@@ -700,6 +710,15 @@ fn list(cli: &Cli, system: &System) -> CmdResult {
         stored: Some(p.stored_bytes),
         label: p.label,
     }));
+    // SIZE is what a point's files hold (as `ls` counts); what `du` and `df` see of the store
+    // is its blocks, said once here.
+    outln!(
+        "Store {}: {} on disk ({} the latest state, {} the history of older points)",
+        system.store.display(),
+        size(usage.total),
+        size(usage.replica),
+        size(usage.packs)
+    );
     Ok(SUCCESS)
 }
 

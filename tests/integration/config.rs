@@ -316,6 +316,11 @@ fn the_point_and_audit_agree_on_what_is_left_out() {
         .find(|e| e["path"] == "/tmp/session")
         .unwrap();
     assert_eq!(tmp_entry["bytes"], 8, "the size of what /tmp/session holds");
+    let disk = tmp_entry["disk_bytes"].as_u64().unwrap();
+    assert!(
+        disk > 0 && disk % 512 == 0,
+        "blocks, as du counts them: {tmp_entry}"
+    );
 
     SNAPSHOT.expect(0, &["--root", Lab::s(&lab.sys())]);
     let t = lab.target("t");
