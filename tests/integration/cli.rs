@@ -533,6 +533,10 @@ fn every_json_document_is_an_object_with_its_schema() {
         chrono::DateTime::parse_from_rfc3339(created).is_ok(),
         "{created}"
     );
+    let disk = v["store"]["disk_bytes"].as_u64().unwrap();
+    assert!(disk > 0 && disk % 512 == 0, "the store's blocks: {v}");
+    let out = SNAPSHOT.expect(0, &["list", "--store", Lab::s(&store)]);
+    assert!(text(&out).contains("on disk ("), "{}", text(&out));
 }
 
 /// A label given after the fact shows in `list`, survives the loss of index.db (repair
