@@ -8,6 +8,7 @@
 //! Then each step runs and says what it ran. The steps destroy the disk, so a failure half way
 //! has nothing to undo: the same command starts over from the partition table.
 
+pub mod lvm;
 pub mod records;
 mod run;
 
@@ -23,12 +24,33 @@ use records::FstabEntry;
 pub use run::{run, Report};
 pub use run::{Files, FilesStep};
 
+/// Where a filesystem lies on the rebuilt disk.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum On {
+    Partition(u32),
+    /// A logical volume of a volume group the restore makes again.
+    Lv {
+        vg: String,
+        lv: String,
+    },
+}
+
+impl std::fmt::Display for On {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            On::Partition(n) => write!(f, "{n}"),
+            On::Lv { vg, lv } => write!(f, "{vg}/{lv}"),
+        }
+    }
+}
+
 /// A filesystem of the captured disk, to be made again with its identity.
 #[derive(Debug, Clone, Serialize)]
 pub struct Filesystem {
-    /// The partition it lies on.
-    pub partition: u32,
-    /// Its device name when the point was taken (`/dev/sda2`).
+    /// The partition or logical volume it lies on.
+    pub on: On,
+    /// Its device name when the point was taken (`/dev/sda2`, `/dev/mapper/vg-root`).
     pub was: String,
     /// `ext4`, `xfs`, `vfat`, `swap` … as blkid names it.
     pub kind: String,
@@ -122,6 +144,7 @@ fn package_of(tool: &str) -> &'static str {
         "mkfs.vfat" => "dosfstools",
         "sfdisk" => "fdisk",
         "mount" | "umount" | "losetup" => "mount",
+        "lvm" => "lvm2",
         _ => "util-linux",
     }
 }
@@ -141,6 +164,8 @@ pub struct Plan {
     pub table: String,
     pub partitions: Vec<records::PartLine>,
     pub filesystems: Vec<Filesystem>,
+    /// LVM volume groups on the disk, made again from their metadata before the filesystems.
+    pub volume_groups: Vec<lvm::VolumeGroup>,
     /// What is left as it was recorded but not made again, and why.
     pub notes: Vec<String>,
     pub uefi: bool,
@@ -228,9 +253,9 @@ impl<'a> Records<'a> {
 /// What an fstab `spec` names, among the disk's filesystems (by recorded tags or node).
 fn resolves(
     spec: &str,
-    node: &str,
+    nodes: &[String],
     tags: &BTreeMap<String, String>,
-    part: &records::PartLine,
+    part: Option<&records::PartLine>,
 ) -> bool {
     let eq = |key: &str, v: &str| tags.get(key).is_some_and(|t| t.eq_ignore_ascii_case(v));
     let by = |prefix: &str, key: &str| {
@@ -246,14 +271,13 @@ fn resolves(
         || spec.strip_prefix("PARTUUID=").is_some_and(|v| {
             eq("PARTUUID", v)
                 || part
-                    .uuid
-                    .as_deref()
+                    .and_then(|p| p.uuid.as_deref())
                     .is_some_and(|u| u.eq_ignore_ascii_case(v))
         })
         || spec
             .strip_prefix("/dev/disk/by-partuuid/")
             .is_some_and(|v| eq("PARTUUID", v))
-        || spec == node
+        || nodes.iter().any(|n| n == spec)
 }
 
 /// Depth of a mount point: parents are mounted before their children whatever the fstab's
@@ -334,13 +358,26 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
     let sources = &rec.sources;
     let mut filesystems = Vec::new();
     let mut notes = Vec::new();
-    let mut mounted_by_fstab: Vec<&FstabEntry> = Vec::new();
-    for part in &dump.parts {
+    let mut mounted_by_fstab: Vec<FstabEntry> = Vec::new();
+    let mut groups = match rec.text(c, "lvm")? {
+        Some(t) => lvm::parse(&t).map_err(|e| Error::Damaged {
+            what: format!("the LVM record of point {point}: {e}"),
+        })?,
+        None => Vec::new(),
+    };
+    let volume = |on: On,
+                  node: &str,
+                  aliases: &[String],
+                  part: Option<&records::PartLine>,
+                  filesystems: &mut Vec<Filesystem>,
+                  notes: &mut Vec<String>,
+                  mounted_by_fstab: &mut Vec<FstabEntry>|
+     -> Result<()> {
         let empty = BTreeMap::new();
-        let tags = blkid.get(&part.node).unwrap_or(&empty);
+        let tags = blkid.get(node).unwrap_or(&empty);
         let mounts: Vec<&FstabEntry> = fstab
             .iter()
-            .filter(|e| resolves(&e.spec, &part.node, tags, part))
+            .filter(|e| resolves(&e.spec, aliases, tags, part))
             .collect();
         let Some(kind) = tags.get("TYPE") else {
             if let Some(m) = mounts.first() {
@@ -349,7 +386,11 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
                     m.spec, m.point
                 )));
             }
-            continue;
+            return Ok(());
+        };
+        let what = match &on {
+            On::Partition(n) => format!("partition {n} ({node})"),
+            On::Lv { vg, lv } => format!("logical volume {vg}/{lv} ({node})"),
         };
         if !MADE.contains(&kind.as_str()) {
             let container = matches!(
@@ -358,18 +399,15 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
             );
             if container || !mounts.is_empty() {
                 return Err(Error::Invalid(format!(
-                    "partition {} ({}) holds {kind}{}: a bare-metal restore makes {} only; rebuild this disk by hand from the records `system_snapshot show {point}` lists, then restore the files with --root",
-                    part.number,
-                    part.node,
+                    "{what} holds {kind}{}: a bare-metal restore makes {} and LVM only; rebuild this disk by hand from the records `system_snapshot show {point}` lists, then restore the files with --root",
                     mounts.first().map(|m| format!(", mounted on {}", m.point)).unwrap_or_default(),
                     MADE.join(", ")
                 )));
             }
             notes.push(format!(
-                "partition {} holds {kind}, which is not made again: it is left empty",
-                part.number
+                "{what} holds {kind}, which is not made again: it is left empty"
             ));
-            continue;
+            return Ok(());
         }
         let mount = mounts
             .iter()
@@ -380,16 +418,16 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
                 "the recorded fstab mounts a filesystem on {m:?}, a path with `..`: refused"
             )));
         }
-        mounted_by_fstab.extend(mounts.iter().copied());
-        let (features, inode_size) = match rec.text(c, &format!("dumpe2fs {}", part.node))? {
+        mounted_by_fstab.extend(mounts.iter().map(|m| (*m).clone()));
+        let (features, inode_size) = match rec.text(c, &format!("dumpe2fs {node}"))? {
             Some(t) if kind.starts_with("ext") => records::parse_dumpe2fs(&t),
             _ => (None, None),
         };
         filesystems.push(Filesystem {
             features,
             inode_size,
-            partition: part.number,
-            was: part.node.clone(),
+            on,
+            was: node.to_string(),
             kind: kind.clone(),
             uuid: tags.get("UUID").cloned(),
             label: tags.get("LABEL").cloned(),
@@ -397,7 +435,7 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
                 .get("BLOCK_SIZE")
                 .filter(|_| kind.starts_with("ext"))
                 .cloned(),
-            version: versions.get(&part.node).cloned(),
+            version: versions.get(node).cloned(),
             has_files: mount.as_deref().is_some_and(|m| {
                 sources
                     .iter()
@@ -405,6 +443,70 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
             }),
             mount,
         });
+        Ok(())
+    };
+    for part in &dump.parts {
+        let tags = blkid.get(&part.node);
+        if tags.and_then(|t| t.get("TYPE")).map(String::as_str) == Some("LVM2_member") {
+            let id = tags.and_then(|t| t.get("UUID"));
+            let pv = groups.iter_mut().flat_map(|g| g.pvs.iter_mut()).find(|pv| {
+                id.is_some_and(|id| id.eq_ignore_ascii_case(&pv.id)) || pv.device == part.node
+            });
+            match pv {
+                Some(pv) => pv.partition = Some(part.number),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "partition {} ({}) is an LVM physical volume that the point's LVM record does not describe (vgcfgbackup was missing or failed when the point was taken): rebuild this disk by hand, then restore the files with --root",
+                        part.number, part.node
+                    )))
+                }
+            }
+            continue;
+        }
+        volume(
+            On::Partition(part.number),
+            &part.node,
+            std::slice::from_ref(&part.node),
+            Some(part),
+            &mut filesystems,
+            &mut notes,
+            &mut mounted_by_fstab,
+        )?;
+    }
+    // The volume groups on this disk are made again whole, or the plan is refused: one that
+    // also spans another disk cannot be restored from this disk's records alone.
+    groups.retain(|g| g.pvs.iter().any(|pv| pv.partition.is_some()));
+    for g in &groups {
+        if let Some(pv) = g.pvs.iter().find(|pv| pv.partition.is_none()) {
+            return Err(Error::Invalid(format!(
+                "volume group {} also lies on {} (physical volume {}), which is not this disk: a bare-metal restore rebuilds one disk; rebuild the group by hand (vgcfgrestore) from the records `system_snapshot show {point}` lists",
+                g.name, pv.device, pv.id
+            )));
+        }
+        if let Some(why) = g.unsupported() {
+            return Err(Error::Invalid(why));
+        }
+        for lv in g.lvs.iter().filter(|lv| lv.visible) {
+            let name = lvm::mapper_name(&g.name, &lv.name);
+            let node = format!("/dev/mapper/{name}");
+            let aliases = [
+                node.clone(),
+                format!("/dev/{}/{}", g.name, lv.name),
+                format!("/dev/disk/by-id/dm-name-{name}"),
+            ];
+            volume(
+                On::Lv {
+                    vg: g.name.clone(),
+                    lv: lv.name.clone(),
+                },
+                &node,
+                &aliases,
+                None,
+                &mut filesystems,
+                &mut notes,
+                &mut mounted_by_fstab,
+            )?;
+        }
     }
     if !filesystems.iter().any(|f| f.mount.as_deref() == Some("/")) {
         let root = fstab.iter().find(|e| e.point == "/");
@@ -455,6 +557,7 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
         table: dump.label.clone(),
         partitions: dump.parts.clone(),
         filesystems,
+        volume_groups: groups,
         notes,
         uefi: c.uefi,
         script: dump.script,
@@ -544,6 +647,9 @@ fn check_device(plan: &mut Plan) -> Result<()> {
     if plan.image_file {
         tools.push("losetup");
     }
+    if !plan.volume_groups.is_empty() {
+        tools.push("lvm");
+    }
     let nowhere = Path::new("/dev/null");
     for f in &plan.filesystems {
         if let Some((tool, _)) = f.mkfs(nowhere) {
@@ -568,7 +674,67 @@ fn check_device(plan: &mut Plan) -> Result<()> {
             format!("missing tools: {}; install them first", missing.join(", ")),
         ));
     }
+    if let Some(why) = lvm_clash(&plan.volume_groups) {
+        return Err(refuse(&dev, why));
+    }
     Ok(())
+}
+
+/// Why the recorded volume groups cannot be made on this machine now: LVM refuses two groups
+/// of one name, and two of one UUID (the old disk still attached) make it pick either.
+fn lvm_clash(groups: &[lvm::VolumeGroup]) -> Option<String> {
+    if groups.is_empty() {
+        return None;
+    }
+    let out = std::process::Command::new(crate::boot::records::which("lvm")?)
+        .args(["vgs", "--noheadings", "-o", "vg_name,vg_uuid"])
+        .env("LC_ALL", "C")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(name), uuid) = (f.next(), f.next()) else {
+            continue;
+        };
+        if let Some(g) = groups
+            .iter()
+            .find(|g| g.name == name || uuid.is_some_and(|u| u.eq_ignore_ascii_case(&g.id)))
+        {
+            return Some(format!(
+                "this machine already has a volume group {name}{}, the name or UUID of the recorded group {}: the disk the point was taken of is probably still attached. Run the restore from a rescue system without it (or rename the present group with vgrename)",
+                uuid.map(|u| format!(" ({u})")).unwrap_or_default(),
+                g.name
+            ));
+        }
+    }
+    None
+}
+
+/// A filesystem in the plan: its type, identity and where it is mounted.
+fn describe_fs(f: &Filesystem) -> String {
+    format!(
+        "{} UUID {}{}{}",
+        f.kind,
+        f.uuid.as_deref().unwrap_or("-"),
+        f.label
+            .as_ref()
+            .map(|l| format!(" label {l:?}"))
+            .unwrap_or_default(),
+        match f.mount.as_deref() {
+            Some(m) => format!(
+                "  mounted on {m}{}",
+                if f.has_files {
+                    ""
+                } else {
+                    " (not one of the point's sources: made empty unless the point crossed into it)"
+                }
+            ),
+            None if f.kind == "swap" => "  swap".into(),
+            None => String::new(),
+        }
+    )
 }
 
 impl Plan {
@@ -613,41 +779,47 @@ impl Plan {
         ];
         let s = self.layout.sector;
         for p in &self.partitions {
-            let fs = self.filesystems.iter().find(|f| f.partition == p.number);
+            let fs = self
+                .filesystems
+                .iter()
+                .find(|f| f.on == On::Partition(p.number));
+            let pv_of = self
+                .volume_groups
+                .iter()
+                .find(|g| g.pvs.iter().any(|pv| pv.partition == Some(p.number)));
+            let what = match (fs, pv_of) {
+                (Some(f), _) => describe_fs(f),
+                (None, Some(g)) => format!("LVM physical volume of volume group {}", g.name),
+                (None, None) if p.kind.eq_ignore_ascii_case(crate::boot::table::BIOS_BOOT) => {
+                    "BIOS boot partition (GRUB's core image, written with the boot area)".into()
+                }
+                (None, None) => "no filesystem".into(),
+            };
             out.push(format!(
-                "    {:>3}  start {:>10}  {:>9}  {}{}",
+                "    {:>3}  start {:>10}  {:>9}  {what}",
                 p.number,
                 p.start,
                 human_size(p.sectors * s),
-                match fs {
-                    Some(f) => format!(
-                        "{} UUID {}{}",
-                        f.kind,
-                        f.uuid.as_deref().unwrap_or("-"),
-                        f.label
-                            .as_ref()
-                            .map(|l| format!(" label {l:?}"))
-                            .unwrap_or_default()
-                    ),
-                    None if p.kind.eq_ignore_ascii_case(crate::boot::table::BIOS_BOOT) => {
-                        "BIOS boot partition (GRUB's core image, written with the boot area)"
-                            .to_string()
-                    }
-                    None => "no filesystem".to_string(),
-                },
-                match fs.and_then(|f| f.mount.as_deref()) {
-                    Some(m) => format!(
-                        "  mounted on {m}{}",
-                        if fs.is_some_and(|f| f.has_files) {
-                            ""
-                        } else {
-                            " (not one of the point's sources: made empty unless the point crossed into it)"
-                        }
-                    ),
-                    None if fs.is_some_and(|f| f.kind == "swap") => "  swap".into(),
-                    None => String::new(),
-                }
             ));
+        }
+        for g in &self.volume_groups {
+            out.push(format!(
+                "  Volume group {} (UUID {}), made again from its recorded metadata:",
+                g.name, g.id
+            ));
+            for lv in g.lvs.iter().filter(|lv| lv.visible) {
+                let on = On::Lv {
+                    vg: g.name.clone(),
+                    lv: lv.name.clone(),
+                };
+                let fs = self.filesystems.iter().find(|f| f.on == on);
+                out.push(format!(
+                    "    {:<14} {}",
+                    lv.name,
+                    fs.map(describe_fs)
+                        .unwrap_or_else(|| "no filesystem".into())
+                ));
+            }
         }
         out.push(format!(
             "  Files: point {}'s {} entries, {}, mounted in fstab order under a temporary root",
@@ -666,5 +838,133 @@ impl Plan {
             out.push("  Note: the machine booted by UEFI: the EFI system partition's files come back, but the firmware's boot entries belong to the machine; if it does not boot, run grub-install (or efibootmgr) from the restored system".into());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::{Capture, Layout, RecordRef, TableKind};
+
+    const SFDISK: &str = "label: dos\nlabel-id: 0x1234abcd\ndevice: /dev/vdb\nunit: sectors\nsector-size: 512\n\n/dev/vdb1 : start=2048, size=204800, type=83, bootable\n/dev/vdb2 : start=206848, size=1843200, type=8e\n";
+    const BLKID: &str = "/dev/vdb1: LABEL=\"boot\" UUID=\"b007\" BLOCK_SIZE=\"1024\" TYPE=\"ext2\" PARTUUID=\"1234abcd-01\"\n/dev/vdb2: UUID=\"mLxk1E-yQ6m-Tu1d-Mm2L-Kx4v-a8V9-dNMtwQ\" TYPE=\"LVM2_member\" PARTUUID=\"1234abcd-02\"\n/dev/mapper/rp--vg-root: UUID=\"7007\" BLOCK_SIZE=\"4096\" TYPE=\"ext4\"\n/dev/mapper/rp--vg-my--swap: UUID=\"5a9\" TYPE=\"swap\"\n";
+    const FSTAB: &str = "/dev/mapper/rp--vg-root / ext4 errors=remount-ro 0 1\nUUID=b007 /boot ext2 defaults 0 2\n/dev/rp-vg/my-swap none swap sw 0 0\n";
+
+    /// A plan of a point whose records say what `texts` say, on a 2 GiB disk.
+    fn plan_of(texts: &[(&str, String)]) -> Result<Plan> {
+        let blobs: BTreeMap<String, Vec<u8>> = texts
+            .iter()
+            .map(|(n, t)| (format!("hash-{n}"), t.as_bytes().to_vec()))
+            .collect();
+        let capture = Capture {
+            disk: "/dev/vdb".into(),
+            found_by: "boot.device".into(),
+            layout: Layout {
+                table: TableKind::Dos,
+                id: "0x1234abcd".into(),
+                size: 2 << 30,
+                sector: 512,
+                partitions: Vec::new(),
+                gpt_primary: None,
+                gpt_backup: None,
+            },
+            pieces: Vec::new(),
+            records: texts
+                .iter()
+                .map(|(n, _)| RecordRef {
+                    name: n.to_string(),
+                    source: n.to_string(),
+                    hash: format!("hash-{n}"),
+                })
+                .collect(),
+            uefi: false,
+        };
+        let rec = Records {
+            point: crate::store::PointId(3),
+            captures: vec![capture.clone()],
+            note: None,
+            blob: Box::new(move |h| Ok(blobs[h].clone())),
+            sources: vec!["/".into(), "/boot".into()],
+            files: 1,
+            bytes: 1,
+        };
+        plan_capture(&rec, &capture, Path::new("/dev/null"))
+    }
+
+    fn records(lvm: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("sfdisk", SFDISK.into()),
+            ("blkid", BLKID.into()),
+            ("fstab", FSTAB.into()),
+            ("lvm", lvm.into()),
+        ]
+    }
+
+    #[test]
+    fn a_root_on_lvm_is_planned_with_its_group_volumes_and_mounts() {
+        let plan = plan_of(&records(lvm::tests::BACKUP)).unwrap();
+        assert_eq!(plan.volume_groups.len(), 1);
+        let g = &plan.volume_groups[0];
+        assert_eq!(g.name, "rp-vg");
+        assert_eq!(g.pvs[0].partition, Some(2));
+        let by = |on: On| plan.filesystems.iter().find(|f| f.on == on).unwrap();
+        let root = by(On::Lv {
+            vg: "rp-vg".into(),
+            lv: "root".into(),
+        });
+        assert_eq!(
+            (
+                root.kind.as_str(),
+                root.uuid.as_deref(),
+                root.mount.as_deref()
+            ),
+            ("ext4", Some("7007"), Some("/"))
+        );
+        assert!(root.has_files);
+        let swap = by(On::Lv {
+            vg: "rp-vg".into(),
+            lv: "my-swap".into(),
+        });
+        assert_eq!(swap.kind, "swap");
+        assert_eq!(by(On::Partition(1)).mount.as_deref(), Some("/boot"));
+        let mounts: Vec<&str> = plan
+            .mounts()
+            .iter()
+            .map(|f| f.mount.as_deref().unwrap())
+            .collect();
+        assert_eq!(mounts, ["/", "/boot"]);
+        let text = plan.describe().join("\n");
+        assert!(
+            text.contains("LVM physical volume of volume group rp-vg"),
+            "{text}"
+        );
+        assert!(text.contains("Volume group rp-vg (UUID Hs3L0c"), "{text}");
+        assert!(
+            text.contains("root           ext4 UUID 7007  mounted on /"),
+            "{text}"
+        );
+        assert!(plan.notes.is_empty(), "{:?}", plan.notes);
+    }
+
+    #[test]
+    fn lvm_that_cannot_be_made_from_this_disk_alone_is_refused() {
+        let err = |lvm: &str| plan_of(&records(lvm)).unwrap_err().to_string();
+        let e = err("");
+        assert!(
+            e.contains("partition 2 (/dev/vdb2) is an LVM physical volume"),
+            "{e}"
+        );
+        let spans = lvm::tests::BACKUP.replace(
+            "\t\t}\n\t}\n\n\tlogical_volumes",
+            "\t\t}\n\t\tpv1 {\n\t\t\tid = \"other-pv\"\n\t\t\tdevice = \"/dev/sdz1\"\n\t\t}\n\t}\n\n\tlogical_volumes",
+        );
+        assert_ne!(spans, lvm::tests::BACKUP);
+        let e = err(&spans);
+        assert!(
+            e.contains("volume group rp-vg also lies on /dev/sdz1"),
+            "{e}"
+        );
+        let e = err(&lvm::tests::BACKUP.replacen("\"striped\"", "\"thin-pool\"", 1));
+        assert!(e.contains("root (thin-pool)"), "{e}");
     }
 }

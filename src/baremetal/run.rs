@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Plan, Records};
+use super::{On, Plan, Records};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +39,9 @@ struct Setup {
     loop_dev: Option<String>,
     root: Option<PathBuf>,
     mounted: Vec<PathBuf>,
+    /// Volume groups activated on the disk: deactivated before it is detached, or a loop
+    /// device stays held and the group stays in the kernel's tables.
+    active: Vec<String>,
 }
 
 impl Setup {
@@ -58,9 +61,23 @@ impl Setup {
     }
 }
 
+impl Setup {
+    fn deactivate(&mut self, say: &mut dyn FnMut(String)) -> std::result::Result<(), String> {
+        while let Some(vg) = self.active.pop() {
+            if let Err(e) = command("lvm", &["vgchange".into(), "-an".into(), vg.clone()], None) {
+                self.active.push(vg);
+                return Err(e);
+            }
+            say(format!("  deactivated volume group {vg}"));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Setup {
     fn drop(&mut self) {
         let _ = self.unmount_all(&mut |_| {});
+        let _ = self.deactivate(&mut |_| {});
         if let Some(l) = self.loop_dev.take() {
             let _ = command("partx", &["-d".into(), l.clone()], None);
             let _ = command("losetup", &["-d".into(), l], None);
@@ -185,9 +202,10 @@ pub fn run(
         loop_dev: None,
         root: None,
         mounted: Vec::new(),
+        active: Vec::new(),
     };
     let result = steps(plan, rec, files, say, &mut setup);
-    let teardown = setup.unmount_all(say);
+    let teardown = setup.unmount_all(say).and_then(|_| setup.deactivate(say));
     let left_mounted: Vec<String> = setup
         .mounted
         .iter()
@@ -352,16 +370,16 @@ fn steps(
             ));
         }
     }
+    let lv_nodes = volume_groups(plan, &nodes, say, setup, &run, &fail)?;
+    let node_of = |f: &super::Filesystem| -> PathBuf {
+        match &f.on {
+            On::Partition(n) => nodes[n].clone(),
+            On::Lv { .. } => lv_nodes[&f.on].clone(),
+        }
+    };
     for f in &plan.filesystems {
-        let node = &nodes[&f.partition];
-        if let Some((tool, args)) = f.mkfs(node) {
-            run(
-                say,
-                &format!("filesystem {}", f.partition),
-                &tool,
-                args,
-                None,
-            )?;
+        if let Some((tool, args)) = f.mkfs(&node_of(f)) {
+            run(say, &format!("filesystem {}", f.on), &tool, args, None)?;
         }
     }
     let root = tempfile::Builder::new()
@@ -383,10 +401,7 @@ fn steps(
             // The disk the point was taken of may be attached too, with the same UUID.
             args.extend(["-o".into(), "nouuid".into()]);
         }
-        args.extend([
-            nodes[&f.partition].display().to_string(),
-            dir.display().to_string(),
-        ]);
+        args.extend([node_of(f).display().to_string(), dir.display().to_string()]);
         run(say, &format!("mount {m}"), "mount", args, None)?;
         setup.mounted.push(dir);
     }
@@ -439,4 +454,108 @@ fn steps(
         files: done,
         boot_bytes,
     })
+}
+
+/// Makes each volume group of the plan again on its new partitions, with its recorded UUIDs
+/// and extents, and activates it: LVM's own `pvcreate --restorefile` and `vgcfgrestore` read
+/// the metadata the point recorded. The device node of each logical volume, once it is there.
+fn volume_groups(
+    plan: &Plan,
+    nodes: &BTreeMap<u32, PathBuf>,
+    say: &mut dyn FnMut(String),
+    setup: &mut Setup,
+    run: &impl Fn(&mut dyn FnMut(String), &str, &str, Vec<String>, Option<&str>) -> Result<String>,
+    fail: &impl Fn(&str, String) -> Error,
+) -> Result<BTreeMap<On, PathBuf>> {
+    let mut out = BTreeMap::new();
+    if plan.volume_groups.is_empty() {
+        return Ok(out);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("restorepoint-lvm.")
+        .tempdir()
+        .map_err(|e| {
+            fail(
+                "volume groups",
+                format!("making a temporary directory: {e}"),
+            )
+        })?;
+    for g in &plan.volume_groups {
+        let step = format!("volume group {}", g.name);
+        let file = dir.path().join(&g.name);
+        std::fs::write(&file, &g.metadata)
+            .map_err(|e| fail(&step, format!("writing {}: {e}", file.display())))?;
+        let file = file.display().to_string();
+        for pv in &g.pvs {
+            let node = pv.partition.and_then(|n| nodes.get(&n)).ok_or_else(|| {
+                fail(&step, format!("no partition for physical volume {}", pv.id))
+            })?;
+            // The partition was just wiped; --force twice lets pvcreate take it without asking
+            // (there is nobody to answer on a rescue console's pipe).
+            run(
+                say,
+                &step,
+                "lvm",
+                [
+                    "pvcreate",
+                    "--force",
+                    "--force",
+                    "--yes",
+                    "--uuid",
+                    &pv.id,
+                    "--restorefile",
+                    &file,
+                ]
+                .iter()
+                .map(|a| a.to_string())
+                .chain([node.display().to_string()])
+                .collect(),
+                None,
+            )?;
+        }
+        run(
+            say,
+            &step,
+            "lvm",
+            vec![
+                "vgcfgrestore".into(),
+                "-f".into(),
+                file.clone(),
+                g.name.clone(),
+            ],
+            None,
+        )?;
+        run(
+            say,
+            &step,
+            "lvm",
+            vec!["vgchange".into(), "-ay".into(), g.name.clone()],
+            None,
+        )?;
+        setup.active.push(g.name.clone());
+        for lv in g.lvs.iter().filter(|lv| lv.visible) {
+            out.insert(
+                On::Lv {
+                    vg: g.name.clone(),
+                    lv: lv.name.clone(),
+                },
+                Path::new("/dev/mapper").join(super::lvm::mapper_name(&g.name, &lv.name)),
+            );
+        }
+    }
+    // udev (where it runs) makes the nodes after vgchange returns.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Some(missing) = out.values().find(|p| !p.exists()) {
+        if Instant::now() > deadline {
+            return Err(fail(
+                "volume groups",
+                format!(
+                    "{} did not appear after vgchange -ay (is device-mapper in this kernel? modprobe dm_mod)",
+                    missing.display()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(out)
 }

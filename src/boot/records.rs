@@ -79,7 +79,9 @@ pub fn collect(disk: &Path, root: &Path) -> Vec<Record> {
     // Each ext filesystem's features and inode size, so that a bare-metal restore makes it as
     // it was, not with the rescue system's mke2fs defaults (which an older GRUB or e2fsck of
     // the restored system may not read).
-    for part in partitions(disk) {
+    let parts = partitions(disk);
+    let volumes = mapped_on(&parts);
+    for part in parts.iter().chain(&volumes) {
         let node = part.display().to_string();
         if let Some(mut r) = run("dumpe2fs", "dumpe2fs", &["-h", &node]) {
             r.name = format!("dumpe2fs {node}");
@@ -125,6 +127,26 @@ fn partitions(disk: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The device-mapper volumes (LVM's logical volumes) that lie on `parts`, as
+/// `/dev/mapper/NAME`: the names blkid gives them.
+fn mapped_on(parts: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in parts {
+        let Some(name) = p.file_name() else { continue };
+        let holders = Path::new("/sys/class/block").join(name).join("holders");
+        for h in std::fs::read_dir(holders).into_iter().flatten().flatten() {
+            if let Ok(dm) = std::fs::read_to_string(h.path().join("dm/name")) {
+                let node = Path::new("/dev/mapper").join(dm.trim());
+                if !out.contains(&node) {
+                    out.push(node);
+                }
+            }
+        }
+    }
     out.sort();
     out
 }
