@@ -1383,3 +1383,61 @@ pub fn mount(store_dir: &Path, points: Points, dir: &Path, opts: &MountOptions) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_are_encoded_as_the_kernel_decodes_them() {
+        // new_encode_dev: minor's low byte, major, then the rest of minor above bit 20.
+        assert_eq!(fuse_rdev(rustix::fs::makedev(1, 3)), 0x103);
+        assert_eq!(fuse_rdev(rustix::fs::makedev(259, 0x12345)), 0x12310345);
+    }
+
+    #[test]
+    fn times_before_the_epoch_keep_their_nanoseconds() {
+        let t = system_time(Timestamp { sec: -2, nsec: 250 });
+        assert_eq!(
+            UNIX_EPOCH.duration_since(t).unwrap(),
+            Duration::new(1, 999_999_750)
+        );
+        let t = system_time(Timestamp { sec: 5, nsec: 7 });
+        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap(), Duration::new(5, 7));
+    }
+
+    #[test]
+    fn a_sparse_copy_has_holes_and_answers_seek_data_and_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = crate::fsio::open_root(dir.path()).unwrap();
+        let mut bytes = vec![0u8; 3 * 4096 + 100];
+        bytes[5000] = 1;
+        let (f, hash, len) = copy_out(&mut &bytes[..], true, scratch.as_fd()).unwrap();
+        assert_eq!(
+            (hash, len),
+            (*blake3::hash(&bytes).as_bytes(), bytes.len() as u64)
+        );
+        let c = Content {
+            data: Data::File(f),
+            len,
+            sparse: true,
+        };
+        assert_eq!(c.read(0, u32::MAX).unwrap(), bytes);
+        assert_eq!(c.read(4999, 2).unwrap(), vec![0, 1]);
+        assert!(c.read(len, 10).unwrap().is_empty());
+        // Filesystems may report holes at a coarser grain; the data block is found either way.
+        let data = c.seek(0, true).unwrap();
+        assert!(data <= 4096, "{data}");
+        assert!(c.seek(5000, false).unwrap() >= 8192);
+        assert!(c.seek(len, true).is_err());
+        let m = Content {
+            data: Data::Mem(bytes.clone()),
+            len,
+            sparse: false,
+        };
+        assert_eq!(
+            (m.seek(10, true).unwrap(), m.seek(10, false).unwrap()),
+            (10, len)
+        );
+    }
+}
