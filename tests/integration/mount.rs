@@ -51,6 +51,10 @@ struct Mount {
 
 impl Mount {
     fn start(lab: &Lab, which: &str, name: &str) -> Mount {
+        Mount::start_with(lab, which, name, &[])
+    }
+
+    fn start_with(lab: &Lab, which: &str, name: &str, extra: &[&str]) -> Mount {
         let dir = lab.target(name);
         std::fs::create_dir_all(&dir).unwrap();
         let log = lab.target(&format!("{name}.out"));
@@ -63,6 +67,7 @@ impl Mount {
                 "--store",
                 Lab::s(&lab.store()),
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(File::create(&log).unwrap())
             .stderr(File::create(log.with_extension("err")).unwrap())
@@ -341,7 +346,12 @@ fn a_mounted_point_reads_as_the_tree_was_and_refuses_writes() {
     assert_eq!(st.code(), Some(0), "{out}");
     assert!(!mounted(&lab.target("p1")));
     // The rebuilt copies were unnamed temp files: nothing is left in the store.
-    assert_eq!(std::fs::read_dir(lab.store().join("staging")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(lab.store().join("staging"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     // `all`: one directory per point; a snapshot and a prune while it is mounted.
     let m = Mount::start(&lab, "all", "all");
@@ -480,4 +490,64 @@ fn mount_refuses_a_missing_or_non_empty_directory_and_an_unknown_point() {
         text(&out)
     );
     assert!(!mounted(&empty));
+}
+
+/// Runs `args` as uid and gid `id` (no supplementary groups); its exit status and stderr.
+fn as_user(id: u32, args: &[&str]) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={id}"),
+            &format!("--regid={id}"),
+            "--clear-groups",
+            "--",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_kernel_applies_the_recorded_modes_and_acls_and_only_allow_other_lets_others_in() {
+    require_fuse!();
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    }
+    let lab = Lab::new();
+    lab.run_sh(
+        r#"
+        echo open > open && chmod 644 open
+        echo closed > closed && chmod 600 closed
+        echo granted > acl && chmod 600 acl && setfacl -m u:1003:r acl
+        mkdir private && chmod 700 private && echo x > private/f
+        "#,
+    );
+    let p1 = lab.snapshot().to_string();
+    // Other users must be able to reach the mount point.
+    let mut perm = std::fs::metadata(lab.dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(lab.dir.path(), perm).unwrap();
+
+    let m = Mount::start(&lab, &p1, "mine");
+    let (ok, err) = as_user(1003, &["cat", Lab::s(&m.path("open"))]);
+    assert!(!ok, "without --allow-other another user gets in: {err}");
+    let (st, out) = m.umount();
+    assert_eq!(st.code(), Some(0), "{out}");
+
+    let m = Mount::start_with(&lab, &p1, "shared", &["--allow-other"]);
+    let read = |id: u32, rel: &str| as_user(id, &["cat", Lab::s(&m.path(rel))]);
+    assert!(read(1003, "open").0, "{}", read(1003, "open").1);
+    let (ok, err) = read(1004, "closed");
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    let (ok, err) = read(1003, "acl");
+    assert!(ok, "the recorded ACL grants user 1003: {err}");
+    assert!(!read(1004, "acl").0);
+    let (ok, err) = read(1004, "private/f");
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    let (st, out) = m.umount();
+    assert_eq!(st.code(), Some(0), "{out}");
 }
