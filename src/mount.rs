@@ -77,6 +77,8 @@ struct Tree {
     /// Hardlink followers → their leader's index (their inode).
     leader: HashMap<u32, u32>,
     nlink: Vec<u32>,
+    /// Of the names and parents: what the inode numbers stand for.
+    digest: [u8; 32],
 }
 
 const NO_PARENT: u32 = u32::MAX;
@@ -148,8 +150,13 @@ impl Tree {
         }
         let mut names = Vec::with_capacity(n);
         let mut entries = Vec::with_capacity(n);
-        for (path, e) in state {
-            names.push(crate::model::basename(&path).into());
+        let mut digest = blake3::Hasher::new();
+        for (i, (path, e)) in state.into_iter().enumerate() {
+            let name: Box<[u8]> = crate::model::basename(&path).into();
+            digest.update(&parent[i].to_le_bytes());
+            digest.update(&(name.len() as u32).to_le_bytes());
+            digest.update(&name);
+            names.push(name);
             entries.push(e);
         }
         Ok(Tree {
@@ -161,6 +168,7 @@ impl Tree {
             kids,
             leader,
             nlink,
+            digest: *digest.finalize().as_bytes(),
         })
     }
 
@@ -296,6 +304,9 @@ struct PointFs {
     /// Open stores for the worker threads (SQLite connections are one thread's at a time).
     stores: Mutex<Vec<Store>>,
     trees: Mutex<Trees>,
+    /// Every tree's digest since the mount: a tree built again (after `all` dropped it) must
+    /// give the inode numbers the kernel holds the same paths.
+    digests: Mutex<HashMap<PointId, [u8; 32]>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
     /// Contents some handle holds, by inode: a second open of a file shares the first's.
@@ -337,6 +348,54 @@ fn file_type(k: Kind) -> FileType {
 fn fuse_rdev(rdev: u64) -> u32 {
     let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+fn entry_attr(e: &Entry, ino: INodeNo, nlink: u32) -> FileAttr {
+    let mtime = system_time(e.mtime);
+    // Older rows carry no ctime; the mtime is the nearest truth then.
+    let ctime = if e.ctime == Timestamp::default() {
+        mtime
+    } else {
+        system_time(e.ctime)
+    };
+    let size = match e.kind {
+        Kind::Symlink => e.target.as_ref().map_or(0, |t| t.len() as u64),
+        Kind::File | Kind::Dir => e.size,
+        _ => 0,
+    };
+    // The store knows that a file had holes, not how many blocks it used: a sparse file
+    // shows none, so that `cp -a` and `du` look for its holes.
+    let blocks = if e.kind == Kind::File && e.sparse {
+        0
+    } else {
+        size.div_ceil(512)
+    };
+    FileAttr {
+        ino,
+        size,
+        blocks,
+        // No atime is recorded.
+        atime: mtime,
+        mtime,
+        ctime,
+        crtime: mtime,
+        kind: file_type(e.kind),
+        perm: if e.kind == Kind::Symlink {
+            0o777
+        } else {
+            (e.mode & 0o7777) as u16
+        },
+        nlink,
+        uid: e.uid,
+        gid: e.gid,
+        rdev: if matches!(e.kind, Kind::CharDev | Kind::BlockDev) {
+            fuse_rdev(e.rdev)
+        } else {
+            0
+        },
+        blksize: 4096,
+        flags: 0,
+    }
 }
 
 impl PointFs {
@@ -395,6 +454,20 @@ impl PointFs {
                 return Err(Errno::EIO);
             }
         };
+        match lock(&self.digests).entry(id) {
+            std::collections::hash_map::Entry::Occupied(d) if *d.get() != tree.digest => {
+                // A point never changes, but a repaired index may tell it otherwise: the
+                // kernel's inode numbers would now name other paths.
+                if lock(&self.warned).insert((id, NO_PARENT)) {
+                    eprintln!("warning: point {id} reads differently than when it was mounted (was the index repaired?): unmount and mount again to see it");
+                }
+                return Err(Errno::ESTALE);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(tree.digest);
+            }
+        }
         let mut t = lock(&self.trees);
         let now = t.clock;
         t.loaded.insert(id, (tree.clone(), now));
@@ -429,53 +502,37 @@ impl PointFs {
     fn attr(&self, tree: &Tree, index: u32) -> FileAttr {
         let index = tree.inode_of(index);
         let e = tree.entries[index as usize].get();
-        let mtime = system_time(e.mtime);
-        // Older rows carry no ctime; the mtime is the nearest truth then.
-        let ctime = if e.ctime == Timestamp::default() {
-            mtime
+        let nlink = if index == 0 && self.points == Points::All {
+            // What a point's root shows before its tree is built (see `root_attr`).
+            1
         } else {
-            system_time(e.ctime)
+            tree.nlink[index as usize]
         };
-        let size = match e.kind {
-            Kind::Symlink => e.target.as_ref().map_or(0, |t| t.len() as u64),
-            Kind::File | Kind::Dir => e.size,
-            _ => 0,
-        };
-        // The store knows that a file had holes, not how many blocks it used: a sparse file
-        // shows none, so that `cp -a` and `du` look for its holes.
-        let blocks = if e.kind == Kind::File && e.sparse {
-            0
-        } else {
-            size.div_ceil(512)
-        };
-        FileAttr {
-            ino: self.ino(tree.point, index),
-            size,
-            blocks,
-            // No atime is recorded.
-            atime: mtime,
-            mtime,
-            ctime,
-            crtime: mtime,
-            kind: file_type(e.kind),
-            perm: if e.kind == Kind::Symlink {
-                0o777
-            } else {
-                (e.mode & 0o7777) as u16
-            },
-            nlink: tree.nlink[index as usize],
-            uid: e.uid,
-            gid: e.gid,
-            rdev: if matches!(e.kind, Kind::CharDev | Kind::BlockDev) {
-                fuse_rdev(e.rdev)
-            } else {
-                0
-            },
-            blksize: 4096,
-            flags: 0,
-        }
+        entry_attr(&e, self.ino(tree.point, index), nlink)
     }
 
+    /// A point's root under `all`, without building its tree when it is not built yet: `ls -l`
+    /// of the points would otherwise read the whole state of every point. Its link count is
+    /// then 1 (as btrfs shows for every directory: "not counted", which `find` respects), and
+    /// stays 1 once the tree is built, so that the two never disagree.
+    fn root_attr(&self, id: PointId) -> std::result::Result<FileAttr, Errno> {
+        if let Some((tree, _)) = lock(&self.trees).loaded.get(&id) {
+            return Ok(self.attr(tree, 0));
+        }
+        let root = self.with_store(|s| {
+            s.index
+                .read_consistent(|_| crate::browse::entry_at(s, id, b""))
+        });
+        match root {
+            Ok(Some(e)) => Ok(entry_attr(&e, self.ino(id, 0), 1)),
+            Ok(None) => Ok(entry_attr(&synthetic_dir(), self.ino(id, 0), 1)),
+            Err(Error::NoSuchPoint { .. }) => Err(Errno::ENOENT),
+            Err(e) => {
+                eprintln!("warning: point {id}: its root cannot be read: {e}");
+                Err(Errno::EIO)
+            }
+        }
+    }
     fn top_attr(&self) -> FileAttr {
         FileAttr {
             ino: INodeNo::ROOT,
@@ -687,7 +744,7 @@ impl Filesystem for PointFs {
                     });
                 match id {
                     None => Err(Errno::ENOENT),
-                    Some(id) => self.tree(PointId(id)).map(|t| (self.attr(&t, 0), TOP_TTL)),
+                    Some(id) => self.root_attr(PointId(id)).map(|a| (a, TOP_TTL)),
                 }
             }
             Some(Node::Entry(p, i)) => self.entry_node(p, i).and_then(|t| {
@@ -709,6 +766,11 @@ impl Filesystem for PointFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.node(ino) {
             Some(Node::Top) => reply.attr(&TOP_TTL, &self.top_attr()),
+            Some(Node::Entry(p, 0)) if self.points == Points::All => match self.root_attr(p) {
+                Ok(a) => reply.attr(&TOP_TTL, &a),
+                Err(e) if e == Errno::ENOENT => reply.error(Errno::ESTALE),
+                Err(e) => reply.error(e),
+            },
             Some(Node::Entry(p, i)) => match self.entry_node(p, i) {
                 Ok(t) => reply.attr(&TTL, &self.attr(&t, i)),
                 Err(e) => reply.error(e),
@@ -1318,6 +1380,7 @@ pub fn mount(store_dir: &Path, points: Points, dir: &Path, opts: &MountOptions) 
             loaded: HashMap::new(),
             clock: 0,
         }),
+        digests: Mutex::new(HashMap::new()),
         handles: Mutex::new(HashMap::new()),
         next_handle: AtomicU64::new(1),
         contents: Mutex::new(HashMap::new()),
@@ -1336,6 +1399,7 @@ pub fn mount(store_dir: &Path, points: Points, dir: &Path, opts: &MountOptions) 
         // Built now, so that a point that is not there or cannot be read is said before
         // anything is mounted.
         let tree = Arc::new(Tree::load(&store, id)?);
+        lock(&fs.digests).insert(id, tree.digest);
         lock(&fs.trees).loaded.insert(id, (tree, 0));
     }
     lock(&fs.stores).push(store);

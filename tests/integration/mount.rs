@@ -551,3 +551,53 @@ fn the_kernel_applies_the_recorded_modes_and_acls_and_only_allow_other_lets_othe
     let (st, out) = m.umount();
     assert_eq!(st.code(), Some(0), "{out}");
 }
+
+#[test]
+fn all_builds_a_dropped_tree_again_with_the_same_inode_numbers() {
+    require_fuse!();
+    let lab = Lab::new();
+    let mut fps = Vec::new();
+    lab.run_sh("mkdir d && echo 0 > d/f && ln d/f d/g");
+    for i in 1..=6 {
+        fps.push((lab.snapshot(), fingerprint(&lab.sys())));
+        lab.run_sh(&format!(
+            "echo {i} > d/f && echo {i} > n{i} && mkdir -p e{i}/x"
+        ));
+    }
+    let m = Mount::start(&lab, "all", "all");
+    let ino = |p: i64| {
+        tool(
+            "stat",
+            &["-c", "%i %h", Lab::s(&m.path(&format!("{p}/d/f")))],
+        )
+    };
+    let first = ino(fps[0].0);
+    // More points than the mount keeps: the first ones' trees are dropped on the way.
+    for (id, fp) in &fps {
+        assert_same(
+            fp,
+            &fingerprint(&m.path(&id.to_string())),
+            &format!("point {id}"),
+        );
+    }
+    // Make the kernel forget its inodes and dentries, so that it asks again.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert_eq!(ino(fps[0].0), first);
+    assert_same(
+        &fps[0].1,
+        &fingerprint(&m.path(&fps[0].0.to_string())),
+        "point 1 again",
+    );
+    // A point's root under all/ is listed without building its tree: its links are not
+    // counted (1, as btrfs shows directories).
+    assert_eq!(
+        tool(
+            "stat",
+            &["-c", "%h", Lab::s(&m.path(&fps[0].0.to_string()))]
+        ),
+        "1\n"
+    );
+    let (st, out) = m.umount();
+    assert_eq!(st.code(), Some(0), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+}
