@@ -17,6 +17,7 @@ pub mod fsio;
 pub mod hooks;
 pub mod model;
 pub mod monitor;
+pub mod mount;
 pub mod offsite;
 pub mod progress;
 pub mod prune;

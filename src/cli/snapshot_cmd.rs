@@ -78,6 +78,19 @@ enum Cmd {
     },
     /// One file of a point, its content to standard output (checked against its hash)
     Cat { id: PointId, path: String },
+    /// A point (or every point: `all`) as a read-only filesystem on DIR, until it is
+    /// unmounted (umount DIR, or Ctrl-C here); content is checked against its hash
+    Mount {
+        /// A point id, or `all` (one directory per point, named by its id)
+        #[arg(value_name = "ID|all")]
+        point: String,
+        /// An empty directory
+        dir: std::path::PathBuf,
+        /// Let other users in (the recorded modes still apply; not root: needs
+        /// user_allow_other in /etc/fuse.conf)
+        #[arg(long)]
+        allow_other: bool,
+    },
     /// Which points hold a path matching PATTERN (`/etc/*.conf` from the root, `*.conf` a
     /// name anywhere), with sizes and times
     Find { pattern: String },
@@ -203,6 +216,11 @@ pub fn main() -> i32 {
         Some(Cmd::Cat { id, path }) => cat(&system, *id, path),
         Some(Cmd::Find { pattern }) => find(&cli, &system, pattern),
         Some(Cmd::Label { id, text }) => label(&cli, &system, *id, text),
+        Some(Cmd::Mount {
+            point,
+            dir,
+            allow_other,
+        }) => mount(&cli, &system, point, dir, *allow_other),
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
         Some(Cmd::Diff { id, rest }) => diff(&cli, &system, *id, rest),
@@ -852,6 +870,51 @@ fn find(cli: &Cli, system: &System, pattern: &str) -> CmdResult {
     if found.is_empty() && !cli.json {
         eprintln!("No point holds a path matching {pattern:?}.");
     }
+    Ok(SUCCESS)
+}
+
+fn mount(
+    cli: &Cli,
+    system: &System,
+    point: &str,
+    dir: &std::path::Path,
+    allow_other: bool,
+) -> CmdResult {
+    use crate::mount::Points;
+    let points = if point == "all" {
+        Points::All
+    } else {
+        Points::One(point.parse().map_err(|_| {
+            crate::error::Error::Usage(format!(
+                "{point:?} is neither a point id nor `all`; `system_snapshot list` shows the points"
+            ))
+        })?)
+    };
+    let opts = crate::mount::MountOptions { allow_other };
+    let mounted = crate::mount::mount(&system.store, points, dir, &opts)?;
+    let what = match points {
+        Points::One(id) => format!("Point {id}"),
+        Points::All => "Every point".to_string(),
+    };
+    if cli.json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "schema": 1,
+                "point": match points { Points::One(id) => serde_json::json!(id.0), Points::All => serde_json::json!("all") },
+                "dir": mounted.dir(),
+                "unmount": mounted.unmount_command(),
+            })
+        );
+    } else if !cli.quiet {
+        outln!(
+            "{what} of {} is mounted read-only on {}; to unmount: {} (or Ctrl-C here)",
+            system.store.display(),
+            mounted.dir().display(),
+            mounted.unmount_command()
+        );
+    }
+    mounted.serve()?;
     Ok(SUCCESS)
 }
 

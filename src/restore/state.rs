@@ -130,6 +130,38 @@ fn rebuild_inner(
         }
     };
     let chain = chains.get(path).cloned().unwrap_or_default();
+    rebuild_from_chain(store, packs, id, path, &chain, want, tmp, check_latest)
+}
+
+/// One file's content at point `id`, for a reader of a few files (`mount`): only its own
+/// chain of changes is read (one query), not those of every path changed since the point,
+/// which a restore reads once for all its files. Unchecked like `rebuild_unchecked`, and the
+/// chain and the replica are read without one transaction: the caller checks the bytes
+/// against `want`'s hash, which also catches a snapshot or a prune that ran in between.
+pub fn rebuild_one_unchecked(
+    store: &Store,
+    id: PointId,
+    path: &[u8],
+    want: &Entry,
+    tmp: BorrowedFd,
+) -> Result<Body> {
+    let chain = store.index.chain_of(path, id)?;
+    let mut packs = Packs::default();
+    rebuild_from_chain(store, &mut packs, id, path, &chain, want, tmp, false).map(|(b, _)| b)
+}
+
+/// `chain`: the changes of `path` after point `id`, newest first.
+#[allow(clippy::too_many_arguments)]
+fn rebuild_from_chain(
+    store: &Store,
+    packs: &mut Packs,
+    id: PointId,
+    path: &[u8],
+    chain: &[Change],
+    want: &Entry,
+    tmp: BorrowedFd,
+    check_latest: bool,
+) -> Result<(Body, Option<crate::model::Hash>)> {
     let latest = if chain.is_empty() {
         // Unchanged since the point: the replica's entry is the wanted one.
         if !check_latest {
@@ -151,7 +183,7 @@ fn rebuild_inner(
         }
         _ => None,
     };
-    for c in &chain {
+    for c in chain {
         let pack = packs.get(store, c.point)?;
         cur = content::step_back(pack, c, cur, tmp).map_err(|e| match e {
             // A frame that ends past the end of its pack: the pack was truncated.

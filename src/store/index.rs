@@ -1312,6 +1312,25 @@ impl Index {
         self.commit("writing the restore journal", ops)
     }
 
+    /// Runs `f` in one read transaction, so that every query it makes sees the same committed
+    /// index. A point's state joins two queries (the changes after it, then the entries): a
+    /// snapshot committing a batch between them would mix the states before and after it, and
+    /// a long-lived reader (`mount`) runs beside snapshots.
+    pub fn read_consistent<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(self.err("starting a read transaction"))?;
+        let r = f(self);
+        // A read transaction has nothing to keep: ending it only lets the WAL move on.
+        let end = self
+            .conn
+            .execute_batch("ROLLBACK")
+            .map_err(self.err("ending a read transaction"));
+        let v = r?;
+        end?;
+        Ok(v)
+    }
+
     /// Calls `f` for every replica entry in byte order of path.
     pub fn for_each_entry(&self, mut f: impl FnMut(RelPath, Entry) -> Result<()>) -> Result<()> {
         let mut st = self

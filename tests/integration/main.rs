@@ -12,6 +12,7 @@ mod inplace;
 mod interactive;
 mod kit;
 mod large;
+mod mount;
 mod offsite;
 mod package;
 mod partial;
