@@ -34,7 +34,7 @@ pub fn list(store: &Store, id: PointId, path: &[u8]) -> Result<Vec<(RelPath, Ent
     Ok(out)
 }
 
-fn missing(id: PointId, path: &[u8]) -> Error {
+pub(crate) fn missing(id: PointId, path: &[u8]) -> Error {
     Error::Usage(format!(
         "{} is not in point {id}; `system_snapshot ls {id}` lists what it holds",
         display_path(path)

@@ -12,6 +12,7 @@ pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod exclude;
+pub mod export;
 pub mod failpoint;
 pub mod fsio;
 pub mod hooks;

@@ -91,6 +91,16 @@ enum Cmd {
         #[arg(long)]
         allow_other: bool,
     },
+    /// A point (or the subtree at PATH) as a tar stream (pax, with xattrs, ACLs, hardlinks,
+    /// devices, sparse files, long names) to standard output: extract it with
+    /// `tar -xp --xattrs --xattrs-include='*' --acls --numeric-owner -f FILE -C DIR`
+    Export {
+        id: PointId,
+        /// A path of the point (default: its root); names in the archive are `./` and the
+        /// path, as the point has it (`./etc/passwd`)
+        #[arg(default_value = "/")]
+        path: String,
+    },
     /// Which points hold a path matching PATTERN (`/etc/*.conf` from the root, `*.conf` a
     /// name anywhere), with sizes and times
     Find { pattern: String },
@@ -214,6 +224,7 @@ pub fn main() -> i32 {
         Some(Cmd::Show { id }) => show(&cli, &system, *id),
         Some(Cmd::Ls { id, path }) => ls(&cli, &system, *id, path),
         Some(Cmd::Cat { id, path }) => cat(&system, *id, path),
+        Some(Cmd::Export { id, path }) => export(&cli, &system, *id, path),
         Some(Cmd::Find { pattern }) => find(&cli, &system, pattern),
         Some(Cmd::Label { id, text }) => label(&cli, &system, *id, text),
         Some(Cmd::Mount {
@@ -924,6 +935,49 @@ fn cat(system: &System, id: PointId, path: &str) -> CmdResult {
     let mut out = std::io::stdout().lock();
     crate::browse::cat(&store, id, &rel, &mut out)?;
     Ok(SUCCESS)
+}
+
+fn export(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
+    use crate::error::Error;
+    // Standard output is the archive: nothing else may go there.
+    if cli.json {
+        return Err(Error::Usage(
+            "export writes the tar archive to standard output, so --json has nowhere to go: leave it out".into(),
+        ));
+    }
+    if std::io::stdout().is_terminal() {
+        return Err(Error::Usage(format!(
+            "export writes a tar archive, not text for a terminal: redirect it to a file (`system_snapshot export {id} {path} > point-{id}.tar`) or pipe it to tar (`| tar -xp --xattrs --xattrs-include='*' --acls --numeric-owner -f - -C DIR`)"
+        )));
+    }
+    let rel = crate::engine::source_rel(path)?;
+    let store = crate::store::Store::open_for_reading(&system.store)?;
+    let stdout = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout);
+    let r = crate::export::write_tar(&store, id, &rel, &mut out)?;
+    for w in &r.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    for d in &r.damaged {
+        eprintln!("DAMAGED {}: {}", d.path, d.problem);
+    }
+    if r.damaged.is_empty() {
+        return Ok(if r.warnings.is_empty() {
+            SUCCESS
+        } else {
+            WARNINGS
+        });
+    }
+    let then = if r.store_changed {
+        format!("the store changed while it was read (a snapshot or prune ran), which can look like damage: export point {id} again, and if files are still damaged run `system_snapshot verify --full`")
+    } else {
+        "run `system_snapshot verify --full` to see everything affected".into()
+    };
+    eprintln!(
+        "error: {} file(s) of point {id} could not be rebuilt and are not in the archive (the rest is complete); {then}",
+        r.damaged.len()
+    );
+    Ok(DAMAGED)
 }
 
 fn show(cli: &Cli, system: &System, id: PointId) -> CmdResult {

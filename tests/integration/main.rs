@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod crash;
 mod damage;
+mod export;
 mod fidelity;
 mod inplace;
 mod interactive;
