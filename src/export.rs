@@ -580,7 +580,7 @@ fn data_runs(r: &mut dyn Read) -> io::Result<Vec<(u64, u64)>> {
     let mut off = 0u64;
     crate::fsio::with_io_buffer(|buf| -> io::Result<()> {
         loop {
-            let n = read_full(r, buf)?;
+            let n = crate::fsio::read_full(r, buf)?;
             add_data_blocks(&mut runs, &buf[..n], off);
             off += n as u64;
             if n < buf.len() {
@@ -643,19 +643,6 @@ fn sparse_map(runs: &[(u64, u64)], size: u64) -> Vec<u8> {
     let mut map = map.into_bytes();
     map.resize(map.len().next_multiple_of(512), 0);
     map
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// The stream: headers and data in 512-byte blocks.
@@ -728,7 +715,7 @@ impl Tar<'_> {
         let mut next = 0usize;
         crate::fsio::with_io_buffer(|buf| -> Result<u64> {
             loop {
-                let n = read_full(r, buf)
+                let n = crate::fsio::read_full(r, buf)
                     .ctx(|| format!("reading the rebuilt content of {}", display_path(path)))?;
                 // Never more than the header announced.
                 let chunk = &buf[..(n as u64).min(size.saturating_sub(off)) as usize];

@@ -469,7 +469,7 @@ pub fn push(store: &Store, remote: &Remote, keep: Option<usize>) -> Result<PushR
             let mut r = body.reader().ctx(what)?;
             let mut raw = vec![0u8; PIECE];
             loop {
-                let n = read_full(&mut r, &mut raw).ctx(what)?;
+                let n = crate::fsio::read_full(&mut r, &mut raw).ctx(what)?;
                 if n == 0 && !current.is_empty() {
                     break;
                 }
@@ -611,19 +611,6 @@ fn flush(
         remote.put(&cname, cat)?;
     }
     Ok(())
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// The point's manifest: an SQLite database of its row and every path's entry, as bytes.

@@ -12,7 +12,8 @@ mod walk;
 
 pub use apply::{
     apply_flags, apply_meta_at, apply_meta_fd, clear_immutable, create_node, is_root_user,
-    remove_tree, write_content, write_data_runs, ContentReader, MetaWarnings, SETTABLE_FLAGS,
+    read_full, remove_tree, write_content, write_data_runs, ContentReader, MetaWarnings,
+    SETTABLE_FLAGS,
 };
 pub use meta::{hash_reader, read_entry, read_file_entry, stat_to_basic, Basic, HashingRead};
 pub use prefetch::{Prefetcher, AHEAD};
