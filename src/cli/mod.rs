@@ -106,6 +106,14 @@ impl Place {
                 )));
             }
         }
+        // xattrs, ACLs and capabilities are read and set through /proc/self/fd (the only way
+        // to reach a symlink's, or a path past 4096 bytes); without /proc every entry would
+        // look vanished, as in a chroot that never mounted it.
+        if !Path::new("/proc/self/fd").is_dir() {
+            return Err(Error::Usage(
+                "/proc is not mounted, and restorepoint reads and sets xattrs and ACLs through it: mount it first (mount -t proc proc /proc; in a chroot, from outside: mount --bind /proc CHROOT/proc)".into(),
+            ));
+        }
         let root = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
         // Checked first: a store, lock or target must never be created under a mistyped root.
         if !root.is_dir() {

@@ -4,10 +4,12 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::require_root;
 use crate::util::*;
 
-#[test]
-fn the_debian_package_holds_the_commands_config_units_hook_and_docs() {
+/// The package, built into `lab` from the binaries these tests run; None (the test skips)
+/// without cargo-deb or dpkg-deb.
+fn build_deb(lab: &Lab) -> Option<std::path::PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let has_deb = Command::new(&cargo)
         .args(["deb", "--version"])
@@ -15,9 +17,8 @@ fn the_debian_package_holds_the_commands_config_units_hook_and_docs() {
         .is_ok_and(|o| o.status.success());
     if !has_deb || !Path::new("/usr/bin/dpkg-deb").exists() {
         eprintln!("skipped: cargo-deb or dpkg-deb is not installed (.ci/run installs them)");
-        return;
+        return None;
     }
-    let lab = Lab::new();
     let root = env!("CARGO_MANIFEST_DIR");
     // The binaries the tests run (the dev profile's): the package's assets are generated from
     // them, as dist/build-deb.sh does from the release ones.
@@ -37,6 +38,15 @@ fn the_debian_package_holds_the_commands_config_units_hook_and_docs() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    Some(deb)
+}
+
+#[test]
+fn the_debian_package_holds_the_commands_config_units_hook_and_docs() {
+    let lab = Lab::new();
+    let Some(deb) = build_deb(&lab) else {
+        return;
+    };
     let field = |f: &str| {
         let o = Command::new("dpkg-deb")
             .args(["-f", Lab::s(&deb), f])
@@ -102,4 +112,119 @@ fn the_debian_package_holds_the_commands_config_units_hook_and_docs() {
     let timer = std::fs::read_to_string(unpacked.join("usr/lib/systemd/system/restorepoint.timer"))
         .unwrap();
     assert!(timer.contains("RandomizedDelaySec"), "{timer}");
+}
+
+/// A minimal Debian 12 system (debootstrap minbase) that `.ci/run` makes once.
+const CHROOT: &str = "/var/cache/restorepoint-e2e/chroot-bookworm";
+
+/// Installed with dpkg into a fresh Debian 12 root, the package sets itself up (the timer
+/// enabled, the config a conffile), its commands take and restore a point there, and a purge
+/// removes it all but the store.
+#[test]
+fn the_package_installs_works_and_purges_in_a_debian_chroot() {
+    require_root!();
+    if !Path::new(CHROOT).join("usr/bin/dpkg").exists() {
+        eprintln!("skipped: no Debian chroot at {CHROOT} (.ci/run makes it with debootstrap)");
+        return;
+    }
+    let lab = Lab::new();
+    let Some(deb) = build_deb(&lab) else {
+        return;
+    };
+    let root = lab.target("debian");
+    let st = Command::new("cp")
+        .args(["-a", CHROOT, Lab::s(&root)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::copy(&deb, root.join("tmp/restorepoint.deb")).unwrap();
+    std::fs::copy(SNAPSHOT.path(), root.join("tmp/system_snapshot")).unwrap();
+    struct Proc(std::path::PathBuf);
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    // Without /proc (a chroot that never mounted it) every entry would look vanished: the
+    // commands say what is missing instead.
+    let bare = Command::new("chroot")
+        .arg(&root)
+        .args([
+            "/tmp/system_snapshot",
+            "--source",
+            "/etc",
+            "--store",
+            "/tmp/st",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bare.status.code(), Some(2), "{}", text(&bare));
+    assert!(
+        text(&bare).contains("/proc is not mounted"),
+        "{}",
+        text(&bare)
+    );
+    assert!(!root.join("tmp/st").exists(), "nothing was made");
+    let st = Command::new("mount")
+        .args(["--bind", "/proc", Lab::s(&root.join("proc"))])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _proc = Proc(root.join("proc"));
+    let inside = |cmd: &str| {
+        Command::new("chroot")
+            .arg(&root)
+            .args(["sh", "-c", cmd])
+            // The machine's environment, not the test runner's (cargo's variables, the tests'
+            // state directory).
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap()
+    };
+    let out = inside("dpkg -i /tmp/restorepoint.deb");
+    assert!(out.status.success(), "{}", text(&out));
+    // A symlink to /lib/systemd/system/…, which is the chroot's, not this machine's.
+    let enabled = root.join("etc/systemd/system/timers.target.wants/restorepoint.timer");
+    assert_eq!(
+        std::fs::read_link(&enabled).ok(),
+        Some("/lib/systemd/system/restorepoint.timer".into()),
+        "the timer is enabled: {}",
+        text(&out)
+    );
+    let out = inside("dpkg-query -W -f '${Conffiles}' restorepoint");
+    assert!(
+        text(&out).contains("/etc/system_snapshots.conf"),
+        "{}",
+        text(&out)
+    );
+    assert!(root
+        .join("usr/share/man/man8/system_snapshot.8.gz")
+        .exists());
+    // The installed commands at work: a point of /etc, restored elsewhere.
+    let out = inside("system_snapshot --source /etc -q; echo exit=$?");
+    assert!(text(&out).contains("exit=0"), "{}", text(&out));
+    let out = inside("system_restore --point latest --target /tmp/etc-back --yes");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(root.join("tmp/etc-back/etc/passwd")).unwrap(),
+        std::fs::read(root.join("etc/passwd")).unwrap()
+    );
+    let out = inside("dpkg --purge restorepoint");
+    assert!(out.status.success(), "{}", text(&out));
+    for gone in [
+        "usr/sbin/system_snapshot",
+        "etc/system_snapshots.conf",
+        "etc/systemd/system/timers.target.wants/restorepoint.timer",
+    ] {
+        assert!(
+            root.join(gone).symlink_metadata().is_err(),
+            "{gone} is gone after a purge"
+        );
+    }
+    assert!(
+        root.join("root/snapshots/index.db").exists(),
+        "a purge never removes the store"
+    );
 }
