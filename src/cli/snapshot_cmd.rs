@@ -719,13 +719,17 @@ fn list_remote(cli: &Cli, url: &str) -> CmdResult {
 
 fn list(cli: &Cli, system: &System) -> CmdResult {
     let points = system.list()?;
+    // The data: the replica and the history. `total` would count the kit and the index too,
+    // but only when the index records no usage (a walk then): the same store would change size
+    // with a repair.
     let usage = system.usage()?;
+    let data = usage.replica + usage.packs;
     if cli.json {
         print_json(
             "points",
             &serde_json::json!({
                 "points": points,
-                "store": {"disk_bytes": usage.total, "replica_disk_bytes": usage.replica, "history_disk_bytes": usage.packs},
+                "store": {"disk_bytes": data, "replica_disk_bytes": usage.replica, "history_disk_bytes": usage.packs},
             }),
         );
         return Ok(SUCCESS);
@@ -742,9 +746,9 @@ fn list(cli: &Cli, system: &System) -> CmdResult {
     // SIZE is what a point's files hold (as `ls` counts); what `du` and `df` see of the store
     // is its blocks, said once here.
     outln!(
-        "Store {}: {} on disk ({} the latest state, {} the history of older points)",
+        "Store {}: {} of data on disk ({} the latest state, {} the history of older points)",
         system.store.display(),
-        size(usage.total),
+        size(data),
         size(usage.replica),
         size(usage.packs)
     );
