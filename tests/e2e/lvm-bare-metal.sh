@@ -10,7 +10,7 @@
 # the rebuilt disk boots alone and must report what the original did.
 #
 # Root, QEMU, network to deb.debian.org the first time (the images are kept in E2E_CACHE).
-# Usage: tests/e2e/lvm-bare-metal.sh   (exit 0: all passed; about 20 minutes under TCG)
+# Usage: tests/e2e/lvm-bare-metal.sh   (exit 0: all passed; about 15 minutes under TCG)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 base_image
