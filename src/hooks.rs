@@ -74,10 +74,15 @@ pub fn kill_tree(leader: u32) {
         return;
     };
     let _ = kill_process_group(pgid, Signal::STOP);
+    // Only groups the tree made (led by one of its processes), never the caller's own or
+    // another one a descendant joined: those hold processes outside the tree.
+    let own = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
     // Twice: a descendant in a group of its own may have forked while the first pass ran.
     for _ in 0..2 {
-        for (pid, group) in descendants(leader) {
-            if let Some(g) = Pid::from_raw(group as i32).filter(|_| group != 0) {
+        let tree = descendants(leader);
+        for &(pid, group) in &tree {
+            let led_here = group == leader || tree.iter().any(|&(p, _)| p == group);
+            if let Some(g) = Pid::from_raw(group as i32).filter(|_| group != own && led_here) {
                 let _ = kill_process_group(g, Signal::KILL);
             }
             if let Some(p) = Pid::from_raw(pid as i32) {

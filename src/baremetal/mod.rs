@@ -512,7 +512,7 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
         let root = fstab.iter().find(|e| e.point == "/");
         return Err(Error::Invalid(match root {
             Some(r) => format!(
-                "its fstab names the root filesystem as {}, which is none of this disk's recorded filesystems (by UUID=, LABEL=, PARTUUID=, PARTLABEL=, /dev/disk/by-uuid|label|partuuid|partlabel or the partition's name; /dev/disk/by-id, by-path and /dev/mapper names are not matched): a bare-metal restore rebuilds the disk that holds /",
+                "its fstab names the root filesystem as {}, which is none of this disk's recorded filesystems (by UUID=, LABEL=, PARTUUID=, PARTLABEL=, /dev/disk/by-uuid|label|partuuid|partlabel, the partition's name, or a logical volume's /dev/mapper/VG-LV or /dev/VG/LV; /dev/disk/by-id and by-path names are not matched): a bare-metal restore rebuilds the disk that holds /",
                 r.spec
             ),
             None => "the recorded fstab mounts nothing on /".into(),
@@ -674,37 +674,73 @@ fn check_device(plan: &mut Plan) -> Result<()> {
             format!("missing tools: {}; install them first", missing.join(", ")),
         ));
     }
-    if let Some(why) = lvm_clash(&plan.volume_groups) {
+    if let Some(why) = lvm_clash(&plan.volume_groups, &dev) {
         return Err(refuse(&dev, why));
     }
     Ok(())
 }
 
 /// Why the recorded volume groups cannot be made on this machine now: LVM refuses two groups
-/// of one name, and two of one UUID (the old disk still attached) make it pick either.
-fn lvm_clash(groups: &[lvm::VolumeGroup]) -> Option<String> {
+/// of one name, and two of one UUID (the old disk still attached) make it pick either. A group
+/// that lies wholly on `device` does not count: the partition table step wipes it (a rerun
+/// after a failed restore finds its own half-made group there).
+fn lvm_clash(groups: &[lvm::VolumeGroup], device: &Path) -> Option<String> {
     if groups.is_empty() {
         return None;
     }
-    let out = std::process::Command::new(crate::boot::records::which("lvm")?)
-        .args(["vgs", "--noheadings", "-o", "vg_name,vg_uuid"])
+    let lvm = crate::boot::records::which("lvm")?;
+    let out = match std::process::Command::new(lvm)
+        .args([
+            "pvs",
+            "--noheadings",
+            "--separator",
+            "|",
+            "-o",
+            "vg_name,vg_uuid,pv_name",
+        ])
         .env("LC_ALL", "C")
-        .stderr(std::process::Stdio::null())
         .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(name), uuid) = (f.next(), f.next()) else {
-            continue;
-        };
-        if let Some(g) = groups
-            .iter()
-            .find(|g| g.name == name || uuid.is_some_and(|u| u.eq_ignore_ascii_case(&g.id)))
-        {
+    {
+        Ok(o) if o.status.success() => o,
+        // The only check that keeps vgcfgrestore from finding the old disk's physical
+        // volumes: without its answer nothing is made.
+        Ok(o) => {
             return Some(format!(
-                "this machine already has a volume group {name}{}, the name or UUID of the recorded group {}: the disk the point was taken of is probably still attached. Run the restore from a rescue system without it (or rename the present group with vgrename)",
-                uuid.map(|u| format!(" ({u})")).unwrap_or_default(),
+                "`lvm pvs` failed ({}): {}; the volume groups present could not be checked",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+        Err(e) => return Some(format!("`lvm pvs` could not run: {e}")),
+    };
+    let on_device = |pv: &str| {
+        let d = device.to_string_lossy();
+        pv.strip_prefix(d.as_ref()).is_some_and(|rest| {
+            let rest = rest.strip_prefix('p').unwrap_or(rest);
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit())
+        })
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut present: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.trim().split('|').collect();
+        if let [name, uuid, pv] = f[..] {
+            if !name.is_empty() {
+                present
+                    .entry((name.to_string(), uuid.to_string()))
+                    .or_default()
+                    .push(pv.to_string());
+            }
+        }
+    }
+    for ((name, uuid), pvs) in &present {
+        if pvs.iter().all(|pv| on_device(pv)) {
+            continue;
+        }
+        if let Some(g) = groups.iter().find(|g| &g.name == name || g.id == *uuid) {
+            return Some(format!(
+                "this machine already has a volume group {name} ({uuid}, on {}), the name or UUID of the recorded group {}: the disk the point was taken of is probably still attached. Run the restore from a rescue system without it, or give the present group another name and UUID with vgimportclone",
+                pvs.join(", "),
                 g.name
             ));
         }

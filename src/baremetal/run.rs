@@ -64,9 +64,14 @@ impl Setup {
 impl Setup {
     fn deactivate(&mut self, say: &mut dyn FnMut(String)) -> std::result::Result<(), String> {
         while let Some(vg) = self.active.pop() {
-            if let Err(e) = command("lvm", &["vgchange".into(), "-an".into(), vg.clone()], None) {
-                self.active.push(vg);
-                return Err(e);
+            match command("lvm", &["vgchange".into(), "-an".into(), vg.clone()], None) {
+                Ok(_) => {}
+                // A step failed before the group was made: there is nothing to deactivate.
+                Err(e) if e.contains("not found") => continue,
+                Err(e) => {
+                    self.active.push(vg);
+                    return Err(e);
+                }
             }
             say(format!("  deactivated volume group {vg}"));
         }
@@ -482,6 +487,10 @@ fn volume_groups(
         })?;
     for g in &plan.volume_groups {
         let step = format!("volume group {}", g.name);
+        // Counted as active from here: udev may activate the group as soon as vgcfgrestore
+        // writes it, and a vgchange that fails half way leaves some volumes active; a
+        // `vgchange -an` of a group that is not active does no harm.
+        setup.active.push(g.name.clone());
         let file = dir.path().join(&g.name);
         std::fs::write(&file, &g.metadata)
             .map_err(|e| fail(&step, format!("writing {}: {e}", file.display())))?;
@@ -532,7 +541,6 @@ fn volume_groups(
             vec!["vgchange".into(), "-ay".into(), g.name.clone()],
             None,
         )?;
-        setup.active.push(g.name.clone());
         for lv in g.lvs.iter().filter(|lv| lv.visible) {
             out.insert(
                 On::Lv {

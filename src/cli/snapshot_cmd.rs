@@ -912,14 +912,13 @@ fn mount(
         Points::All => "Every point".to_string(),
     };
     if cli.json {
-        outln!(
-            "{}",
-            serde_json::json!({
-                "schema": 1,
+        print_json(
+            "mount",
+            &serde_json::json!({
                 "point": match points { Points::One(id) => serde_json::json!(id.0), Points::All => serde_json::json!("all") },
                 "dir": mounted.dir(),
                 "unmount": mounted.unmount_command(),
-            })
+            }),
         );
     } else if !cli.quiet {
         outln!(
