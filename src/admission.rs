@@ -71,12 +71,12 @@ pub fn check(
         id: crate::model::PointId(i64::MAX),
         created: now,
         stored_bytes: est.growth,
+        pinned: false,
+        needed_by_restore: None,
     });
     let freed: u64 = decide(policy, &with_new, after, est.data_after, now)
         .iter()
-        .enumerate()
-        .filter(|(_, d)| d.remove)
-        .map(|(i, _)| with_new.get(i + 1).map_or(0, |s| s.stored_bytes))
+        .map(|d| d.frees)
         .sum();
     // Only a point that takes the store across the ceiling is refused: one that min_points or
     // the age floor already keep above it stays so by those rules, and refusing every later
@@ -113,6 +113,8 @@ mod tests {
                 id: crate::model::PointId(i),
                 created: now() - chrono::Duration::days(30 - i),
                 stored_bytes: pack,
+                pinned: false,
+                needed_by_restore: None,
             })
             .collect()
     }

@@ -35,7 +35,7 @@ impl Body {
         Ok(fsio::hash_reader(self.reader()?)?.0)
     }
 
-    fn into_bytes(mut self) -> io::Result<Vec<u8>> {
+    pub fn into_bytes(mut self) -> io::Result<Vec<u8>> {
         match self {
             Body::Mem(v) => Ok(v),
             Body::File(_) => {
@@ -46,7 +46,7 @@ impl Body {
         }
     }
 
-    fn into_file(self, tmp_dir: BorrowedFd) -> io::Result<File> {
+    pub fn into_file(self, tmp_dir: BorrowedFd) -> io::Result<File> {
         match self {
             Body::File(f) => Ok(f),
             Body::Mem(v) => {

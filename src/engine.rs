@@ -149,7 +149,7 @@ impl System {
                 return Err(e);
             }
         };
-        let decisions = retain(
+        let decisions = crate::prune::apply_retention(
             &mut store,
             policy,
             chrono::Local::now().fixed_offset(),
@@ -177,7 +177,7 @@ impl System {
     /// Applies retention (or, with `dry_run`, only says what it would do).
     pub fn prune(&self, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>> {
         let mut store = open_writer(&self.store, false)?;
-        retain(
+        crate::prune::apply_retention(
             &mut store,
             policy,
             chrono::Local::now().fixed_offset(),
@@ -671,7 +671,6 @@ impl System {
         crate::verify::verify(&store, full)
     }
 
-    /// Removes the `n` oldest points (never the latest). With `dry_run`, only says which.
     /// Labels a point after the fact (an empty label removes it).
     pub fn set_label(&self, id: PointId, label: &str) -> Result<Point> {
         let mut store = open_writer(&self.store, false)?;
@@ -681,21 +680,80 @@ impl System {
             .set_label(id, (!label.is_empty()).then_some(label))
     }
 
+    /// Pins a point (retention never removes it) or unpins it.
+    pub fn set_pin(&self, id: PointId, pinned: bool) -> Result<Point> {
+        let mut store = open_writer(&self.store, false)?;
+        let now = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        store.index.set_pin(id, pinned, &now)
+    }
+
+    /// Removes the `n` oldest points that may go (never the latest, never a pinned one): the
+    /// oldest of all simply, the others merged into their successors. With `dry_run`, only
+    /// says which.
     pub fn remove_oldest(&self, n: usize, dry_run: bool) -> Result<Vec<Point>> {
         let mut store = open_writer(&self.store, false)?;
+        let candidates = |store: &Store| -> Result<Vec<Point>> {
+            let mut points = store.index.complete_points()?;
+            points.pop(); // the latest
+            Ok(points.into_iter().filter(|p| !p.pinned).collect())
+        };
         if dry_run {
-            let points = store.index.complete_points()?;
-            let removable = points.len().saturating_sub(1).min(n);
-            return Ok(points.into_iter().take(removable).collect());
+            return Ok(candidates(&store)?.into_iter().take(n).collect());
         }
         let mut removed = Vec::new();
         for _ in 0..n {
-            match crate::prune::remove_oldest(&mut store)? {
-                Some(p) => removed.push(p),
-                None => break,
-            }
+            let Some(p) = candidates(&store)?.into_iter().next() else {
+                break;
+            };
+            removed.push(crate::prune::remove_point(&mut store, p.id, Default::default())?.removed);
         }
         Ok(removed)
+    }
+
+    /// Removes the points `ids`, wherever they are in the history (`prune::remove_point`).
+    /// Each is checked before any goes: a refusal removes nothing. With `dry_run`, only checks.
+    pub fn remove_points(
+        &self,
+        ids: &[PointId],
+        dry_run: bool,
+    ) -> Result<Vec<crate::prune::Removal>> {
+        let mut store = open_writer(&self.store, false)?;
+        let points = store.index.complete_points()?;
+        let mut out = Vec::new();
+        for &id in ids {
+            // Removing the latest is refused whatever else goes: it is the replica.
+            if let Some(e) = crate::prune::refusal(&store, &points, id)? {
+                return Err(e);
+            }
+        }
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        if dry_run {
+            let stays = |p: &&Point| !ids.contains(&p.id);
+            for &id in &ids {
+                let at = points.iter().position(|p| p.id == id).expect("checked");
+                let merged_into = points[..at]
+                    .iter()
+                    .any(|p| stays(&p))
+                    .then(|| points[at + 1..].iter().find(stays).map(|p| p.id))
+                    .flatten();
+                out.push(crate::prune::Removal {
+                    removed: points[at].clone(),
+                    merged_into,
+                    freed_bytes: 0,
+                });
+            }
+            return Ok(out);
+        }
+        for &id in &ids {
+            out.push(crate::prune::remove_point(
+                &mut store,
+                id,
+                Default::default(),
+            )?);
+        }
+        Ok(out)
     }
 }
 
@@ -726,52 +784,6 @@ fn open_writer(dir: &Path, create: bool) -> Result<Store> {
     let mut store = Store::open_for_writing(dir, create)?;
     crate::recover::clean_up(&mut store)?;
     Ok(store)
-}
-
-/// Decides with `retention::decide` and removes what it says, oldest first.
-fn retain(
-    store: &mut Store,
-    policy: &Policy,
-    now: chrono::DateTime<chrono::FixedOffset>,
-    dry_run: bool,
-) -> Result<Vec<Decision>> {
-    let points = store.index.complete_points()?;
-    let infos = crate::retention::point_infos(&points);
-    let u = store.usage()?;
-    let mut decisions = crate::retention::decide(policy, &infos, u.data(), u.replica, now);
-    keep_for_unfinished_restores(store, &mut decisions)?;
-    if !dry_run {
-        for d in decisions.iter().filter(|d| d.remove) {
-            let removed = crate::prune::remove_oldest(store)?;
-            assert_eq!(
-                removed.map(|p| p.id),
-                Some(d.id),
-                "retention removes the oldest point, in order"
-            );
-        }
-    }
-    Ok(decisions)
-}
-
-/// A point an unfinished restore converges to (or its safety point) stays: removing it would
-/// leave the tree half restored for good. Points go oldest first, so none after it goes either.
-fn keep_for_unfinished_restores(store: &Store, decisions: &mut [Decision]) -> Result<()> {
-    let needed = crate::prune::needed_by_restores(store)?;
-    let mut blocked: Option<(PointId, PointId)> = None;
-    for d in decisions.iter_mut().filter(|d| d.remove) {
-        if blocked.is_none() {
-            blocked = needed.iter().find(|(p, _)| *p == d.id).copied();
-        }
-        if let Some((p, restoring)) = blocked {
-            d.remove = false;
-            d.reason = if p == d.id {
-                format!("kept: the unfinished restore of point {restoring} needs it (run system_restore again to finish restoring point {restoring})")
-            } else {
-                format!("kept: older point {p} is needed by an unfinished restore, and points go oldest first")
-            };
-        }
-    }
-    Ok(())
 }
 
 /// Refuses the restore when a filesystem of the target has less space available than the plan

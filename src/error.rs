@@ -78,6 +78,8 @@ pub enum Error {
     BootRefused { device: PathBuf, why: String },
     #[error("restore refused, nothing was written: {why}")]
     RestoreRefused { why: String },
+    #[error("prune refused, nothing was removed: {why}")]
+    PruneRefused { why: String },
     #[error("bare-metal restore onto {device} refused, nothing was written: {why}")]
     BareMetalRefused { device: PathBuf, why: String },
     /// A step of a bare-metal restore failed; `next` says how to go on.

@@ -189,6 +189,7 @@ fn drop_point(
 /// to (left by a crash between a commit and a deletion) are removed. Each step is idempotent,
 /// so a crash inside one is finished by the next run.
 pub fn clean_up(store: &mut Store) -> Result<()> {
+    store.finish_merges()?;
     roll_back_running(store)?;
     store.remove_orphan_packs()?;
     crate::boot::remove_unreferenced(store)?;

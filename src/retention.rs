@@ -1,17 +1,19 @@
 //! Which points retention removes: a pure function of the policy, the points, the sizes and
 //! `now`, so every rule is tested over a grid of cases.
 //!
-//! Precedence, strongest first: (1) the latest point is always kept; (2) the `min_points`
-//! newest are kept; (3) points younger than `age_floor` are kept; (4) otherwise, oldest first,
+//! Precedence, strongest first: (1) the latest point is always kept; (2) a pinned point is
+//! kept; (3) a point an unfinished in-place restore needs is kept; (4) the `min_points`
+//! newest are kept; (5) points younger than `age_floor` are kept; (6) otherwise, oldest first,
 //! points are removed while the store is larger than `ceiling_ratio` × the latest point's data.
-//! Only the oldest point can go (removing it drops its successor's pack), so the walk stops at
-//! the first point a rule keeps.
+//! A point kept by (2) or (3) does not stop the walk: the points after it can still go, merged
+//! into their successors (`prune::remove_point`).
 
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 
 use crate::model::human_size as bytes;
+use crate::model::PointId;
 
 /// Added to every ceiling: block rounding and the store's own files are a fixed cost that
 /// would otherwise make a small tree look over its ceiling forever.
@@ -31,15 +33,24 @@ pub struct Policy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointInfo {
-    pub id: crate::model::PointId,
+    pub id: PointId,
     pub created: DateTime<FixedOffset>,
-    /// Bytes of this point's pack: what removing its predecessor frees.
+    /// Bytes of this point's pack.
     pub stored_bytes: u64,
+    /// `system_snapshot pin`: never removed by retention.
+    pub pinned: bool,
+    /// The point an unfinished in-place restore converges to, when it needs this one (as its
+    /// target or its safety point).
+    pub needed_by_restore: Option<PointId>,
 }
 
 /// The retention inputs of complete points (oldest first); a point whose date cannot be read
-/// is left out rather than guessed at.
-pub fn point_infos(points: &[crate::store::Point]) -> Vec<PointInfo> {
+/// is left out rather than guessed at. `needed`: (point, the point being restored) for every
+/// point an unfinished restore needs (`prune::needed_by_restores`).
+pub fn point_infos(
+    points: &[crate::store::Point],
+    needed: &[(PointId, PointId)],
+) -> Vec<PointInfo> {
     points
         .iter()
         .filter_map(|p| {
@@ -48,20 +59,116 @@ pub fn point_infos(points: &[crate::store::Point]) -> Vec<PointInfo> {
                 id: p.id,
                 created,
                 stored_bytes: p.stored_bytes,
+                pinned: p.pinned,
+                needed_by_restore: needed.iter().find(|(n, _)| *n == p.id).map(|(_, r)| *r),
             })
         })
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// The store's size against its ceiling when a rule was applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sizes {
+    pub store: u64,
+    pub ratio: f64,
+    pub data: u64,
+    pub ceiling: u64,
+}
+
+/// Why a point is kept or removed: the rule that decided, with its figures.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    Latest,
+    Pinned,
+    NeededByRestore { restoring: PointId },
+    MinPoints(usize),
+    AgeFloor(Duration),
+    WithinCeiling(Sizes),
+    OverCeiling(Sizes),
+}
+
+impl Reason {
+    /// A short stable name, for JSON and scripts.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Reason::Latest => "latest",
+            Reason::Pinned => "pinned",
+            Reason::NeededByRestore { .. } => "needed-by-restore",
+            Reason::MinPoints(_) => "min-points",
+            Reason::AgeFloor(_) => "age-floor",
+            Reason::WithinCeiling(_) => "within-ceiling",
+            Reason::OverCeiling(_) => "over-ceiling",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes = |s: &Sizes, rel: &str| {
+            format!(
+                "the store ({}) is {rel} the ceiling ({} × {} + 1 MiB = {})",
+                bytes(s.store),
+                s.ratio,
+                bytes(s.data),
+                bytes(s.ceiling)
+            )
+        };
+        match self {
+            Reason::Latest => f.write_str("the latest point is never removed"),
+            Reason::Pinned => f.write_str("pinned (system_snapshot unpin ID releases it)"),
+            Reason::NeededByRestore { restoring } => write!(
+                f,
+                "the unfinished restore of point {restoring} needs it (run system_restore again to finish restoring point {restoring})"
+            ),
+            Reason::MinPoints(n) => write!(f, "one of the {n} newest points (min_points)"),
+            Reason::AgeFloor(d) => write!(f, "younger than {} (age_floor)", human(*d)),
+            Reason::WithinCeiling(s) => f.write_str(&sizes(s, "within")),
+            Reason::OverCeiling(s) => f.write_str(&sizes(s, "over")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    pub id: crate::model::PointId,
+    pub id: PointId,
     pub remove: bool,
-    pub reason: String,
+    pub reason: Reason,
+    /// What removing it is expected to free (0 when kept): the estimate the ceiling rule used.
+    pub frees: u64,
+}
+
+impl Decision {
+    /// The decision as a person reads it: "kept: …", "removed: …" (or "would be removed: …").
+    pub fn describe(&self, dry_run: bool) -> String {
+        let verb = match (self.remove, dry_run) {
+            (false, _) => "kept",
+            (true, false) => "removed",
+            (true, true) => "would be removed",
+        };
+        format!("{verb}: {}", self.reason)
+    }
+}
+
+impl serde::Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Decision", 4)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("remove", &self.remove)?;
+        st.serialize_field("rule", self.reason.rule())?;
+        st.serialize_field("reason", &self.describe(false))?;
+        st.end()
+    }
 }
 
 /// Decisions for `points` (complete ones, oldest first), given the store's size on disk and
 /// the size of the latest point's data.
+///
+/// Removing the oldest remaining point frees its successor's pack (the changes that only led
+/// to it). Removing a point after a kept one merges its pack into its successor's: that frees
+/// about the smaller of the two (the paths both changed keep one old version instead of two).
+/// Both are estimates; `engine::retain` decides again from the measured size after each
+/// removal.
 pub fn decide(
     policy: &Policy,
     points: &[PointInfo],
@@ -71,65 +178,61 @@ pub fn decide(
 ) -> Vec<Decision> {
     let ceiling = ceiling(policy, data_bytes);
     let mut size = store_bytes;
-    let mut stopped = false;
     let n = points.len();
     let mut out = Vec::with_capacity(n);
+    // Whether some older point stays: then a removal is a merge into the successor.
+    let mut older_kept = false;
     for (i, p) in points.iter().enumerate() {
         let newest_rank = n - i; // 1 for the latest
         let age = now
             .signed_duration_since(p.created)
             .to_std()
             .unwrap_or(Duration::ZERO);
-        let keep_reason = if newest_rank == 1 {
-            Some("kept: the latest point is never removed".to_string())
+        let sizes = Sizes {
+            store: size,
+            ratio: policy.ceiling_ratio,
+            data: data_bytes,
+            ceiling,
+        };
+        let keep = if newest_rank == 1 {
+            Some(Reason::Latest)
+        } else if p.pinned {
+            Some(Reason::Pinned)
+        } else if let Some(restoring) = p.needed_by_restore {
+            Some(Reason::NeededByRestore { restoring })
         } else if newest_rank <= policy.min_points {
-            Some(format!(
-                "kept: one of the {} newest points (min_points)",
-                policy.min_points
-            ))
+            Some(Reason::MinPoints(policy.min_points))
         } else if age < policy.age_floor {
-            Some(format!(
-                "kept: younger than {} (age_floor)",
-                human(policy.age_floor)
-            ))
+            Some(Reason::AgeFloor(policy.age_floor))
         } else if size <= ceiling {
-            Some(format!(
-                "kept: the store ({}) is within the ceiling ({} × {} + 1 MiB = {})",
-                bytes(size),
-                policy.ceiling_ratio,
-                bytes(data_bytes),
-                bytes(ceiling)
-            ))
+            Some(Reason::WithinCeiling(sizes))
         } else {
             None
         };
-        match keep_reason {
+        match keep {
             Some(reason) => {
-                stopped = true;
+                older_kept = true;
                 out.push(Decision {
                     id: p.id,
                     remove: false,
                     reason,
+                    frees: 0,
                 });
             }
-            None if stopped => out.push(Decision {
-                id: p.id,
-                remove: false,
-                reason: "kept: an older point is kept, and only the oldest can go".into(),
-            }),
             None => {
+                let successor = points.get(i + 1).map_or(0, |s| s.stored_bytes);
+                let frees = if older_kept {
+                    successor.min(p.stored_bytes)
+                } else {
+                    successor
+                };
                 out.push(Decision {
                     id: p.id,
                     remove: true,
-                    reason: format!(
-                        "removed: the store ({}) is over the ceiling ({} × {} + 1 MiB = {})",
-                        bytes(size),
-                        policy.ceiling_ratio,
-                        bytes(data_bytes),
-                        bytes(ceiling)
-                    ),
+                    reason: Reason::OverCeiling(sizes),
+                    frees,
                 });
-                size = size.saturating_sub(points.get(i + 1).map_or(0, |s| s.stored_bytes));
+                size = size.saturating_sub(frees);
             }
         }
     }
@@ -166,6 +269,8 @@ mod tests {
                 id: crate::model::PointId(i as i64 + 1),
                 created: at(latest_age + gap * (n - 1 - i) as i64),
                 stored_bytes: pack,
+                pinned: false,
+                needed_by_restore: None,
             })
             .collect()
     }
@@ -268,15 +373,63 @@ mod tests {
             age_floor: Duration::from_secs(86400),
         };
         let d = decide(&policy, &points(4, 30, 1, 100), 500 + SLACK, 100, now());
+        let r: Vec<String> = d.iter().map(|d| d.describe(false)).collect();
         assert!(
-            d[0].remove && d[0].reason.contains("over the ceiling"),
-            "{d:?}"
+            d[0].remove && r[0].starts_with("removed: ") && r[0].contains("over the ceiling"),
+            "{r:?}"
         );
         assert!(
-            d[1].reason.contains("age_floor") || d[1].reason.contains("ceiling"),
-            "{d:?}"
+            r[1].contains("age_floor") || r[1].contains("ceiling"),
+            "{r:?}"
         );
-        assert!(d[2].reason.contains("min_points"), "{d:?}");
-        assert!(d[3].reason.contains("latest"), "{d:?}");
+        assert!(
+            r[2].starts_with("kept: ") && r[2].contains("min_points"),
+            "{r:?}"
+        );
+        assert!(r[3].contains("latest"), "{r:?}");
+        assert_eq!(
+            d[0].describe(true).split(':').next(),
+            Some("would be removed")
+        );
+        assert_eq!(
+            [d[0].reason.rule(), d[2].reason.rule(), d[3].reason.rule()],
+            ["over-ceiling", "min-points", "latest"]
+        );
+    }
+
+    #[test]
+    fn a_pinned_or_needed_point_is_kept_and_later_ones_still_go() {
+        let policy = Policy {
+            ceiling_ratio: 1.0,
+            min_points: 1,
+            age_floor: Duration::ZERO,
+        };
+        let mut pts = points(6, 48, 1, 100);
+        pts[0].pinned = true;
+        pts[2].needed_by_restore = Some(PointId(9));
+        // Far over the ceiling: everything unpinned and unneeded goes but the latest.
+        let d = decide(&policy, &pts, SLACK + 10_000, 100, now());
+        assert_eq!(removed(&d), vec![2, 4, 5], "{d:#?}");
+        assert_eq!(d[0].reason, Reason::Pinned);
+        assert_eq!(
+            d[2].reason,
+            Reason::NeededByRestore {
+                restoring: PointId(9)
+            }
+        );
+        assert!(d[2].describe(false).contains("point 9"), "{d:#?}");
+        // After a kept point, a removal is a merge: it frees the smaller of the two packs.
+        pts[3].stored_bytes = 40;
+        let d = decide(&policy, &pts, SLACK + 10_000, 100, now());
+        assert_eq!(d[1].frees, 100, "{d:#?}");
+        assert_eq!(d[3].frees, 40, "{d:#?}");
+        // The walk stops freeing once under the ceiling, pins or not.
+        let d = decide(&policy, &pts, 220 + SLACK, 100, now());
+        assert_eq!(removed(&d), vec![2, 4], "{d:#?}");
+        // Without a pin the oldest goes first and frees its successor's pack.
+        pts[0].pinned = false;
+        let d = decide(&policy, &pts, SLACK + 10_000, 100, now());
+        assert_eq!(removed(&d), vec![1, 2, 4, 5], "{d:#?}");
+        assert_eq!(d[0].frees, 100);
     }
 }

@@ -281,7 +281,10 @@ fn admit(store: &Store, opts: &SnapshotOptions, pending: &[Pending]) -> Result<(
         fs_free: vfs.f_bavail * vfs.f_frsize,
         fs_size: vfs.f_blocks * vfs.f_frsize,
     };
-    let points = crate::retention::point_infos(&store.index.complete_points()?);
+    let points = crate::retention::point_infos(
+        &store.index.complete_points()?,
+        &crate::prune::needed_by_restores(store)?,
+    );
     // The replica on disk after the point: allocated like the store, so the ceiling compares like with like.
     let est = crate::admission::Estimate {
         growth,

@@ -34,6 +34,7 @@ pub fn exit_code_for(e: &Error) -> i32 {
         | Error::StoreNotMounted { .. }
         | Error::BootRefused { .. }
         | Error::RestoreRefused { .. }
+        | Error::PruneRefused { .. }
         | Error::BareMetalRefused { .. }
         | Error::RestoreUnfinished { .. } => REFUSED,
         _ => FAILURE,

@@ -139,11 +139,22 @@ enum Cmd {
     /// Write the man pages and shell completions into DIR (for packaging)
     #[command(hide = true)]
     GenerateAssets { dir: std::path::PathBuf },
-    /// Apply retention now: each point kept or removed, and the rule that decided
+    /// Pin a point: retention never removes it, and `prune ID` refuses it
+    Pin { id: PointId },
+    /// Unpin a point: retention may remove it again
+    Unpin { id: PointId },
+    /// Apply retention now: each point kept or removed, and the rule that decided; or remove
+    /// the points given, from anywhere in the history (each one's changes are merged into the
+    /// next point, so every other point restores as before)
     Prune {
-        /// Remove the N oldest points instead of applying the retention policy
+        /// Points to remove (not the latest, not a pinned one)
+        #[arg(value_name = "ID", conflicts_with = "oldest")]
+        ids: Vec<PointId>,
+        /// Remove the N oldest points (pinned ones are skipped) instead of applying the
+        /// retention policy
         #[arg(long, value_name = "N")]
         oldest: Option<usize>,
+        /// Say what would be removed, and why, without removing anything
         #[arg(long)]
         dry_run: bool,
     },
@@ -235,14 +246,17 @@ pub fn main() -> i32 {
         Some(Cmd::Verify { full }) => verify(&cli, &system, *full),
         Some(Cmd::Repair { force }) => repair(&cli, &system, *force),
         Some(Cmd::Diff { id, rest }) => diff(&cli, &system, *id, rest),
+        Some(Cmd::Pin { id }) => pin(&cli, &system, *id, true),
+        Some(Cmd::Unpin { id }) => pin(&cli, &system, *id, false),
         Some(Cmd::Prune {
+            ids,
             oldest: Some(n),
             dry_run,
-        }) => prune(&cli, &system, *n, *dry_run),
-        Some(Cmd::Prune {
-            oldest: None,
-            dry_run,
-        }) => prune_policy(&cli, &system, &config, *dry_run),
+        }) if ids.is_empty() => prune(&cli, &system, *n, *dry_run),
+        Some(Cmd::Prune { ids, dry_run, .. }) if !ids.is_empty() => {
+            prune_points(&cli, &system, ids, *dry_run)
+        }
+        Some(Cmd::Prune { dry_run, .. }) => prune_policy(&cli, &system, &config, *dry_run),
     };
     result.unwrap_or_else(|e| fail(&e))
 }
@@ -445,11 +459,7 @@ fn take_point(
             outln!("Note: {n}");
         }
         for d in &removed {
-            outln!(
-                "Removed restore point {}: {}",
-                d.id,
-                d.reason.trim_start_matches("removed: ")
-            );
+            outln!("Removed restore point {}: {}", d.id, d.reason);
         }
         outln!(
             "Done in {secs:.1} s: {} entries scanned, {changed} changed, {} stored, {} point{} removed",
@@ -741,7 +751,12 @@ fn list(cli: &Cli, system: &System) -> CmdResult {
         files: p.files,
         bytes: p.bytes,
         stored: Some(p.stored_bytes),
-        label: p.label,
+        // A pin matters when choosing what to prune: it shows where the label is read.
+        label: match (p.pinned, p.label) {
+            (true, Some(l)) => Some(format!("[pinned] {l}")),
+            (true, None) => Some("[pinned]".into()),
+            (false, l) => l,
+        },
     }));
     // SIZE is what a point's files hold (as `ls` counts); what `du` and `df` see of the store
     // is its blocks, said once here.
@@ -1199,12 +1214,53 @@ fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> C
         return Ok(SUCCESS);
     }
     for d in &decisions {
-        let reason = if dry_run && d.remove {
-            d.reason.replacen("removed", "would be removed", 1)
+        outln!("Restore point {}: {}", d.id, d.describe(dry_run));
+    }
+    Ok(SUCCESS)
+}
+
+fn pin(cli: &Cli, system: &System, id: PointId, pinned: bool) -> CmdResult {
+    let p = system.set_pin(id, pinned)?;
+    if cli.json {
+        print_json("point", &p);
+    } else if !cli.quiet {
+        if pinned {
+            outln!("Restore point {id} is pinned: retention keeps it until `system_snapshot unpin {id}`.");
         } else {
-            d.reason.clone()
+            outln!("Restore point {id} is not pinned now: retention may remove it.");
+        }
+    }
+    Ok(SUCCESS)
+}
+
+fn prune_points(cli: &Cli, system: &System, ids: &[PointId], dry_run: bool) -> CmdResult {
+    let removed = system.remove_points(ids, dry_run)?;
+    if cli.json {
+        print_json("removed", &removed);
+        return Ok(SUCCESS);
+    }
+    let verb = if dry_run { "Would remove" } else { "Removed" };
+    for r in &removed {
+        let how = match r.merged_into {
+            Some(s) => format!("its changes merged into point {s}"),
+            None => "the oldest point".to_string(),
         };
-        outln!("Restore point {}: {reason}", d.id);
+        outln!(
+            "{verb} restore point {} ({}): {how}",
+            r.removed.id,
+            when_created(&r.removed.created_at)
+        );
+    }
+    if !dry_run {
+        let freed: i64 = removed.iter().map(|r| r.freed_bytes).sum();
+        if freed >= 0 {
+            outln!("Freed {} of history.", size(freed as u64));
+        } else {
+            outln!(
+                "The history grew by {} (changes stored again against a newer point).",
+                size(freed.unsigned_abs())
+            );
+        }
     }
     Ok(SUCCESS)
 }
@@ -1217,13 +1273,13 @@ fn prune(cli: &Cli, system: &System, n: usize, dry_run: bool) -> CmdResult {
         let verb = if dry_run { "Would remove" } else { "Removed" };
         for p in &removed {
             outln!(
-                "{verb} restore point {} ({}): oldest point, --oldest {n}",
+                "{verb} restore point {} ({}): oldest unpinned point, --oldest {n}",
                 p.id,
                 when_created(&p.created_at)
             );
         }
         if removed.len() < n {
-            outln!("Kept the latest point: it is never removed.");
+            outln!("Kept the latest point and pinned points: --oldest never removes them.");
         }
     }
     Ok(SUCCESS)

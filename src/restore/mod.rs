@@ -13,7 +13,8 @@ pub use check::{check_content, refusal as damaged_refusal, without_damaged, Dama
 pub use plan::{build as build_plan, Action, PlanItem, PlanOptions, PlanSummary, RestorePlan};
 pub use space::{needs as space_needs, FsNeed};
 pub use state::{
-    point_state, point_state_as, rebuild, rebuild_one_unchecked, rebuild_unchecked, Packs,
+    content_at, point_state, point_state_as, rebuild, rebuild_one_unchecked, rebuild_unchecked,
+    Packs,
 };
 
 /// The path, or a directory on its way, is gone or is now something else: a live system

@@ -172,6 +172,36 @@ fn rebuild_from_chain(
     } else {
         store.index.entry(path)?
     };
+    let body = step_through(store, packs, path, latest, chain, tmp)?.ok_or_else(|| {
+        crate::error::Error::Damaged {
+            what: format!("{} has no content at point {id}", display_path(path)),
+        }
+    })?;
+    Ok((body, None))
+}
+
+/// The content of `path` at point `id` (None when it was not a regular file then): the
+/// replica's copy, checked, stepped back through every later point's change of it.
+pub fn content_at(
+    store: &Store,
+    packs: &mut Packs,
+    id: PointId,
+    path: &[u8],
+    tmp: BorrowedFd,
+) -> Result<Option<Body>> {
+    let chain = store.index.chain_of(path, id)?;
+    step_through(store, packs, path, store.index.entry(path)?, &chain, tmp)
+}
+
+/// `latest` (the replica's entry of `path`) stepped back through `chain`, newest first.
+fn step_through(
+    store: &Store,
+    packs: &mut Packs,
+    path: &[u8],
+    latest: Option<Entry>,
+    chain: &[Change],
+    tmp: BorrowedFd,
+) -> Result<Option<Body>> {
     let mut cur = match latest {
         Some(e) if e.kind == Kind::File => {
             let body = content::replica_body(store.replica(), path)?;
@@ -201,8 +231,5 @@ fn rebuild_from_chain(
             other => other,
         })?;
     }
-    let body = cur.ok_or_else(|| crate::error::Error::Damaged {
-        what: format!("{} has no content at point {id}", display_path(path)),
-    })?;
-    Ok((body, None))
+    Ok(cur)
 }

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_log_state.sql"),
     include_str!("../../migrations/0006_usage.sql"),
     include_str!("../../migrations/0007_leaf_maps.sql"),
+    include_str!("../../migrations/0008_pins.sql"),
 ];
 /// The first schema whose rows carry checksums: older rows are sealed when migrating past it.
 const SUMS_SINCE: usize = 4;
@@ -85,6 +86,8 @@ pub struct Point {
     /// Why no boot area was captured with the point, if none was.
     #[serde(skip)]
     pub boot_note: Option<String>,
+    /// `system_snapshot pin`: retention never removes it (the `pins` table, not a column).
+    pub pinned: bool,
 }
 
 /// What a point's row ends with once its last batch is durable.
@@ -223,6 +226,8 @@ const RESTORE_COLS: &str = "id, point_id, target, paths, safety_point, started_a
 const RESTORE_N: usize = 7;
 const BOOT_COLS: &str = "point_id, disk, manifest";
 const BOOT_N: usize = 3;
+const PIN_COLS: &str = "point_id, pinned_at";
+const PIN_N: usize = 2;
 
 fn entries_cols() -> String {
     format!("path, {ENTRY_COLS}, ino, ctime_s, ctime_ns")
@@ -235,7 +240,7 @@ fn changes_cols() -> String {
 const CHANGES_N: usize = ENTRY_N + 6;
 
 /// (table, its columns, the columns that identify a row): what the migration seals.
-fn tables() -> [(&'static str, String, &'static [&'static str]); 5] {
+fn tables() -> [(&'static str, String, &'static [&'static str]); 6] {
     [
         ("points", POINT_COLS.to_string(), &["id"]),
         ("entries", entries_cols(), &["path"]),
@@ -246,6 +251,7 @@ fn tables() -> [(&'static str, String, &'static [&'static str]); 5] {
             BOOT_COLS.to_string(),
             &["point_id", "disk"],
         ),
+        ("pins", PIN_COLS.to_string(), &["point_id"]),
     ]
 }
 
@@ -254,6 +260,7 @@ const ENTRIES: u8 = 1;
 const CHANGES: u8 = 2;
 const RESTORES: u8 = 3;
 const BOOT: u8 = 4;
+const PINS: u8 = 5;
 
 /// The SQL of each table's logged writes, built once: `apply_op` runs for every row.
 struct TableSql {
@@ -568,6 +575,7 @@ fn point_from_row(r: &Row) -> rusqlite::Result<Point> {
         warnings: u64_at(r, 9)?,
         excludes: json_at(r, 10, "excludes")?,
         boot_note: r.get(11)?,
+        pinned: false,
     })
 }
 
@@ -689,6 +697,11 @@ fn forget_op(path: &[u8]) -> Op {
         table: ENTRIES,
         key: vec![Value::Blob(path.to_vec())],
     }
+}
+
+/// The record of a point's row, as the index and the packs hold it.
+pub fn point_op(p: &Point) -> Op {
+    put(POINTS, point_values(p))
 }
 
 /// The record of a change row, as the index and its pack hold it.
@@ -967,8 +980,59 @@ impl Index {
         let rows = st
             .query_map([], point_from_row)
             .map_err(self.err("listing points"))?;
+        let mut points = rows
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("listing points"))?;
+        let pins = self.pins()?;
+        for p in &mut points {
+            p.pinned = pins.contains(&p.id);
+        }
+        Ok(points)
+    }
+
+    /// The pinned points.
+    fn pins(&self) -> Result<Vec<PointId>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {PIN_COLS}, sum FROM pins ORDER BY point_id"
+            ))
+            .map_err(self.err("listing pins"))?;
+        let rows = st
+            .query_map([], |r| {
+                let id: PointId = r.get(0)?;
+                rowsum::check(r, "pins", PIN_N, || format!("the pin of point {id}"))?;
+                Ok(id)
+            })
+            .map_err(self.err("listing pins"))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err("listing points"))
+            .map_err(self.err("listing pins"))
+    }
+
+    /// Pins complete point `id` (`pinned`) or unpins it, logged like every write. Returns the
+    /// point as it is now.
+    pub fn set_pin(&mut self, id: PointId, pinned: bool, now: &str) -> Result<Point> {
+        let mut p = self.point(id)?;
+        if p.pinned != pinned {
+            let op = if pinned {
+                put(
+                    PINS,
+                    vec![Value::Integer(id.0), Value::Text(now.to_string())],
+                )
+            } else {
+                of_point(PINS, id)
+            };
+            self.commit(
+                if pinned {
+                    "pinning the point"
+                } else {
+                    "unpinning the point"
+                },
+                vec![op],
+            )?;
+            p.pinned = pinned;
+        }
+        Ok(p)
     }
 
     pub fn complete_points(&self) -> Result<Vec<Point>> {
@@ -1040,6 +1104,7 @@ impl Index {
             stored_bytes: 0,
             warnings: 0,
             boot_note: None,
+            pinned: false,
         };
         self.commit("recording a new point", vec![put(POINTS, point_values(&p))])?;
         Ok(p.id)
@@ -1177,6 +1242,7 @@ impl Index {
             of_point(CHANGES, oldest),
             of_point(CHANGES, successor),
             of_point(BOOT, oldest),
+            of_point(PINS, oldest),
             of_point(POINTS, oldest),
         ];
         let freed = UsageChange::Add {
@@ -1184,6 +1250,36 @@ impl Index {
             packs: -(freed_packs as i64),
         };
         self.commit_with("removing the oldest point", ops, Some(freed), &[])
+    }
+
+    /// Removes point `removed` from the middle in one transaction: its row, boot captures and
+    /// changes go, and its successor's changes are replaced by `merged` (which step back from
+    /// the successor to the point before `removed`, with frames in the merged pack), its row by
+    /// `successor` (the merged pack's size). `packs`: allocated bytes of the merged pack less
+    /// those of the two packs it replaces.
+    pub fn merge_point(
+        &mut self,
+        removed: PointId,
+        successor: &Point,
+        merged: &[Change],
+        packs: i64,
+    ) -> Result<()> {
+        let mut ops = Vec::with_capacity(merged.len() + 6);
+        ops.extend([
+            of_point(CHANGES, removed),
+            of_point(CHANGES, successor.id),
+            of_point(BOOT, removed),
+            of_point(PINS, removed),
+            of_point(POINTS, removed),
+            put(POINTS, point_values(successor)),
+        ]);
+        ops.extend(merged.iter().map(change_op));
+        self.commit_with(
+            "removing a point and merging its changes into the next",
+            ops,
+            Some(UsageChange::Add { replica: 0, packs }),
+            &[],
+        )
     }
 
     /// Records the boot area captured with a running point: (disk, manifest JSON) pairs, or

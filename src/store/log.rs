@@ -30,7 +30,14 @@ const DUMP_BATCH: usize = 1 << 20;
 const MAX_RECORD: u32 = 64 << 20;
 
 /// The tables a record can name, by code.
-pub const TABLES: [&str; 5] = ["points", "entries", "changes", "restores", "boot_captures"];
+pub const TABLES: [&str; 6] = [
+    "points",
+    "entries",
+    "changes",
+    "restores",
+    "boot_captures",
+    "pins",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {

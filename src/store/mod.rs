@@ -21,6 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub use index::change_op as change_record;
+pub use index::point_op as point_record;
 pub use index::{
     BatchWrite, Change, ContentKind, Index, Point, PointId, PointKind, PointTotals, RestoreJournal,
     UsageChange,
@@ -153,6 +154,25 @@ impl Store {
 
     pub fn pack_path(&self, id: PointId) -> PathBuf {
         self.dir.join("packs").join(format!("{id}.pack"))
+    }
+
+    /// Where `successor`'s merged pack is written while point `removed` is merged into it
+    /// (`prune::remove_point`). The name says which point's removal it belongs to, so the next
+    /// writer can tell whether that removal committed (DESIGN.md "Retention and removal").
+    pub fn merge_path(&self, successor: PointId, removed: PointId) -> PathBuf {
+        self.dir
+            .join("packs")
+            .join(format!("{successor}.merge-{removed}"))
+    }
+
+    /// Finishes or undoes the merges an interrupted `prune ID` left. A merged pack whose
+    /// removed point the index still holds was never committed: it goes. One whose point the
+    /// index no longer holds was: the removed point's pack goes, then the merged pack takes the
+    /// successor's name. Idempotent, and called under the lock before orphan packs are removed.
+    pub fn finish_merges(&self) -> Result<()> {
+        let known: std::collections::HashSet<PointId> =
+            self.index.points()?.iter().map(|p| p.id).collect();
+        finish_merges(&self.dir, |removed| known.contains(&removed))
     }
 
     /// Deletes a point's pack file; one that is already gone is fine (a crash after the
@@ -300,6 +320,51 @@ pub fn pack_files(dir: &Path) -> Result<Vec<(Option<PointId>, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The merged packs in `STORE/packs/`: (successor, removed point, path).
+fn pending_merges(dir: &Path) -> Result<Vec<(PointId, PointId, PathBuf)>> {
+    let packs = dir.join("packs");
+    let mut out = Vec::new();
+    for ent in fs::read_dir(&packs).ctx(|| format!("listing {}", packs.display()))? {
+        let ent = ent.ctx(|| format!("listing {}", packs.display()))?;
+        let name = ent.file_name();
+        let Some((s, m)) = name.to_str().and_then(|n| n.split_once(".merge-")) else {
+            continue;
+        };
+        if let (Ok(s), Ok(m)) = (s.parse::<PointId>(), m.parse::<PointId>()) {
+            out.push((s, m, ent.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// `Store::finish_merges`, with `still_there` telling whether the removed point is still in
+/// the index (repair from the packs alone asks whether its pack is still there instead: a
+/// removal deletes it only after its commit, and before the merged pack takes its name).
+pub(crate) fn finish_merges(dir: &Path, still_there: impl Fn(PointId) -> bool) -> Result<()> {
+    let packs = dir.join("packs");
+    for (successor, removed, path) in pending_merges(dir)? {
+        if still_there(removed) {
+            fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+            continue;
+        }
+        let old = packs.join(format!("{removed}.pack"));
+        match fs::remove_file(&old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("removing {}", old.display()), e))
+            }
+            _ => {}
+        }
+        crate::failpoint::hit("merge-before-rename");
+        let to = packs.join(format!("{successor}.pack"));
+        fs::rename(&path, &to)
+            .ctx(|| format!("renaming {} to {}", path.display(), to.display()))?;
+        File::open(&packs)
+            .and_then(|d| d.sync_all())
+            .ctx(|| format!("syncing {}", packs.display()))?;
+    }
+    Ok(())
 }
 
 /// What in `dir` shows it held a store, when its index is gone: a replica with content,

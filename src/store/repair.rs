@@ -76,6 +76,7 @@ pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
             report.log_rewritten = true;
         }
         report.points = idx.points()?.iter().map(|p| p.id).collect();
+        super::finish_merges(dir, |m| report.points.contains(&m))?;
         report.moved_packs = move_unreferenced_packs(dir, &report.points)?;
         return Ok(report);
     }
@@ -94,6 +95,9 @@ pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
                 ));
                 fs::rename(&lp, &kept).ctx(|| format!("moving {} aside", lp.display()))?;
             }
+            // Without an index, a merge committed once the removed point's pack is gone.
+            let packs = dir.join("packs");
+            super::finish_merges(dir, |m| packs.join(format!("{m}.pack")).exists())?;
             from_packs(dir, &rebuilt, &mut report)?;
         }
     }
@@ -121,6 +125,7 @@ pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
         report.log_rewritten = true;
     }
     report.points = idx.points()?.iter().map(|p| p.id).collect();
+    super::finish_merges(dir, |m| report.points.contains(&m))?;
     report.moved_packs = move_unreferenced_packs(dir, &report.points)?;
     Ok(report)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn build(lab: &Lab) {
+pub(crate) fn build(lab: &Lab) {
     lab.run_sh(
         r#"
         for d in 0 1 2 3; do mkdir -p "dir$d"; for f in $(seq 1 60); do seq 1 $((f * 40)) > "dir$d/file$f"; done; done
@@ -20,7 +20,7 @@ fn build(lab: &Lab) {
 }
 
 /// Changes a spread of files, so a snapshot has work in every phase.
-fn mutate(lab: &Lab, rng: &mut Rng) {
+pub(crate) fn mutate(lab: &Lab, rng: &mut Rng) {
     let mut script = String::new();
     for _ in 0..40 {
         let (d, f) = (rng.below(4), 1 + rng.below(70));
@@ -64,7 +64,7 @@ fn mutate(lab: &Lab, rng: &mut Rng) {
     lab.run_sh(&script);
 }
 
-fn snapshot_cmd(lab: &Lab) -> Command {
+pub(crate) fn snapshot_cmd(lab: &Lab) -> Command {
     let mut c = Command::new(SNAPSHOT.path());
     c.args([
         "--root",
@@ -84,7 +84,7 @@ fn complete_points(lab: &Lab) -> Vec<i64> {
 }
 
 /// Every complete point restores into one converging target exactly as it was recorded.
-fn check_all(lab: &Lab, expected: &BTreeMap<i64, Fingerprint>, when: &str) {
+pub(crate) fn check_all(lab: &Lab, expected: &BTreeMap<i64, Fingerprint>, when: &str) {
     let points = complete_points(lab);
     for id in &points {
         let want = expected

@@ -21,5 +21,6 @@ mod place;
 mod props;
 mod refusals;
 mod relog;
+mod removal;
 mod selection;
 mod util;

@@ -101,6 +101,7 @@ fn repair_without_a_log_rebuilds_from_the_packs_and_the_replica() {
         "mkdir -p etc/app bin && for f in $(seq 1 20); do seq 1 $((f * 40)) > etc/app/c$f; done; ln -s app/c1 etc/l",
         "seq 1 700 >> etc/app/c2 && rm etc/app/c3 && chmod 600 etc/app/c4 && echo new > bin/n",
         "touch -d '2021-02-03 04:05:06.7' etc/app/c5 && rm etc/l && mkdir etc/d && echo x > etc/d/x",
+        "seq 1 900 >> etc/app/c2 && rm etc/app/c6 && echo again > bin/n && seq 5 99 > etc/app/c7",
     ] {
         lab.run_sh(step);
         expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
@@ -110,6 +111,9 @@ fn repair_without_a_log_rebuilds_from_the_packs_and_the_replica() {
         &["prune", "--oldest", "1", "--store", Lab::s(&lab.store())],
     );
     expected.remove(&1);
+    // A point removed from the middle: the merged pack describes itself as well.
+    SNAPSHOT.expect(0, &["prune", "3", "--store", Lab::s(&lab.store())]);
+    expected.remove(&3);
     let before = points_json(&lab);
     std::fs::remove_file(lab.store().join("index.db")).unwrap();
     std::fs::remove_file(lab.store().join("index.log")).unwrap();
@@ -233,6 +237,14 @@ fn the_recorded_usage_is_what_a_walk_finds() {
     check("after the rollback of an interrupted point");
     lab.restore_in_place(0, 2, &[]);
     check("after an in-place restore and its safety point");
+    lab.run_sh("seq 1 77777 > a/c/new && echo more >> a/c/n5");
+    lab.snapshot();
+    let ids = lab.point_ids();
+    SNAPSHOT.expect(
+        0,
+        &["prune", &ids[1].to_string(), "--store", Lab::s(&store)],
+    );
+    check("after removing a point from the middle");
 }
 
 fn inode(p: &std::path::Path) -> u64 {

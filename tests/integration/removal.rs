@@ -1,0 +1,201 @@
+//! Points removed from the middle of the history (`prune ID`), pins, and retention around
+//! them: every point left restores exactly as it was recorded, whatever was removed around
+//! it, and a removal killed at any step leaves every complete point restorable.
+
+use std::collections::BTreeMap;
+
+use crate::crash::{build, check_all, mutate};
+use crate::util::*;
+
+fn store_args(lab: &Lab) -> [String; 2] {
+    ["--store".into(), Lab::s(&lab.store()).into()]
+}
+
+/// `build`, then `n` points with churn between them (files edited, removed, turned into
+/// directories, twins split, the 12 MB file patched), each with the fingerprint it was taken of.
+fn history(lab: &Lab, n: usize, seed: u64) -> BTreeMap<i64, Fingerprint> {
+    build(lab);
+    let mut rng = Rng(seed);
+    let mut expected = BTreeMap::new();
+    for _ in 0..n {
+        let fp = fingerprint(&lab.sys());
+        expected.insert(lab.snapshot(), fp);
+        mutate(lab, &mut rng);
+    }
+    expected
+}
+
+fn prune(lab: &Lab, code: i32, extra: &[&str]) -> std::process::Output {
+    let mut args: Vec<String> = vec!["prune".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(store_args(lab));
+    SNAPSHOT.expect(code, &args)
+}
+
+#[test]
+fn points_removed_from_the_middle_leave_every_other_point_exact() {
+    let lab = Lab::new();
+    let mut expected = history(&lab, 8, 0x9e11);
+    assert_eq!(lab.point_ids(), (1..=8).collect::<Vec<_>>());
+
+    // Refused, nothing removed: the latest, an unknown point.
+    let out = prune(&lab, 7, &["8"]);
+    assert!(text(&out).contains("latest"), "{}", text(&out));
+    prune(&lab, 1, &["99"]);
+    assert_eq!(lab.point_ids().len(), 8);
+
+    // A dry run names the point each change would go into, and removes nothing.
+    let out = prune(&lab, 0, &["4", "5", "--dry-run"]);
+    let said = text(&out);
+    assert!(
+        said.contains("Would remove restore point 4") && said.contains("merged into point 6"),
+        "{said}"
+    );
+    assert_eq!(lab.point_ids().len(), 8);
+
+    // One at a time, then two next to each other, then the one before the latest, then the
+    // oldest: after each, every point left restores as it was taken and verifies whole.
+    for ids in [&["4"][..], &["5", "6"], &["7"], &["1"], &["3"]] {
+        let out = prune(&lab, 0, &[ids, &["--json"]].concat());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["removed"].as_array().unwrap().len(), ids.len(), "{v}");
+        for id in ids {
+            expected.remove(&id.parse::<i64>().unwrap());
+        }
+        assert_eq!(
+            lab.point_ids(),
+            expected.keys().copied().collect::<Vec<_>>()
+        );
+        check_all(&lab, &expected, &format!("after removing {ids:?}"));
+    }
+    assert_eq!(lab.point_ids(), vec![2, 8]);
+    // The store holds no pack of a removed point, and no merge left behind.
+    let mut packs: Vec<String> = std::fs::read_dir(lab.store().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    packs.sort();
+    assert!(
+        packs.iter().all(|p| p == "2.pack" || p == "8.pack"),
+        "{packs:?}"
+    );
+}
+
+#[test]
+fn pinned_points_stay_through_retention_and_prune() {
+    let lab = Lab::new();
+    let mut expected = history(&lab, 6, 0x7a11);
+    let s = store_args(&lab);
+    let out = SNAPSHOT.expect(0, &["pin", "2", &s[0], &s[1]]);
+    assert!(text(&out).contains("pinned"), "{}", text(&out));
+    let listed = SNAPSHOT.expect(0, &["list", "--json", &s[0], &s[1]]);
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let pinned: Vec<i64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["pinned"] == true)
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(pinned, vec![2]);
+    assert!(text(&SNAPSHOT.expect(0, &["list", &s[0], &s[1]])).contains("[pinned]"));
+
+    // `prune ID` refuses a pinned point; `--oldest` passes over it.
+    let out = prune(&lab, 7, &["2"]);
+    assert!(text(&out).contains("unpin 2"), "{}", text(&out));
+    let out = prune(&lab, 0, &["--oldest", "2"]);
+    assert!(
+        text(&out).contains("restore point 1") && text(&out).contains("restore point 3"),
+        "{}",
+        text(&out)
+    );
+    expected.remove(&1);
+    expected.remove(&3);
+    assert_eq!(lab.point_ids(), vec![2, 4, 5, 6]);
+    check_all(&lab, &expected, "after --oldest 2 around a pin");
+
+    // Retention that would keep only the latest keeps the pinned point too, and removes the
+    // points after it (merged into their successors).
+    std::fs::create_dir_all(lab.sys().join("etc")).unwrap();
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        "[retention]\nceiling_ratio = 1.0\nmin_points = 1\nage_floor = \"0s\"\n",
+    )
+    .unwrap();
+    let out = SNAPSHOT.expect(
+        0,
+        &["prune", "--json", "--config", Lab::s(&conf), &s[0], &s[1]],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rules: Vec<(i64, String)> = v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_i64().unwrap(),
+                d["rule"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(rules[0], (2, "pinned".to_string()), "{v}");
+    assert_eq!(rules.last().unwrap(), &(6, "latest".to_string()), "{v}");
+    let left = lab.point_ids();
+    assert!(left.contains(&2) && left.contains(&6), "{left:?}");
+    expected.retain(|id, _| left.contains(id));
+    check_all(&lab, &expected, "after retention around a pin");
+
+    // Unpinned, it can go like any other.
+    SNAPSHOT.expect(0, &["unpin", "2", &s[0], &s[1]]);
+    prune(&lab, 0, &["2"]);
+    expected.remove(&2);
+    check_all(&lab, &expected, "after unpinning and removing point 2");
+}
+
+/// A removal killed at each of its steps: before the commit the merged pack is discarded,
+/// after it the next writer finishes the renames. Either way every complete point restores.
+#[test]
+fn a_removal_killed_at_any_step_leaves_every_point_restorable() {
+    let lab = Lab::new();
+    let mut expected = history(&lab, 7, 0xdead);
+    let s = store_args(&lab);
+    // (failpoint, the point removed, whether the kill comes after the commit)
+    for (fp, id, committed) in [
+        ("merge-before-commit", 3, false),
+        ("index-after-log-append", 3, false),
+        ("merge-after-commit", 3, true),
+        ("merge-before-rename", 4, true),
+    ] {
+        let st = std::process::Command::new(SNAPSHOT.path())
+            .args(["prune", &id.to_string(), &s[0], &s[1]])
+            .env("RESTOREPOINT_FAILPOINT", fp)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(st.code(), None, "{fp}: the process should have been killed");
+        if committed {
+            expected.remove(&id);
+        }
+        // A restore takes the lock and finishes (or discards) the merge first.
+        check_all(&lab, &expected, &format!("after a removal killed at {fp}"));
+        let names: Vec<String> = std::fs::read_dir(lab.store().join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains(".merge-")),
+            "{fp}: {names:?}"
+        );
+    }
+    // The log holds exactly the writes that committed: the index rebuilt from it alone gives
+    // the same points, and each restores.
+    std::fs::remove_file(lab.store().join("index.db")).unwrap();
+    SNAPSHOT.expect(0, &["repair", &s[0], &s[1]]);
+    assert_eq!(
+        lab.point_ids(),
+        expected.keys().copied().collect::<Vec<_>>()
+    );
+    check_all(&lab, &expected, "after a repair from the log");
+}
