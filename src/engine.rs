@@ -742,6 +742,7 @@ impl System {
                     removed: points[at].clone(),
                     merged_into,
                     freed_bytes: 0,
+                    warnings: Vec::new(),
                 });
             }
             return Ok(out);

@@ -212,7 +212,7 @@ impl Entry {
 
 /// Something an operation could not do for one path, that did not stop it: the path keeps its
 /// previous state (a snapshot) or is left as it is (a restore).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Warning {
     pub path: String,
     pub message: String,

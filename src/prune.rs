@@ -54,8 +54,10 @@ pub fn apply_retention(
             all.sort_by_key(|d: &crate::retention::Decision| d.id);
             return Ok(all);
         };
-        remove_point(store, d.id, crate::delta::Level::default())?;
-        removed.push(d.clone());
+        let r = remove_point(store, d.id, crate::delta::Level::default())?;
+        let mut d = d.clone();
+        d.warnings = r.warnings;
+        removed.push(d);
     }
 }
 
@@ -103,6 +105,8 @@ pub struct Removal {
     pub merged_into: Option<PointId>,
     /// Allocated bytes of packs freed (negative: the merge grew the store).
     pub freed_bytes: i64,
+    /// Versions the merge found already damaged: recorded as lost in the merged rows.
+    pub warnings: Vec<crate::model::Warning>,
 }
 
 /// Why `id` cannot be removed, if it cannot: the latest point, a pinned point, one an
@@ -173,6 +177,7 @@ pub fn remove_point(store: &mut Store, id: PointId, level: crate::delta::Level) 
             removed,
             merged_into: None,
             freed_bytes: freed as i64,
+            warnings: Vec::new(),
         });
     }
     let (before, removed, mut successor) = (
@@ -181,14 +186,21 @@ pub fn remove_point(store: &mut Store, id: PointId, level: crate::delta::Level) 
         points[at + 1].clone(),
     );
     let merged_path = store.merge_path(successor.id, id);
-    let merged = write_merged(
+    let mut warnings = Vec::new();
+    let merged = match write_merged(
         store,
-        &before,
-        &removed,
-        &mut successor,
+        (&before, &removed, &mut successor),
         &merged_path,
         level,
-    )?;
+        &mut warnings,
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing refers to it; the next writer would delete it too.
+            let _ = std::fs::remove_file(&merged_path);
+            return Err(e);
+        }
+    };
     crate::failpoint::hit("merge-before-commit");
     let freed = store.pack_allocated(id) as i64 + store.pack_allocated(successor.id) as i64
         - allocated(&merged_path) as i64;
@@ -200,6 +212,7 @@ pub fn remove_point(store: &mut Store, id: PointId, level: crate::delta::Level) 
         removed,
         merged_into: Some(successor.id),
         freed_bytes: freed,
+        warnings,
     })
 }
 
@@ -215,11 +228,10 @@ type Frame = (ContentKind, (u64, u64));
 /// its changes; `successor.stored_bytes` becomes the merged pack's length.
 fn write_merged(
     store: &Store,
-    before: &Point,
-    removed: &Point,
-    successor: &mut Point,
+    (before, removed, successor): (&Point, &Point, &mut Point),
     to: &std::path::Path,
     level: crate::delta::Level,
+    warnings: &mut Vec<crate::model::Warning>,
 ) -> Result<Vec<Change>> {
     use std::collections::HashMap;
     let werr = || format!("writing {}", to.display());
@@ -308,23 +320,37 @@ fn write_merged(
                     }
                     Some(o) => {
                         let key = (o.hash.expect("file entries have a hash"), s.new_hash);
-                        let (kind, frame) = match reencoded.get(&key) {
-                            Some(&k) => k,
-                            None => {
-                                let k = reencode(
-                                    store,
-                                    &mut packs,
-                                    &mut pack,
-                                    before.id,
-                                    successor.id,
-                                    &m.path,
-                                    level,
-                                )?;
-                                reencoded.insert(key, k);
-                                k
-                            }
+                        let made = match reencoded.get(&key) {
+                            Some(&k) => Ok(k),
+                            None => reencode(
+                                store,
+                                &mut packs,
+                                &mut pack,
+                                (before.id, successor.id),
+                                &m.path,
+                                level,
+                            ),
                         };
-                        (c.content, c.frame) = (kind, Some(frame));
+                        match made {
+                            Ok(k) => {
+                                reencoded.insert(key, k);
+                                (c.content, c.frame) = (k.0, Some(k.1));
+                            }
+                            // That version could not be rebuilt before either (the same
+                            // chain): it stays lost, named, rather than blocking every
+                            // removal (and every later retention) for good.
+                            Err(Error::Damaged { what }) => {
+                                warnings.push(crate::model::Warning {
+                                    path: display_path(&m.path),
+                                    message: format!(
+                                        "{what}; its version at point {} and before stays lost",
+                                        before.id
+                                    ),
+                                });
+                                (c.content, c.frame) = (ContentKind::Full, Some((pack.len(), 0)));
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
                 c
@@ -379,13 +405,11 @@ fn copy_frame(
 
 /// The frame that rebuilds `path`'s content at point `before` from its content at
 /// `successor`: both rebuilt (each step checked against its hash) and encoded again.
-#[allow(clippy::too_many_arguments)]
 fn reencode(
     store: &Store,
     packs: &mut crate::restore::Packs,
     pack: &mut crate::store::PackWriter,
-    before: PointId,
-    successor: PointId,
+    (before, successor): (PointId, PointId),
     path: &[u8],
     level: crate::delta::Level,
 ) -> Result<Frame> {

@@ -135,6 +135,8 @@ pub struct Decision {
     pub reason: Reason,
     /// What removing it is expected to free (0 when kept): the estimate the ceiling rule used.
     pub frees: u64,
+    /// What the removal found (versions already damaged, now recorded as lost).
+    pub warnings: Vec<crate::model::Warning>,
 }
 
 impl Decision {
@@ -152,11 +154,12 @@ impl Decision {
 impl serde::Serialize for Decision {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Decision", 4)?;
+        let mut st = s.serialize_struct("Decision", 5)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("remove", &self.remove)?;
         st.serialize_field("rule", self.reason.rule())?;
         st.serialize_field("reason", &self.describe(false))?;
+        st.serialize_field("warnings", &self.warnings)?;
         st.end()
     }
 }
@@ -217,6 +220,7 @@ pub fn decide(
                     remove: false,
                     reason,
                     frees: 0,
+                    warnings: Vec::new(),
                 });
             }
             None => {
@@ -231,6 +235,7 @@ pub fn decide(
                     remove: true,
                     reason: Reason::OverCeiling(sizes),
                     frees,
+                    warnings: Vec::new(),
                 });
                 size = size.saturating_sub(frees);
             }

@@ -475,7 +475,11 @@ fn take_point(
     for w in &hook_warnings {
         eprintln!("warning: {w}");
     }
-    let code = if r.warnings.is_empty() && hook_warnings.is_empty() {
+    let pruned: Vec<_> = removed.iter().flat_map(|d| &d.warnings).collect();
+    for w in &pruned {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    let code = if r.warnings.is_empty() && hook_warnings.is_empty() && pruned.is_empty() {
         SUCCESS
     } else {
         WARNINGS
@@ -1209,14 +1213,23 @@ fn print_verify(r: &crate::verify::VerifyReport, full: bool) {
 
 fn prune_policy(cli: &Cli, system: &System, config: &Config, dry_run: bool) -> CmdResult {
     let decisions = system.prune(&config.retention.policy(), dry_run)?;
+    let warnings: Vec<_> = decisions.iter().flat_map(|d| &d.warnings).collect();
+    let code = if warnings.is_empty() {
+        SUCCESS
+    } else {
+        WARNINGS
+    };
     if cli.json {
         print_json("decisions", &decisions);
-        return Ok(SUCCESS);
+        return Ok(code);
     }
     for d in &decisions {
         outln!("Restore point {}: {}", d.id, d.describe(dry_run));
     }
-    Ok(SUCCESS)
+    for w in &warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    Ok(code)
 }
 
 fn pin(cli: &Cli, system: &System, id: PointId, pinned: bool) -> CmdResult {
@@ -1235,9 +1248,11 @@ fn pin(cli: &Cli, system: &System, id: PointId, pinned: bool) -> CmdResult {
 
 fn prune_points(cli: &Cli, system: &System, ids: &[PointId], dry_run: bool) -> CmdResult {
     let removed = system.remove_points(ids, dry_run)?;
+    let warned = removed.iter().any(|r| !r.warnings.is_empty());
+    let code = if warned { WARNINGS } else { SUCCESS };
     if cli.json {
         print_json("removed", &removed);
-        return Ok(SUCCESS);
+        return Ok(code);
     }
     let verb = if dry_run { "Would remove" } else { "Removed" };
     for r in &removed {
@@ -1262,7 +1277,10 @@ fn prune_points(cli: &Cli, system: &System, ids: &[PointId], dry_run: bool) -> C
             );
         }
     }
-    Ok(SUCCESS)
+    for w in removed.iter().flat_map(|r| &r.warnings) {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    Ok(code)
 }
 
 fn prune(cli: &Cli, system: &System, n: usize, dry_run: bool) -> CmdResult {

@@ -199,3 +199,47 @@ fn a_removal_killed_at_any_step_leaves_every_point_restorable() {
     );
     check_all(&lab, &expected, "after a repair from the log");
 }
+
+/// A version the merge must rebuild but cannot (its frame was damaged since) stays lost and is
+/// named; the removal goes through, and everything else of every point is as it was.
+#[test]
+fn a_removal_over_a_damaged_version_names_it_and_keeps_the_rest() {
+    let lab = Lab::new();
+    let s = store_args(&lab);
+    let mut g = Vec::new();
+    for v in 1..=4 {
+        lab.run_sh(&format!("seq 1 {} > f && seq {v} 3000 > g", 2000 + v * 10));
+        g.push(std::fs::read(lab.sys().join("g")).unwrap());
+        lab.snapshot();
+    }
+    // Damage point 3's frame of f: the version of f at point 2 (and so at 1) is gone.
+    let (off, len): (i64, i64) = rusqlite::Connection::open(lab.store().join("index.db"))
+        .unwrap()
+        .query_row(
+            "SELECT frame_offset, frame_len FROM changes WHERE point_id = 3 AND path = CAST('f' AS BLOB)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(len > 4);
+    flip(
+        &lab.store().join("packs/3.pack"),
+        (off + len / 2) as u64,
+        0x10,
+    );
+    let out = prune(&lab, 3, &["2"]);
+    let said = text(&out);
+    assert!(
+        said.contains("warning: /f:") && said.contains("stays lost"),
+        "{said}"
+    );
+    assert_eq!(lab.point_ids(), vec![1, 3, 4]);
+    // g of point 1 comes back exactly; f of point 1 is reported damaged, never made up.
+    let t = lab.target("p1");
+    RESTORE.expect(0, &lab.restore_to_args(1, &t, &["--path", "/g"]));
+    assert_eq!(std::fs::read(t.join("g")).unwrap(), g[0]);
+    SNAPSHOT.expect(5, &["cat", "1", "/f", &s[0], &s[1]]);
+    let t4 = lab.target("p4");
+    lab.restore(4, &t4);
+    assert_eq!(std::fs::read(t4.join("g")).unwrap(), g[3]);
+}
