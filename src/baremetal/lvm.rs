@@ -69,13 +69,23 @@ pub fn mapper_name(vg: &str, lv: &str) -> String {
 /// The volume groups of an `lvm` record (files `vgcfgbackup` wrote, each after a `# volume
 /// group NAME` line).
 pub fn parse(record: &str) -> Result<Vec<VolumeGroup>, String> {
-    let mut chunks: Vec<String> = Vec::new();
+    match parse_each(record)? {
+        (groups, unreadable) if unreadable.is_empty() => Ok(groups),
+        (_, unreadable) => Err(unreadable.join("; ")),
+    }
+}
+
+/// `parse`, group by group: the groups read, and for each group that could not be read its
+/// name (from its `# volume group` line) and why. A group this parser does not understand
+/// matters only if it lies on the disk being rebuilt, which only the caller can tell.
+pub fn parse_each(record: &str) -> Result<(Vec<VolumeGroup>, Vec<String>), String> {
+    let mut chunks: Vec<(String, String)> = Vec::new();
     for line in record.lines() {
-        if line.starts_with("# volume group ") {
-            chunks.push(String::new());
+        if let Some(name) = line.strip_prefix("# volume group ") {
+            chunks.push((name.trim().to_string(), String::new()));
         }
         match chunks.last_mut() {
-            Some(c) => {
+            Some((_, c)) => {
                 c.push_str(line);
                 c.push('\n');
             }
@@ -83,7 +93,14 @@ pub fn parse(record: &str) -> Result<Vec<VolumeGroup>, String> {
             None => return Err("text before the first `# volume group` line".into()),
         }
     }
-    chunks.into_iter().map(|c| volume_group(&c)).collect()
+    let (mut groups, mut unreadable) = (Vec::new(), Vec::new());
+    for (name, c) in chunks {
+        match volume_group(&c) {
+            Ok(g) => groups.push(g),
+            Err(e) => unreadable.push(format!("{name} ({e})")),
+        }
+    }
+    Ok((groups, unreadable))
 }
 
 fn volume_group(text: &str) -> Result<VolumeGroup, String> {

@@ -359,11 +359,11 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
     let mut filesystems = Vec::new();
     let mut notes = Vec::new();
     let mut mounted_by_fstab: Vec<FstabEntry> = Vec::new();
-    let mut groups = match rec.text(c, "lvm")? {
-        Some(t) => lvm::parse(&t).map_err(|e| Error::Damaged {
+    let (mut groups, unreadable) = match rec.text(c, "lvm")? {
+        Some(t) => lvm::parse_each(&t).map_err(|e| Error::Damaged {
             what: format!("the LVM record of point {point}: {e}"),
         })?,
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     let volume = |on: On,
                   node: &str,
@@ -449,16 +449,42 @@ fn plan_capture(rec: &Records, c: &Capture, device: &Path) -> Result<Plan> {
         let tags = blkid.get(&part.node);
         if tags.and_then(|t| t.get("TYPE")).map(String::as_str) == Some("LVM2_member") {
             let id = tags.and_then(|t| t.get("UUID"));
-            let pv = groups.iter_mut().flat_map(|g| g.pvs.iter_mut()).find(|pv| {
-                id.is_some_and(|id| id.eq_ignore_ascii_case(&pv.id)) || pv.device == part.node
+            // The UUID is the identity; the device name the record remembers is only a hint,
+            // used when blkid gave no UUID, and never over another group's UUID match.
+            let by_id = groups
+                .iter()
+                .flat_map(|g| &g.pvs)
+                .position(|pv| id.is_some_and(|id| id.eq_ignore_ascii_case(&pv.id)));
+            let at = by_id.or_else(|| {
+                id.is_none()
+                    .then(|| {
+                        groups
+                            .iter()
+                            .flat_map(|g| &g.pvs)
+                            .position(|pv| pv.device == part.node)
+                    })
+                    .flatten()
             });
-            match pv {
+            match at.and_then(|i| groups.iter_mut().flat_map(|g| g.pvs.iter_mut()).nth(i)) {
                 Some(pv) => pv.partition = Some(part.number),
                 None => {
+                    let why = if !unreadable.is_empty() {
+                        format!(
+                            "the point's LVM record holds groups this program cannot read: {}",
+                            unreadable.join("; ")
+                        )
+                    } else if groups.is_empty() {
+                        "the point has no LVM record (vgcfgbackup was missing or failed when the point was taken)".to_string()
+                    } else {
+                        format!(
+                            "it belongs to none of the volume groups the point recorded ({}): a physical volume in no group, or one added after the record",
+                            groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    };
                     return Err(Error::Invalid(format!(
-                        "partition {} ({}) is an LVM physical volume that the point's LVM record does not describe (vgcfgbackup was missing or failed when the point was taken): rebuild this disk by hand, then restore the files with --root",
+                        "partition {} ({}) is an LVM physical volume, and {why}: rebuild this disk by hand, then restore the files with --root",
                         part.number, part.node
-                    )))
+                    )));
                 }
             }
             continue;
@@ -983,11 +1009,33 @@ mod tests {
     }
 
     #[test]
+    fn a_group_the_parser_cannot_read_matters_only_when_it_is_on_the_disk() {
+        let broken = "# volume group other-vg\nother-vg {\n\tid = \"x\"\n";
+        let plan = plan_of(&records(&format!("{}{broken}", lvm::tests::BACKUP))).unwrap();
+        assert_eq!(plan.volume_groups.len(), 1);
+        let e = plan_of(&records(broken)).unwrap_err().to_string();
+        assert!(
+            e.contains("groups this program cannot read: other-vg"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn lvm_that_cannot_be_made_from_this_disk_alone_is_refused() {
         let err = |lvm: &str| plan_of(&records(lvm)).unwrap_err().to_string();
         let e = err("");
         assert!(
-            e.contains("partition 2 (/dev/vdb2) is an LVM physical volume"),
+            e.contains("partition 2 (/dev/vdb2) is an LVM physical volume")
+                && e.contains("no LVM record"),
+            "{e}"
+        );
+        // The UUID decides, not the device name the record remembers: a PV whose UUID is in
+        // no recorded group is refused even where the record's device name matches.
+        let mut other = records(lvm::tests::BACKUP);
+        other[1].1 = BLKID.replace("mLxk1E-yQ6m", "zzzzzz-yQ6m");
+        let e = plan_of(&other).unwrap_err().to_string();
+        assert!(
+            e.contains("belongs to none of the volume groups the point recorded (rp-vg)"),
             "{e}"
         );
         let spans = lvm::tests::BACKUP.replace(

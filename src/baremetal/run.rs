@@ -210,7 +210,14 @@ pub fn run(
         active: Vec::new(),
     };
     let result = steps(plan, rec, files, say, &mut setup);
-    let teardown = setup.unmount_all(say).and_then(|_| setup.deactivate(say));
+    let teardown = setup
+        .unmount_all(say)
+        .map_err(|e| ("unmount", e))
+        .and_then(|_| {
+            setup
+                .deactivate(say)
+                .map_err(|e| ("deactivate volume groups", e))
+        });
     let left_mounted: Vec<String> = setup
         .mounted
         .iter()
@@ -237,24 +244,50 @@ pub fn run(
             return Err(Error::BareMetalStep {
                 device,
                 step,
-                message: format!("{message}; then unmounting failed too: {t}"),
+                message: format!("{message}; then the step `{}` failed too: {}", t.0, t.1),
                 next: format!(
-                    "unmount {} (umount -l if busy), then {next}",
-                    left_mounted.join(" and ")
+                    "{}, then {next}",
+                    undo_by_hand(&left_mounted, &setup.active)
                 ),
             });
         }
         (r, _) => r?,
     };
-    if let Err(e) = teardown {
+    if let Err((step, e)) = teardown {
         return Err(Error::BareMetalStep {
             device: plan.device.clone(),
-            step: "unmount".into(),
+            step: step.into(),
             message: e,
-            next: "everything was written; unmount the filesystems listed by `findmnt` under /tmp/restorepoint-bare-metal.* by hand".into(),
+            next: format!(
+                "everything was written; {}",
+                undo_by_hand(&left_mounted, &setup.active)
+            ),
         });
     }
     Ok(report)
+}
+
+/// What is left for the operator after a failed teardown: filesystems still mounted, volume
+/// groups still active (the disk is in use until both are undone).
+fn undo_by_hand(mounted: &[String], active: &[String]) -> String {
+    let mut todo = Vec::new();
+    if !mounted.is_empty() {
+        todo.push(format!(
+            "unmount {} (umount -l if busy)",
+            mounted.join(" and ")
+        ));
+    }
+    if !active.is_empty() {
+        todo.push(format!(
+            "deactivate {} (vgchange -an NAME)",
+            active.join(" and ")
+        ));
+    }
+    if todo.is_empty() {
+        "nothing is left mounted or active".into()
+    } else {
+        todo.join(", then ")
+    }
 }
 
 fn steps(
@@ -538,10 +571,18 @@ fn volume_groups(
             say,
             &step,
             "lvm",
-            vec!["vgchange".into(), "-ay".into(), g.name.clone()],
+            // -K: a volume flagged to skip activation still gets its filesystem restored.
+            vec!["vgchange".into(), "-ay".into(), "-K".into(), g.name.clone()],
             None,
         )?;
-        for lv in g.lvs.iter().filter(|lv| lv.visible) {
+        // Only the volumes the plan writes (a filesystem or swap) are waited for: nothing is
+        // written to the others, whatever the rescue system's LVM does with them.
+        let planned = |lv: &str| {
+            plan.filesystems
+                .iter()
+                .any(|f| matches!(&f.on, On::Lv { vg, lv: l } if *vg == g.name && l == lv))
+        };
+        for lv in g.lvs.iter().filter(|lv| lv.visible && planned(&lv.name)) {
             out.insert(
                 On::Lv {
                     vg: g.name.clone(),
