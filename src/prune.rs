@@ -68,22 +68,8 @@ pub fn remove_oldest(store: &mut Store) -> Result<Option<Point>> {
         return Ok(None);
     }
     let (oldest, successor) = (points[0].clone(), points[1].id);
-    if let Some(&(_, restoring)) = needed_by_restores(store)?
-        .iter()
-        .find(|(p, _)| *p == oldest.id)
-    {
-        let j = store
-            .index
-            .restores()?
-            .into_iter()
-            .rfind(|j| !j.complete && j.point == restoring)
-            .expect("needed_by_restores names an unfinished restore");
-        return Err(Error::RestoreUnfinished {
-            op: format!("removing point {}", oldest.id),
-            point: j.point,
-            target: j.target,
-            started: j.started_at,
-        });
+    if let Some(e) = needed_by_a_restore(store, oldest.id)? {
+        return Err(e);
     }
     let freed = store.pack_allocated(oldest.id) + store.pack_allocated(successor);
     store
@@ -127,21 +113,26 @@ pub fn refusal(store: &Store, points: &[Point], id: PointId) -> Result<Option<Er
             ),
         }));
     }
-    if let Some(&(_, restoring)) = needed_by_restores(store)?.iter().find(|(p, _)| *p == id) {
-        let j = store
-            .index
-            .restores()?
-            .into_iter()
-            .rfind(|j| !j.complete && j.point == restoring)
-            .expect("needed_by_restores names an unfinished restore");
-        return Ok(Some(Error::RestoreUnfinished {
-            op: format!("removing point {id}"),
-            point: j.point,
-            target: j.target,
-            started: j.started_at,
-        }));
-    }
-    Ok(None)
+    needed_by_a_restore(store, id)
+}
+
+/// The refusal to remove `id` when an unfinished in-place restore needs it.
+fn needed_by_a_restore(store: &Store, id: PointId) -> Result<Option<Error>> {
+    let Some(&(_, restoring)) = needed_by_restores(store)?.iter().find(|(p, _)| *p == id) else {
+        return Ok(None);
+    };
+    let j = store
+        .index
+        .restores()?
+        .into_iter()
+        .rfind(|j| !j.complete && j.point == restoring)
+        .expect("needed_by_restores names an unfinished restore");
+    Ok(Some(Error::RestoreUnfinished {
+        op: format!("removing point {id}"),
+        point: j.point,
+        target: j.target,
+        started: j.started_at,
+    }))
 }
 
 /// Removes complete point `id`, wherever it is in the history (DESIGN.md "Retention and
