@@ -203,7 +203,11 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
                 return Ok(crate::baremetal::Files {
                     entries: done.entries,
                     bytes: done.bytes,
-                    warnings: done.warnings,
+                    warnings: done
+                        .warnings
+                        .iter()
+                        .map(|w| format!("{}: {}", w.path, w.message))
+                        .collect(),
                     damaged: Vec::new(),
                 });
             }
@@ -472,9 +476,6 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
     if cli.json {
         print_json("report", &r);
     } else {
-        for w in &r.warnings {
-            eprintln!("warning: {w}");
-        }
         outln!(
             "Restored point {id} from {} into {}: {} entries, {}",
             remote.url,
@@ -483,6 +484,11 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
             super::render::size(r.bytes)
         );
     }
+    print_warnings(
+        r.warnings
+            .iter()
+            .map(|w| (w.path.as_str(), w.message.as_str())),
+    );
     Ok(if r.warnings.is_empty() {
         SUCCESS
     } else {

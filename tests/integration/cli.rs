@@ -662,6 +662,53 @@ fn another_user_gets_the_right_messages() {
     );
 }
 
+/// A restore from a remote store as another user than root sums up the owners it could not
+/// set in one warning, as a restore from a local store does.
+#[test]
+fn a_remote_restore_as_a_user_sums_up_the_owners_it_could_not_set() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    require_root!();
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc/d && for i in 1 2 3 4 5 6 7; do echo $i > etc/d/f$i; done && chown -R 1000:1000 etc/d");
+    lab.snapshot();
+    let remote = lab.target("remote");
+    let url = format!("file://{}", remote.display());
+    SNAPSHOT.expect(0, &["push", "--to", &url, "--store", Lab::s(&lab.store())]);
+    std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = lab.target("as-nobody");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::chown(&target, Some(65534), Some(65534)).unwrap();
+    let out = std::process::Command::new(RESTORE.path())
+        .args([
+            "--store",
+            &url,
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&target),
+            "--yes",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0]
+            .contains("entries belong to this user (uid 65534) instead of their recorded owners"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("etc/d/f7")).unwrap(),
+        "7\n"
+    );
+}
+
 /// `-v` lists what the new point recorded (and a restore what it writes); it cannot be
 /// combined with `-q`.
 #[test]
