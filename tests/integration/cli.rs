@@ -662,6 +662,42 @@ fn another_user_gets_the_right_messages() {
     );
 }
 
+/// The store's access is judged by the effective user, the one the kernel judges every open
+/// by: a run whose real user differs (setuid, `setpriv --euid`) is neither refused a store it
+/// can read nor let past the check to fail on a bare "permission denied".
+#[test]
+fn store_access_is_judged_by_the_effective_user() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root!();
+    let lab = lab_with_points(1);
+    std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = lab.store();
+    let list = |ids: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(ids)
+            .arg("--clear-groups")
+            .arg(SNAPSHOT.path())
+            .args(["list", "--store", Lab::s(&store)])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = list(&["--ruid=65534", "--rgid=65534"]);
+    assert_eq!(out.status.code(), Some(0), "effective root: {}", text(&out));
+    let out = list(&["--euid=65534", "--egid=65534"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "effective nobody: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("belongs to root (mode 0700) and this user (uid 65534) cannot read it"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// A restore from a remote store as another user than root sums up the owners it could not
 /// set in one warning, as a restore from a local store does.
 #[test]
