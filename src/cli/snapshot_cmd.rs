@@ -153,10 +153,7 @@ pub fn main() -> i32 {
     raise_fd_limit();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { USAGE } else { SUCCESS };
-        }
+        Err(e) => return parse_failed(e),
     };
     super::JSON_ERRORS.store(cli.json, std::sync::atomic::Ordering::Relaxed);
     // A remote store has no system or config of its own to read.
@@ -199,8 +196,8 @@ pub fn main() -> i32 {
         || cli.label.is_some()
         || cli.level.is_some();
     if snapshot_flags && !matches!(cli.cmd, None | Some(Cmd::Audit { .. })) {
-        eprintln!("error: --source, --exclude, --label and --level are the snapshot's own (and --source, --exclude audit's): this subcommand does not take them");
-        return USAGE;
+        let why = "--source, --exclude, --label and --level are the snapshot's own (and --source, --exclude audit's): this subcommand does not take them";
+        return fail(&crate::error::Error::Usage(why.into()));
     }
     let (system, config) = match cli.place.system() {
         Ok(v) => v,
@@ -210,7 +207,14 @@ pub fn main() -> i32 {
         None => take(&cli, &system, &config),
         Some(Cmd::Audit { selection }) => audit(&cli, selection, &system, &config),
         Some(Cmd::ConfigExample) => {
-            out!("{}", crate::config::EXAMPLE);
+            if cli.json {
+                print_json(
+                    "example",
+                    &serde_json::json!({ "example": crate::config::EXAMPLE }),
+                );
+            } else {
+                out!("{}", crate::config::EXAMPLE);
+            }
             Ok(SUCCESS)
         }
         Some(Cmd::List) => list(&cli, &system),
@@ -329,7 +333,7 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     let started = std::time::Instant::now();
     let result = take_point(cli, system, config);
     let (exit_code, point, warnings, message) = match &result {
-        Ok((code, Some(r))) => (
+        Ok((code, r)) => (
             *code,
             Some(r.point.0),
             r.warnings.len() as u64,
@@ -345,15 +349,6 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
                 } else {
                     ", with warnings".to_string()
                 }
-            ),
-        ),
-        Ok((code, None)) => (
-            *code,
-            None,
-            0,
-            format!(
-                "snapshot into {} not taken: a pre_snapshot hook failed",
-                system.store.display()
             ),
         ),
         Err(e) => (
@@ -383,7 +378,7 @@ fn take_point(
     cli: &Cli,
     system: &System,
     config: &Config,
-) -> Result<(i32, Option<crate::snapshot::SnapshotReport>), crate::error::Error> {
+) -> Result<(i32, crate::snapshot::SnapshotReport), crate::error::Error> {
     let opts = snapshot_options(cli, &cli.selection, config, &system.root)?;
     crate::store::check_access(&system.store, true)?;
     let policy = config.retention.policy();
@@ -401,10 +396,9 @@ fn take_point(
             if h.optional {
                 hook_warnings.push(format!("{f} (optional: the snapshot goes on)"));
             } else {
-                let msg = format!("pre_snapshot {f}; the snapshot was not taken");
-                eprintln!("error: {msg}");
-                on_failure(config, &env, &msg);
-                return Ok((FAILURE, None));
+                let e = crate::error::Error::PreSnapshotHook { failure: f };
+                on_failure(config, &env, &e.to_string());
+                return Err(e);
             }
         }
     }
@@ -470,7 +464,7 @@ fn take_point(
     } else {
         WARNINGS
     };
-    Ok((code, Some(r)))
+    Ok((code, r))
 }
 
 /// Runs the `on_failure` hooks with the error in `RESTOREPOINT_ERROR`; their own failures are

@@ -484,6 +484,37 @@ fn every_json_document_is_an_object_with_its_schema() {
     let restore = lab.restore_to_args(1, &target, &["--dry-run"]);
     // Not a dry run: the plan is for people (stderr), stdout holds the report alone.
     let restored = lab.restore_to_args(1, &lab.target("u"), &[]);
+    let hook_conf = lab.target("hook.conf");
+    std::fs::write(&hook_conf, "[hooks]\npre_snapshot = [\"exit 9\"]\n").unwrap();
+    let s = Lab::s(&store);
+    let t = Lab::s(&target);
+    let unconfirmed: Vec<String> = ["--store", s, "--point", "1", "--target", t]
+        .map(String::from)
+        .into();
+    let inside = store.join("x");
+    let in_store = lab.restore_to_args(1, &inside, &[]);
+    let device_alone = lab.restore_to_args(1, &target, &["--device", "/dev/null"]);
+    let url = format!("file://{}", lab.target("remote").display());
+    let remote = |extra: &[&str]| -> Vec<String> {
+        ["--store", &url, "--target", t]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let remote_path = remote(&["--point", "1", "--path", "/etc", "--yes"]);
+    let remote_no_point = remote(&["--yes"]);
+    let remote_unconfirmed = remote(&["--point", "1"]);
+    let bare_remote_no_point: Vec<String> = [
+        "--store",
+        &url,
+        "--bare-metal",
+        "--device",
+        "/dev/null",
+        "--yes",
+    ]
+    .map(String::from)
+    .into();
     let runs: Vec<(&Bin, Vec<&str>, i32)> = vec![
         (&SNAPSHOT, vec!["list"], 0),
         (&SNAPSHOT, vec!["show", "2"], 0),
@@ -499,6 +530,43 @@ fn every_json_document_is_an_object_with_its_schema() {
         (&SNAPSHOT, vec!["show", "99"], 1),
         (&RESTORE, restore.iter().map(String::as_str).collect(), 0),
         (&RESTORE, restored.iter().map(String::as_str).collect(), 0),
+        (&SNAPSHOT, vec!["config-example"], 0),
+        // The snapshot's own flag given to another subcommand, and one clap does not know.
+        (&SNAPSHOT, vec!["list", "--label", "x"], 2),
+        (&SNAPSHOT, vec!["list", "--no-such-flag"], 2),
+        (&SNAPSHOT, vec!["-c", Lab::s(&hook_conf)], 1),
+        // No terminal to ask on and no --yes.
+        (
+            &RESTORE,
+            unconfirmed.iter().map(String::as_str).collect(),
+            6,
+        ),
+        (&RESTORE, in_store.iter().map(String::as_str).collect(), 2),
+        (
+            &RESTORE,
+            device_alone.iter().map(String::as_str).collect(),
+            2,
+        ),
+        (
+            &RESTORE,
+            remote_path.iter().map(String::as_str).collect(),
+            2,
+        ),
+        (
+            &RESTORE,
+            remote_no_point.iter().map(String::as_str).collect(),
+            2,
+        ),
+        (
+            &RESTORE,
+            remote_unconfirmed.iter().map(String::as_str).collect(),
+            6,
+        ),
+        (
+            &RESTORE,
+            bare_remote_no_point.iter().map(String::as_str).collect(),
+            6,
+        ),
     ];
     for (runner, args, code) in runs {
         let mut all = args.clone();
@@ -511,6 +579,10 @@ fn every_json_document_is_an_object_with_its_schema() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{all:?} printed no JSON ({e}): {}", text(&out)));
         assert_eq!(v["schema"], 1, "{all:?}: {v}");
+        if code != 0 && code != 3 {
+            assert_eq!(v["error"]["exit_code"], code, "{all:?}: {v}");
+            assert!(v["error"]["message"].as_str().is_some(), "{all:?}: {v}");
+        }
         if args.first() == Some(&"diff") {
             let changes = v["changes"].as_array().unwrap();
             let conf = changes
