@@ -20,6 +20,7 @@ pub mod model;
 pub mod monitor;
 pub mod mount;
 pub mod offsite;
+pub mod paths;
 pub mod progress;
 pub mod prune;
 pub mod recover;

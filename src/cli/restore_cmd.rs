@@ -9,8 +9,9 @@ use clap::Parser;
 use super::render::size;
 use super::*;
 use crate::boot::restore::BootPlan;
-use crate::engine::{source_rel, RestoreRequest};
+use crate::engine::RestoreRequest;
 use crate::model::display_path;
+use crate::paths::source_rel;
 use crate::restore::{Action, RestorePlan};
 use crate::store::{Point, PointId, Store};
 
@@ -529,7 +530,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         ));
     }
     if let Some(t) = &cli.target {
-        if crate::engine::within(&system.store, t).is_some() {
+        if crate::paths::within(&system.store, t).is_some() {
             return Err(crate::error::Error::Usage(format!(
                 "the target {} lies inside the store {}; choose a directory outside it",
                 t.display(),

@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 use super::render::{rfc3339, size, when, when_created};
 use super::*;
 use crate::delta::Level;
-use crate::engine::{source_rel, PathChange, System};
+use crate::engine::{PathChange, System};
 use crate::exclude::DEFAULT_EXCLUDES;
+use crate::paths::source_rel;
 use crate::snapshot::SnapshotOptions;
 use crate::store::{PointId, PointKind};
 
@@ -536,7 +537,7 @@ fn audit(cli: &Cli, selection: &Selection, system: &System, config: &Config) -> 
     sel.sources.extend(selection.sources.iter().cloned());
     sel.excludes.extend(selection.excludes.iter().cloned());
     let opts = snapshot_options(cli, &sel, config, &system.root)?;
-    let store = crate::engine::within(&system.root, &system.store);
+    let store = crate::paths::within(&system.root, &system.store);
     let r = crate::audit::audit(&system.root, store, &opts)?;
     if cli.json {
         print_json("report", &r);
@@ -785,7 +786,7 @@ fn points_table(rows: impl Iterator<Item = PointRow>) {
 }
 
 fn ls(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
-    let rel = crate::engine::source_rel(path)?;
+    let rel = crate::paths::source_rel(path)?;
     let store = crate::store::Store::open_for_reading(&system.store)?;
     let entries = crate::browse::list(&store, id, &rel)?;
     if cli.json {
@@ -927,7 +928,7 @@ fn mount(
 }
 
 fn cat(system: &System, id: PointId, path: &str) -> CmdResult {
-    let rel = crate::engine::source_rel(path)?;
+    let rel = crate::paths::source_rel(path)?;
     let store = crate::store::Store::open_for_reading(&system.store)?;
     let mut out = std::io::stdout().lock();
     crate::browse::cat(&store, id, &rel, &mut out)?;
@@ -947,7 +948,7 @@ fn export(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
             "export writes a tar archive, not text for a terminal: redirect it to a file (`system_snapshot export {id} {path} > point-{id}.tar`) or pipe it to tar (`| tar -xp --xattrs --xattrs-include='*' --acls --numeric-owner -f - -C DIR`)"
         )));
     }
-    let rel = crate::engine::source_rel(path)?;
+    let rel = crate::paths::source_rel(path)?;
     let store = crate::store::Store::open_for_reading(&system.store)?;
     let stdout = std::io::stdout().lock();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout);
