@@ -3,7 +3,6 @@
 //! and delegates to the module that owns the work.
 
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::boot::restore::BootPlan;
@@ -15,6 +14,7 @@ use crate::model::{display_path, is_within, Packed, RelPath};
 use crate::paths::{source_rel, within};
 use crate::progress::Progress;
 use crate::restore::{self, RestorePlan, RestoreReport};
+use crate::restore::{check_space, journal_key, make_target, out_of_space, write_boot};
 use crate::restore::{Action, ApplyMode};
 use crate::retention::{Decision, Policy};
 use crate::snapshot::{self, SnapshotOptions, SnapshotReport};
@@ -60,13 +60,6 @@ pub struct RestoreOutcome {
     /// Bytes written to each disk's boot area.
     pub boot_written: Vec<(PathBuf, u64)>,
     pub report: RestoreReport,
-}
-
-fn write_boot(plans: &[BootPlan]) -> Result<Vec<(PathBuf, u64)>> {
-    plans
-        .iter()
-        .map(|p| Ok((p.device.clone(), crate::boot::restore::apply(p)?)))
-        .collect()
 }
 
 /// What one point changed against the point before it.
@@ -700,14 +693,6 @@ impl System {
     }
 }
 
-/// How the restore journal names a root restored in place.
-fn journal_key(root: &Path) -> String {
-    root.canonicalize()
-        .unwrap_or_else(|_| root.to_path_buf())
-        .display()
-        .to_string()
-}
-
 /// A point taken of a half-restored tree would record a state that never existed: refused
 /// until the restore is finished.
 fn refuse_while_restoring(store: &Store, root: &Path, op: &str) -> Result<()> {
@@ -773,114 +758,4 @@ fn keep_for_unfinished_restores(store: &Store, decisions: &mut [Decision]) -> Re
         }
     }
     Ok(())
-}
-
-/// Refuses the restore when a filesystem of the target has less space available than the plan
-/// writes there. A target that does not exist yet is measured at its nearest existing ancestor.
-pub fn check_space(target: &Path, plan: &RestorePlan) -> Result<()> {
-    let (fd, exists) = match fsio::open_root(target) {
-        Ok(fd) => (fd, true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let above = existing_ancestor(target);
-            let fd = fsio::open_root(&above)
-                .ctx(|| format!("opening {} (above the restore target)", above.display()))?;
-            (fd, false)
-        }
-        Err(e) => return Err(e).ctx(|| format!("opening the restore target {}", target.display())),
-    };
-    let short: Vec<String> = restore::space_needs(plan, std::os::fd::AsFd::as_fd(&fd), exists)?
-        .iter()
-        .filter(|n| n.needed > n.available)
-        .map(|n| {
-            let dir = if exists {
-                target.join(std::ffi::OsStr::from_bytes(&n.dir))
-            } else {
-                existing_ancestor(target)
-            };
-            format!(
-                "the filesystem of {} needs {} ({} bytes) for the files to write and has {} ({} bytes) available",
-                dir.display(),
-                crate::model::human_size(n.needed),
-                n.needed,
-                crate::model::human_size(n.available),
-                n.available
-            )
-        })
-        .collect();
-    if short.is_empty() {
-        return Ok(());
-    }
-    Err(Error::RestoreRefused {
-        why: format!(
-            "{}; free space there (files that are replaced free theirs only after their new version is written), or restore less with --path",
-            short.join("; ")
-        ),
-    })
-}
-
-fn existing_ancestor(path: &Path) -> PathBuf {
-    let mut p = path;
-    while std::fs::symlink_metadata(p).is_err() {
-        match p.parent() {
-            Some(up) if !up.as_os_str().is_empty() => p = up,
-            _ => return PathBuf::from("."),
-        }
-    }
-    p.to_path_buf()
-}
-
-/// Creates the target directory and the missing ones above it; returns those it created,
-/// deepest first.
-fn make_target(t: &Path) -> Result<Vec<PathBuf>> {
-    let mut missing = Vec::new();
-    let mut p = t;
-    while std::fs::symlink_metadata(p).is_err() {
-        missing.push(p.to_path_buf());
-        match p.parent() {
-            Some(up) if !up.as_os_str().is_empty() => p = up,
-            _ => break,
-        }
-    }
-    std::fs::create_dir_all(t).ctx(|| format!("creating the target {}", t.display()))?;
-    Ok(missing)
-}
-
-/// A restore that ran out of space part way: says where it stands and how to finish it or go
-/// back. `journal` is the store and the pre-restore point of an in-place restore.
-fn out_of_space(
-    e: Error,
-    point: PointId,
-    target: &Path,
-    journal: Option<(&Path, Option<PointId>)>,
-) -> Error {
-    let full = |s: &std::io::Error| {
-        s.kind() == std::io::ErrorKind::StorageFull
-            || s.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error())
-    };
-    let Error::Io { op, source } = e else {
-        return e;
-    };
-    if !full(&source) {
-        return Error::Io { op, source };
-    }
-    let next = match journal {
-        Some((store, safety)) => format!(
-            "The restore of point {point} into {} is journaled as unfinished in {} (table `restores`). Free space there and run the same system_restore again to finish it{}",
-            target.display(),
-            store.join("index.db").display(),
-            match safety {
-                Some(s) => format!(", or restore the pre-restore point {s} (`system_restore --point {s}`) to go back"),
-                None => " (no pre-restore point was taken: --no-safety-point)".to_string(),
-            }
-        ),
-        None => format!(
-            "{} holds part of point {point}. Free space there and run the same system_restore again to finish it",
-            target.display()
-        ),
-    };
-    Error::Unfinished {
-        what: format!("the restore stopped, out of space: {op}"),
-        source,
-        next,
-    }
 }

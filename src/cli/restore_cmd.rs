@@ -359,7 +359,7 @@ fn restore_remote_in_place(
             return Ok(cancelled());
         }
     }
-    crate::engine::check_space(&root, &plan)?;
+    crate::restore::check_space(&root, &plan)?;
     let mut content = crate::offsite::RemoteContent::of(remote, &std::env::temp_dir())?;
     let progress = progress_bar();
     let r = crate::restore::apply_from(
@@ -530,13 +530,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         ));
     }
     if let Some(t) = &cli.target {
-        if crate::paths::within(&system.store, t).is_some() {
-            return Err(crate::error::Error::Usage(format!(
-                "the target {} lies inside the store {}; choose a directory outside it",
-                t.display(),
-                system.store.display()
-            )));
-        }
+        crate::restore::check_target(&system.store, t)?;
     }
     let paths = cli
         .paths
