@@ -9,9 +9,9 @@ use clap::Parser;
 use super::render::size;
 use super::*;
 use crate::boot::restore::BootPlan;
-use crate::engine::RestoreRequest;
 use crate::model::display_path;
 use crate::paths::source_rel;
+use crate::restore::RestoreRequest;
 use crate::restore::{Action, RestorePlan};
 use crate::store::{Point, PointId, Store};
 

@@ -5,6 +5,7 @@ mod apply;
 mod check;
 mod links;
 mod plan;
+mod run;
 mod space;
 mod state;
 mod steps;
@@ -12,6 +13,7 @@ mod steps;
 pub use apply::{apply, apply_from, ApplyMode, ContentSource, RestoreReport, Source};
 pub use check::{check_content, refusal as damaged_refusal, without_damaged, DamagedPath};
 pub use plan::{build as build_plan, Action, PlanItem, PlanOptions, PlanSummary, RestorePlan};
+pub use run::{plan as plan_request, run, RestoreOutcome, RestoreRequest};
 pub use space::{check_space, needs as space_needs, FsNeed};
 pub use state::{
     point_state, point_state_as, rebuild, rebuild_one_unchecked, rebuild_unchecked, Packs,
