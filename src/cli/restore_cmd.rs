@@ -569,11 +569,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
             .chain(&cli.keep)
             .cloned()
             .collect(),
-        // The pre-restore point holds the boot area about to be overwritten.
-        boot: match boot_plans.as_slice() {
-            [one] => crate::boot::Source::Device(one.device.clone()),
-            _ => config.boot.source(),
-        },
+        boot: crate::boot::restore::safety_source(&boot_plans, config.boot.source()),
         checksum: cli.checksum,
         skip_damaged: cli.skip_damaged,
     };
