@@ -5,16 +5,16 @@
 use std::path::{Path, PathBuf};
 
 use crate::boot::restore::BootPlan;
-use crate::error::{Error, IoContext, Result};
-use crate::fsio;
-use crate::model::{display_path, RelPath};
+use crate::error::{Error, Result};
+use crate::model::RelPath;
 use crate::progress::Progress;
 use crate::restore::journal_key;
 use crate::restore::{self, RestorePlan};
 pub use crate::restore::{RestoreOutcome, RestoreRequest};
 use crate::retention::{Decision, Policy};
+pub use crate::show::{PathChange, PointChanges};
 use crate::snapshot::{self, SnapshotOptions, SnapshotReport};
-use crate::store::{ContentKind, Point, PointId, Store};
+use crate::store::{Point, PointId, Store};
 use crate::verify::VerifyReport;
 
 /// The system whose points are recorded: its root directory and its store.
@@ -22,31 +22,6 @@ use crate::verify::VerifyReport;
 pub struct System {
     pub root: PathBuf,
     pub store: PathBuf,
-}
-
-/// What one point changed against the point before it.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PointChanges {
-    pub point: Option<Point>,
-    /// True for the oldest point: everything in it is listed as added.
-    pub initial: bool,
-    pub added: Vec<PathChange>,
-    pub modified: Vec<PathChange>,
-    pub deleted: Vec<PathChange>,
-    pub metadata_only: Vec<PathChange>,
-    /// The boot area captured with the point, one per disk.
-    pub boot: Vec<crate::boot::Capture>,
-    /// Why the point holds no boot area, if it holds none.
-    pub boot_note: Option<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PathChange {
-    pub path: String,
-    pub kind: &'static str,
-    pub size: u64,
-    /// Bytes the point's pack spends on the path's previous version.
-    pub stored: u64,
 }
 
 impl System {
@@ -152,58 +127,9 @@ impl System {
             .complete_points()
     }
 
+    /// What point `id` changed against the point before it.
     pub fn show(&self, id: PointId) -> Result<PointChanges> {
-        let store = Store::open_for_reading(&self.store)?;
-        let point = store.index.point(id)?;
-        let points = store.index.complete_points()?;
-        let (boot, boot_note) = crate::boot::of_point(&store, id)?;
-        let mut out = PointChanges {
-            point: Some(point),
-            boot,
-            boot_note,
-            ..Default::default()
-        };
-        if points.first().map(|p| p.id) == Some(id) {
-            out.initial = true;
-            for (path, e) in restore::point_state(&store, id)? {
-                out.added.push(PathChange {
-                    path: display_path(&path),
-                    kind: e.kind.name(),
-                    size: e.size,
-                    stored: 0,
-                });
-            }
-            return Ok(out);
-        }
-        let state: std::collections::HashMap<RelPath, crate::model::Entry> =
-            restore::point_state(&store, id)?.into_iter().collect();
-        for c in store.index.changes_of(id)? {
-            let new = state.get(&c.path);
-            let stored = c.frame.map_or(0, |f| f.1);
-            let pc = |e: &crate::model::Entry| PathChange {
-                path: display_path(&c.path),
-                kind: e.kind.name(),
-                size: e.size,
-                stored,
-            };
-            match (&c.old, new) {
-                (None, Some(n)) => out.added.push(pc(n)),
-                (Some(o), None) => out.deleted.push(pc(o)),
-                (Some(o), Some(n)) => {
-                    let meta_only = c.content == ContentKind::Same
-                        && o.kind == n.kind
-                        && o.target == n.target
-                        && o.rdev == n.rdev;
-                    if meta_only {
-                        out.metadata_only.push(pc(n))
-                    } else {
-                        out.modified.push(pc(n))
-                    }
-                }
-                (None, None) => {}
-            }
-        }
-        Ok(out)
+        crate::show::changes(&Store::open_for_reading(&self.store)?, id)
     }
 
     /// Opens the store for a restore: locked, since the replica must not move underneath.
@@ -267,53 +193,21 @@ impl System {
         crate::boot::restore::plan_point(&self.root, store, point, device, configured, with_table)
     }
 
-    /// What differs between point `a` and point `b`, or the live system when `b` is None,
-    /// rendered for people (unified diffs for text files); within `paths` when given.
-    /// Each path that differs, with its rendering for people (a unified diff for text).
+    /// What differs between point `a` and point `b`, or the live system when `b` is None
+    /// (`diff::run`); within `paths` when given.
     pub fn diff(
         &self,
         a: PointId,
         b: Option<PointId>,
         paths: &[RelPath],
     ) -> Result<Vec<(crate::diff::DiffItem, String)>> {
-        let store = Store::open_for_reading(&self.store)?;
-        let mut packs = restore::Packs::default();
-        let root_fd = fsio::open_root(&self.root)
-            .ctx(|| format!("opening the system root {}", self.root.display()))?;
-        let (items, side) = match b {
-            Some(b) => {
-                store.index.point(a)?;
-                store.index.point(b)?;
-                (
-                    crate::diff::between_points(&store, a, b, paths)?,
-                    crate::diff::Side::Point(b),
-                )
-            }
-            None => {
-                let req = RestoreRequest {
-                    point: a,
-                    target: None,
-                    paths: paths.to_vec(),
-                    safety_point: false,
-                    protect: Vec::new(),
-                    boot: crate::boot::Source::Off,
-                    checksum: false,
-                    skip_damaged: false,
-                };
-                let plan = self.plan_restore(&store, &req)?;
-                (
-                    crate::diff::against_live(&plan),
-                    crate::diff::Side::Live(std::os::fd::AsFd::as_fd(&root_fd)),
-                )
-            }
-        };
-        items
-            .into_iter()
-            .map(|it| {
-                let text = crate::diff::render(&store, &mut packs, a, &side, &it)?;
-                Ok((it, text))
-            })
-            .collect()
+        crate::diff::run(
+            &Store::open_for_reading(&self.store)?,
+            &self.root,
+            a,
+            b,
+            paths,
+        )
     }
 
     /// Rebuilds a lost or damaged index from the log (or the log from an intact index), then
