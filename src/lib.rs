@@ -26,6 +26,7 @@ pub mod prune;
 pub mod recover;
 pub mod restore;
 pub mod retention;
+pub mod selection;
 pub mod show;
 pub mod snapshot;
 pub mod store;

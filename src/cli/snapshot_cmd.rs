@@ -8,7 +8,6 @@ use super::render::{rfc3339, size, when, when_created};
 use super::*;
 use crate::delta::Level;
 use crate::engine::{PathChange, System};
-use crate::exclude::DEFAULT_EXCLUDES;
 use crate::paths::source_rel;
 use crate::snapshot::SnapshotOptions;
 use crate::store::{PointId, PointKind};
@@ -487,30 +486,14 @@ fn snapshot_options(
     config: &Config,
     root: &std::path::Path,
 ) -> Result<SnapshotOptions, crate::error::Error> {
-    let sources = if sel.sources.is_empty() {
-        &config.sources
-    } else {
-        &sel.sources
-    };
-    let mut sources: Vec<crate::model::RelPath> = sources
-        .iter()
-        .map(|s| source_rel(s))
-        .collect::<Result<_, _>>()?;
-    if config.boot.capture && config.one_file_system && sel.sources.is_empty() {
-        // /boot and the EFI system partition belong with the boot area even when they are
-        // filesystems of their own, which a walk that stays on one filesystem would skip.
-        for m in crate::boot::boot_mounts(root) {
-            let covered = sources.iter().any(|s| s == &m);
-            let under = sources.iter().any(|s| crate::model::is_within(&m, s));
-            if under && !covered {
-                sources.push(m);
-            }
-        }
-    }
-    let mut excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
-    excludes.extend(config.exclude.iter().cloned());
-    excludes.extend(config.database_locations.iter().cloned());
-    excludes.extend(sel.excludes.iter().cloned());
+    let sources = crate::selection::sources(
+        root,
+        &sel.sources,
+        &config.sources,
+        config.boot.capture && config.one_file_system,
+    )?;
+    let excludes =
+        crate::selection::excludes(&config.exclude, &config.database_locations, &sel.excludes);
     // A run from a terminal is someone's decision; one from cron is the schedule's.
     let kind = if std::io::stdin().is_terminal() {
         PointKind::Manual
