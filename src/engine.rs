@@ -99,6 +99,21 @@ impl System {
         Ok((report, decisions))
     }
 
+    /// A snapshot as the commands take it: `snapshot_and_retain` with the configured hooks
+    /// around it (`hooks::around_snapshot`).
+    pub fn take(
+        &self,
+        opts: &SnapshotOptions,
+        policy: &Policy,
+        kit: bool,
+        hooks: &crate::hooks::Hooks,
+        progress: &dyn Progress,
+    ) -> crate::hooks::Hooked<(SnapshotReport, Vec<Decision>)> {
+        crate::hooks::around_snapshot(hooks, &self.root, &self.store, || {
+            self.snapshot_and_retain(opts, policy, kit, progress)
+        })
+    }
+
     fn refresh_kit(&self, store: &Store, latest: PointId) -> Result<()> {
         let point = store.index.point(latest)?;
         let (captures, note) = crate::boot::of_point(store, latest)?;

@@ -386,36 +386,24 @@ fn take_point(
     if !cli.json && !cli.quiet {
         print_preamble(system, &policy, &config.database_locations);
     }
-    let env = vec![
-        ("RESTOREPOINT_ROOT", system.root.display().to_string()),
-        ("RESTOREPOINT_STORE", system.store.display().to_string()),
-    ];
-    let mut hook_warnings = Vec::new();
-    for h in &config.hooks.pre_snapshot {
-        if let Err(f) = crate::hooks::run(h, &env) {
-            if h.optional {
-                hook_warnings.push(format!("{f} (optional: the snapshot goes on)"));
-            } else {
-                let e = crate::error::Error::PreSnapshotHook { failure: f };
-                on_failure(config, &env, &e.to_string());
-                return Err(e);
-            }
-        }
-    }
     let progress = progress_bar();
-    let (r, decisions) =
-        match system.snapshot_and_retain(&opts, &policy, config.boot.kit, progress.as_ref()) {
-            Ok(v) => v,
-            Err(e) => {
-                on_failure(config, &env, &e.to_string());
-                return Err(e);
+    let hooked = system.take(
+        &opts,
+        &policy,
+        config.boot.kit,
+        &config.hooks,
+        progress.as_ref(),
+    );
+    let hook_warnings = hooked.warnings;
+    let (r, decisions) = match hooked.result {
+        Ok(v) => v,
+        Err(e) => {
+            for w in &hook_warnings {
+                eprintln!("warning: {w}");
             }
-        };
-    for h in &config.hooks.post_snapshot {
-        if let Err(f) = crate::hooks::run(h, &env) {
-            hook_warnings.push(format!("post_snapshot {f}"));
+            return Err(e);
         }
-    }
+    };
     let removed: Vec<&crate::retention::Decision> = decisions.iter().filter(|d| d.remove).collect();
     let secs = started.elapsed().as_secs_f64();
     if cli.json {
@@ -465,18 +453,6 @@ fn take_point(
         WARNINGS
     };
     Ok((code, r))
-}
-
-/// Runs the `on_failure` hooks with the error in `RESTOREPOINT_ERROR`; their own failures are
-/// reported, never hidden behind the first error.
-fn on_failure(config: &Config, env: &[(&str, String)], error: &str) {
-    let mut env = env.to_vec();
-    env.push(("RESTOREPOINT_ERROR", error.to_string()));
-    for h in &config.hooks.on_failure {
-        if let Err(f) = crate::hooks::run(h, &env) {
-            eprintln!("warning: on_failure {f}");
-        }
-    }
 }
 
 /// The snapshot's settings: flags over the config file over the defaults.
