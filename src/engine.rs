@@ -131,6 +131,16 @@ impl System {
         )
     }
 
+    /// The store against the ceiling `policy` sets (`admission::budget`); a store the index
+    /// cannot tell the usage of is measured by a walk.
+    pub fn budget(&self, policy: &Policy) -> crate::admission::Budget {
+        let u = self
+            .usage()
+            .unwrap_or_else(|_| crate::store::usage(&self.store));
+        let replica = Some(u.replica).filter(|_| self.list().is_ok_and(|p| !p.is_empty()));
+        crate::admission::budget(policy, u.data(), replica)
+    }
+
     /// The store's data usage, as the index records it (a walk when it records none).
     pub fn usage(&self) -> Result<crate::store::Usage> {
         Store::open_for_reading(&self.store)?.usage()

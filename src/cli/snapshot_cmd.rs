@@ -531,15 +531,10 @@ fn audit(cli: &Cli, selection: &Selection, system: &System, config: &Config) -> 
 
 /// What the original tool printed before a scheduled snapshot.
 fn print_preamble(system: &System, policy: &crate::retention::Policy, databases: &[String]) {
-    let u = system
-        .usage()
-        .unwrap_or_else(|_| crate::store::usage(&system.store));
-    let used = u.data();
-    let data = Some(u.replica).filter(|_| system.list().is_ok_and(|p| !p.is_empty()));
-    match data {
-        Some(d) => {
-            let ceiling = crate::retention::ceiling(policy, d);
-            let verdict = if used > ceiling {
+    let b = system.budget(policy);
+    match b.ceiling {
+        Some(c) => {
+            let verdict = if c.over {
                 "over it: the oldest points will go"
             } else {
                 "within it"
@@ -547,16 +542,16 @@ fn print_preamble(system: &System, policy: &crate::retention::Policy, databases:
             outln!(
                 "Current size of the store {}: {} of data and history (ceiling {} × {} replica + 1 MiB = {}: {verdict})",
                 system.store.display(),
-                size(used),
+                size(b.used),
                 policy.ceiling_ratio,
-                size(d),
-                size(ceiling)
+                size(c.replica),
+                size(c.bytes)
             );
         }
         None => outln!(
             "Current size of the store {}: {} (no restore point yet)",
             system.store.display(),
-            size(used)
+            size(b.used)
         ),
     }
     outln!(
