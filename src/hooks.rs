@@ -57,7 +57,9 @@ pub fn around_snapshot<T>(
                 warnings.push(format!("{f} (optional: the snapshot goes on)"));
             } else {
                 let result = failed(
-                    crate::error::Error::PreSnapshotHook { failure: f },
+                    crate::error::Error::PreSnapshotHook {
+                        failure: f.to_string(),
+                    },
                     &mut warnings,
                 );
                 return Hooked { result, warnings };
