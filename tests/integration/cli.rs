@@ -726,7 +726,7 @@ fn another_user_gets_the_right_messages() {
 /// one warning that it could not set their owners (exit 3).
 #[track_caller]
 fn restored_as_nobody(out: &std::process::Output, target: &std::path::Path) {
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(out));
     let err = String::from_utf8_lossy(&out.stderr);
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
