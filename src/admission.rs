@@ -98,6 +98,39 @@ pub fn check(
     Ok(())
 }
 
+/// The store against its ceiling, as a snapshot run states it before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The store's data: replica and packs, as allocated.
+    pub used: u64,
+    /// The replica and the ceiling it sets; None while the store has no point.
+    pub ceiling: Option<Ceiling>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceiling {
+    pub replica: u64,
+    /// `ceiling_ratio` × the replica + `retention::SLACK`.
+    pub bytes: u64,
+    /// The data exceeds it: retention removes the oldest points after the next one.
+    pub over: bool,
+}
+
+/// The store's data `used` against the ceiling `replica` sets (None: no point yet, no ceiling).
+pub fn budget(policy: &Policy, used: u64, replica: Option<u64>) -> Budget {
+    Budget {
+        used,
+        ceiling: replica.map(|replica| {
+            let bytes = crate::retention::ceiling(policy, replica);
+            Ceiling {
+                replica,
+                bytes,
+                over: used > bytes,
+            }
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +150,28 @@ mod tests {
                 needed_by_restore: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_budget_states_the_ceiling_once_there_is_a_point() {
+        let policy = Policy {
+            ceiling_ratio: 1.5,
+            min_points: 2,
+            age_floor: Duration::ZERO,
+        };
+        let mib = 1 << 20;
+        let b = budget(&policy, 5 * mib, None);
+        assert_eq!(b.ceiling, None);
+        let b = budget(&policy, 5 * mib, Some(2 * mib));
+        let c = b.ceiling.unwrap();
+        assert_eq!(c.bytes, 4 * mib, "1.5 × 2 MiB + 1 MiB");
+        assert!(c.over);
+        assert!(
+            !budget(&policy, 4 * mib, Some(2 * mib))
+                .ceiling
+                .unwrap()
+                .over
+        );
     }
 
     #[test]

@@ -287,3 +287,49 @@ fn read_all(mut body: Body) -> std::io::Result<Vec<u8>> {
     body.reader()?.read_to_end(&mut v)?;
     Ok(v)
 }
+
+/// What differs between point `a` and point `b`, or the live system under `root` when `b`
+/// is None; within `paths` when given. Each path that differs, with its rendering for people
+/// (a unified diff for text).
+pub fn run(
+    store: &Store,
+    root: &std::path::Path,
+    a: PointId,
+    b: Option<PointId>,
+    paths: &[RelPath],
+) -> Result<Vec<(DiffItem, String)>> {
+    let mut packs = restore::Packs::default();
+    let root_fd =
+        fsio::open_root(root).ctx(|| format!("opening the system root {}", root.display()))?;
+    let (items, side) = match b {
+        Some(b) => {
+            store.index.point(a)?;
+            store.index.point(b)?;
+            (between_points(store, a, b, paths)?, Side::Point(b))
+        }
+        None => {
+            let req = restore::RestoreRequest {
+                point: a,
+                target: None,
+                paths: paths.to_vec(),
+                safety_point: false,
+                protect: Vec::new(),
+                boot: crate::boot::Source::Off,
+                checksum: false,
+                skip_damaged: false,
+            };
+            let plan = restore::plan_request(root, store, &req, &crate::progress::Silent)?;
+            (
+                against_live(&plan),
+                Side::Live(std::os::fd::AsFd::as_fd(&root_fd)),
+            )
+        }
+    };
+    items
+        .into_iter()
+        .map(|it| {
+            let text = render(store, &mut packs, a, &side, &it)?;
+            Ok((it, text))
+        })
+        .collect()
+}

@@ -2,22 +2,19 @@
 //! store the way the operation needs (locked for anything that writes or reads the replica)
 //! and delegates to the module that owns the work.
 
-use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::boot::restore::BootPlan;
-use crate::error::{Error, IoContext, Result};
-use crate::exclude::ExcludeSet;
-use crate::exclude::DEFAULT_EXCLUDES;
-use crate::fsio;
-use crate::model::{display_path, is_within, Packed, RelPath};
+use crate::error::{Error, Result};
+use crate::model::RelPath;
 use crate::progress::Progress;
-use crate::restore::{self, RestorePlan, RestoreReport};
-use crate::restore::{Action, ApplyMode};
+use crate::restore::journal_key;
+use crate::restore::{self, RestorePlan};
+pub use crate::restore::{RestoreOutcome, RestoreRequest};
 use crate::retention::{Decision, Policy};
+pub use crate::show::{PathChange, PointChanges};
 use crate::snapshot::{self, SnapshotOptions, SnapshotReport};
-use crate::store::{ContentKind, Point, PointId, Store};
+use crate::store::{Point, PointId, Store};
 use crate::verify::VerifyReport;
 
 /// The system whose points are recorded: its root directory and its store.
@@ -25,72 +22,6 @@ use crate::verify::VerifyReport;
 pub struct System {
     pub root: PathBuf,
     pub store: PathBuf,
-}
-
-/// What to restore, and where.
-#[derive(Debug, Clone)]
-pub struct RestoreRequest {
-    pub point: PointId,
-    /// None: the system itself, in place; else a directory that becomes the point's root.
-    pub target: Option<PathBuf>,
-    /// Only these paths and what lies below them (empty: the point's sources).
-    pub paths: Vec<RelPath>,
-    /// Take a pre-restore point of the current state before an in-place restore.
-    pub safety_point: bool,
-    /// Patterns a restore never writes or deletes, besides the point's own exclusions.
-    pub protect: Vec<String>,
-    /// Where the pre-restore point reads the boot area from.
-    pub boot: crate::boot::Source,
-    /// Compare the content of every file the size of the point's, not only of those whose
-    /// mtime differs.
-    pub checksum: bool,
-    /// In place: leave out the files whose stored content is damaged (they stay as they are)
-    /// instead of refusing the whole restore.
-    pub skip_damaged: bool,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RestoreOutcome {
-    /// The pre-restore point: restoring it rolls forward again.
-    pub safety_point: Option<PointId>,
-    /// The interrupted restore this run finished, if any.
-    #[serde(skip)]
-    pub resumed: Option<crate::store::RestoreJournal>,
-    /// Bytes written to each disk's boot area.
-    pub boot_written: Vec<(PathBuf, u64)>,
-    pub report: RestoreReport,
-}
-
-fn write_boot(plans: &[BootPlan]) -> Result<Vec<(PathBuf, u64)>> {
-    plans
-        .iter()
-        .map(|p| Ok((p.device.clone(), crate::boot::restore::apply(p)?)))
-        .collect()
-}
-
-/// What one point changed against the point before it.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PointChanges {
-    pub point: Option<Point>,
-    /// True for the oldest point: everything in it is listed as added.
-    pub initial: bool,
-    pub added: Vec<PathChange>,
-    pub modified: Vec<PathChange>,
-    pub deleted: Vec<PathChange>,
-    pub metadata_only: Vec<PathChange>,
-    /// The boot area captured with the point, one per disk.
-    pub boot: Vec<crate::boot::Capture>,
-    /// Why the point holds no boot area, if it holds none.
-    pub boot_note: Option<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PathChange {
-    pub path: String,
-    pub kind: &'static str,
-    pub size: u64,
-    /// Bytes the point's pack spends on the path's previous version.
-    pub stored: u64,
 }
 
 impl System {
@@ -168,6 +99,21 @@ impl System {
         Ok((report, decisions))
     }
 
+    /// A snapshot as the commands take it: `snapshot_and_retain` with the configured hooks
+    /// around it (`hooks::around_snapshot`).
+    pub fn take(
+        &self,
+        opts: &SnapshotOptions,
+        policy: &Policy,
+        kit: bool,
+        hooks: &crate::hooks::Hooks,
+        progress: &dyn Progress,
+    ) -> crate::hooks::Hooked<(SnapshotReport, Vec<Decision>)> {
+        crate::hooks::around_snapshot(hooks, &self.root, &self.store, || {
+            self.snapshot_and_retain(opts, policy, kit, progress)
+        })
+    }
+
     fn refresh_kit(&self, store: &Store, latest: PointId) -> Result<()> {
         let point = store.index.point(latest)?;
         let (captures, note) = crate::boot::of_point(store, latest)?;
@@ -185,6 +131,16 @@ impl System {
         )
     }
 
+    /// The store against the ceiling `policy` sets (`admission::budget`); a store the index
+    /// cannot tell the usage of is measured by a walk.
+    pub fn budget(&self, policy: &Policy) -> crate::admission::Budget {
+        let u = self
+            .usage()
+            .unwrap_or_else(|_| crate::store::usage(&self.store));
+        let replica = Some(u.replica).filter(|_| self.list().is_ok_and(|p| !p.is_empty()));
+        crate::admission::budget(policy, u.data(), replica)
+    }
+
     /// The store's data usage, as the index records it (a walk when it records none).
     pub fn usage(&self) -> Result<crate::store::Usage> {
         Store::open_for_reading(&self.store)?.usage()
@@ -196,58 +152,9 @@ impl System {
             .complete_points()
     }
 
+    /// What point `id` changed against the point before it.
     pub fn show(&self, id: PointId) -> Result<PointChanges> {
-        let store = Store::open_for_reading(&self.store)?;
-        let point = store.index.point(id)?;
-        let points = store.index.complete_points()?;
-        let (boot, boot_note) = crate::boot::of_point(&store, id)?;
-        let mut out = PointChanges {
-            point: Some(point),
-            boot,
-            boot_note,
-            ..Default::default()
-        };
-        if points.first().map(|p| p.id) == Some(id) {
-            out.initial = true;
-            for (path, e) in restore::point_state(&store, id)? {
-                out.added.push(PathChange {
-                    path: display_path(&path),
-                    kind: e.kind.name(),
-                    size: e.size,
-                    stored: 0,
-                });
-            }
-            return Ok(out);
-        }
-        let state: std::collections::HashMap<RelPath, crate::model::Entry> =
-            restore::point_state(&store, id)?.into_iter().collect();
-        for c in store.index.changes_of(id)? {
-            let new = state.get(&c.path);
-            let stored = c.frame.map_or(0, |f| f.1);
-            let pc = |e: &crate::model::Entry| PathChange {
-                path: display_path(&c.path),
-                kind: e.kind.name(),
-                size: e.size,
-                stored,
-            };
-            match (&c.old, new) {
-                (None, Some(n)) => out.added.push(pc(n)),
-                (Some(o), None) => out.deleted.push(pc(o)),
-                (Some(o), Some(n)) => {
-                    let meta_only = c.content == ContentKind::Same
-                        && o.kind == n.kind
-                        && o.target == n.target
-                        && o.rdev == n.rdev;
-                    if meta_only {
-                        out.metadata_only.push(pc(n))
-                    } else {
-                        out.modified.push(pc(n))
-                    }
-                }
-                (None, None) => {}
-            }
-        }
-        Ok(out)
+        crate::show::changes(&Store::open_for_reading(&self.store)?, id)
     }
 
     /// Opens the store for a restore: locked, since the replica must not move underneath.
@@ -268,107 +175,11 @@ impl System {
         req: &RestoreRequest,
         progress: &dyn Progress,
     ) -> Result<RestorePlan> {
-        // A damaged b-tree can hide rows from a query without any error: the restore would
-        // then take a newer version for an older one. SQLite's full check finds that first.
-        if let Some(p) = store.index.integrity_problems()?.first() {
-            return Err(Error::Damaged {
-                what: format!("index {}: {p}", store.index.path.display()),
-            });
-        }
-        let point = store.index.point(req.point)?;
-        let target = req.target.clone().unwrap_or_else(|| self.root.clone());
-        // A --target that does not exist yet is planned as empty: planning creates nothing.
-        let target_fd = match fsio::open_root(&target) {
-            Err(e) if req.target.is_some() && e.kind() == std::io::ErrorKind::NotFound => None,
-            r => Some(r.ctx(|| format!("opening the restore target {}", target.display()))?),
-        };
-        let mut always = Vec::new();
-        if let Some(rel) = within(&target, &self.store) {
-            always.push(rel);
-        }
-        let mut patterns = point
-            .excludes
-            .clone()
-            .unwrap_or_else(|| DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect());
-        patterns.extend(req.protect.iter().cloned());
-        let excludes = ExcludeSet::new(&patterns, always)?;
-        let sources: Vec<RelPath> = point
-            .sources
-            .iter()
-            .map(|s| s.trim_start_matches('/').as_bytes().to_vec())
-            .collect();
-        for p in &req.paths {
-            if !sources.iter().any(|s| is_within(p, s)) {
-                return Err(Error::Usage(format!(
-                    "{} is not in point {}: its sources are {}",
-                    display_path(p),
-                    req.point,
-                    point.sources.join(", ")
-                )));
-            }
-        }
-        let scopes = if req.paths.is_empty() {
-            sources
-        } else {
-            req.paths.clone()
-        };
-        let mut want = restore::point_state_as(store, req.point, |e| Packed::new(&e))?;
-        if !req.paths.is_empty() {
-            want.retain(|(p, _)| scopes.iter().any(|s| is_within(p, s) || is_within(s, p)));
-        }
-        for p in &req.paths {
-            let in_point = want.iter().any(|(w, _)| w == p);
-            let on_system = target_fd.as_ref().is_some_and(|fd| {
-                fsio::open_beneath(std::os::fd::AsFd::as_fd(fd), p, rustix::fs::OFlags::PATH)
-                    .is_ok()
-            });
-            if !in_point && !on_system {
-                return Err(Error::Usage(format!(
-                    "{} is neither in point {} nor on the system; check the path",
-                    display_path(p),
-                    req.point
-                )));
-            }
-        }
-        let mut plan = restore::build_plan(
-            req.point,
-            want,
-            target_fd.as_ref().map(std::os::fd::AsFd::as_fd),
-            &scopes,
-            &excludes,
-            restore::PlanOptions {
-                checksum: req.checksum,
-                progress,
-            },
-        )?;
-        if !req.paths.is_empty() {
-            // Directories above the requested paths are only created when missing; otherwise
-            // they keep their own metadata.
-            let above = |p: &[u8]| !scopes.iter().any(|s| is_within(p, s));
-            plan.items
-                .retain(|it| !above(&it.path) || it.action == Action::Create);
-            let created: Vec<RelPath> = plan
-                .items
-                .iter()
-                .filter(|it| it.action == Action::Create)
-                .map(|it| it.path.clone())
-                .collect();
-            plan.dirs.retain(|p, _| !above(p) || created.contains(p));
-        }
-        Ok(plan)
+        restore::plan_request(&self.root, store, req, progress)
     }
 
-    /// Applies the plan. In place, a pre-restore point of the current state is taken first (when
-    /// asked), and the restore is journaled: running it again after an interruption finishes it
-    /// without taking another pre-restore point of the half-restored tree.
-    ///
-    /// `boot` plans are written first, once the safety point holds the current boot area:
-    /// the raw write is the part most likely to fail, and a failure there leaves the files
-    /// untouched (GRUB's lesson: update the boot disk before its modules in /boot).
-    ///
-    /// Refused before anything is written (or created) when a filesystem of the target lacks
-    /// the space the plan writes; a `--target` directory that did not exist is created only
-    /// then, and removed again if the restore fails before putting anything in it.
+    /// Applies the plan (`restore::run`): in place, after a pre-restore point and under the
+    /// journal; into a `--target` directory, made if missing.
     pub fn restore(
         &self,
         store: &mut Store,
@@ -377,22 +188,7 @@ impl System {
         boot: &[BootPlan],
         progress: &dyn Progress,
     ) -> Result<RestoreOutcome> {
-        let target = req.target.clone().unwrap_or_else(|| self.root.clone());
-        check_space(&target, plan)?;
-        let created = match &req.target {
-            Some(t) => make_target(t)?,
-            None => Vec::new(),
-        };
-        let result = self.restore_into(store, req, plan, boot, progress);
-        if result.is_err() {
-            // remove_dir removes only empty directories: whatever was restored stays.
-            for d in &created {
-                if std::fs::remove_dir(d).is_err() {
-                    break;
-                }
-            }
-        }
-        result
+        restore::run(&self.root, store, req, plan, boot, progress)
     }
 
     /// Checks that every file `plan` writes can be rebuilt from the store (`plan.damaged`):
@@ -409,95 +205,8 @@ impl System {
         Ok(())
     }
 
-    fn restore_into(
-        &self,
-        store: &mut Store,
-        req: &RestoreRequest,
-        plan: &RestorePlan,
-        boot: &[BootPlan],
-        progress: &dyn Progress,
-    ) -> Result<RestoreOutcome> {
-        let target = req.target.clone().unwrap_or_else(|| self.root.clone());
-        let target_fd = fsio::open_root(&target)
-            .ctx(|| format!("opening the restore target {}", target.display()))?;
-        // In place, damage found half way would leave the system part old, part new: it is
-        // found before the pre-restore point and the journal, and refused or left out whole.
-        // The check reads the plan; only damage makes a second plan (without the damaged
-        // paths): a copy of a million items would double the restore's memory.
-        let kept;
-        let mut plan = plan;
-        if req.target.is_none() && !plan.is_empty() {
-            let damaged = if plan.content_checked {
-                plan.damaged.clone()
-            } else {
-                restore::check_content(store, plan, progress)?
-            };
-            if !damaged.is_empty() {
-                if !req.skip_damaged {
-                    return Err(restore::damaged_refusal(req.point, &damaged));
-                }
-                let mut without = restore::without_damaged(plan, &damaged);
-                without.damaged = damaged;
-                without.content_checked = true;
-                kept = without;
-                plan = &kept;
-            }
-        }
-        let boot_work = boot.iter().any(|b| !b.is_noop());
-        if req.target.is_some() || (plan.is_empty() && !boot_work) {
-            // Nothing of the system changes: no safety point, nothing to journal.
-            let boot_written = write_boot(boot)?;
-            let report =
-                restore::apply(store, plan, target_fd.as_fd(), ApplyMode::Target, progress)
-                    .map_err(|e| out_of_space(e, req.point, &target, None))?;
-            return Ok(RestoreOutcome {
-                safety_point: None,
-                resumed: None,
-                boot_written,
-                report,
-            });
-        }
-        let key = journal_key(&target);
-        let resumed = store
-            .index
-            .unfinished_restore(&key)?
-            .filter(|j| j.point == req.point);
-        let safety_point = match &resumed {
-            Some(j) => j.safety_point,
-            None if req.safety_point => Some(self.safety_point(store, req, progress)?),
-            None => None,
-        };
-        if resumed.is_none() && safety_point.is_some() {
-            // The safety point may have taken space on the target's filesystem (a store on
-            // the root): measured again before the first write.
-            check_space(&target, plan)?;
-        }
-        if resumed.is_none() {
-            let paths: Vec<String> = req.paths.iter().map(|p| display_path(p)).collect();
-            store
-                .index
-                .begin_restore(req.point, &key, &paths, safety_point)?;
-        }
-        crate::failpoint::hit("restore-before-apply");
-        let boot_written = write_boot(boot)?;
-        crate::failpoint::hit("restore-after-boot");
-        let report = restore::apply(store, plan, target_fd.as_fd(), ApplyMode::InPlace, progress)
-            .map_err(|e| {
-            out_of_space(e, req.point, &target, Some((&self.store, safety_point)))
-        })?;
-        store.index.finish_restores(&key)?;
-        Ok(RestoreOutcome {
-            safety_point,
-            resumed,
-            boot_written,
-            report,
-        })
-    }
-
-    /// Plans writing point `point`'s boot area back. The disk is `device` when given, else
-    /// `configured` (boot.device), else the disk under the root's /boot, else the one disk
-    /// whose identity is the captured one. Refuses (before anything is written) a disk
-    /// that is not the captured one or whose layout changed.
+    /// Plans writing point `point`'s boot area back (`boot::restore::plan_point`): to `device`,
+    /// else `configured`, else the disk found under the root's /boot or by its identity.
     pub fn plan_boot(
         &self,
         store: &Store,
@@ -506,156 +215,24 @@ impl System {
         configured: Option<&Path>,
         with_table: bool,
     ) -> Result<Vec<BootPlan>> {
-        let (captures, note) = crate::boot::of_point(store, point)?;
-        if captures.is_empty() {
-            return Err(Error::Invalid(format!(
-                "point {point} holds no boot area ({}); restore without --boot, or choose a point that has one (`system_snapshot show ID`)",
-                note.unwrap_or_else(|| "taken before boot capture existed".into())
-            )));
-        }
-        let candidates: Vec<(PathBuf, String)> = if let Some(d) = device {
-            vec![(d.to_path_buf(), "--device".into())]
-        } else if let Some(d) = configured {
-            vec![(d.to_path_buf(), "boot.device in the config".into())]
-        } else {
-            match crate::boot::discover::on_this_machine(&self.root) {
-                Ok(f) => f.disks.into_iter().map(|d| (d, f.how.clone())).collect(),
-                Err(why) => {
-                    let found = crate::boot::discover::by_identity(
-                        Path::new("/sys"),
-                        Path::new("/dev"),
-                        &captures
-                            .iter()
-                            .map(|c| c.layout.clone())
-                            .collect::<Vec<_>>(),
-                    );
-                    if found.is_empty() {
-                        return Err(Error::Invalid(format!(
-                            "cannot find the disk to write point {point}'s boot area to: {why}; and no disk has the captured identity ({}). Name it with --device",
-                            captures.iter().map(|c| format!("{} {}", c.disk, c.layout.id)).collect::<Vec<_>>().join(", ")
-                        )));
-                    }
-                    found
-                        .into_iter()
-                        .map(|d| (d, "its identity (signature and size)".to_string()))
-                        .collect()
-                }
-            }
-        };
-        let mut plans = Vec::new();
-        for c in &captures {
-            let same_id =
-                |d: &Path| crate::boot::layout_of(d).is_some_and(|l| l.same_disk(&c.layout));
-            let chosen = candidates.iter().find(|(d, _)| same_id(d)).or(
-                if captures.len() == 1 && candidates.len() == 1 {
-                    // Compared in detail by the plan, which says what differs.
-                    candidates.first()
-                } else {
-                    None
-                },
-            );
-            let Some((dev, how)) = chosen else {
-                return Err(Error::Invalid(format!(
-                    "none of {} is the disk {} captured with point {point} (identity {}); name it with --device",
-                    candidates.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>().join(", "),
-                    c.disk,
-                    c.layout.id
-                )));
-            };
-            plans.push(crate::boot::restore::plan(
-                &self.store,
-                point,
-                c,
-                dev,
-                how,
-                with_table,
-            )?);
-        }
-        Ok(plans)
+        crate::boot::restore::plan_point(&self.root, store, point, device, configured, with_table)
     }
 
-    /// A point of everything the restore may change: the point's sources, with its exclusions.
-    fn safety_point(
-        &self,
-        store: &mut Store,
-        req: &RestoreRequest,
-        progress: &dyn Progress,
-    ) -> Result<PointId> {
-        let point = store.index.point(req.point)?;
-        let opts = SnapshotOptions {
-            sources: point
-                .sources
-                .iter()
-                .map(|s| source_rel(s))
-                .collect::<Result<_>>()?,
-            excludes: point
-                .excludes
-                .clone()
-                .unwrap_or_else(|| DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect()),
-            one_file_system: true,
-            kind: crate::store::PointKind::PreRestore,
-            label: Some(format!("before restoring point {}", req.point)),
-            level: Default::default(),
-            admission: None,
-            boot: req.boot.clone(),
-            kit_bytes: 0,
-        };
-        match snapshot::run(store, &self.root, &opts, progress) {
-            Ok(r) => Ok(r.point),
-            Err(e) => {
-                let _ = crate::recover::roll_back_running(store);
-                Err(e)
-            }
-        }
-    }
-
-    /// What differs between point `a` and point `b`, or the live system when `b` is None,
-    /// rendered for people (unified diffs for text files); within `paths` when given.
-    /// Each path that differs, with its rendering for people (a unified diff for text).
+    /// What differs between point `a` and point `b`, or the live system when `b` is None
+    /// (`diff::run`); within `paths` when given.
     pub fn diff(
         &self,
         a: PointId,
         b: Option<PointId>,
         paths: &[RelPath],
     ) -> Result<Vec<(crate::diff::DiffItem, String)>> {
-        let store = Store::open_for_reading(&self.store)?;
-        let mut packs = restore::Packs::default();
-        let root_fd = fsio::open_root(&self.root)
-            .ctx(|| format!("opening the system root {}", self.root.display()))?;
-        let (items, side) = match b {
-            Some(b) => {
-                store.index.point(a)?;
-                store.index.point(b)?;
-                (
-                    crate::diff::between_points(&store, a, b, paths)?,
-                    crate::diff::Side::Point(b),
-                )
-            }
-            None => {
-                let req = RestoreRequest {
-                    point: a,
-                    target: None,
-                    paths: paths.to_vec(),
-                    safety_point: false,
-                    protect: Vec::new(),
-                    boot: crate::boot::Source::Off,
-                    checksum: false,
-                    skip_damaged: false,
-                };
-                let plan = self.plan_restore(&store, &req)?;
-                (
-                    crate::diff::against_live(&plan),
-                    crate::diff::Side::Live(std::os::fd::AsFd::as_fd(&root_fd)),
-                )
-            }
-        };
-        items
-            .into_iter()
-            .map(|it| {
-                let text = crate::diff::render(&store, &mut packs, a, &side, &it)?;
-                Ok((it, text))
-            })
-            .collect()
+        crate::diff::run(
+            &Store::open_for_reading(&self.store)?,
+            &self.root,
+            a,
+            b,
+            paths,
+        )
     }
 
     /// Rebuilds a lost or damaged index from the log (or the log from an intact index), then
@@ -758,14 +335,6 @@ impl System {
     }
 }
 
-/// How the restore journal names a root restored in place.
-fn journal_key(root: &Path) -> String {
-    root.canonicalize()
-        .unwrap_or_else(|_| root.to_path_buf())
-        .display()
-        .to_string()
-}
-
 /// A point taken of a half-restored tree would record a state that never existed: refused
 /// until the restore is finished.
 fn refuse_while_restoring(store: &Store, root: &Path, op: &str) -> Result<()> {
@@ -785,176 +354,4 @@ fn open_writer(dir: &Path, create: bool) -> Result<Store> {
     let mut store = Store::open_for_writing(dir, create)?;
     crate::recover::clean_up(&mut store)?;
     Ok(store)
-}
-
-/// Refuses the restore when a filesystem of the target has less space available than the plan
-/// writes there. A target that does not exist yet is measured at its nearest existing ancestor.
-pub fn check_space(target: &Path, plan: &RestorePlan) -> Result<()> {
-    let (fd, exists) = match fsio::open_root(target) {
-        Ok(fd) => (fd, true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let above = existing_ancestor(target);
-            let fd = fsio::open_root(&above)
-                .ctx(|| format!("opening {} (above the restore target)", above.display()))?;
-            (fd, false)
-        }
-        Err(e) => return Err(e).ctx(|| format!("opening the restore target {}", target.display())),
-    };
-    let short: Vec<String> = restore::space_needs(plan, std::os::fd::AsFd::as_fd(&fd), exists)?
-        .iter()
-        .filter(|n| n.needed > n.available)
-        .map(|n| {
-            let dir = if exists {
-                target.join(std::ffi::OsStr::from_bytes(&n.dir))
-            } else {
-                existing_ancestor(target)
-            };
-            format!(
-                "the filesystem of {} needs {} ({} bytes) for the files to write and has {} ({} bytes) available",
-                dir.display(),
-                crate::model::human_size(n.needed),
-                n.needed,
-                crate::model::human_size(n.available),
-                n.available
-            )
-        })
-        .collect();
-    if short.is_empty() {
-        return Ok(());
-    }
-    Err(Error::RestoreRefused {
-        why: format!(
-            "{}; free space there (files that are replaced free theirs only after their new version is written), or restore less with --path",
-            short.join("; ")
-        ),
-    })
-}
-
-fn existing_ancestor(path: &Path) -> PathBuf {
-    let mut p = path;
-    while std::fs::symlink_metadata(p).is_err() {
-        match p.parent() {
-            Some(up) if !up.as_os_str().is_empty() => p = up,
-            _ => return PathBuf::from("."),
-        }
-    }
-    p.to_path_buf()
-}
-
-/// Creates the target directory and the missing ones above it; returns those it created,
-/// deepest first.
-fn make_target(t: &Path) -> Result<Vec<PathBuf>> {
-    let mut missing = Vec::new();
-    let mut p = t;
-    while std::fs::symlink_metadata(p).is_err() {
-        missing.push(p.to_path_buf());
-        match p.parent() {
-            Some(up) if !up.as_os_str().is_empty() => p = up,
-            _ => break,
-        }
-    }
-    std::fs::create_dir_all(t).ctx(|| format!("creating the target {}", t.display()))?;
-    Ok(missing)
-}
-
-/// A restore that ran out of space part way: says where it stands and how to finish it or go
-/// back. `journal` is the store and the pre-restore point of an in-place restore.
-fn out_of_space(
-    e: Error,
-    point: PointId,
-    target: &Path,
-    journal: Option<(&Path, Option<PointId>)>,
-) -> Error {
-    let full = |s: &std::io::Error| {
-        s.kind() == std::io::ErrorKind::StorageFull
-            || s.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error())
-    };
-    let Error::Io { op, source } = e else {
-        return e;
-    };
-    if !full(&source) {
-        return Error::Io { op, source };
-    }
-    let next = match journal {
-        Some((store, safety)) => format!(
-            "The restore of point {point} into {} is journaled as unfinished in {} (table `restores`). Free space there and run the same system_restore again to finish it{}",
-            target.display(),
-            store.join("index.db").display(),
-            match safety {
-                Some(s) => format!(", or restore the pre-restore point {s} (`system_restore --point {s}`) to go back"),
-                None => " (no pre-restore point was taken: --no-safety-point)".to_string(),
-            }
-        ),
-        None => format!(
-            "{} holds part of point {point}. Free space there and run the same system_restore again to finish it",
-            target.display()
-        ),
-    };
-    Error::Unfinished {
-        what: format!("the restore stopped, out of space: {op}"),
-        source,
-        next,
-    }
-}
-
-/// `path` relative to `root`, when it lies inside it. A path that does not exist yet is
-/// resolved through its nearest existing ancestor, so a directory about to be created inside
-/// the store is seen to be there.
-pub fn within(root: &Path, path: &Path) -> Option<RelPath> {
-    let root = root.canonicalize().ok()?;
-    let path = resolve_lexically_below(path)?;
-    Some(
-        path.strip_prefix(&root)
-            .ok()?
-            .as_os_str()
-            .as_encoded_bytes()
-            .to_vec(),
-    )
-}
-
-/// `path` made absolute: its existing part canonicalized (symlinks followed), the rest (which
-/// cannot hold symlinks, since it does not exist) joined component by component.
-fn resolve_lexically_below(path: &Path) -> Option<PathBuf> {
-    if let Ok(p) = path.canonicalize() {
-        return Some(p);
-    }
-    let abs = std::env::current_dir().ok()?.join(path);
-    let mut rest = Vec::new();
-    let mut p = abs.as_path();
-    let mut base = loop {
-        if let Ok(c) = p.canonicalize() {
-            break c;
-        }
-        rest.push(p.file_name().map(|n| n.to_os_string()));
-        p = p.parent()?;
-    };
-    // `file_name` is None for a trailing `..`: climb instead.
-    let comps: Vec<Option<std::ffi::OsString>> = rest.into_iter().rev().collect();
-    for c in comps {
-        match c {
-            Some(n) => base.push(n),
-            None => {
-                base.pop();
-            }
-        }
-    }
-    Some(base)
-}
-
-/// A source given on the command line (`/etc`, `etc`, `/`) as a path relative to the root.
-pub fn source_rel(s: &str) -> Result<RelPath> {
-    let trimmed = s.trim_matches('/');
-    if trimmed.split('/').any(|c| c == ".." || c == ".") {
-        return Err(Error::Invalid(format!(
-            "source {s:?}: use a plain path under the root, without . or .."
-        )));
-    }
-    let mut out = Vec::new();
-    for c in trimmed.split('/').filter(|c| !c.is_empty()) {
-        if !out.is_empty() {
-            out.push(b'/');
-        }
-        out.extend_from_slice(c.as_bytes());
-    }
-    Ok(out)
 }

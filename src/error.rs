@@ -66,6 +66,9 @@ pub enum Error {
     NoPoints,
     #[error("snapshot refused, nothing was written: {why}")]
     Refused { why: String },
+    /// A `pre_snapshot` hook that is not optional failed: nothing was written.
+    #[error("pre_snapshot {failure}; the snapshot was not taken")]
+    PreSnapshotHook { failure: String },
     /// An in-place restore was interrupted: the tree is part old, part new until it is rerun.
     #[error("{op} refused, nothing was written: the in-place restore of point {point} into {target} (started {started}) is unfinished; run system_restore again to finish restoring point {point}")]
     RestoreUnfinished {

@@ -15,6 +15,83 @@ pub struct Hook {
     pub optional: bool,
 }
 
+/// The `[hooks]` of the config: commands run around every snapshot.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    pub pre_snapshot: Vec<Hook>,
+    pub post_snapshot: Vec<Hook>,
+    pub on_failure: Vec<Hook>,
+}
+
+/// A run with hooks around it: its result, and what the hooks said that did not stop it (an
+/// optional `pre_snapshot` hook, a `post_snapshot` or `on_failure` hook that failed), each a
+/// line for a warning.
+pub struct Hooked<T> {
+    pub result: crate::error::Result<T>,
+    pub warnings: Vec<String>,
+}
+
+/// Runs the `pre_snapshot` hooks, then `run`, then the `post_snapshot` hooks, each with
+/// `RESTOREPOINT_ROOT` and `RESTOREPOINT_STORE` set. A failing `pre_snapshot` hook that is not
+/// optional stops there (`Error::PreSnapshotHook`): `run` is never called. When anything
+/// fails, the `on_failure` hooks run with the error in `RESTOREPOINT_ERROR`.
+pub fn around_snapshot<T>(
+    hooks: &Hooks,
+    root: &std::path::Path,
+    store: &std::path::Path,
+    run: impl FnOnce() -> crate::error::Result<T>,
+) -> Hooked<T> {
+    let env = vec![
+        ("RESTOREPOINT_ROOT", root.display().to_string()),
+        ("RESTOREPOINT_STORE", store.display().to_string()),
+    ];
+    let mut warnings = Vec::new();
+    let failed = |e: crate::error::Error, warnings: &mut Vec<String>| {
+        on_failure(&hooks.on_failure, &env, &e.to_string(), warnings);
+        Err(e)
+    };
+    for h in &hooks.pre_snapshot {
+        if let Err(f) = self::run(h, &env) {
+            if h.optional {
+                warnings.push(format!("{f} (optional: the snapshot goes on)"));
+            } else {
+                let result = failed(
+                    crate::error::Error::PreSnapshotHook {
+                        failure: f.to_string(),
+                    },
+                    &mut warnings,
+                );
+                return Hooked { result, warnings };
+            }
+        }
+    }
+    let result = match run() {
+        Ok(v) => Ok(v),
+        Err(e) => failed(e, &mut warnings),
+    };
+    if result.is_ok() {
+        for h in &hooks.post_snapshot {
+            if let Err(f) = self::run(h, &env) {
+                warnings.push(format!("post_snapshot {f}"));
+            }
+        }
+    }
+    Hooked { result, warnings }
+}
+
+/// Runs the `on_failure` hooks with the error in `RESTOREPOINT_ERROR`; their own failures are
+/// reported, never hidden behind the first error.
+fn on_failure(hooks: &[Hook], env: &[(&str, String)], error: &str, warnings: &mut Vec<String>) {
+    let mut env = env.to_vec();
+    env.push(("RESTOREPOINT_ERROR", error.to_string()));
+    for h in hooks {
+        if let Err(f) = run(h, &env) {
+            warnings.push(format!("on_failure {f}"));
+        }
+    }
+}
+
 /// Why a hook failed, for the message and for `RESTOREPOINT_ERROR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookFailure {

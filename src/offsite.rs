@@ -1468,7 +1468,31 @@ pub fn verify(remote: &Remote, scratch: &std::path::Path) -> Result<RemoteVerify
 pub struct RemoteRestore {
     pub entries: u64,
     pub bytes: u64,
-    pub warnings: Vec<String>,
+    /// Each as one line `PATH: MESSAGE` in JSON, as the report has always had them.
+    #[serde(serialize_with = "warning_lines")]
+    pub warnings: Vec<crate::model::Warning>,
+}
+
+fn warning_lines<S: serde::Serializer>(
+    warnings: &[crate::model::Warning],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(
+        warnings
+            .iter()
+            .map(|w| format!("{}: {}", w.path, w.message)),
+    )
+}
+
+/// Metadata `path` could not be given, as the report's warnings (with the path, so that the
+/// owners a user cannot set are summed up as a local restore's are).
+fn note(report: &mut RemoteRestore, path: &[u8], messages: Vec<String>) {
+    for message in messages {
+        report.warnings.push(crate::model::Warning {
+            path: display_path(path),
+            message,
+        });
+    }
 }
 
 /// Materializes point `id` of `remote` into `target`, a directory that does not exist or is
@@ -1526,7 +1550,6 @@ pub fn restore_into(
     let root = fsio::open_root(target).ctx(t)?;
     let mut cache = DirCache::default();
     let mut report = RemoteRestore::default();
-    let mut warn = Vec::new();
     m.each(false, |path, e| {
         let (path, e) = (&path, &e);
         report.entries += 1;
@@ -1566,7 +1589,9 @@ pub fn restore_into(
                 .ctx(what)?;
                 let file = std::fs::File::from(fd);
                 report.bytes += crate::restore::ContentSource::write(&mut content, path, e, &file)?;
+                let mut warn = Vec::new();
                 fsio::apply_meta_fd(std::os::fd::AsFd::as_fd(&file), e, &mut warn).ctx(what)?;
+                note(&mut report, path, warn);
             }
             (Kind::Dir, _) => match fsio::create_node(dir, name, e) {
                 Err(err) if fresh && err.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -1574,7 +1599,9 @@ pub fn restore_into(
             },
             _ => {
                 fsio::create_node(dir, name, e).ctx(what)?;
+                let mut warn = Vec::new();
                 fsio::apply_meta_at(dir, name, e, &mut warn).ctx(what)?;
+                note(&mut report, path, warn);
             }
         }
         Ok(())
@@ -1600,7 +1627,9 @@ pub fn restore_into(
             )
             .map_err(std::io::Error::from)
             .ctx(what)?;
+            let mut warn = Vec::new();
             fsio::apply_meta_fd(std::os::fd::AsFd::as_fd(&fd), e, &mut warn).ctx(what)?;
+            note(&mut report, path, warn);
         }
         Ok(())
     })?;
@@ -1615,11 +1644,12 @@ pub fn restore_into(
                 ),
                 None => (root.try_clone().ctx(what)?, b".".to_vec()),
             };
+            let mut warn = Vec::new();
             fsio::apply_flags(std::os::fd::AsFd::as_fd(&d), &n, e.flags, &mut warn).ctx(what)?;
+            note(&mut report, path, warn);
         }
         Ok(())
     })?;
-    report.warnings = warn;
     Ok(report)
 }
 

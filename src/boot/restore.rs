@@ -12,7 +12,7 @@ use super::table::{self, BOOT_CODE};
 use super::{open_disk, Capture, Role};
 use crate::error::{Error, IoContext, Result};
 use crate::store::blobs::get as get_blob;
-use crate::store::PointId;
+use crate::store::{PointId, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Write {
@@ -277,4 +277,85 @@ pub fn apply(plan: &BootPlan) -> Result<u64> {
         });
     }
     Ok(written)
+}
+
+/// Plans writing point `point`'s boot area back. The disk is `device` when given, else
+/// `configured` (boot.device), else the disk under the root's /boot, else the one disk
+/// whose identity is the captured one. Refuses (before anything is written) a disk
+/// that is not the captured one or whose layout changed.
+pub fn plan_point(
+    root: &Path,
+    store: &Store,
+    point: PointId,
+    device: Option<&Path>,
+    configured: Option<&Path>,
+    with_table: bool,
+) -> Result<Vec<BootPlan>> {
+    let (captures, note) = super::of_point(store, point)?;
+    if captures.is_empty() {
+        return Err(Error::Invalid(format!(
+            "point {point} holds no boot area ({}); restore without --boot, or choose a point that has one (`system_snapshot show ID`)",
+            note.unwrap_or_else(|| "taken before boot capture existed".into())
+        )));
+    }
+    let candidates: Vec<(PathBuf, String)> = if let Some(d) = device {
+        vec![(d.to_path_buf(), "--device".into())]
+    } else if let Some(d) = configured {
+        vec![(d.to_path_buf(), "boot.device in the config".into())]
+    } else {
+        match super::discover::on_this_machine(root) {
+            Ok(f) => f.disks.into_iter().map(|d| (d, f.how.clone())).collect(),
+            Err(why) => {
+                let found = super::discover::by_identity(
+                    Path::new("/sys"),
+                    Path::new("/dev"),
+                    &captures
+                        .iter()
+                        .map(|c| c.layout.clone())
+                        .collect::<Vec<_>>(),
+                );
+                if found.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "cannot find the disk to write point {point}'s boot area to: {why}; and no disk has the captured identity ({}). Name it with --device",
+                        captures.iter().map(|c| format!("{} {}", c.disk, c.layout.id)).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                found
+                    .into_iter()
+                    .map(|d| (d, "its identity (signature and size)".to_string()))
+                    .collect()
+            }
+        }
+    };
+    let mut plans = Vec::new();
+    for c in &captures {
+        let same_id = |d: &Path| super::layout_of(d).is_some_and(|l| l.same_disk(&c.layout));
+        let chosen = candidates.iter().find(|(d, _)| same_id(d)).or(
+            if captures.len() == 1 && candidates.len() == 1 {
+                // Compared in detail by the plan, which says what differs.
+                candidates.first()
+            } else {
+                None
+            },
+        );
+        let Some((dev, how)) = chosen else {
+            return Err(Error::Invalid(format!(
+                "none of {} is the disk {} captured with point {point} (identity {}); name it with --device",
+                candidates.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>().join(", "),
+                c.disk,
+                c.layout.id
+            )));
+        };
+        plans.push(plan(&store.dir, point, c, dev, how, with_table)?);
+    }
+    Ok(plans)
+}
+
+/// Where the pre-restore point reads the boot area from: the one disk a boot area restore
+/// writes (it holds the boot area about to be overwritten), else what the config says.
+pub fn safety_source(plans: &[BootPlan], configured: super::Source) -> super::Source {
+    match plans {
+        [one] => super::Source::Device(one.device.clone()),
+        _ => configured,
+    }
 }

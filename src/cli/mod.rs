@@ -164,23 +164,61 @@ fn fail(e: &Error) -> i32 {
         }
         src = s.source();
     }
+    refuse(exit_code_for(e), &msg)
+}
+
+/// Prints an error the command decided itself (no terminal to ask on, flags that do not go
+/// together) as `fail` prints any other, and returns `code`.
+fn refuse(code: i32, msg: &str) -> i32 {
     eprintln!("error: {msg}");
-    let code = exit_code_for(e);
-    if JSON_ERRORS.load(Ordering::Relaxed) {
-        // A script that asked for JSON reads the error as JSON too (stdout, as any result).
-        let kind = match code {
-            USAGE => "usage",
-            LOCKED => "locked",
-            DAMAGED => "damaged",
-            REFUSED => "refused",
-            _ => "failure",
-        };
-        write_stdout(format_args!(
-            "{}\n",
-            serde_json::json!({"schema": JSON_SCHEMA, "error": {"kind": kind, "exit_code": code, "message": msg}})
-        ));
-    }
+    json_error(code, msg);
     code
+}
+
+/// The operator did not confirm (or chose no point): nothing was changed.
+fn cancelled() -> i32 {
+    outln!("Nothing was changed.");
+    json_error(
+        CANCELLED,
+        "nothing was changed: the operator did not type `yes`",
+    );
+    CANCELLED
+}
+
+/// A command line clap refused: printed by clap; under `--json` (looked for in the raw
+/// arguments, since they did not parse) the error object too.
+fn parse_failed(e: clap::Error) -> i32 {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return SUCCESS;
+    }
+    if std::env::args_os().any(|a| a == "--json") {
+        JSON_ERRORS.store(true, Ordering::Relaxed);
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        json_error(USAGE, first.trim_start_matches("error: "));
+    }
+    USAGE
+}
+
+/// A script that asked for JSON reads an error as JSON too (stdout, as any result).
+fn json_error(code: i32, msg: &str) {
+    if !JSON_ERRORS.load(Ordering::Relaxed) {
+        return;
+    }
+    let kind = match code {
+        USAGE => "usage",
+        LOCKED => "locked",
+        DAMAGED => "damaged",
+        NEEDS_CONFIRMATION => "needs_confirmation",
+        REFUSED => "refused",
+        CANCELLED => "cancelled",
+        _ => "failure",
+    };
+    write_stdout(format_args!(
+        "{}\n",
+        serde_json::json!({"schema": JSON_SCHEMA, "error": {"kind": kind, "exit_code": code, "message": msg}})
+    ));
 }
 
 /// The version of every JSON document the commands print (docs/json.md): raised only when a

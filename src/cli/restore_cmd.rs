@@ -9,8 +9,9 @@ use clap::Parser;
 use super::render::size;
 use super::*;
 use crate::boot::restore::BootPlan;
-use crate::engine::{source_rel, RestoreRequest};
 use crate::model::display_path;
+use crate::paths::source_rel;
+use crate::restore::RestoreRequest;
 use crate::restore::{Action, RestorePlan};
 use crate::store::{Point, PointId, Store};
 
@@ -125,8 +126,10 @@ impl PointSel {
 fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate::error::Error> {
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !terminal && (cli.point.is_none() || (!cli.yes && !cli.dry_run)) {
-        eprintln!("error: no terminal to ask on; name the point and confirm on the command line: --point ID --yes (or --dry-run to see the plan)");
-        return Ok(NEEDS_CONFIRMATION);
+        return Ok(refuse(
+            NEEDS_CONFIRMATION,
+            "no terminal to ask on; name the point and confirm on the command line: --point ID --yes (or --dry-run to see the plan)",
+        ));
     }
     let url = remote_url(cli);
     let scratch = std::env::temp_dir();
@@ -147,15 +150,13 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
         (None, Some((_, config, store)), _) => {
             match choose_point(store, &config.database_locations)? {
                 Some(id) => id,
-                None => {
-                    outln!("Nothing was changed.");
-                    return Ok(CANCELLED);
-                }
+                None => return Ok(cancelled()),
             }
         }
         (None, None, _) => {
-            eprintln!("error: a bare-metal restore from a remote store needs --point ID (`system_snapshot list --store URL` lists them)");
-            return Ok(USAGE);
+            return Err(crate::error::Error::Usage(
+                "a bare-metal restore from a remote store needs --point ID (`system_snapshot list --store URL` lists them)".into(),
+            ));
         }
     };
     let rec = match (&remote, &local) {
@@ -191,8 +192,7 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
             .allow_empty(true)
             .interact_text();
         if !matches!(answer, Ok(a) if a.trim() == "yes") {
-            outln!("Nothing was changed.");
-            return Ok(CANCELLED);
+            return Ok(cancelled());
         }
     }
     let progress = progress_bar();
@@ -203,7 +203,11 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
                 return Ok(crate::baremetal::Files {
                     entries: done.entries,
                     bytes: done.bytes,
-                    warnings: done.warnings,
+                    warnings: done
+                        .warnings
+                        .iter()
+                        .map(|w| format!("{}: {}", w.path, w.message))
+                        .collect(),
                     damaged: Vec::new(),
                 });
             }
@@ -352,11 +356,10 @@ fn restore_remote_in_place(
             .allow_empty(true)
             .interact_text();
         if !matches!(answer, Ok(a) if a.trim() == "yes") {
-            outln!("Nothing was changed.");
-            return Ok(CANCELLED);
+            return Ok(cancelled());
         }
     }
-    crate::engine::check_space(&root, &plan)?;
+    crate::restore::check_space(&root, &plan)?;
     let mut content = crate::offsite::RemoteContent::of(remote, &std::env::temp_dir())?;
     let progress = progress_bar();
     let r = crate::restore::apply_from(
@@ -450,17 +453,21 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
         (cli.no_safety_point, "--no-safety-point"),
     ];
     if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
-        eprintln!("error: {flag} does not go with a remote store yet: a restore from one writes a whole point into a new directory (--point ID --target DIR) or onto the system (--point ID, --root DIR)");
-        return Ok(USAGE);
+        return Err(crate::error::Error::Usage(format!(
+            "{flag} does not go with a remote store yet: a restore from one writes a whole point into a new directory (--point ID --target DIR) or onto the system (--point ID, --root DIR)"
+        )));
     }
     let Some(sel) = cli.point else {
-        eprintln!("error: a restore from a remote store needs --point ID (`system_snapshot list --store URL` lists them)");
-        return Ok(USAGE);
+        return Err(crate::error::Error::Usage(
+            "a restore from a remote store needs --point ID (`system_snapshot list --store URL` lists them)".into(),
+        ));
     };
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !terminal && !cli.yes && !cli.dry_run {
-        eprintln!("error: no terminal to ask on; confirm on the command line: --yes (or --dry-run to see the plan)");
-        return Ok(NEEDS_CONFIRMATION);
+        return Ok(refuse(
+            NEEDS_CONFIRMATION,
+            "no terminal to ask on; confirm on the command line: --yes (or --dry-run to see the plan)",
+        ));
     }
     let remote = cli.place.remote(url)?;
     let id = sel.remote(&remote)?;
@@ -472,9 +479,6 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
     if cli.json {
         print_json("report", &r);
     } else {
-        for w in &r.warnings {
-            eprintln!("warning: {w}");
-        }
         outln!(
             "Restored point {id} from {} into {}: {} entries, {}",
             remote.url,
@@ -483,6 +487,11 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
             super::render::size(r.bytes)
         );
     }
+    print_warnings(
+        r.warnings
+            .iter()
+            .map(|w| (w.path.as_str(), w.message.as_str())),
+    );
     Ok(if r.warnings.is_empty() {
         SUCCESS
     } else {
@@ -494,10 +503,7 @@ pub fn main() -> i32 {
     raise_fd_limit();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { USAGE } else { SUCCESS };
-        }
+        Err(e) => return parse_failed(e),
     };
     super::JSON_ERRORS.store(cli.json, std::sync::atomic::Ordering::Relaxed);
     run(&cli).unwrap_or_else(|e| fail(&e))
@@ -508,8 +514,9 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         return restore_bare_metal(cli, device);
     }
     if (cli.device.is_some() || cli.with_partition_table) && !(cli.boot || cli.boot_only) {
-        eprintln!("error: --device and --with-partition-table go with --boot or --boot-only");
-        return Ok(USAGE);
+        return Err(crate::error::Error::Usage(
+            "--device and --with-partition-table go with --boot or --boot-only".into(),
+        ));
     }
     if let Some(url) = remote_url(cli) {
         return restore_remote(cli, url);
@@ -517,18 +524,13 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
     let (system, config) = cli.place.system()?;
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !terminal && (cli.point.is_none() || (!cli.yes && !cli.dry_run)) {
-        eprintln!("error: no terminal to ask on; name the point and confirm on the command line: --point ID --yes (or --dry-run to see the plan)");
-        return Ok(NEEDS_CONFIRMATION);
+        return Ok(refuse(
+            NEEDS_CONFIRMATION,
+            "no terminal to ask on; name the point and confirm on the command line: --point ID --yes (or --dry-run to see the plan)",
+        ));
     }
     if let Some(t) = &cli.target {
-        if crate::engine::within(&system.store, t).is_some() {
-            eprintln!(
-                "error: the target {} lies inside the store {}; choose a directory outside it",
-                t.display(),
-                system.store.display()
-            );
-            return Ok(USAGE);
-        }
+        crate::restore::check_target(&system.store, t)?;
     }
     let paths = cli
         .paths
@@ -541,8 +543,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         None => match choose_point(&store, &config.database_locations)? {
             Some(id) => id,
             None => {
-                outln!("Nothing was changed.");
-                return Ok(CANCELLED);
+                return Ok(cancelled());
             }
         },
     };
@@ -568,11 +569,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
             .chain(&cli.keep)
             .cloned()
             .collect(),
-        // The pre-restore point holds the boot area about to be overwritten.
-        boot: match boot_plans.as_slice() {
-            [one] => crate::boot::Source::Device(one.device.clone()),
-            _ => config.boot.source(),
-        },
+        boot: crate::boot::restore::safety_source(&boot_plans, config.boot.source()),
         checksum: cli.checksum,
         skip_damaged: cli.skip_damaged,
     };
@@ -610,8 +607,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         });
     }
     if !cli.yes && !confirm(cli, id, &where_, &boot_plans) {
-        outln!("Nothing was changed.");
-        return Ok(CANCELLED);
+        return Ok(cancelled());
     }
     let progress = progress_bar();
     let outcome = system.restore(&mut store, &req, &plan, &boot_plans, progress.as_ref())?;

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use super::render::{rfc3339, size, when, when_created};
 use super::*;
 use crate::delta::Level;
-use crate::engine::{source_rel, PathChange, System};
-use crate::exclude::DEFAULT_EXCLUDES;
+use crate::engine::{PathChange, System};
+use crate::paths::source_rel;
 use crate::snapshot::SnapshotOptions;
 use crate::store::{PointId, PointKind};
 
@@ -164,10 +164,7 @@ pub fn main() -> i32 {
     raise_fd_limit();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { USAGE } else { SUCCESS };
-        }
+        Err(e) => return parse_failed(e),
     };
     super::JSON_ERRORS.store(cli.json, std::sync::atomic::Ordering::Relaxed);
     // A remote store has no system or config of its own to read.
@@ -210,8 +207,8 @@ pub fn main() -> i32 {
         || cli.label.is_some()
         || cli.level.is_some();
     if snapshot_flags && !matches!(cli.cmd, None | Some(Cmd::Audit { .. })) {
-        eprintln!("error: --source, --exclude, --label and --level are the snapshot's own (and --source, --exclude audit's): this subcommand does not take them");
-        return USAGE;
+        let why = "--source, --exclude, --label and --level are the snapshot's own (and --source, --exclude audit's): this subcommand does not take them";
+        return fail(&crate::error::Error::Usage(why.into()));
     }
     let (system, config) = match cli.place.system() {
         Ok(v) => v,
@@ -221,7 +218,14 @@ pub fn main() -> i32 {
         None => take(&cli, &system, &config),
         Some(Cmd::Audit { selection }) => audit(&cli, selection, &system, &config),
         Some(Cmd::ConfigExample) => {
-            out!("{}", crate::config::EXAMPLE);
+            if cli.json {
+                print_json(
+                    "example",
+                    &serde_json::json!({ "example": crate::config::EXAMPLE }),
+                );
+            } else {
+                out!("{}", crate::config::EXAMPLE);
+            }
             Ok(SUCCESS)
         }
         Some(Cmd::List) => list(&cli, &system),
@@ -343,7 +347,7 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     let started = std::time::Instant::now();
     let result = take_point(cli, system, config);
     let (exit_code, point, warnings, message) = match &result {
-        Ok((code, Some(r))) => (
+        Ok((code, r)) => (
             *code,
             Some(r.point.0),
             r.warnings.len() as u64,
@@ -359,15 +363,6 @@ fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
                 } else {
                     ", with warnings".to_string()
                 }
-            ),
-        ),
-        Ok((code, None)) => (
-            *code,
-            None,
-            0,
-            format!(
-                "snapshot into {} not taken: a pre_snapshot hook failed",
-                system.store.display()
             ),
         ),
         Err(e) => (
@@ -397,7 +392,7 @@ fn take_point(
     cli: &Cli,
     system: &System,
     config: &Config,
-) -> Result<(i32, Option<crate::snapshot::SnapshotReport>), crate::error::Error> {
+) -> Result<(i32, crate::snapshot::SnapshotReport), crate::error::Error> {
     let opts = snapshot_options(cli, &cli.selection, config, &system.root)?;
     crate::store::check_access(&system.store, true)?;
     let policy = config.retention.policy();
@@ -405,37 +400,24 @@ fn take_point(
     if !cli.json && !cli.quiet {
         print_preamble(system, &policy, &config.database_locations);
     }
-    let env = vec![
-        ("RESTOREPOINT_ROOT", system.root.display().to_string()),
-        ("RESTOREPOINT_STORE", system.store.display().to_string()),
-    ];
-    let mut hook_warnings = Vec::new();
-    for h in &config.hooks.pre_snapshot {
-        if let Err(f) = crate::hooks::run(h, &env) {
-            if h.optional {
-                hook_warnings.push(format!("{f} (optional: the snapshot goes on)"));
-            } else {
-                let msg = format!("pre_snapshot {f}; the snapshot was not taken");
-                eprintln!("error: {msg}");
-                on_failure(config, &env, &msg);
-                return Ok((FAILURE, None));
-            }
-        }
-    }
     let progress = progress_bar();
-    let (r, decisions) =
-        match system.snapshot_and_retain(&opts, &policy, config.boot.kit, progress.as_ref()) {
-            Ok(v) => v,
-            Err(e) => {
-                on_failure(config, &env, &e.to_string());
-                return Err(e);
+    let hooked = system.take(
+        &opts,
+        &policy,
+        config.boot.kit,
+        &config.hooks,
+        progress.as_ref(),
+    );
+    let hook_warnings = hooked.warnings;
+    let (r, decisions) = match hooked.result {
+        Ok(v) => v,
+        Err(e) => {
+            for w in &hook_warnings {
+                eprintln!("warning: {w}");
             }
-        };
-    for h in &config.hooks.post_snapshot {
-        if let Err(f) = crate::hooks::run(h, &env) {
-            hook_warnings.push(format!("post_snapshot {f}"));
+            return Err(e);
         }
-    }
+    };
     let removed: Vec<&crate::retention::Decision> = decisions.iter().filter(|d| d.remove).collect();
     let secs = started.elapsed().as_secs_f64();
     if cli.json {
@@ -484,19 +466,7 @@ fn take_point(
     } else {
         WARNINGS
     };
-    Ok((code, Some(r)))
-}
-
-/// Runs the `on_failure` hooks with the error in `RESTOREPOINT_ERROR`; their own failures are
-/// reported, never hidden behind the first error.
-fn on_failure(config: &Config, env: &[(&str, String)], error: &str) {
-    let mut env = env.to_vec();
-    env.push(("RESTOREPOINT_ERROR", error.to_string()));
-    for h in &config.hooks.on_failure {
-        if let Err(f) = crate::hooks::run(h, &env) {
-            eprintln!("warning: on_failure {f}");
-        }
-    }
+    Ok((code, r))
 }
 
 /// The snapshot's settings: flags over the config file over the defaults.
@@ -506,30 +476,14 @@ fn snapshot_options(
     config: &Config,
     root: &std::path::Path,
 ) -> Result<SnapshotOptions, crate::error::Error> {
-    let sources = if sel.sources.is_empty() {
-        &config.sources
-    } else {
-        &sel.sources
-    };
-    let mut sources: Vec<crate::model::RelPath> = sources
-        .iter()
-        .map(|s| source_rel(s))
-        .collect::<Result<_, _>>()?;
-    if config.boot.capture && config.one_file_system && sel.sources.is_empty() {
-        // /boot and the EFI system partition belong with the boot area even when they are
-        // filesystems of their own, which a walk that stays on one filesystem would skip.
-        for m in crate::boot::boot_mounts(root) {
-            let covered = sources.iter().any(|s| s == &m);
-            let under = sources.iter().any(|s| crate::model::is_within(&m, s));
-            if under && !covered {
-                sources.push(m);
-            }
-        }
-    }
-    let mut excludes: Vec<String> = DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
-    excludes.extend(config.exclude.iter().cloned());
-    excludes.extend(config.database_locations.iter().cloned());
-    excludes.extend(sel.excludes.iter().cloned());
+    let sources = crate::selection::sources(
+        root,
+        &sel.sources,
+        &config.sources,
+        config.boot.capture && config.one_file_system,
+    )?;
+    let excludes =
+        crate::selection::excludes(&config.exclude, &config.database_locations, &sel.excludes);
     // A run from a terminal is someone's decision; one from cron is the schedule's.
     let kind = if std::io::stdin().is_terminal() {
         PointKind::Manual
@@ -556,7 +510,7 @@ fn audit(cli: &Cli, selection: &Selection, system: &System, config: &Config) -> 
     sel.sources.extend(selection.sources.iter().cloned());
     sel.excludes.extend(selection.excludes.iter().cloned());
     let opts = snapshot_options(cli, &sel, config, &system.root)?;
-    let store = crate::engine::within(&system.root, &system.store);
+    let store = crate::paths::within(&system.root, &system.store);
     let r = crate::audit::audit(&system.root, store, &opts)?;
     if cli.json {
         print_json("report", &r);
@@ -591,15 +545,10 @@ fn audit(cli: &Cli, selection: &Selection, system: &System, config: &Config) -> 
 
 /// What the original tool printed before a scheduled snapshot.
 fn print_preamble(system: &System, policy: &crate::retention::Policy, databases: &[String]) {
-    let u = system
-        .usage()
-        .unwrap_or_else(|_| crate::store::usage(&system.store));
-    let used = u.data();
-    let data = Some(u.replica).filter(|_| system.list().is_ok_and(|p| !p.is_empty()));
-    match data {
-        Some(d) => {
-            let ceiling = crate::retention::ceiling(policy, d);
-            let verdict = if used > ceiling {
+    let b = system.budget(policy);
+    match b.ceiling {
+        Some(c) => {
+            let verdict = if c.over {
                 "over it: the oldest points will go"
             } else {
                 "within it"
@@ -607,16 +556,16 @@ fn print_preamble(system: &System, policy: &crate::retention::Policy, databases:
             outln!(
                 "Current size of the store {}: {} of data and history (ceiling {} × {} replica + 1 MiB = {}: {verdict})",
                 system.store.display(),
-                size(used),
+                size(b.used),
                 policy.ceiling_ratio,
-                size(d),
-                size(ceiling)
+                size(c.replica),
+                size(c.bytes)
             );
         }
         None => outln!(
             "Current size of the store {}: {} (no restore point yet)",
             system.store.display(),
-            size(used)
+            size(b.used)
         ),
     }
     outln!(
@@ -810,7 +759,7 @@ fn points_table(rows: impl Iterator<Item = PointRow>) {
 }
 
 fn ls(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
-    let rel = crate::engine::source_rel(path)?;
+    let rel = crate::paths::source_rel(path)?;
     let store = crate::store::Store::open_for_reading(&system.store)?;
     let entries = crate::browse::list(&store, id, &rel)?;
     if cli.json {
@@ -952,7 +901,7 @@ fn mount(
 }
 
 fn cat(system: &System, id: PointId, path: &str) -> CmdResult {
-    let rel = crate::engine::source_rel(path)?;
+    let rel = crate::paths::source_rel(path)?;
     let store = crate::store::Store::open_for_reading(&system.store)?;
     let mut out = std::io::stdout().lock();
     crate::browse::cat(&store, id, &rel, &mut out)?;
@@ -972,7 +921,7 @@ fn export(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
             "export writes a tar archive, not text for a terminal: redirect it to a file (`system_snapshot export {id} {path} > point-{id}.tar`) or pipe it to tar (`| tar -xp --xattrs --xattrs-include='*' --acls --numeric-owner -f - -C DIR`)"
         )));
     }
-    let rel = crate::engine::source_rel(path)?;
+    let rel = crate::paths::source_rel(path)?;
     let store = crate::store::Store::open_for_reading(&system.store)?;
     let stdout = std::io::stdout().lock();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout);

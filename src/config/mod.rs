@@ -79,14 +79,6 @@ impl Default for Retention {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Hooks {
-    pub pre_snapshot: Vec<Hook>,
-    pub post_snapshot: Vec<Hook>,
-    pub on_failure: Vec<Hook>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Boot {
@@ -116,7 +108,7 @@ impl Default for Boot {
     }
 }
 
-pub use crate::hooks::Hook;
+pub use crate::hooks::{Hook, Hooks};
 
 impl<'de> Deserialize<'de> for Hook {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

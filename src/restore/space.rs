@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::OFlags;
 
 use super::plan::{Action, RestorePlan};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fsio;
 use crate::model::{parent, Kind, RelPath};
 
@@ -114,4 +116,58 @@ impl Seen<'_> {
         self.dev_of.insert(dir.to_vec(), i);
         Ok(i)
     }
+}
+
+/// Refuses the restore when a filesystem of the target has less space available than the plan
+/// writes there. A target that does not exist yet is measured at its nearest existing ancestor.
+pub fn check_space(target: &Path, plan: &RestorePlan) -> Result<()> {
+    let (fd, exists) = match fsio::open_root(target) {
+        Ok(fd) => (fd, true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let above = existing_ancestor(target);
+            let fd = fsio::open_root(&above)
+                .ctx(|| format!("opening {} (above the restore target)", above.display()))?;
+            (fd, false)
+        }
+        Err(e) => return Err(e).ctx(|| format!("opening the restore target {}", target.display())),
+    };
+    let short: Vec<String> = needs(plan, std::os::fd::AsFd::as_fd(&fd), exists)?
+        .iter()
+        .filter(|n| n.needed > n.available)
+        .map(|n| {
+            let dir = if exists {
+                target.join(std::ffi::OsStr::from_bytes(&n.dir))
+            } else {
+                existing_ancestor(target)
+            };
+            format!(
+                "the filesystem of {} needs {} ({} bytes) for the files to write and has {} ({} bytes) available",
+                dir.display(),
+                crate::model::human_size(n.needed),
+                n.needed,
+                crate::model::human_size(n.available),
+                n.available
+            )
+        })
+        .collect();
+    if short.is_empty() {
+        return Ok(());
+    }
+    Err(Error::RestoreRefused {
+        why: format!(
+            "{}; free space there (files that are replaced free theirs only after their new version is written), or restore less with --path",
+            short.join("; ")
+        ),
+    })
+}
+
+fn existing_ancestor(path: &Path) -> PathBuf {
+    let mut p = path;
+    while std::fs::symlink_metadata(p).is_err() {
+        match p.parent() {
+            Some(up) if !up.as_os_str().is_empty() => p = up,
+            _ => return PathBuf::from("."),
+        }
+    }
+    p.to_path_buf()
 }

@@ -45,7 +45,9 @@ const SUBDIRS: [&str; 4] = ["replica", "packs", "staging", "boot"];
 
 /// A store this user may not use is named as such before anything is read: as another user, a
 /// root's store (mode 0700) would otherwise look missing, empty, or "not a store". A store
-/// that is not there is left to the caller's own message.
+/// that is not there is left to the caller's own message. Judged by the effective user and
+/// group (`AT_EACCESS`), the ones every later open is judged by: `access(2)` would ask about
+/// the real user, wrong for a setuid or `setpriv --euid` run.
 pub fn check_access(dir: &Path, write: bool) -> Result<()> {
     use rustix::fs::Access;
     use std::os::unix::fs::MetadataExt;
@@ -56,7 +58,7 @@ pub fn check_access(dir: &Path, write: bool) -> Result<()> {
     if write {
         want |= Access::WRITE_OK;
     }
-    match rustix::fs::access(dir, want) {
+    match rustix::fs::accessat(rustix::fs::CWD, dir, want, rustix::fs::AtFlags::EACCESS) {
         Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => Err(Error::NoAccess {
             store: dir.to_path_buf(),
             owner: match md.uid() {

@@ -116,6 +116,36 @@ fn answering_anything_but_yes_changes_nothing() {
     }
 }
 
+/// Under `--json`, a restore the operator declines still prints its one JSON document on
+/// stdout: the error object, exit code 8.
+#[test]
+fn a_declined_restore_under_json_prints_its_error_object() {
+    let (lab, _, after) = upgraded();
+    let json = lab.target("out.json");
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"exec "$0" --root "$1" --store "$2" --point 1 --json > "$3""#)
+        .args([
+            RESTORE.path().as_os_str(),
+            lab.sys().as_os_str(),
+            lab.store().as_os_str(),
+            json.as_os_str(),
+        ])
+        .env("TERM", "xterm");
+    let mut p = rexpect::session::spawn_command(c, Some(30_000)).expect("spawn in a pty");
+    p.exp_string("type 'yes'").unwrap();
+    p.send_line("no").unwrap();
+    p.exp_string("Nothing was changed").unwrap();
+    p.exp_eof().unwrap();
+    assert_eq!(exit_code(&p), Some(8));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap())
+        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})"));
+    assert_eq!(v["schema"], 1, "{v}");
+    assert_eq!(v["error"]["exit_code"], 8, "{v}");
+    assert_eq!(v["error"]["kind"], "cancelled", "{v}");
+    assert_same(&after, &fingerprint(&lab.sys()), "after declining");
+}
+
 #[test]
 fn ctrl_c_at_either_prompt_changes_nothing() {
     let (lab, _, after) = upgraded();

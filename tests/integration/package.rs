@@ -10,6 +10,9 @@ use crate::util::*;
 /// The package, built into `lab` from the binaries these tests run; None (the test skips)
 /// without cargo-deb or dpkg-deb.
 fn build_deb(lab: &Lab) -> Option<std::path::PathBuf> {
+    // Both tests write target/assets and cargo-deb's files under target/: one build at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let has_deb = Command::new(&cargo)
         .args(["deb", "--version"])
@@ -20,8 +23,15 @@ fn build_deb(lab: &Lab) -> Option<std::path::PathBuf> {
         return None;
     }
     let root = env!("CARGO_MANIFEST_DIR");
-    // The binaries the tests run (the dev profile's): the package's assets are generated from
-    // them, as dist/build-deb.sh does from the release ones.
+    // The binaries the tests run (target/debug or target/release, as cargo test built them):
+    // the package's assets are generated from them, as dist/build-deb.sh does from the
+    // release ones.
+    let built = SNAPSHOT.path();
+    let profile = match built.parent().and_then(|d| d.file_name()) {
+        Some(d) if d == "debug" => "dev".to_string(),
+        Some(d) => d.to_string_lossy().into_owned(),
+        None => panic!("{} is not in a profile's directory", built.display()),
+    };
     let assets = Path::new(root).join("target/assets");
     SNAPSHOT.expect(0, &["generate-assets", Lab::s(&assets)]);
     let deb = lab.target("restorepoint.deb");
@@ -30,7 +40,7 @@ fn build_deb(lab: &Lab) -> Option<std::path::PathBuf> {
             "deb",
             "--no-build",
             "--profile",
-            "dev",
+            &profile,
             "--output",
             Lab::s(&deb),
         ])
