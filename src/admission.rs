@@ -73,6 +73,8 @@ pub fn check(
         stored_bytes: est.growth,
         pinned: false,
         needed_by_restore: None,
+        merge_frees: 0,
+        unremovable: None,
     });
     let freed: u64 = decide(policy, &with_new, after, est.data_after, now)
         .iter()
@@ -148,6 +150,8 @@ mod tests {
                 stored_bytes: pack,
                 pinned: false,
                 needed_by_restore: None,
+                merge_frees: pack,
+                unremovable: None,
             })
             .collect()
     }

@@ -289,11 +289,13 @@ impl System {
 
     /// Removes the points `ids`, wherever they are in the history (`prune::remove_point`).
     /// Each is checked before any goes: a refusal removes nothing. With `dry_run`, only checks.
+    /// The points removed, and the error that stopped the removals part way, if one did (the
+    /// points before it are gone: the caller says so).
     pub fn remove_points(
         &self,
         ids: &[PointId],
         dry_run: bool,
-    ) -> Result<Vec<crate::prune::Removal>> {
+    ) -> Result<(Vec<crate::prune::Removal>, Option<Error>)> {
         let mut store = open_writer(&self.store, false)?;
         let points = store.index.complete_points()?;
         let mut out = Vec::new();
@@ -319,19 +321,17 @@ impl System {
                     removed: points[at].clone(),
                     merged_into,
                     freed_bytes: 0,
-                    warnings: Vec::new(),
                 });
             }
-            return Ok(out);
+            return Ok((out, None));
         }
         for &id in &ids {
-            out.push(crate::prune::remove_point(
-                &mut store,
-                id,
-                Default::default(),
-            )?);
+            match crate::prune::remove_point(&mut store, id, Default::default()) {
+                Ok(r) => out.push(r),
+                Err(e) => return Ok((out, Some(e))),
+            }
         }
-        Ok(out)
+        Ok((out, None))
     }
 }
 

@@ -21,20 +21,41 @@ pub fn needed_by_restores(store: &Store) -> Result<Vec<(PointId, PointId)>> {
         .collect())
 }
 
+/// The retention inputs of the store's complete points (oldest first): sizes, pins, what
+/// unfinished restores need, what merging each into its successor would free, and the points
+/// whose removal failed in this run (`unremovable`, with why).
+pub fn retention_inputs(
+    store: &Store,
+    unremovable: &std::collections::HashMap<PointId, String>,
+) -> Result<Vec<crate::retention::PointInfo>> {
+    let points = store.index.complete_points()?;
+    let mut infos = crate::retention::point_infos(&points, &needed_by_restores(store)?);
+    for i in 0..infos.len() {
+        if let Some(next) = infos.get(i + 1).map(|n| n.id) {
+            infos[i].merge_frees = store.index.merge_frees(infos[i].id, next)?;
+        }
+        infos[i].unremovable = unremovable.get(&infos[i].id).cloned();
+    }
+    Ok(infos)
+}
+
 /// Applies retention: decides with `retention::decide`, removes the first point it says to
 /// remove (from the middle too, when an older point is pinned or needed), then decides again
 /// from the measured size, until nothing more goes. `dry_run` decides once, from estimates.
+/// A removal that fails (damage it would have to read through, no space for a merged pack)
+/// keeps that point, with the failure as the decision's warning, and retention goes on: a
+/// snapshot that was recorded never fails because an older point could not go.
 pub fn apply_retention(
     store: &mut Store,
     policy: &crate::retention::Policy,
     now: chrono::DateTime<chrono::FixedOffset>,
     dry_run: bool,
 ) -> Result<Vec<crate::retention::Decision>> {
-    let decide = |store: &Store| -> Result<Vec<crate::retention::Decision>> {
-        let points = store.index.complete_points()?;
-        let infos = crate::retention::point_infos(&points, &needed_by_restores(store)?);
+    let mut failed: std::collections::HashMap<PointId, String> = Default::default();
+    let decide = |store: &Store, failed: &std::collections::HashMap<PointId, String>| {
+        let infos = retention_inputs(store, failed)?;
         let u = store.usage()?;
-        Ok(crate::retention::decide(
+        Ok::<_, Error>(crate::retention::decide(
             policy,
             &infos,
             u.data(),
@@ -43,21 +64,31 @@ pub fn apply_retention(
         ))
     };
     if dry_run {
-        return decide(store);
+        return decide(store, &failed);
     }
     let mut removed = Vec::new();
     loop {
-        let decisions = decide(store)?;
+        let decisions = decide(store, &failed)?;
         let Some(d) = decisions.iter().find(|d| d.remove) else {
             let mut all = removed;
-            all.extend(decisions);
+            all.extend(decisions.into_iter().map(|mut d| {
+                if let Some(why) = failed.get(&d.id) {
+                    d.warnings.push(crate::model::Warning {
+                        path: format!("point {}", d.id),
+                        message: format!("retention could not remove it: {why}"),
+                    });
+                }
+                d
+            }));
             all.sort_by_key(|d: &crate::retention::Decision| d.id);
             return Ok(all);
         };
-        let r = remove_point(store, d.id, crate::delta::Level::default())?;
-        let mut d = d.clone();
-        d.warnings = r.warnings;
-        removed.push(d);
+        match remove_point(store, d.id, crate::delta::Level::default()) {
+            Ok(_) => removed.push(d.clone()),
+            Err(e) => {
+                failed.insert(d.id, e.to_string());
+            }
+        }
     }
 }
 
@@ -91,8 +122,6 @@ pub struct Removal {
     pub merged_into: Option<PointId>,
     /// Allocated bytes of packs freed (negative: the merge grew the store).
     pub freed_bytes: i64,
-    /// Versions the merge found already damaged: recorded as lost in the merged rows.
-    pub warnings: Vec<crate::model::Warning>,
 }
 
 /// Why `id` cannot be removed, if it cannot: the latest point, a pinned point, one an
@@ -168,7 +197,6 @@ pub fn remove_point(store: &mut Store, id: PointId, level: crate::delta::Level) 
             removed,
             merged_into: None,
             freed_bytes: freed as i64,
-            warnings: Vec::new(),
         });
     }
     let (before, removed, mut successor) = (
@@ -177,13 +205,11 @@ pub fn remove_point(store: &mut Store, id: PointId, level: crate::delta::Level) 
         points[at + 1].clone(),
     );
     let merged_path = store.merge_path(successor.id, id);
-    let mut warnings = Vec::new();
     let merged = match write_merged(
         store,
         (&before, &removed, &mut successor),
         &merged_path,
         level,
-        &mut warnings,
     ) {
         Ok(m) => m,
         Err(e) => {
@@ -203,7 +229,6 @@ pub fn remove_point(store: &mut Store, id: PointId, level: crate::delta::Level) 
         removed,
         merged_into: Some(successor.id),
         freed_bytes: freed,
-        warnings,
     })
 }
 
@@ -222,7 +247,6 @@ fn write_merged(
     (before, removed, successor): (&Point, &Point, &mut Point),
     to: &std::path::Path,
     level: crate::delta::Level,
-    warnings: &mut Vec<crate::model::Warning>,
 ) -> Result<Vec<Change>> {
     use std::collections::HashMap;
     let werr = || format!("writing {}", to.display());
@@ -305,7 +329,8 @@ fn write_merged(
                                 .ctx(werr)?
                         };
                     }
-                    Some(_) if m.content == ContentKind::Full => {
+                    // S changed only metadata: its content is M's, which M's frame is against.
+                    Some(_) if m.content == ContentKind::Full || s.content == ContentKind::Same => {
                         c.frame = copy_frame(&mut pack, &m_pack, (true, m.frame), &mut copied)
                             .ctx(werr)?;
                     }
@@ -322,26 +347,17 @@ fn write_merged(
                                 level,
                             ),
                         };
-                        match made {
-                            Ok(k) => {
-                                reencoded.insert(key, k);
-                                (c.content, c.frame) = (k.0, Some(k.1));
-                            }
-                            // That version could not be rebuilt before either (the same
-                            // chain): it stays lost, named, rather than blocking every
-                            // removal (and every later retention) for good.
-                            Err(Error::Damaged { what }) => {
-                                warnings.push(crate::model::Warning {
-                                    path: display_path(&m.path),
-                                    message: format!(
-                                        "{what}; its version at point {} and before stays lost",
-                                        before.id
-                                    ),
-                                });
-                                (c.content, c.frame) = (ContentKind::Full, Some((pack.len(), 0)));
-                            }
-                            Err(e) => return Err(e),
-                        }
+                        // A version that cannot be rebuilt now (a damaged replica copy that the
+                        // next snapshot reading the file mends, a pack that cannot be read) is
+                        // never recorded lost by a removal: the removal is refused instead.
+                        let k = made.map_err(|e| match e {
+                            Error::Damaged { what } => Error::Damaged {
+                                what: format!("removing point {} needs the version of {} at point {} rebuilt, and it cannot be: {what}. Nothing was removed", removed.id, display_path(&m.path), before.id),
+                            },
+                            other => other,
+                        })?;
+                        reencoded.insert(key, k);
+                        (c.content, c.frame) = (k.0, Some(k.1));
                     }
                 }
                 c

@@ -42,6 +42,12 @@ pub struct PointInfo {
     /// The point an unfinished in-place restore converges to, when it needs this one (as its
     /// target or its safety point).
     pub needed_by_restore: Option<PointId>,
+    /// What merging this point into its successor would free (`prune::retention_inputs`
+    /// estimates it from the frames of the paths both changed: only those keep one old
+    /// version instead of two).
+    pub merge_frees: u64,
+    /// Why an attempt to remove it failed in this run, if one did: it is kept.
+    pub unremovable: Option<String>,
 }
 
 /// The retention inputs of complete points (oldest first); a point whose date cannot be read
@@ -61,6 +67,8 @@ pub fn point_infos(
                 stored_bytes: p.stored_bytes,
                 pinned: p.pinned,
                 needed_by_restore: needed.iter().find(|(n, _)| *n == p.id).map(|(_, r)| *r),
+                merge_frees: 0,
+                unremovable: None,
             })
         })
         .collect()
@@ -80,7 +88,17 @@ pub struct Sizes {
 pub enum Reason {
     Latest,
     Pinned,
-    NeededByRestore { restoring: PointId },
+    NeededByRestore {
+        restoring: PointId,
+    },
+    /// Removing it failed (damage, no space): it stays, and the failure is a warning.
+    RemovalFailed(String),
+    /// Merging it into its successor would free too little to be worth its history: the two
+    /// points changed different paths.
+    MergeFreesLittle {
+        frees: u64,
+        pack: u64,
+    },
     MinPoints(usize),
     AgeFloor(Duration),
     WithinCeiling(Sizes),
@@ -94,6 +112,8 @@ impl Reason {
             Reason::Latest => "latest",
             Reason::Pinned => "pinned",
             Reason::NeededByRestore { .. } => "needed-by-restore",
+            Reason::RemovalFailed(_) => "removal-failed",
+            Reason::MergeFreesLittle { .. } => "merge-frees-little",
             Reason::MinPoints(_) => "min-points",
             Reason::AgeFloor(_) => "age-floor",
             Reason::WithinCeiling(_) => "within-ceiling",
@@ -119,6 +139,13 @@ impl std::fmt::Display for Reason {
             Reason::NeededByRestore { restoring } => write!(
                 f,
                 "the unfinished restore of point {restoring} needs it (run system_restore again to finish restoring point {restoring})"
+            ),
+            Reason::RemovalFailed(why) => write!(f, "removing it failed: {why}"),
+            Reason::MergeFreesLittle { frees, pack } => write!(
+                f,
+                "merging it into the next point would free about {} of its {} (the two changed different files), so its history stays",
+                bytes(*frees),
+                bytes(*pack)
             ),
             Reason::MinPoints(n) => write!(f, "one of the {n} newest points (min_points)"),
             Reason::AgeFloor(d) => write!(f, "younger than {} (age_floor)", human(*d)),
@@ -169,9 +196,10 @@ impl serde::Serialize for Decision {
 ///
 /// Removing the oldest remaining point frees its successor's pack (the changes that only led
 /// to it). Removing a point after a kept one merges its pack into its successor's: that frees
-/// about the smaller of the two (the paths both changed keep one old version instead of two).
-/// Both are estimates; `engine::retain` decides again from the measured size after each
-/// removal.
+/// `merge_frees` (the paths both changed keep one old version instead of two); a merge that
+/// would free less than a tenth of the point's own pack is not made (its history is worth
+/// more than the bytes). Both are estimates; `prune::apply_retention` decides again from the
+/// measured size after each removal.
 pub fn decide(
     policy: &Policy,
     points: &[PointInfo],
@@ -203,12 +231,19 @@ pub fn decide(
             Some(Reason::Pinned)
         } else if let Some(restoring) = p.needed_by_restore {
             Some(Reason::NeededByRestore { restoring })
+        } else if let Some(why) = &p.unremovable {
+            Some(Reason::RemovalFailed(why.clone()))
         } else if newest_rank <= policy.min_points {
             Some(Reason::MinPoints(policy.min_points))
         } else if age < policy.age_floor {
             Some(Reason::AgeFloor(policy.age_floor))
         } else if size <= ceiling {
             Some(Reason::WithinCeiling(sizes))
+        } else if older_kept && p.merge_frees.saturating_mul(10) < p.stored_bytes.max(1) {
+            Some(Reason::MergeFreesLittle {
+                frees: p.merge_frees,
+                pack: p.stored_bytes,
+            })
         } else {
             None
         };
@@ -224,11 +259,10 @@ pub fn decide(
                 });
             }
             None => {
-                let successor = points.get(i + 1).map_or(0, |s| s.stored_bytes);
                 let frees = if older_kept {
-                    successor.min(p.stored_bytes)
+                    p.merge_frees
                 } else {
-                    successor
+                    points.get(i + 1).map_or(0, |s| s.stored_bytes)
                 };
                 out.push(Decision {
                     id: p.id,
@@ -276,6 +310,8 @@ mod tests {
                 stored_bytes: pack,
                 pinned: false,
                 needed_by_restore: None,
+                merge_frees: pack,
+                unremovable: None,
             })
             .collect()
     }
@@ -423,11 +459,23 @@ mod tests {
             }
         );
         assert!(d[2].describe(false).contains("point 9"), "{d:#?}");
-        // After a kept point, a removal is a merge: it frees the smaller of the two packs.
-        pts[3].stored_bytes = 40;
+        // After a kept point, a removal is a merge: it frees what the index estimates.
+        pts[3].merge_frees = 40;
         let d = decide(&policy, &pts, SLACK + 10_000, 100, now());
         assert_eq!(d[1].frees, 100, "{d:#?}");
         assert_eq!(d[3].frees, 40, "{d:#?}");
+        // A merge that frees little (the points changed different files) is not made.
+        pts[3].merge_frees = 5;
+        let d = decide(&policy, &pts, SLACK + 10_000, 100, now());
+        assert_eq!(removed(&d), vec![2, 5], "{d:#?}");
+        assert_eq!(d[3].reason.rule(), "merge-frees-little");
+        pts[3].merge_frees = 40;
+        // A point whose removal failed this run is kept, and said so.
+        pts[4].unremovable = Some("damaged".into());
+        let d = decide(&policy, &pts, SLACK + 10_000, 100, now());
+        assert_eq!(removed(&d), vec![2, 4], "{d:#?}");
+        assert!(d[4].describe(false).contains("removing it failed: damaged"));
+        pts[4].unremovable = None;
         // The walk stops freeing once under the ceiling, pins or not.
         let d = decide(&policy, &pts, 220 + SLACK, 100, now());
         assert_eq!(removed(&d), vec![2, 4], "{d:#?}");

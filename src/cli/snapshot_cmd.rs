@@ -457,7 +457,7 @@ fn take_point(
     for w in &hook_warnings {
         eprintln!("warning: {w}");
     }
-    let pruned: Vec<_> = removed.iter().flat_map(|d| &d.warnings).collect();
+    let pruned: Vec<_> = decisions.iter().flat_map(|d| &d.warnings).collect();
     for w in &pruned {
         eprintln!("warning: {}: {}", w.path, w.message);
     }
@@ -549,7 +549,7 @@ fn print_preamble(system: &System, policy: &crate::retention::Policy, databases:
     match b.ceiling {
         Some(c) => {
             let verdict = if c.over {
-                "over it: the oldest points will go"
+                "over it: retention will remove points"
             } else {
                 "within it"
             };
@@ -1196,15 +1196,13 @@ fn pin(cli: &Cli, system: &System, id: PointId, pinned: bool) -> CmdResult {
 }
 
 fn prune_points(cli: &Cli, system: &System, ids: &[PointId], dry_run: bool) -> CmdResult {
-    let removed = system.remove_points(ids, dry_run)?;
-    let warned = removed.iter().any(|r| !r.warnings.is_empty());
-    let code = if warned { WARNINGS } else { SUCCESS };
-    if cli.json {
+    let (removed, stopped) = system.remove_points(ids, dry_run)?;
+    if cli.json && stopped.is_none() {
         print_json("removed", &removed);
-        return Ok(code);
+        return Ok(SUCCESS);
     }
     let verb = if dry_run { "Would remove" } else { "Removed" };
-    for r in &removed {
+    for r in removed.iter().filter(|_| !cli.json) {
         let how = match r.merged_into {
             Some(s) => format!("its changes merged into point {s}"),
             None => "the oldest point".to_string(),
@@ -1214,6 +1212,21 @@ fn prune_points(cli: &Cli, system: &System, ids: &[PointId], dry_run: bool) -> C
             r.removed.id,
             when_created(&r.removed.created_at)
         );
+    }
+    if let Some(e) = stopped {
+        let msg = match removed.len() {
+            0 => e.to_string(),
+            _ => format!(
+                "{e} (point {} {} removed before this)",
+                removed
+                    .iter()
+                    .map(|r| r.removed.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if removed.len() == 1 { "was" } else { "were" }
+            ),
+        };
+        return Ok(super::refuse(exit_code_for(&e), &msg));
     }
     if !dry_run {
         let freed: i64 = removed.iter().map(|r| r.freed_bytes).sum();
@@ -1226,10 +1239,7 @@ fn prune_points(cli: &Cli, system: &System, ids: &[PointId], dry_run: bool) -> C
             );
         }
     }
-    for w in removed.iter().flat_map(|r| &r.warnings) {
-        eprintln!("warning: {}: {}", w.path, w.message);
-    }
-    Ok(code)
+    Ok(SUCCESS)
 }
 
 fn prune(cli: &Cli, system: &System, n: usize, dry_run: bool) -> CmdResult {

@@ -1491,6 +1491,21 @@ impl Index {
         Ok(out)
     }
 
+    /// About what merging point `m` into its successor `s` frees: for each path both changed,
+    /// the smaller of their two frames (the merged row keeps one). An estimate for retention
+    /// only, so the rows' sums are not checked here: no data is read by it.
+    pub fn merge_frees(&self, m: PointId, s: PointId) -> Result<u64> {
+        self.conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(MIN(COALESCE(a.frame_len, 0), COALESCE(b.frame_len, 0))), 0)
+                 FROM changes a JOIN changes b ON a.path = b.path
+                 WHERE a.point_id = ?1 AND b.point_id = ?2",
+            )
+            .and_then(|mut st| st.query_row([m, s], |r| r.get::<_, i64>(0)))
+            .map(|n| n.max(0) as u64)
+            .map_err(self.err("estimating a merge"))
+    }
+
     /// Changes of `path` in points after `after`, newest first: the chain that rebuilds it.
     pub fn chain_of(&self, path: &[u8], after: PointId) -> Result<Vec<Change>> {
         let sql = format!(

@@ -70,8 +70,12 @@ pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
     if db_path.exists() && !force && index_whole(dir) {
         report.index_intact = true;
         let damaged = log_damage(dir)?;
-        let idx = Index::open(dir, false)?;
-        if !damaged.is_empty() || !log::log_path(dir).exists() {
+        let missing = !log::log_path(dir).exists();
+        // Opened as a writer when the log reads whole: that cuts records a kill left past the
+        // committed length, which a later repair from the log would otherwise replay (a merge
+        // whose merged pack `finish_merges` below deletes, since it never committed).
+        let idx = Index::open(dir, damaged.is_empty() && !missing)?;
+        if !damaged.is_empty() || missing {
             idx.dump_log(dir)?;
             report.log_rewritten = true;
         }
@@ -147,8 +151,10 @@ fn from_packs(dir: &Path, to: &Path, report: &mut RepairReport) -> Result<()> {
         Value::Integer(i) => Some(*i),
         _ => None,
     };
-    // id -> (complete, row values); a complete row wins over a running one.
-    let mut points: BTreeMap<i64, (bool, Vec<Value>)> = BTreeMap::new();
+    // id -> (rank, row values). A complete row wins over a running one, and a point's row in
+    // its own pack over the copy a later pack keeps of its predecessor: that copy is the row
+    // as it was then (a removal from the middle rewrites the row in the merged pack only).
+    let mut points: BTreeMap<i64, (u8, Vec<Value>)> = BTreeMap::new();
     let mut changes: Vec<(i64, Vec<Value>)> = Vec::new();
     let names = super::pack_files(dir)?;
     for (id, path) in names.into_iter().filter_map(|(id, p)| Some((id?.0, p))) {
@@ -165,13 +171,10 @@ fn from_packs(dir: &Path, to: &Path, report: &mut RepairReport) -> Result<()> {
                     let (Some(pid), Value::Text(state)) = (int(&values[0]), &values[4]) else {
                         continue;
                     };
-                    let complete = state == "complete";
+                    let rank = u8::from(state == "complete") * 2 + u8::from(pid == id);
                     described |= pid == id;
-                    match points.get(&pid) {
-                        Some((true, _)) if !complete => {}
-                        _ => {
-                            points.insert(pid, (complete, values));
-                        }
+                    if points.get(&pid).is_none_or(|(r, _)| rank >= *r) {
+                        points.insert(pid, (rank, values));
                     }
                 }
                 log::Op::Put { table: 2, values } if int(&values[0]) == Some(id) => {
@@ -187,14 +190,14 @@ fn from_packs(dir: &Path, to: &Path, report: &mut RepairReport) -> Result<()> {
             ));
         }
     }
-    for (id, (complete, _)) in &points {
-        if !complete {
+    for (id, (rank, _)) in &points {
+        if rank / 2 == 0 {
             report.not_rebuilt.push(format!(
                 "point {id}: interrupted, never completed (its changes are left out)"
             ));
         }
     }
-    points.retain(|_, (complete, _)| *complete);
+    points.retain(|_, (rank, _)| *rank / 2 == 1);
     let conn = new_index(dir, to)?;
     let tx = conn
         .unchecked_transaction()

@@ -200,19 +200,53 @@ fn a_removal_killed_at_any_step_leaves_every_point_restorable() {
     check_all(&lab, &expected, "after a repair from the log");
 }
 
-/// A version the merge must rebuild but cannot (its frame was damaged since) stays lost and is
-/// named; the removal goes through, and everything else of every point is as it was.
+/// A version the merge must rebuild but cannot read now (a damaged replica copy) refuses the
+/// removal and loses nothing: once a snapshot has mended the copy from the live file, the same
+/// removal goes through and the old version restores exactly.
 #[test]
-fn a_removal_over_a_damaged_version_names_it_and_keeps_the_rest() {
+fn a_removal_over_a_damaged_copy_is_refused_until_the_copy_is_mended() {
     let lab = Lab::new();
     let s = store_args(&lab);
-    let mut g = Vec::new();
-    for v in 1..=4 {
+    let mut f = Vec::new();
+    for v in 1..=3 {
         lab.run_sh(&format!("seq 1 {} > f && seq {v} 3000 > g", 2000 + v * 10));
-        g.push(std::fs::read(lab.sys().join("g")).unwrap());
+        f.push(std::fs::read(lab.sys().join("f")).unwrap());
         lab.snapshot();
     }
-    // Damage point 3's frame of f: the version of f at point 2 (and so at 1) is gone.
+    flip(&lab.store().join("replica/f"), 100, 0x10);
+    let out = prune(&lab, 5, &["2"]);
+    let said = text(&out);
+    assert!(
+        said.contains("/f") && said.contains("Nothing was removed"),
+        "{said}"
+    );
+    assert_eq!(lab.point_ids(), vec![1, 2, 3]);
+    // A snapshot that reads f again mends the copy (exit 3 names it).
+    lab.run_sh("touch f");
+    SNAPSHOT.expect(3, &["--root", Lab::s(&lab.sys()), &s[0], &s[1]]);
+    prune(&lab, 0, &["2"]);
+    let t = lab.target("p1");
+    RESTORE.expect(0, &lab.restore_to_args(1, &t, &["--path", "/f"]));
+    assert_eq!(std::fs::read(t.join("f")).unwrap(), f[0]);
+}
+
+/// Retention that cannot remove a point (a damaged frame it would have to read through) keeps
+/// it with the reason, warns (exit 3), and still records and prunes what it can: a snapshot
+/// never fails because an old point could not go.
+#[test]
+fn retention_keeps_a_point_it_cannot_remove_and_warns() {
+    let lab = Lab::new();
+    let s = store_args(&lab);
+    // g: 600 KB of new random bytes each time, so the history passes the ceiling's 1 MiB slack.
+    for v in 1..=4 {
+        lab.run_sh(&format!(
+            "seq 1 {} > f && head -c 600000 /dev/urandom > g",
+            2000 + v * 10
+        ));
+        lab.snapshot();
+    }
+    SNAPSHOT.expect(0, &["pin", "1", &s[0], &s[1]]);
+    // Point 3's frame of f is what merging 2 into 3 must read through.
     let (off, len): (i64, i64) = rusqlite::Connection::open(lab.store().join("index.db"))
         .unwrap()
         .query_row(
@@ -227,19 +261,70 @@ fn a_removal_over_a_damaged_version_names_it_and_keeps_the_rest() {
         (off + len / 2) as u64,
         0x10,
     );
-    let out = prune(&lab, 3, &["2"]);
-    let said = text(&out);
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        "[retention]\nceiling_ratio = 1.0\nmin_points = 1\nage_floor = \"0s\"\n",
+    )
+    .unwrap();
+    let c = ["--config", Lab::s(&conf)];
+    let out = SNAPSHOT.expect(3, &["prune", "--json", c[0], c[1], &s[0], &s[1]]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let two = v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == 2)
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(two["rule"], "removal-failed", "{v}");
     assert!(
-        said.contains("warning: /f:") && said.contains("stays lost"),
-        "{said}"
+        two["warnings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/f"),
+        "{v}"
     );
-    assert_eq!(lab.point_ids(), vec![1, 3, 4]);
-    // g of point 1 comes back exactly; f of point 1 is reported damaged, never made up.
-    let t = lab.target("p1");
-    RESTORE.expect(0, &lab.restore_to_args(1, &t, &["--path", "/g"]));
-    assert_eq!(std::fs::read(t.join("g")).unwrap(), g[0]);
-    SNAPSHOT.expect(5, &["cat", "1", "/f", &s[0], &s[1]]);
-    let t4 = lab.target("p4");
-    lab.restore(4, &t4);
-    assert_eq!(std::fs::read(t4.join("g")).unwrap(), g[3]);
+    assert!(lab.point_ids().contains(&2));
+    // The next snapshot is recorded, and says the same as a warning, not a failure.
+    lab.run_sh("echo more >> f");
+    let out = SNAPSHOT.expect(3, &["--root", Lab::s(&lab.sys()), c[0], c[1], &s[0], &s[1]]);
+    assert!(
+        text(&out).contains("retention could not remove it"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Retention does not merge away points whose changes the next point does not share: that
+/// would free almost nothing and lose their history.
+#[test]
+fn retention_does_not_merge_points_that_changed_different_files() {
+    let lab = Lab::new();
+    let s = store_args(&lab);
+    lab.run_sh("for i in 1 2 3 4 5 6; do head -c 2000000 /dev/urandom > f$i; done");
+    lab.snapshot();
+    for i in 2..=6 {
+        lab.run_sh(&format!("head -c 2000000 /dev/urandom > f{i}"));
+        lab.snapshot();
+    }
+    SNAPSHOT.expect(0, &["pin", "1", &s[0], &s[1]]);
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        "[retention]\nceiling_ratio = 1.0\nmin_points = 2\nage_floor = \"0s\"\n",
+    )
+    .unwrap();
+    let out = SNAPSHOT.expect(
+        0,
+        &["prune", "--json", "--config", Lab::s(&conf), &s[0], &s[1]],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rules: Vec<String> = v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["rule"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(lab.point_ids(), vec![1, 2, 3, 4, 5, 6], "{v}");
+    assert_eq!(rules[1..4], ["merge-frees-little"; 3], "{v}");
 }
