@@ -1317,7 +1317,7 @@ fn reverse_change(
             }
             check_hash(&mut old_file, old_hash, &p.path)?;
             let mut r = old_file.reader().ctx(what)?;
-            let f = pack.append(|w| encode_full(&mut r, w, level)).ctx(what)?;
+            let f = pack.append(|w| encode_full(&mut r, old.size, w, level)).ctx(what)?;
             full_frames.insert(old_hash, f);
             change.frame = Some(f);
         }
