@@ -43,11 +43,12 @@ pub fn encode_delta(old: &[u8], new: &[u8], level: Level) -> io::Result<(Vec<u8>
     c.include_dictid(false)?;
     c.context_mut().ref_prefix(new).map_err(zerr)?;
     let delta = c.compress(old)?;
-    // The new content only adds to what the compressor can refer to, so a plain frame beats a
-    // delta by little, and only when the two are unrelated: a delta of a sixteenth of the old
-    // size is kept without compressing the old content a second time (that second pass was 40 %
-    // of a busy incremental's zstd time, issue 10).
-    if delta.len() <= old.len() / 16 {
+    // A delta of at most 1/128 of the old size is kept without compressing the old content a
+    // second time (that second pass was 40 % of a busy incremental's zstd time, issue 10): a
+    // plain frame could save less than that. It can win by more: with a reference that helps
+    // nothing, the match finder for a prefix does worse on very repetitive content than plain
+    // zstd (`unrelated_content_falls_back_to_plain`: a 1/16 bound kept the larger frame).
+    if delta.len() <= old.len() / 128 {
         return Ok((delta, true));
     }
     let plain = zstd::bulk::compress(old, level.0)?;
