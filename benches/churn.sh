@@ -49,23 +49,25 @@ if [ -n "${BENCH_TOOLS:-}" ]; then
   tools=${kept# }
 fi
 
-measure() { # key command... : appends "key seconds kib" to $results
+measure() { # key command... : appends "key seconds kib user sys" to $results
   local key=$1; shift
   sync; echo 3 > /proc/sys/vm/drop_caches
   local rc=0
-  /usr/bin/time -f "%e %M" -o "$W/t" "$@" >"$W/out" 2>"$W/err" || rc=$?
+  /usr/bin/time -f "%e %M %U %S" -o "$W/t" "$@" >"$W/out" 2>"$W/err" || rc=$?
   # restorepoint's exit 3 is "done, with warnings" (a boot area it may not read, a file that
   # vanished): the point is complete.
   if [ $rc != 0 ] && ! { [ $rc = 3 ] && [[ $1 == "$rp"/* ]]; }; then
     echo "FAILED ($rc): $key: $*"; cat "$W/err"; exit 1
   fi
-  local secs kib; read -r secs kib < <(tail -1 "$W/t")
-  echo "$key $secs $kib" >> "$results"
-  printf '%-44s %9.2f s %7d MiB\n' "$key" "$secs" $((kib / 1024))
+  local secs kib user sys; read -r secs kib user sys < <(tail -1 "$W/t")
+  echo "$key $secs $kib $user $sys" >> "$results"
+  printf '%-44s %9.2f s %7d MiB  (cpu %.2f user + %.2f sys)\n' "$key" "$secs" $((kib / 1024)) "$user" "$sys"
 }
 latest() { "$rp/system_snapshot" list --store "$1" --json | grep -o '"id": *[0-9]*' | tail -1 | grep -o '[0-9]*$'; }
 size_of() { du -s --block-size=1 "$1" | cut -f1; }
 get() { awk -v k="$1" '$1 == k { print $'"${2:-2}"' }' "$results" | tail -1; }
+# CPU seconds (user + sys) of a measurement: steadier than wall time on a shared machine.
+cpu() { awk -v k="$1" '$1 == k { c = $4 + $5 } END { print c }' "$results"; }
 
 snapshot() { # tool key
   case $1 in
@@ -213,10 +215,11 @@ fi
 echo
 echo "== figures (ratios; lower is better)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "") printf "%.2f\n", a / b; else print "-" }'; }
-median_busy() { # tool: median of the busy days (every day but 5)
-  for day in $(seq 1 "$DAYS"); do [ "$day" = 5 ] || get "${1}_day$day"; done | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+median_busy() { # tool [get|cpu]: median of the busy days (every day but 5)
+  for day in $(seq 1 "$DAYS"); do [ "$day" = 5 ] || "${2:-get}" "${1}_day$day"; done | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 rsync_busy=$(have rsync && median_busy rsync || echo "")
+rsync_busy_cpu=$(have rsync && median_busy rsync cpu || echo "")
 rsync_store0=$(get rsync_store0 4 || true)
 printf '%-52s' "figure"; for t in $tools; do printf '%10s' "$t"; done; echo
 row() { printf '%-52s' "$1"; shift; for v in "$@"; do printf '%10s' "$v"; done; echo; }
@@ -226,6 +229,8 @@ row "median busy incremental / rsync mirror's" $(for t in $tools; do ratio "$(me
 row "restore of the latest point / cp -a" $(for t in $tools; do ratio "$(get "${t}_restore")" "$(get floor_copy)"; done)
 row "store after point 0 / rsync mirror's" $(for t in $tools; do ratio "$(get "${t}_store0" 4)" "$rsync_store0"; done)
 row "history of $DAYS days (store growth, MB)" $(for t in $tools; do awk -v a="$(get "${t}_storeN" 4)" -v b="$(get "${t}_store0" 4)" 'BEGIN { printf "%.0f\n", (a - b) / 1e6 }'; done)
+row "first snapshot / cp -a, CPU time" $(for t in $tools; do ratio "$(cpu "${t}_first")" "$(cpu floor_copy)"; done)
+row "median busy incremental / rsync's, CPU time" $(for t in $tools; do ratio "$(median_busy "$t" cpu)" "$rsync_busy_cpu"; done)
 row "peak RSS of a busy incremental (MiB)" $(for t in $tools; do echo $(( $(get "${t}_day1" 3) / 1024 )); done)
 if [ $sparse = 1 ]; then
   echo "20 GiB sparse image, 700-byte edit: restorepoint $(get sparse_rp_edit) s (first $(get sparse_rp_first) s); rsync --inplace $(get sparse_rsync_edit) s"

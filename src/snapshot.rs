@@ -126,6 +126,16 @@ enum NewContent {
         patch: Vec<u8>,
         undo: Vec<u8>,
     },
+    /// Written straight into its place in the replica (a first point), still open.
+    Written(File),
+}
+
+/// Where `read_file` writes a file's new content.
+enum Sink<'a> {
+    /// `staging/`, renamed into the replica once every row of the point is durable.
+    Staging(&'a mut StagingNames),
+    /// The file's own place in the replica: a first point (`replica::Direct`).
+    Replica(&'a mut replica::Direct),
 }
 
 pub fn run(
@@ -454,7 +464,7 @@ fn record(
     let first = !store.index.points()?.iter().any(|p| p.complete);
     // The first point writes the replica as it goes (`replica::Direct`); later ones shape it
     // once every row is durable.
-    let mut direct = first.then(|| replica::Direct::new(store));
+    let mut direct = first.then(|| replica::Direct::new(store)).transpose()?;
     let mut cache = DirCache::default();
     let mut shapes = Vec::new();
     let mut batch = Batch {
@@ -507,7 +517,13 @@ fn record(
             .and_then(|l| leads.read_as(l));
         let mut captured = match &p.new {
             None => Captured::Gone,
-            Some(_) => capture(store, root, &mut cache, &p, &mut names, level, leader_read)?,
+            Some(_) => {
+                let sink = match &mut direct {
+                    Some(d) => Sink::Replica(d),
+                    None => Sink::Staging(&mut names),
+                };
+                capture(store, root, &mut cache, &p, sink, level, leader_read)?
+            }
         };
         if let Captured::Node(e, _, _) = &captured {
             if e.kind == Kind::File {
@@ -585,6 +601,7 @@ fn record(
         };
         let staged_bytes = match &content {
             NewContent::Patch { patch, .. } => staged_size(store, patch),
+            NewContent::Written(_) => new.as_ref().map_or(0, |n| n.size),
             _ if staged_name.is_some() => new.as_ref().map_or(0, |n| n.size),
             _ => 0,
         };
@@ -643,6 +660,10 @@ fn record(
         let fill = match (&content, new.as_ref().and_then(|n| n.link.as_ref())) {
             (NewContent::Patch { patch, .. }, _) => Fill::Patch(patch.clone()),
             (NewContent::Linked, Some(l)) => Fill::Link(l.clone(), None),
+            (NewContent::Written(_), _) => match replica_fill(store, &leads, new.as_ref(), None)? {
+                Fill::Keep => Fill::Written,
+                linked => linked,
+            },
             _ => replica_fill(store, &leads, new.as_ref(), staged_name)?,
         };
         let shape = Shape {
@@ -650,8 +671,12 @@ fn record(
             want: new.clone(),
             fill,
         };
+        let written = match content {
+            NewContent::Written(f) => Some(f),
+            _ => None,
+        };
         match &mut direct {
-            Some(d) => d.put(store, shape)?,
+            Some(d) => d.put(store, shape, written)?,
             None => shapes.push(shape),
         }
         let upsert = new.map(|n| (p.path.clone(), n));
@@ -917,7 +942,7 @@ fn capture(
     root: BorrowedFd,
     cache: &mut DirCache,
     p: &Pending,
-    names: &mut StagingNames,
+    mut sink: Sink,
     level: Level,
     leader_read: Option<ReadAs>,
 ) -> Result<Captured> {
@@ -953,6 +978,10 @@ fn capture(
         }
         return Ok(Captured::Node(Box::new(e), NewContent::None, None));
     }
+    if let Sink::Replica(d) = &mut sink {
+        // The file is written where it belongs: no place for it is damage, not a skipped file.
+        d.parent(store, &p.path)?;
+    }
     for _ in 0..READ_TRIES {
         let read = read_file(
             store,
@@ -960,17 +989,26 @@ fn capture(
             name,
             &mut e,
             p.old.as_deref(),
-            names,
+            &mut sink,
             &p.path,
             level,
             leader_read,
         );
-        match read {
+        let failed = match read {
             Ok(Some((content, map))) => return Ok(Captured::Node(Box::new(e), content, map)),
             Ok(None) => continue, // changed while being read
-            Err(err) if fsio::is_missing(&err) => return Ok(Captured::Gone),
-            Err(err) => return Ok(Captured::Skip(format!("cannot read: {err}"))),
+            Err(err) => err,
+        };
+        if let Sink::Replica(d) = &mut sink {
+            // The replica holds only what the point records.
+            d.remove_file(store, &p.path)
+                .ctx(|| format!("removing replica {}", display_path(&p.path)))?;
         }
+        return Ok(if fsio::is_missing(&failed) {
+            Captured::Gone
+        } else {
+            Captured::Skip(format!("cannot read: {failed}"))
+        });
     }
     Ok(Captured::Skip(format!(
         "changed while being read ({READ_TRIES} tries); the previous version is kept"
@@ -992,7 +1030,7 @@ fn read_file(
     name: &[u8],
     e: &mut Entry,
     old: Option<&Entry>,
-    names: &mut StagingNames,
+    sink: &mut Sink,
     path: &[u8],
     level: Level,
     leader_read: Option<ReadAs>,
@@ -1019,6 +1057,9 @@ fn read_file(
     let mut staged_names = Vec::new();
     let mut read = None;
     if let Some(prior) = prior_copy(store, path, old, &b, e)? {
+        let Sink::Staging(names) = sink else {
+            unreachable!("a first point has no prior copy")
+        };
         let (patch_name, undo_name) = (names.next(), names.next());
         let patch_file = store.create_staged(&patch_name)?;
         let undo_file = store.create_staged(&undo_name)?;
@@ -1044,22 +1085,31 @@ fn read_file(
             large::Outcome::ReplicaDamaged => unstage(store, &staged_names)?,
         }
     }
+    // Undoes the writes of a read that did not give the file's content.
+    let discard = |sink: &mut Sink, staged_names: &[Vec<u8>]| match sink {
+        Sink::Staging(_) => unstage(store, staged_names).map(|_| None),
+        Sink::Replica(d) => d.remove_file(store, path).map(|_| None),
+    };
     let (hash, map, content) = match read {
         Some(r) => r,
         None => {
-            let staged_name = names.next();
-            let staged = store.create_staged(&staged_name)?;
-            staged_names = vec![staged_name.clone()];
+            let (staged, staged_name) = match sink {
+                Sink::Staging(names) => {
+                    let n = names.next();
+                    let f = store.create_staged(&n)?;
+                    staged_names = vec![n.clone()];
+                    (f, Some(n))
+                }
+                Sink::Replica(d) => (d.create_file(store, path)?, None),
+            };
+            let done = |staged: File, bytes: Option<Vec<u8>>| match staged_name {
+                Some(name) => NewContent::Staged { name, bytes },
+                None => NewContent::Written(staged),
+            };
             if b.size > LARGE_FILE {
                 match large::stage_whole(&file, b.size, sparse, &staged)? {
-                    large::Outcome::Read(map) => {
-                        let content = NewContent::Staged {
-                            name: staged_name,
-                            bytes: None,
-                        };
-                        (map.root(), Some(map), content)
-                    }
-                    _ => return unstage(store, &staged_names).map(|_| None),
+                    large::Outcome::Read(map) => (map.root(), Some(map), done(staged, None)),
+                    _ => return discard(sink, &staged_names),
                 }
             } else {
                 let mut hashing = HashingReader {
@@ -1074,13 +1124,9 @@ fn read_file(
                 let hash = *hashing.hasher.finalize().as_bytes();
                 let (bytes, n) = (hashing.keep.take(), hashing.n);
                 if n != b.size {
-                    return unstage(store, &staged_names).map(|_| None);
+                    return discard(sink, &staged_names);
                 }
-                let content = NewContent::Staged {
-                    name: staged_name,
-                    bytes,
-                };
-                (hash, None, content)
+                (hash, None, done(staged, bytes))
             }
         }
     };
@@ -1091,7 +1137,7 @@ fn read_file(
         || before.st_ctime != after.st_ctime
         || before.st_ctime_nsec != after.st_ctime_nsec;
     if moved {
-        return unstage(store, &staged_names).map(|_| None);
+        return discard(sink, &staged_names);
     }
     set_fresh(e, &b);
     e.hash = Some(hash);
@@ -1320,7 +1366,9 @@ fn reverse_change(
             }
             check_hash(&mut old_file, old_hash, &p.path)?;
             let mut r = old_file.reader().ctx(what)?;
-            let f = pack.append(|w| encode_full(&mut r, w, level)).ctx(what)?;
+            let f = pack
+                .append(|w| encode_full(&mut r, old.size, w, level))
+                .ctx(what)?;
             full_frames.insert(old_hash, f);
             change.frame = Some(f);
         }

@@ -32,9 +32,8 @@ fn window_log(old: usize, new: usize) -> u32 {
 /// The frame that rebuilds `old` from `new`, or the plain compression of `old` when that is
 /// not larger. Returns the frame and whether it needs `new` to decode (a delta).
 pub fn encode_delta(old: &[u8], new: &[u8], level: Level) -> io::Result<(Vec<u8>, bool)> {
-    let plain = zstd::bulk::compress(old, level.0)?;
     if new.is_empty() {
-        return Ok((plain, false));
+        return Ok((zstd::bulk::compress(old, level.0)?, false));
     }
     let mut c = zstd::bulk::Compressor::new(level.0)?;
     c.set_compression_level(level.0)?; // before ref_prefix: it resets the dictionary
@@ -44,6 +43,15 @@ pub fn encode_delta(old: &[u8], new: &[u8], level: Level) -> io::Result<(Vec<u8>
     c.include_dictid(false)?;
     c.context_mut().ref_prefix(new).map_err(zerr)?;
     let delta = c.compress(old)?;
+    // A delta of at most 1/128 of the old size is kept without compressing the old content a
+    // second time (that second pass was 40 % of a busy incremental's zstd time, issue 10): a
+    // plain frame could save less than that. It can win by more: with a reference that helps
+    // nothing, the match finder for a prefix does worse on very repetitive content than plain
+    // zstd (`unrelated_content_falls_back_to_plain`: a 1/16 bound kept the larger frame).
+    if delta.len() <= old.len() / 128 {
+        return Ok((delta, true));
+    }
+    let plain = zstd::bulk::compress(old, level.0)?;
     Ok(if delta.len() < plain.len() {
         (delta, true)
     } else {
@@ -68,10 +76,19 @@ pub fn decode_delta(frame: &[u8], new: &[u8], old_len: u64) -> io::Result<Vec<u8
     Ok(old)
 }
 
-/// Streams `content` through plain zstd into `out`; memory is the window plus tables.
-pub fn encode_full(content: &mut dyn Read, out: &mut dyn Write, level: Level) -> io::Result<()> {
+/// Streams `content` (`size` bytes) through plain zstd into `out`; memory is the window plus
+/// tables.
+pub fn encode_full(
+    content: &mut dyn Read,
+    size: u64,
+    out: &mut dyn Write,
+    level: Level,
+) -> io::Result<()> {
     let mut enc = zstd::stream::write::Encoder::new(out, level.0)?;
     enc.include_checksum(false)?;
+    // Tables sized to the content: without it every small deleted file paid for clearing the
+    // level's full-size tables (most of the cost of storing it).
+    enc.set_pledged_src_size(Some(size))?;
     io::copy(content, &mut enc)?;
     enc.finish()?;
     Ok(())

@@ -132,6 +132,8 @@ pub fn for_each_leaf(
     let mut buf = vec![0u8; LEAF as usize];
     // Where the next data starts, as far as the last SEEK_DATA knows (u64::MAX: none).
     let mut next_data = 0u64;
+    // The data before this offset has been asked for (`read_ahead`).
+    let mut hinted = 0u64;
     for i in 0..leaf_count(size) {
         let off = i as u64 * LEAF;
         let len = leaf_len(size, i);
@@ -147,11 +149,46 @@ pub fn for_each_leaf(
             leaf(i, None)?;
             continue;
         }
+        if off + READ_AHEAD / 2 >= hinted {
+            let to = (off + READ_AHEAD).min(size);
+            read_ahead(file, hinted.max(off), to, sparse);
+            hinted = to;
+        }
         let data = &mut buf[..len as usize];
         file.read_exact_at(data, off)?;
         leaf(i, Some(data))?;
     }
     Ok(())
+}
+
+/// How far ahead of the leaf being read the kernel is asked for the file's data.
+const READ_AHEAD: u64 = 32 << 20;
+
+/// Asks the kernel to read the data of `from..to` (`POSIX_FADV_WILLNEED`), holes left out (a
+/// hint for a hole would fill the page cache with zeros). One leaf read at a time waited for
+/// the disk at every leaf whose data lies apart from the last: the data of a sparse image,
+/// 1 MiB every 6 MiB, took 0.5 s of a 2 s incremental snapshot of the churn data set. A hint
+/// only: nothing fails with it.
+fn read_ahead(file: &File, from: u64, to: u64, sparse: bool) {
+    let mut at = from;
+    while at < to {
+        let (start, end) = if sparse {
+            let Ok(start) = rustix::fs::seek(file.as_fd(), rustix::fs::SeekFrom::Data(at)) else {
+                return;
+            };
+            let end =
+                rustix::fs::seek(file.as_fd(), rustix::fs::SeekFrom::Hole(start)).unwrap_or(to);
+            (start, end.min(to))
+        } else {
+            (at, to)
+        };
+        if start >= end {
+            return;
+        }
+        let len = std::num::NonZeroU64::new(end - start);
+        let _ = rustix::fs::fadvise(file, start, len, rustix::fs::Advice::WillNeed);
+        at = end;
+    }
 }
 
 #[cfg(test)]

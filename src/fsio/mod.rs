@@ -18,7 +18,7 @@ pub use apply::{
 pub use meta::{hash_reader, read_entry, read_file_entry, stat_to_basic, Basic, HashingRead};
 pub use prefetch::{Prefetcher, AHEAD};
 pub use resolve::{is_missing, open_beneath, open_dir, open_root, DirCache};
-pub use walk::{walk, walk_all, WalkOptions, WalkWarning};
+pub use walk::{allocated, walk, walk_all, WalkOptions, WalkWarning};
 
 /// Runs `f` with this thread's 1 MiB I/O buffer. Allocating (and zeroing) a fresh buffer per
 /// file cost a first snapshot more CPU than hashing its content (a `memset` of 1 MiB for every

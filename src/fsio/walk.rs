@@ -137,3 +137,38 @@ pub fn walk_all(root: BorrowedFd) -> io::Result<(Found, Vec<WalkWarning>)> {
     walk(root, b"", &opts, &mut walked, &mut warns)?;
     Ok((walked, warns))
 }
+
+/// Bytes allocated to everything below `dir` (not `dir` itself), a file of several links
+/// counted once: what `store::usage` counts for the replica, measured through directory fds
+/// (one lookup per entry; a walk by absolute path resolves every component again, which cost a
+/// first snapshot as much CPU as its `ftruncate`s).
+pub fn allocated(dir: BorrowedFd) -> io::Result<u64> {
+    let mut linked = std::collections::HashSet::new();
+    allocated_below(dir, &mut linked)
+}
+
+fn allocated_below(
+    dir: BorrowedFd,
+    linked: &mut std::collections::HashSet<(u64, u64)>,
+) -> io::Result<u64> {
+    let mut total = 0;
+    for name in read_names(dir)? {
+        let st = match rustix::fs::statat(dir, &name[..], AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let is_dir =
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+        if st.st_nlink > 1 && !is_dir && !linked.insert((st.st_dev, st.st_ino)) {
+            continue;
+        }
+        total += st.st_blocks as u64 * 512;
+        if is_dir {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let sub = rustix::fs::openat(dir, &name[..], flags, Mode::empty())?;
+            total += allocated_below(sub.as_fd(), linked)?;
+        }
+    }
+    Ok(total)
+}

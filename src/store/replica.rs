@@ -4,6 +4,7 @@
 //! nodes (the index has those), so nothing in it can block its own updates or act on the host.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
 use std::os::fd::AsFd;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -28,6 +29,9 @@ pub enum Fill {
     /// the replica file in place: a large file whose changed blocks only are replaced. Its
     /// undo container is already durable in the pack (DESIGN.md "Large files").
     Patch(Vec<u8>),
+    /// Written at its place in the replica by a first point (`Direct::create_file`), its
+    /// metadata still to set: `Direct::put` is handed the open file.
+    Written,
 }
 
 #[derive(Debug, Clone)]
@@ -202,30 +206,66 @@ fn dir_meta(store: &Store, d: &[u8], e: &Entry) -> Result<()> {
 /// The first point's replica, written path by path as the snapshot reads them. The replica is
 /// empty before a first point, and a first point that does not complete is undone by emptying
 /// it (DESIGN.md "Snapshot"), so nothing needs to wait for the rows. That saves the shaping
-/// pass: a stat of every path before and after, a reopen of every staged file, a list of every
-/// path in memory, and `staging/` growing to one directory of every file.
+/// pass: a stat of every path before and after, a list of every path in memory, and `staging/`:
+/// each file is written at its own place (`create_file`) and given its metadata through the
+/// descriptor it was written through, with no rename and no second open.
 pub struct Direct {
     cache: DirCache,
     dedup: Dedup,
     /// Directories get their metadata last, deepest first, once their contents stop changing.
     dirs: Vec<(RelPath, Entry)>,
     before: u64,
+    writeback: Option<Writeback>,
 }
 
 impl Direct {
-    pub fn new(store: &Store) -> Direct {
-        Direct {
+    pub fn new(store: &Store) -> Result<Direct> {
+        let before = fsio::allocated(store.replica())
+            .ctx(|| format!("measuring the replica of {}", store.dir.display()))?;
+        Ok(Direct {
             cache: DirCache::default(),
             dedup: Dedup::default(),
             dirs: Vec::new(),
-            before: super::usage(&store.dir).replica,
+            before,
+            writeback: Writeback::start(store),
+        })
+    }
+
+    /// Opens the replica directory that `path` goes into; the snapshot cannot go on without
+    /// it.
+    pub fn parent(&mut self, store: &Store, path: &[u8]) -> Result<()> {
+        self.cache
+            .parent_of(store.replica(), path)
+            .ctx(|| format!("opening replica parent of {}", display_path(path)))?;
+        Ok(())
+    }
+
+    /// A new, empty replica file at `path` (its parent opened by `parent`) for the file's
+    /// content to be written into as it is read.
+    pub fn create_file(&mut self, store: &Store, path: &[u8]) -> std::io::Result<File> {
+        let dir = self.cache.parent_of(store.replica(), path)?;
+        let flags =
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(dir, basename(path), flags, Mode::from_raw_mode(0o600))?;
+        Ok(File::from(fd))
+    }
+
+    /// Removes what `create_file` made at `path`, when the file could not be read after all.
+    pub fn remove_file(&mut self, store: &Store, path: &[u8]) -> std::io::Result<()> {
+        let dir = self.cache.parent_of(store.replica(), path)?;
+        match rustix::fs::unlinkat(dir, basename(path), AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// `it` comes after every path before it in byte order (so after its parent and its
-    /// hardlink leader).
-    pub fn put(&mut self, store: &Store, it: Shape) -> Result<()> {
-        create(store, &mut self.cache, &mut self.dedup, &it)?;
+    /// hardlink leader). `written`: the file `create_file` made for it, holding its content.
+    pub fn put(&mut self, store: &Store, it: Shape, written: Option<File>) -> Result<()> {
+        match written {
+            Some(f) => self.put_written(store, &it, &f)?,
+            None => create(store, &mut self.cache, &mut self.dedup, &it)?,
+        }
         if let Fill::Link(_, Some(staged)) = &it.fill {
             // The fallback copy, when the link was made: not needed, and `staging/` stays small.
             match rustix::fs::unlinkat(store.staging(), &staged[..], AtFlags::empty()) {
@@ -235,19 +275,111 @@ impl Direct {
                 }
             }
         }
+        if let Some(w) = &mut self.writeback {
+            w.wrote(
+                it.want
+                    .as_ref()
+                    .filter(|e| e.kind == Kind::File)
+                    .map_or(0, |e| e.size),
+            );
+        }
         if let Some(e) = it.want.filter(|e| e.kind == Kind::Dir) {
             self.dirs.push((it.path, e));
         }
         Ok(())
     }
 
+    /// A file already at its place: linked to its hardlink leader or a twin instead when it
+    /// can be (the link is renamed over it), else given its metadata.
+    fn put_written(&mut self, store: &Store, it: &Shape, f: &File) -> Result<()> {
+        let e = it.want.as_ref().expect("a written file has a state");
+        let what = || format!("updating replica {}", display_path(&it.path));
+        let dir = self.cache.parent_of(store.replica(), &it.path).ctx(what)?;
+        let name = basename(&it.path);
+        let linked = match &it.fill {
+            // The leader's copy is missing (damage): the follower keeps its own.
+            Fill::Link(leader, _) => link_to(store, leader, dir, name).is_ok(),
+            _ => self
+                .dedup
+                .twin(e)
+                .is_some_and(|t| link_to(store, &t, dir, name).is_ok()),
+        };
+        if !linked {
+            replica_meta_fd(f.as_fd(), e).ctx(what)?;
+            if !matches!(it.fill, Fill::Link(..)) {
+                self.dedup.remember(&it.path, e);
+            }
+        }
+        Ok(())
+    }
+
     /// Directory metadata; returns by how many allocated bytes the replica grew (measured by
     /// a walk: the tree was just written, so its inodes are in the cache).
-    pub fn finish(self, store: &Store) -> Result<i64> {
+    pub fn finish(mut self, store: &Store) -> Result<i64> {
+        drop(self.writeback.take());
         for (d, e) in self.dirs.iter().rev() {
             dir_meta(store, d, e)?;
         }
-        Ok(super::usage(&store.dir).replica as i64 - self.before as i64)
+        let after = fsio::allocated(store.replica())
+            .ctx(|| format!("measuring the replica of {}", store.dir.display()))?;
+        Ok(after as i64 - self.before as i64)
+    }
+}
+
+/// Writeback of the first point's replica while it is being written. The point is durable
+/// only after the one `syncfs` before it is marked complete; left to that call, the whole
+/// tree (2 GB in the benchmark) is written out after the last file is read, and the disk
+/// idles while the files are read. A helper thread calls `syncfs` every `WRITEBACK_EVERY`
+/// bytes instead, so writing overlaps reading and the last call has little left. A hint: its
+/// errors are ignored, and the final `syncfs` still reports any (the helper's descriptor is
+/// opened anew, not duplicated, so it does not consume the store's error state).
+struct Writeback {
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    pending: u64,
+}
+
+const WRITEBACK_EVERY: u64 = 128 << 20;
+
+impl Writeback {
+    fn start(store: &Store) -> Option<Writeback> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(store.replica(), ".", flags, Mode::empty()).ok()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let worker = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                for () in rx {
+                    let _ = rustix::fs::syncfs(&fd);
+                }
+            })
+            .ok()?;
+        Some(Writeback {
+            tx: Some(tx),
+            worker: Some(worker),
+            pending: 0,
+        })
+    }
+
+    fn wrote(&mut self, bytes: u64) {
+        self.pending += bytes;
+        if self.pending >= WRITEBACK_EVERY {
+            // Never waits: while the helper is still syncing, the next call catches these too.
+            if let Some(tx) = &self.tx {
+                if tx.try_send(()).is_ok() {
+                    self.pending = 0;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 
@@ -309,7 +441,7 @@ fn create(store: &Store, cache: &mut DirCache, dedup: &mut Dedup, it: &Shape) ->
             let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
             replica_meta_fd(fd.as_fd(), e).ctx(what)?;
         }
-        (Kind::File, Fill::Keep) => {
+        (Kind::File, Fill::Keep | Fill::Written) => {
             let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
             let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ctx(what)?;
             let st = rustix::fs::fstat(&fd).ctx(what)?;
