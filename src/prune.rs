@@ -439,7 +439,9 @@ fn reencode(
     let old_size = size(&mut old).ctx(what)?;
     let Some(mut new) = newer else {
         let mut r = old.reader().ctx(what)?;
-        let f = pack.append(|w| encode_full(&mut r, w, level)).ctx(what)?;
+        let f = pack
+            .append(|w| encode_full(&mut r, old_size, w, level))
+            .ctx(what)?;
         return Ok((ContentKind::Full, f));
     };
     let new_size = size(&mut new).ctx(what)?;
