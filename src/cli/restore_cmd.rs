@@ -196,51 +196,20 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
         }
     }
     let progress = progress_bar();
-    let mut files =
-        |root: &std::path::Path| -> Result<crate::baremetal::Files, crate::error::Error> {
-            if let Some(r) = &remote {
-                let done = crate::offsite::restore_into(r, id.0, root, &scratch, true)?;
-                return Ok(crate::baremetal::Files {
-                    entries: done.entries,
-                    bytes: done.bytes,
-                    warnings: done
-                        .warnings
-                        .iter()
-                        .map(|w| format!("{}: {}", w.path, w.message))
-                        .collect(),
-                    damaged: Vec::new(),
-                });
-            }
-            let (system, _, store) = local.as_mut().expect("a store is local or remote");
-            let req = RestoreRequest {
-                point: id,
-                target: Some(root.to_path_buf()),
-                paths: Vec::new(),
-                safety_point: false,
-                protect: Vec::new(),
-                boot: crate::boot::Source::Off,
-                checksum: false,
-                skip_damaged: false,
-            };
-            let plan = system.plan_restore_with(store, &req, progress.as_ref())?;
-            let r = system
-                .restore(store, &req, &plan, &[], progress.as_ref())?
-                .report;
-            Ok(crate::baremetal::Files {
-                entries: r.created,
-                bytes: r.bytes_written,
-                warnings: r
-                    .warnings
-                    .iter()
-                    .map(|w| format!("{}: {}", w.path, w.message))
-                    .collect(),
-                damaged: r
-                    .damaged
-                    .iter()
-                    .map(|d| format!("{}: {}", d.path, d.problem))
-                    .collect(),
-            })
-        };
+    let mut source = match (&remote, &mut local) {
+        (Some(remote), _) => crate::baremetal::FileSource::Remote {
+            remote,
+            scratch: &scratch,
+        },
+        (None, Some((system, _, store))) => crate::baremetal::FileSource::Local {
+            root: &system.root,
+            store,
+        },
+        (None, None) => unreachable!("a store is local or remote"),
+    };
+    let mut files = |root: &std::path::Path| {
+        crate::baremetal::restore_files(&mut source, id, root, progress.as_ref())
+    };
     let json = cli.json;
     let report = crate::baremetal::run(&plan, &rec, &mut files, &mut |line| {
         if json {
