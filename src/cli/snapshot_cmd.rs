@@ -275,34 +275,15 @@ pub(super) fn command() -> clap::Command {
 /// One point per apt run, none when the newest is younger than `[apt] min_interval`, taken
 /// by a child `system_snapshot -q` that apt waits for at most `[apt] timeout`.
 fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
-    let run = crate::apt::find_run();
-    if let Some(r) = &run {
-        if !crate::apt::first_for(r) {
+    let label = match crate::apt::decide(config.apt.min_interval.0, || {
+        system.list().unwrap_or_default()
+    }) {
+        crate::apt::Decision::Take { label } => label,
+        crate::apt::Decision::Skip(skip) => {
+            print_skip(&skip);
             return Ok(SUCCESS);
         }
-    }
-    let min = config.apt.min_interval.0;
-    let points = system.list().unwrap_or_default();
-    if points.is_empty() {
-        // A first point reads and copies the whole system: longer than apt should wait.
-        eprintln!("restorepoint: no restore point yet, so none is taken before this package operation; the first comes from the timer (or run system_snapshot)");
-        return Ok(SUCCESS);
-    }
-    if let Some(p) = points.last() {
-        let age = chrono::DateTime::parse_from_rfc3339(&p.created_at)
-            .map(|t| chrono::Utc::now().signed_duration_since(t))
-            .ok()
-            .and_then(|d| d.to_std().ok());
-        if age.is_some_and(|a| a < min) {
-            eprintln!(
-                "restorepoint: restore point {} is {} min old: none taken before this package operation ([apt] min_interval)",
-                p.id,
-                age.map_or(0, |a| a.as_secs() / 60)
-            );
-            return Ok(SUCCESS);
-        }
-    }
-    let label = crate::apt::label(run.as_ref());
+    };
     let exe = crate::boot::kit::source()?;
     let mut c = std::process::Command::new(&exe);
     {
@@ -339,6 +320,17 @@ fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
         ),
     }
     Ok(SUCCESS)
+}
+
+/// Why the apt hook took no point, on stderr (apt shows it): nothing for a second dpkg call.
+fn print_skip(skip: &crate::apt::Skip) {
+    match skip {
+        crate::apt::Skip::SameRun => {}
+        crate::apt::Skip::NoPointYet => eprintln!("restorepoint: no restore point yet, so none is taken before this package operation; the first comes from the timer (or run system_snapshot)"),
+        crate::apt::Skip::Recent { point, minutes } => eprintln!(
+            "restorepoint: restore point {point} is {minutes} min old: none taken before this package operation ([apt] min_interval)"
+        ),
+    }
 }
 
 /// A snapshot run, told to the machine's monitoring (syslog, status file, Prometheus
