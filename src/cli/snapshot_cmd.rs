@@ -338,43 +338,17 @@ fn print_skip(skip: &crate::apt::Skip) {
 fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     let started = std::time::Instant::now();
     let result = take_point(cli, system, config);
-    let (exit_code, point, warnings, message) = match &result {
-        Ok((code, r)) => (
-            *code,
-            Some(r.point.0),
-            r.warnings.len() as u64,
-            format!(
-                "restore point {} recorded in {}: {} entries, {} changed, {} stored{}",
-                r.point,
-                system.store.display(),
-                r.files,
-                r.added + r.modified + r.deleted + r.metadata_only,
-                size(r.stored_bytes),
-                if *code == SUCCESS {
-                    String::new()
-                } else {
-                    ", with warnings".to_string()
-                }
-            ),
-        ),
-        Err(e) => (
-            exit_code_for(e),
-            None,
-            0,
-            format!("snapshot into {} failed: {e}", system.store.display()),
-        ),
+    let exit_code = match &result {
+        Ok((code, _)) => *code,
+        Err(e) => exit_code_for(e),
     };
-    let run = crate::monitor::Run {
-        time: chrono::Utc::now().timestamp(),
+    let problems = config.monitoring.report_snapshot(
+        &system.store,
+        result.as_ref().map(|(_, r)| r),
         exit_code,
-        point,
-        seconds: started.elapsed().as_secs_f64(),
-        warnings,
-        message,
-    };
-    let points = system.list().map_or(0, |p| p.len() as u64);
-    let bytes = crate::store::usage(&system.store).total;
-    for p in config.monitoring.report(&system.store, run, points, bytes) {
+        started.elapsed().as_secs_f64(),
+    );
+    for p in problems {
         eprintln!("warning: monitoring: {p}");
     }
     result.map(|(code, _)| code)
