@@ -139,6 +139,24 @@ pub enum Decision {
     Skip(Skip),
 }
 
+/// What the hook did, as `apt-hook --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A point was taken: its id (None when the store could not be read after it), its
+    /// label, and whether the snapshot had warnings.
+    Taken {
+        point: Option<PointId>,
+        label: String,
+        warnings: bool,
+    },
+    Skipped(Skip),
+    /// No point: the snapshot failed, timed out, or could not start. apt went on.
+    Warning {
+        message: String,
+    },
+}
+
 /// Finds the apt run this hook runs under and records it (`first_for`), then checks the
 /// newest of `points` against `min_interval`. `points` is read only for a run not seen yet:
 /// a second dpkg call of a run neither waits for the store nor reads it.

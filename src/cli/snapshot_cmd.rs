@@ -192,12 +192,17 @@ pub fn main() -> i32 {
     }
     if matches!(cli.cmd, Some(Cmd::AptHook)) {
         // apt must go on whatever happens here: every failure is a warning and exit 0.
-        let r = cli
+        let outcome = cli
             .place
             .system()
-            .and_then(|(system, config)| apt_hook(&cli, &system, &config));
-        if let Err(e) = r {
-            eprintln!("restorepoint: warning: no restore point before this package operation: {e}");
+            .and_then(|(system, config)| apt_hook(&cli, &system, &config))
+            .unwrap_or_else(|e| {
+                apt_warning(format!(
+                    "no restore point before this package operation: {e}"
+                ))
+            });
+        if cli.json {
+            print_json("apt_hook", &outcome);
         }
         return SUCCESS;
     }
@@ -274,14 +279,19 @@ pub(super) fn command() -> clap::Command {
 
 /// One point per apt run, none when the newest is younger than `[apt] min_interval`, taken
 /// by a child `system_snapshot -q` that apt waits for at most `[apt] timeout`.
-fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
+fn apt_hook(
+    cli: &Cli,
+    system: &System,
+    config: &Config,
+) -> Result<crate::apt::Outcome, crate::error::Error> {
+    use crate::apt::Outcome;
     let label = match crate::apt::decide(config.apt.min_interval.0, || {
         system.list().unwrap_or_default()
     }) {
         crate::apt::Decision::Take { label } => label,
         crate::apt::Decision::Skip(skip) => {
             print_skip(&skip);
-            return Ok(SUCCESS);
+            return Ok(Outcome::Skipped(skip));
         }
     };
     let exe = crate::boot::kit::source()?;
@@ -297,29 +307,46 @@ fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     c.arg("--root").arg(&system.root);
     c.arg("--store").arg(&system.store);
     c.stdin(std::process::Stdio::null());
+    if cli.json {
+        // stdout holds the one JSON document: whatever the snapshot prints is for people.
+        let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned();
+        c.stdout(stderr.map_err(|e| crate::error::Error::io("duplicating stderr", e))?);
+    }
     let mut child = c
         .spawn()
         .map_err(|e| crate::error::Error::io(format!("starting {}", exe.display()), e))?;
     let timeout = config.apt.timeout.0;
-    match crate::hooks::wait_until(&mut child, timeout) {
-        Ok(st) if st.success() => {
-            let id = system.list().unwrap_or_default().last().map(|p| p.id.0);
-            eprintln!(
-                "restorepoint: restore point {} taken {label}",
-                id.map_or("?".to_string(), |i| i.to_string())
-            );
+    Ok(match crate::hooks::wait_until(&mut child, timeout) {
+        Ok(st) if st.success() || st.code() == Some(WARNINGS) => {
+            let point = system.list().unwrap_or_default().last().map(|p| p.id);
+            let warnings = !st.success();
+            if warnings {
+                eprintln!("restorepoint: restore point taken {label}, with the warnings above")
+            } else {
+                eprintln!(
+                    "restorepoint: restore point {} taken {label}",
+                    point.map_or("?".to_string(), |i| i.to_string())
+                );
+            }
+            Outcome::Taken {
+                point,
+                label,
+                warnings,
+            }
         }
-        Ok(st) if st.code() == Some(WARNINGS) => {
-            eprintln!("restorepoint: restore point taken {label}, with the warnings above")
-        }
-        Ok(st) => eprintln!(
-            "restorepoint: warning: the restore point {label} failed ({st}); apt goes on"
-        ),
-        Err(why) => eprintln!(
-            "restorepoint: warning: the restore point {label} {why}; apt goes on (the next run rolls the unfinished point back)"
-        ),
-    }
-    Ok(SUCCESS)
+        Ok(st) => apt_warning(format!(
+            "the restore point {label} failed ({st}); apt goes on"
+        )),
+        Err(why) => apt_warning(format!(
+            "the restore point {label} {why}; apt goes on (the next run rolls the unfinished point back)"
+        )),
+    })
+}
+
+/// A warning of the apt hook: said on stderr, where apt shows it, and kept for `--json`.
+fn apt_warning(message: String) -> crate::apt::Outcome {
+    eprintln!("restorepoint: warning: {message}");
+    crate::apt::Outcome::Warning { message }
 }
 
 /// Why the apt hook took no point, on stderr (apt shows it): nothing for a second dpkg call.
