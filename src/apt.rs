@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Point, PointId};
 
 /// `[apt]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +119,85 @@ pub fn first_for(run: &AptRun) -> bool {
 /// How long one front-end process counts as one apt run.
 const SAME_RUN_SECS: i64 = 6 * 3600;
 
+/// Why the hook takes no point before this dpkg call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Skip {
+    /// This apt run has its point already (or is taking it).
+    SameRun,
+    /// The store holds no point: a first one reads and copies the whole system, longer than
+    /// apt should wait.
+    NoPointYet,
+    /// The newest point is younger than `[apt] min_interval`.
+    Recent { point: PointId, minutes: u64 },
+}
+
+/// What the hook does before this dpkg call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Take { label: String },
+    Skip(Skip),
+}
+
+/// What the hook did, as `apt-hook --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A point was taken: its id (None when the store could not be read after it), its
+    /// label, and whether the snapshot had warnings.
+    Taken {
+        point: Option<PointId>,
+        label: String,
+        warnings: bool,
+    },
+    Skipped(Skip),
+    /// No point: the snapshot failed, timed out, or could not start. apt went on.
+    Warning {
+        message: String,
+    },
+}
+
+/// Finds the apt run this hook runs under and records it (`first_for`), then checks the
+/// newest of `points` against `min_interval`. `points` is read only for a run not seen yet:
+/// a second dpkg call of a run neither waits for the store nor reads it.
+pub fn decide(min_interval: Duration, points: impl FnOnce() -> Vec<Point>) -> Decision {
+    let run = find_run();
+    if let Some(r) = &run {
+        if !first_for(r) {
+            return Decision::Skip(Skip::SameRun);
+        }
+    }
+    let points = points();
+    let newest = points.last().map(|p| (p.id, p.created_at.as_str()));
+    match too_soon(newest, min_interval, chrono::Utc::now()) {
+        Some(skip) => Decision::Skip(skip),
+        None => Decision::Take {
+            label: label(run.as_ref()),
+        },
+    }
+}
+
+/// Why no point is due at `now`, given the store's newest point (its id and creation time):
+/// none yet, or the newest younger than `min_interval`. A time that cannot be read is no
+/// reason.
+pub fn too_soon(
+    newest: Option<(PointId, &str)>,
+    min_interval: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Skip> {
+    let Some((point, created_at)) = newest else {
+        return Some(Skip::NoPointYet);
+    };
+    let age = chrono::DateTime::parse_from_rfc3339(created_at)
+        .map(|t| now.signed_duration_since(t))
+        .ok()
+        .and_then(|d| d.to_std().ok())?;
+    (age < min_interval).then_some(Skip::Recent {
+        point,
+        minutes: age.as_secs() / 60,
+    })
+}
+
 /// The label of the point taken before `run`.
 pub fn label(run: Option<&AptRun>) -> String {
     match run {
@@ -152,5 +233,25 @@ mod tests {
         let l = label(Some(&long));
         assert!(l.len() <= 200 && l.ends_with("...") && l.starts_with("before apt-get install"));
         assert_eq!(label(None), "before a package operation");
+    }
+
+    #[test]
+    fn a_point_is_due_once_the_newest_is_older_than_the_interval() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00+00:00")
+            .unwrap()
+            .to_utc();
+        let ten = Duration::from_secs(600);
+        assert_eq!(too_soon(None, ten, now), Some(Skip::NoPointYet));
+        let recent = (PointId(2), "2026-01-01T13:55:00+02:00");
+        assert_eq!(
+            too_soon(Some(recent), ten, now),
+            Some(Skip::Recent {
+                point: PointId(2),
+                minutes: 5
+            })
+        );
+        let old = (PointId(1), "2026-01-01T10:00:00+00:00");
+        assert_eq!(too_soon(Some(old), ten, now), None);
+        assert_eq!(too_soon(Some((PointId(3), "garbled")), ten, now), None);
     }
 }

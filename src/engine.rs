@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::boot::restore::BootPlan;
 use crate::error::{Error, Result};
 use crate::model::RelPath;
+use crate::offsite::{InPlaceRequest, Remote};
 use crate::progress::Progress;
 use crate::restore::journal_key;
 use crate::restore::{self, RestorePlan};
@@ -189,6 +190,35 @@ impl System {
         progress: &dyn Progress,
     ) -> Result<RestoreOutcome> {
         restore::run(&self.root, store, req, plan, boot, progress)
+    }
+
+    /// The plan that makes the system root equal to point `req.point` of `remote`
+    /// (`offsite::in_place::plan`), leaving this system's own store alone.
+    pub fn plan_restore_from(
+        &self,
+        remote: &Remote,
+        req: &InPlaceRequest,
+        progress: &dyn Progress,
+    ) -> Result<RestorePlan> {
+        crate::offsite::in_place::plan(
+            &self.root,
+            &self.store,
+            remote,
+            req,
+            progress,
+            &std::env::temp_dir(),
+        )
+    }
+
+    /// Applies a plan from `plan_restore_from` in place (`offsite::in_place::run`): no
+    /// pre-restore point, since the store it would go to is not the one read.
+    pub fn restore_from(
+        &self,
+        remote: &Remote,
+        plan: &RestorePlan,
+        progress: &dyn Progress,
+    ) -> Result<crate::restore::RestoreReport> {
+        crate::offsite::in_place::run(&self.root, remote, plan, progress, &std::env::temp_dir())
     }
 
     /// Checks that every file `plan` writes can be rebuilt from the store (`plan.damaged`):

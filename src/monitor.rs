@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
+use crate::model::human_size;
+use crate::snapshot::SnapshotReport;
+
 /// `[monitoring]` in the config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,6 +82,24 @@ impl Monitoring {
         }
     }
 
+    /// Tells every channel how a snapshot into `store` ended: its report or its error, the
+    /// exit code the command ends with, how long it took; with the points the store holds
+    /// and the space it takes now. Returns what could not be written, for a warning.
+    pub fn report_snapshot(
+        &self,
+        store: &Path,
+        outcome: std::result::Result<&SnapshotReport, &Error>,
+        exit_code: i32,
+        seconds: f64,
+    ) -> Vec<String> {
+        let run = snapshot_run(store, outcome, exit_code, seconds);
+        let points = crate::store::Store::open_for_reading(store)
+            .and_then(|s| s.index.complete_points())
+            .map_or(0, |p| p.len() as u64);
+        let bytes = crate::store::usage(store).total;
+        self.report(store, run, points, bytes)
+    }
+
     /// Tells every channel about `run` of `store`, which now holds `points` in `store_bytes`.
     /// Returns what could not be written, for a warning.
     pub fn report(&self, store: &Path, run: Run, points: u64, store_bytes: u64) -> Vec<String> {
@@ -118,6 +140,47 @@ impl Monitoring {
             }
         }
         problems
+    }
+}
+
+/// A snapshot run as monitoring records it, its message a line for people.
+fn snapshot_run(
+    store: &Path,
+    outcome: std::result::Result<&SnapshotReport, &Error>,
+    exit_code: i32,
+    seconds: f64,
+) -> Run {
+    let (point, warnings, message) = match outcome {
+        Ok(r) => (
+            Some(r.point.0),
+            r.warnings.len() as u64,
+            format!(
+                "restore point {} recorded in {}: {} entries, {} changed, {} stored{}",
+                r.point,
+                store.display(),
+                r.files,
+                r.added + r.modified + r.deleted + r.metadata_only,
+                human_size(r.stored_bytes),
+                if exit_code == 0 {
+                    ""
+                } else {
+                    ", with warnings"
+                }
+            ),
+        ),
+        Err(e) => (
+            None,
+            0,
+            format!("snapshot into {} failed: {e}", store.display()),
+        ),
+    };
+    Run {
+        time: chrono::Utc::now().timestamp(),
+        exit_code,
+        point,
+        seconds,
+        warnings,
+        message,
     }
 }
 

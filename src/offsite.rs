@@ -27,6 +27,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::model::{display_path, Hash, Kind};
 use crate::store::{PointId, Store};
 
+pub mod in_place;
+pub use in_place::{name_remote, InPlaceRequest};
+
 /// A bundle is uploaded once it holds this many bytes.
 const BUNDLE: usize = 8 << 20;
 /// Content is compressed in pieces of at most this many bytes.
@@ -1497,14 +1500,14 @@ fn note(report: &mut RemoteRestore, path: &[u8], messages: Vec<String>) {
 
 /// Materializes point `id` of `remote` into `target`, a directory that does not exist or is
 /// empty, exactly (content checked against its hash, owner, mode, times, xattrs, inode flags,
-/// hardlinks, device nodes).
+/// hardlinks, device nodes). Damage names the remote (`name_remote`).
 pub fn restore(
     remote: &Remote,
     id: i64,
     target: &std::path::Path,
     scratch: &std::path::Path,
 ) -> Result<RemoteRestore> {
-    restore_into(remote, id, target, scratch, false)
+    restore_into(remote, id, target, scratch, false).map_err(|e| name_remote(e, &remote.url))
 }
 
 /// Whether `dir` holds nothing but directories (a new filesystem's `lost+found`, the mount

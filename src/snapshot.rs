@@ -148,7 +148,7 @@ pub fn run(
         fsio::open_root(root).ctx(|| format!("opening the system root {}", root.display()))?;
     let excludes = ExcludeSet::new(
         &opts.excludes,
-        store_within(root, &store.dir).into_iter().collect(),
+        crate::paths::within(root, &store.dir).into_iter().collect(),
     )?;
     let mut report = SnapshotReport::default();
     read_ahead(store.dir.join("index.db"));
@@ -309,14 +309,6 @@ fn admit(store: &Store, opts: &SnapshotOptions, pending: &[Pending]) -> Result<(
         chrono::Local::now().fixed_offset(),
     )
     .map_err(|why| Error::Refused { why })
-}
-
-/// The store's path relative to the root, when the store lies inside it.
-fn store_within(root: &Path, store: &Path) -> Option<RelPath> {
-    let root = root.canonicalize().ok()?;
-    let store = store.canonicalize().ok()?;
-    let rel = store.strip_prefix(&root).ok()?;
-    Some(rel.as_os_str().as_encoded_bytes().to_vec())
 }
 
 /// Walks every source (with its ancestors, so a restore recreates them with their modes) and

@@ -8,6 +8,7 @@
 //! Then each step runs and says what it ran. The steps destroy the disk, so a failure half way
 //! has nothing to undo: the same command starts over from the partition table.
 
+mod files;
 pub mod lvm;
 pub mod records;
 mod run;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use crate::boot::{Capture, Layout, TableKind};
 use crate::error::{Error, IoContext, Result};
 use crate::store::{PointId, Store};
+pub use files::{restore_files, FileSource};
 use records::FstabEntry;
 pub use run::{run, Report};
 pub use run::{Files, FilesStep};

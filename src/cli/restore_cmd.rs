@@ -196,51 +196,20 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
         }
     }
     let progress = progress_bar();
-    let mut files =
-        |root: &std::path::Path| -> Result<crate::baremetal::Files, crate::error::Error> {
-            if let Some(r) = &remote {
-                let done = crate::offsite::restore_into(r, id.0, root, &scratch, true)?;
-                return Ok(crate::baremetal::Files {
-                    entries: done.entries,
-                    bytes: done.bytes,
-                    warnings: done
-                        .warnings
-                        .iter()
-                        .map(|w| format!("{}: {}", w.path, w.message))
-                        .collect(),
-                    damaged: Vec::new(),
-                });
-            }
-            let (system, _, store) = local.as_mut().expect("a store is local or remote");
-            let req = RestoreRequest {
-                point: id,
-                target: Some(root.to_path_buf()),
-                paths: Vec::new(),
-                safety_point: false,
-                protect: Vec::new(),
-                boot: crate::boot::Source::Off,
-                checksum: false,
-                skip_damaged: false,
-            };
-            let plan = system.plan_restore_with(store, &req, progress.as_ref())?;
-            let r = system
-                .restore(store, &req, &plan, &[], progress.as_ref())?
-                .report;
-            Ok(crate::baremetal::Files {
-                entries: r.created,
-                bytes: r.bytes_written,
-                warnings: r
-                    .warnings
-                    .iter()
-                    .map(|w| format!("{}: {}", w.path, w.message))
-                    .collect(),
-                damaged: r
-                    .damaged
-                    .iter()
-                    .map(|d| format!("{}: {}", d.path, d.problem))
-                    .collect(),
-            })
-        };
+    let mut source = match (&remote, &mut local) {
+        (Some(remote), _) => crate::baremetal::FileSource::Remote {
+            remote,
+            scratch: &scratch,
+        },
+        (None, Some((system, _, store))) => crate::baremetal::FileSource::Local {
+            root: &system.root,
+            store,
+        },
+        (None, None) => unreachable!("a store is local or remote"),
+    };
+    let mut files = |root: &std::path::Path| {
+        crate::baremetal::restore_files(&mut source, id, root, progress.as_ref())
+    };
     let json = cli.json;
     let report = crate::baremetal::run(&plan, &rec, &mut files, &mut |line| {
         if json {
@@ -277,17 +246,6 @@ fn restore_bare_metal(cli: &Cli, device: &std::path::Path) -> Result<i32, crate:
     })
 }
 
-/// Damage read from a remote names the remote, so the message points at `verify --store URL`.
-fn remote_damage(e: crate::error::Error, url: &str) -> crate::error::Error {
-    match e {
-        crate::error::Error::Damaged { what } => crate::error::Error::RemoteDamaged {
-            url: url.to_string(),
-            what,
-        },
-        other => other,
-    }
-}
-
 /// The `--store` URL when it names a remote store.
 fn remote_url(cli: &Cli) -> Option<&str> {
     cli.place
@@ -305,7 +263,6 @@ fn restore_remote_in_place(
     id: PointId,
 ) -> Result<i32, crate::error::Error> {
     let url = remote.url.as_str();
-    use crate::error::IoContext;
     let root = cli.place.root.clone().unwrap_or_else(|| PathBuf::from("/"));
     if !root.is_dir() {
         return Err(crate::error::Error::Usage(format!(
@@ -314,33 +271,18 @@ fn restore_remote_in_place(
         )));
     }
     let config = cli.place.config_or_default(&root)?;
-    // A local store below the root is never touched (the point left it out when it was taken).
+    // The system's own store, as its config names it: the restore leaves it alone.
     let store = config
         .store
         .clone()
         .unwrap_or_else(|| PathBuf::from("/root/snapshots"));
-    let keep = vec![store
-        .strip_prefix("/")
-        .unwrap_or(&store)
-        .as_os_str()
-        .as_encoded_bytes()
-        .to_vec()];
-    let root_fd = crate::fsio::open_root(&root)
-        .ctx(|| format!("opening the restore target {}", root.display()))?;
-    let mut protect = config.database_locations.clone();
-    protect.extend(cli.keep.iter().cloned());
-    let plan = crate::offsite::plan_in_place(
-        remote,
-        id.0,
-        std::os::fd::AsFd::as_fd(&root_fd),
-        &protect,
-        keep,
-        crate::restore::PlanOptions {
-            checksum: cli.checksum,
-            progress: progress_bar().as_ref(),
-        },
-        &std::env::temp_dir(),
-    )?;
+    let system = crate::engine::System::new(&root, super::under(&root, &store));
+    let req = crate::offsite::InPlaceRequest {
+        point: id,
+        protect: protect(cli, &config),
+        checksum: cli.checksum,
+    };
+    let plan = system.plan_restore_from(remote, &req, progress_bar().as_ref())?;
     let where_ = root.display().to_string();
     print_plan(cli, &plan, &[], &where_);
     if cli.dry_run {
@@ -359,17 +301,7 @@ fn restore_remote_in_place(
             return Ok(cancelled());
         }
     }
-    crate::restore::check_space(&root, &plan)?;
-    let mut content = crate::offsite::RemoteContent::of(remote, &std::env::temp_dir())?;
-    let progress = progress_bar();
-    let r = crate::restore::apply_from(
-        crate::restore::Source::Other(&mut content),
-        &plan,
-        std::os::fd::AsFd::as_fd(&root_fd),
-        crate::restore::ApplyMode::InPlace,
-        progress.as_ref(),
-    )
-    .map_err(|e| remote_damage(e, url))?;
+    let r = system.restore_from(remote, &plan, progress_bar().as_ref())?;
     if cli.json {
         print_json("report", &r);
     } else {
@@ -385,6 +317,17 @@ fn restore_remote_in_place(
         &format!("their content in {url} is damaged or missing"),
         &format!("system_snapshot verify --store {url}"),
     ))
+}
+
+/// What a restore never writes or deletes besides the point's exclusions: the configured
+/// database directories and the `--keep` paths.
+fn protect(cli: &Cli, config: &crate::config::Config) -> Vec<String> {
+    config
+        .database_locations
+        .iter()
+        .chain(&cli.keep)
+        .cloned()
+        .collect()
 }
 
 /// Prints a restore's warnings, one line each, but for the owners a restore by another user
@@ -474,8 +417,7 @@ fn restore_remote(cli: &Cli, url: &str) -> Result<i32, crate::error::Error> {
     let Some(target) = cli.target.as_ref() else {
         return restore_remote_in_place(cli, &remote, id);
     };
-    let r = crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir())
-        .map_err(|e| remote_damage(e, url))?;
+    let r = crate::offsite::restore(&remote, id.0, target, &std::env::temp_dir())?;
     if cli.json {
         print_json("report", &r);
     } else {
@@ -563,12 +505,7 @@ fn run(cli: &Cli) -> Result<i32, crate::error::Error> {
         target: cli.target.clone(),
         paths,
         safety_point: !cli.no_safety_point,
-        protect: config
-            .database_locations
-            .iter()
-            .chain(&cli.keep)
-            .cloned()
-            .collect(),
+        protect: protect(cli, &config),
         boot: crate::boot::restore::safety_source(&boot_plans, config.boot.source()),
         checksum: cli.checksum,
         skip_damaged: cli.skip_damaged,

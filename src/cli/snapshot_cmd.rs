@@ -192,12 +192,17 @@ pub fn main() -> i32 {
     }
     if matches!(cli.cmd, Some(Cmd::AptHook)) {
         // apt must go on whatever happens here: every failure is a warning and exit 0.
-        let r = cli
+        let outcome = cli
             .place
             .system()
-            .and_then(|(system, config)| apt_hook(&cli, &system, &config));
-        if let Err(e) = r {
-            eprintln!("restorepoint: warning: no restore point before this package operation: {e}");
+            .and_then(|(system, config)| apt_hook(&cli, &system, &config))
+            .unwrap_or_else(|e| {
+                apt_warning(format!(
+                    "no restore point before this package operation: {e}"
+                ))
+            });
+        if cli.json {
+            print_json("apt_hook", &outcome);
         }
         return SUCCESS;
     }
@@ -274,35 +279,21 @@ pub(super) fn command() -> clap::Command {
 
 /// One point per apt run, none when the newest is younger than `[apt] min_interval`, taken
 /// by a child `system_snapshot -q` that apt waits for at most `[apt] timeout`.
-fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
-    let run = crate::apt::find_run();
-    if let Some(r) = &run {
-        if !crate::apt::first_for(r) {
-            return Ok(SUCCESS);
+fn apt_hook(
+    cli: &Cli,
+    system: &System,
+    config: &Config,
+) -> Result<crate::apt::Outcome, crate::error::Error> {
+    use crate::apt::Outcome;
+    let label = match crate::apt::decide(config.apt.min_interval.0, || {
+        system.list().unwrap_or_default()
+    }) {
+        crate::apt::Decision::Take { label } => label,
+        crate::apt::Decision::Skip(skip) => {
+            print_skip(&skip);
+            return Ok(Outcome::Skipped(skip));
         }
-    }
-    let min = config.apt.min_interval.0;
-    let points = system.list().unwrap_or_default();
-    if points.is_empty() {
-        // A first point reads and copies the whole system: longer than apt should wait.
-        eprintln!("restorepoint: no restore point yet, so none is taken before this package operation; the first comes from the timer (or run system_snapshot)");
-        return Ok(SUCCESS);
-    }
-    if let Some(p) = points.last() {
-        let age = chrono::DateTime::parse_from_rfc3339(&p.created_at)
-            .map(|t| chrono::Utc::now().signed_duration_since(t))
-            .ok()
-            .and_then(|d| d.to_std().ok());
-        if age.is_some_and(|a| a < min) {
-            eprintln!(
-                "restorepoint: restore point {} is {} min old: none taken before this package operation ([apt] min_interval)",
-                p.id,
-                age.map_or(0, |a| a.as_secs() / 60)
-            );
-            return Ok(SUCCESS);
-        }
-    }
-    let label = crate::apt::label(run.as_ref());
+    };
     let exe = crate::boot::kit::source()?;
     let mut c = std::process::Command::new(&exe);
     {
@@ -316,29 +307,57 @@ fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     c.arg("--root").arg(&system.root);
     c.arg("--store").arg(&system.store);
     c.stdin(std::process::Stdio::null());
+    if cli.json {
+        // stdout holds the one JSON document: whatever the snapshot prints is for people.
+        let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned();
+        c.stdout(stderr.map_err(|e| crate::error::Error::io("duplicating stderr", e))?);
+    }
     let mut child = c
         .spawn()
         .map_err(|e| crate::error::Error::io(format!("starting {}", exe.display()), e))?;
     let timeout = config.apt.timeout.0;
-    match crate::hooks::wait_until(&mut child, timeout) {
-        Ok(st) if st.success() => {
-            let id = system.list().unwrap_or_default().last().map(|p| p.id.0);
-            eprintln!(
-                "restorepoint: restore point {} taken {label}",
-                id.map_or("?".to_string(), |i| i.to_string())
-            );
+    Ok(match crate::hooks::wait_until(&mut child, timeout) {
+        Ok(st) if st.success() || st.code() == Some(WARNINGS) => {
+            let point = system.list().unwrap_or_default().last().map(|p| p.id);
+            let warnings = !st.success();
+            if warnings {
+                eprintln!("restorepoint: restore point taken {label}, with the warnings above")
+            } else {
+                eprintln!(
+                    "restorepoint: restore point {} taken {label}",
+                    point.map_or("?".to_string(), |i| i.to_string())
+                );
+            }
+            Outcome::Taken {
+                point,
+                label,
+                warnings,
+            }
         }
-        Ok(st) if st.code() == Some(WARNINGS) => {
-            eprintln!("restorepoint: restore point taken {label}, with the warnings above")
-        }
-        Ok(st) => eprintln!(
-            "restorepoint: warning: the restore point {label} failed ({st}); apt goes on"
-        ),
-        Err(why) => eprintln!(
-            "restorepoint: warning: the restore point {label} {why}; apt goes on (the next run rolls the unfinished point back)"
+        Ok(st) => apt_warning(format!(
+            "the restore point {label} failed ({st}); apt goes on"
+        )),
+        Err(why) => apt_warning(format!(
+            "the restore point {label} {why}; apt goes on (the next run rolls the unfinished point back)"
+        )),
+    })
+}
+
+/// A warning of the apt hook: said on stderr, where apt shows it, and kept for `--json`.
+fn apt_warning(message: String) -> crate::apt::Outcome {
+    eprintln!("restorepoint: warning: {message}");
+    crate::apt::Outcome::Warning { message }
+}
+
+/// Why the apt hook took no point, on stderr (apt shows it): nothing for a second dpkg call.
+fn print_skip(skip: &crate::apt::Skip) {
+    match skip {
+        crate::apt::Skip::SameRun => {}
+        crate::apt::Skip::NoPointYet => eprintln!("restorepoint: no restore point yet, so none is taken before this package operation; the first comes from the timer (or run system_snapshot)"),
+        crate::apt::Skip::Recent { point, minutes } => eprintln!(
+            "restorepoint: restore point {point} is {minutes} min old: none taken before this package operation ([apt] min_interval)"
         ),
     }
-    Ok(SUCCESS)
 }
 
 /// A snapshot run, told to the machine's monitoring (syslog, status file, Prometheus
@@ -346,43 +365,17 @@ fn apt_hook(cli: &Cli, system: &System, config: &Config) -> CmdResult {
 fn take(cli: &Cli, system: &System, config: &Config) -> CmdResult {
     let started = std::time::Instant::now();
     let result = take_point(cli, system, config);
-    let (exit_code, point, warnings, message) = match &result {
-        Ok((code, r)) => (
-            *code,
-            Some(r.point.0),
-            r.warnings.len() as u64,
-            format!(
-                "restore point {} recorded in {}: {} entries, {} changed, {} stored{}",
-                r.point,
-                system.store.display(),
-                r.files,
-                r.added + r.modified + r.deleted + r.metadata_only,
-                size(r.stored_bytes),
-                if *code == SUCCESS {
-                    String::new()
-                } else {
-                    ", with warnings".to_string()
-                }
-            ),
-        ),
-        Err(e) => (
-            exit_code_for(e),
-            None,
-            0,
-            format!("snapshot into {} failed: {e}", system.store.display()),
-        ),
+    let exit_code = match &result {
+        Ok((code, _)) => *code,
+        Err(e) => exit_code_for(e),
     };
-    let run = crate::monitor::Run {
-        time: chrono::Utc::now().timestamp(),
+    let problems = config.monitoring.report_snapshot(
+        &system.store,
+        result.as_ref().map(|(_, r)| r),
         exit_code,
-        point,
-        seconds: started.elapsed().as_secs_f64(),
-        warnings,
-        message,
-    };
-    let points = system.list().map_or(0, |p| p.len() as u64);
-    let bytes = crate::store::usage(&system.store).total;
-    for p in config.monitoring.report(&system.store, run, points, bytes) {
+        started.elapsed().as_secs_f64(),
+    );
+    for p in problems {
         eprintln!("warning: monitoring: {p}");
     }
     result.map(|(code, _)| code)
