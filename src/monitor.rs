@@ -93,10 +93,18 @@ impl Monitoring {
         seconds: f64,
     ) -> Vec<String> {
         let run = snapshot_run(store, outcome, exit_code, seconds);
-        let points = crate::store::Store::open_for_reading(store)
-            .and_then(|s| s.index.complete_points())
+        let opened = crate::store::Store::open_for_reading(store);
+        let points = opened
+            .as_ref()
+            .ok()
+            .and_then(|s| s.index.complete_points().ok())
             .map_or(0, |p| p.len() as u64);
-        let bytes = crate::store::usage(store).total;
+        let bytes = match &opened {
+            Ok(s) => s
+                .disk_bytes()
+                .unwrap_or_else(|_| crate::store::usage(store).total),
+            Err(_) => crate::store::usage(store).total,
+        };
         self.report(store, run, points, bytes)
     }
 

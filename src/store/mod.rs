@@ -245,6 +245,37 @@ impl Store {
         })
     }
 
+    /// Bytes the whole store takes on disk, as `du -s` counts them: the data as the index
+    /// records it, plus a walk of everything else (the index, its log, the kit, boot pieces,
+    /// staging), which is small. Walking the replica instead costs a statx per file after
+    /// every run (0.4–0.7 s for 58 k files on a cold cache).
+    pub fn disk_bytes(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let Some((replica, packs)) = self.index.usage()? else {
+            return Ok(usage(&self.dir).total);
+        };
+        let mut total = replica + packs;
+        let mut linked = std::collections::HashSet::new();
+        for e in walkdir::WalkDir::new(&self.dir)
+            .into_iter()
+            .filter_entry(|e| {
+                e.depth() != 1 || !matches!(e.file_name().to_str(), Some("replica" | "packs"))
+            })
+            .filter_map(|e| e.ok())
+        {
+            let Ok(m) = e.metadata() else { continue };
+            if m.nlink() > 1 && !m.is_dir() && !linked.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+        }
+        // The two directories themselves, which the recorded data leaves out.
+        for d in ["replica", "packs"] {
+            total += fs::symlink_metadata(self.dir.join(d)).map_or(0, |m| m.blocks() * 512);
+        }
+        Ok(total)
+    }
+
     /// Measures the usage by a walk and records it, when the index has none (a new or
     /// repaired index, after a rollback). Called under the lock.
     pub fn measure_usage(&mut self) -> Result<()> {
