@@ -9,6 +9,7 @@ mod meta;
 mod prefetch;
 mod resolve;
 mod walk;
+mod writeback;
 
 pub use apply::{
     apply_flags, apply_meta_at, apply_meta_fd, clear_immutable, create_node, is_root_user,
@@ -19,6 +20,7 @@ pub use meta::{hash_reader, read_entry, read_file_entry, stat_to_basic, Basic, H
 pub use prefetch::{Prefetcher, AHEAD};
 pub use resolve::{is_missing, open_beneath, open_dir, open_root, DirCache};
 pub use walk::{allocated, walk, walk_all, WalkOptions, WalkWarning};
+pub use writeback::Writeback;
 
 /// Runs `f` with this thread's 1 MiB I/O buffer. Allocating (and zeroing) a fresh buffer per
 /// file cost a first snapshot more CPU than hashing its content (a `memset` of 1 MiB for every

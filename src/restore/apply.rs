@@ -152,6 +152,9 @@ pub fn apply_from<'a>(
         }
     };
     (0..fsio::AHEAD).for_each(|_| hint(&prefetch));
+    // The restore is durable only after the `syncfs` at its end (DESIGN.md "Restore", step
+    // 7); writing back while it still reads leaves that call little to do.
+    let mut writeback = fsio::Writeback::start(target);
     for it in writes() {
         if reads(it) {
             hint(&prefetch);
@@ -160,6 +163,9 @@ pub fn apply_from<'a>(
         let written = cx.report.bytes_written;
         let r = place(&mut cx, it).map_err(|e| with_path(e, &it.path));
         progress.bytes(cx.report.bytes_written - written);
+        if let Some(w) = &mut writeback {
+            w.wrote(cx.report.bytes_written - written);
+        }
         let r = skip_damaged(&mut cx, &it.path, r);
         tolerate(&mut cx, &it.path, r)?;
         failpoint::hit("restore-after-item");
@@ -196,6 +202,7 @@ pub fn apply_from<'a>(
             tolerate(&mut cx, path, r)?;
         }
     }
+    drop(writeback);
     rustix::fs::syncfs(target).ctx(|| "syncing the restored filesystem".into())?;
     progress.finish();
     Ok(cx.report)

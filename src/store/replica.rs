@@ -215,7 +215,7 @@ pub struct Direct {
     /// Directories get their metadata last, deepest first, once their contents stop changing.
     dirs: Vec<(RelPath, Entry)>,
     before: u64,
-    writeback: Option<Writeback>,
+    writeback: Option<fsio::Writeback>,
 }
 
 impl Direct {
@@ -227,7 +227,7 @@ impl Direct {
             dedup: Dedup::default(),
             dirs: Vec::new(),
             before,
-            writeback: Writeback::start(store),
+            writeback: fsio::Writeback::start(store.replica()),
         })
     }
 
@@ -323,63 +323,6 @@ impl Direct {
         let after = fsio::allocated(store.replica())
             .ctx(|| format!("measuring the replica of {}", store.dir.display()))?;
         Ok(after as i64 - self.before as i64)
-    }
-}
-
-/// Writeback of the first point's replica while it is being written. The point is durable
-/// only after the one `syncfs` before it is marked complete; left to that call, the whole
-/// tree (2 GB in the benchmark) is written out after the last file is read, and the disk
-/// idles while the files are read. A helper thread calls `syncfs` every `WRITEBACK_EVERY`
-/// bytes instead, so writing overlaps reading and the last call has little left. A hint: its
-/// errors are ignored, and the final `syncfs` still reports any (the helper's descriptor is
-/// opened anew, not duplicated, so it does not consume the store's error state).
-struct Writeback {
-    tx: Option<std::sync::mpsc::SyncSender<()>>,
-    worker: Option<std::thread::JoinHandle<()>>,
-    pending: u64,
-}
-
-const WRITEBACK_EVERY: u64 = 128 << 20;
-
-impl Writeback {
-    fn start(store: &Store) -> Option<Writeback> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(store.replica(), ".", flags, Mode::empty()).ok()?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let worker = std::thread::Builder::new()
-            .name("writeback".into())
-            .spawn(move || {
-                for () in rx {
-                    let _ = rustix::fs::syncfs(&fd);
-                }
-            })
-            .ok()?;
-        Some(Writeback {
-            tx: Some(tx),
-            worker: Some(worker),
-            pending: 0,
-        })
-    }
-
-    fn wrote(&mut self, bytes: u64) {
-        self.pending += bytes;
-        if self.pending >= WRITEBACK_EVERY {
-            // Never waits: while the helper is still syncing, the next call catches these too.
-            if let Some(tx) = &self.tx {
-                if tx.try_send(()).is_ok() {
-                    self.pending = 0;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Writeback {
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
     }
 }
 
