@@ -329,6 +329,12 @@ fn write_merged(
                                 .ctx(werr)?
                         };
                     }
+                    // S recorded M's content lost (its old copy was already damaged when S was
+                    // taken): a delta against it can never be decoded, now or later, so A's
+                    // version is lost for good too, and stays recorded so.
+                    Some(_) if s.is_lost() && m.content != ContentKind::Full => {
+                        (c.content, c.frame) = (ContentKind::Full, Some((pack.len(), 0)));
+                    }
                     // S changed only metadata: its content is M's, which M's frame is against.
                     Some(_) if m.content == ContentKind::Full || s.content == ContentKind::Same => {
                         c.frame = copy_frame(&mut pack, &m_pack, (true, m.frame), &mut copied)

@@ -328,3 +328,32 @@ fn retention_does_not_merge_points_that_changed_different_files() {
     assert_eq!(lab.point_ids(), vec![1, 2, 3, 4, 5, 6], "{v}");
     assert_eq!(rules[1..4], ["merge-frees-little"; 3], "{v}");
 }
+
+/// A version the successor recorded lost for good (its old copy was damaged when it was taken)
+/// does not block the removal of the point before it: what needs it is lost either way.
+#[test]
+fn a_removal_before_a_version_recorded_lost_goes_through() {
+    let lab = Lab::new();
+    let s = store_args(&lab);
+    for v in 1..=2 {
+        lab.run_sh(&format!("seq 1 {} > f && seq {v} 3000 > g", 2000 + v * 10));
+        lab.snapshot();
+    }
+    // Point 3 finds the copy of f damaged while f changed: its old version is recorded lost.
+    flip(&lab.store().join("replica/f"), 100, 0x10);
+    lab.run_sh("seq 1 2030 > f && seq 3 3000 > g");
+    SNAPSHOT.expect(3, &["--root", Lab::s(&lab.sys()), &s[0], &s[1]]);
+    prune(&lab, 0, &["2"]);
+    assert_eq!(lab.point_ids(), vec![1, 3]);
+    SNAPSHOT.expect(5, &["cat", "1", "/f", &s[0], &s[1]]);
+    let t = lab.target("p1");
+    RESTORE.expect(0, &lab.restore_to_args(1, &t, &["--path", "/g"]));
+    assert_eq!(
+        std::fs::read(t.join("g")).unwrap(),
+        b"1\n"
+            .iter()
+            .copied()
+            .chain((2..=3000).flat_map(|n| format!("{n}\n").into_bytes()))
+            .collect::<Vec<u8>>()
+    );
+}
