@@ -25,6 +25,20 @@ fn history(lab: &Lab, n: usize, seed: u64) -> BTreeMap<i64, Fingerprint> {
     expected
 }
 
+/// A config file beside the store whose retention keeps `min_points` and removes the rest
+/// while the store is over 1 × its replica.
+fn retention_conf(lab: &Lab, min_points: usize) -> std::path::PathBuf {
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[retention]\nceiling_ratio = 1.0\nmin_points = {min_points}\nage_floor = \"0s\"\n"
+        ),
+    )
+    .unwrap();
+    conf
+}
+
 fn prune(lab: &Lab, code: i32, extra: &[&str]) -> std::process::Output {
     let mut args: Vec<String> = vec!["prune".into()];
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -116,13 +130,7 @@ fn pinned_points_stay_through_retention_and_prune() {
 
     // Retention that would keep only the latest keeps the pinned point too, and removes the
     // points after it (merged into their successors).
-    std::fs::create_dir_all(lab.sys().join("etc")).unwrap();
-    let conf = lab.target("rp.conf");
-    std::fs::write(
-        &conf,
-        "[retention]\nceiling_ratio = 1.0\nmin_points = 1\nage_floor = \"0s\"\n",
-    )
-    .unwrap();
+    let conf = retention_conf(&lab, 1);
     let out = SNAPSHOT.expect(
         0,
         &["prune", "--json", "--config", Lab::s(&conf), &s[0], &s[1]],
@@ -261,12 +269,7 @@ fn retention_keeps_a_point_it_cannot_remove_and_warns() {
         (off + len / 2) as u64,
         0x10,
     );
-    let conf = lab.target("rp.conf");
-    std::fs::write(
-        &conf,
-        "[retention]\nceiling_ratio = 1.0\nmin_points = 1\nage_floor = \"0s\"\n",
-    )
-    .unwrap();
+    let conf = retention_conf(&lab, 1);
     let c = ["--config", Lab::s(&conf)];
     let out = SNAPSHOT.expect(3, &["prune", "--json", c[0], c[1], &s[0], &s[1]]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -308,12 +311,7 @@ fn retention_does_not_merge_points_that_changed_different_files() {
         lab.snapshot();
     }
     SNAPSHOT.expect(0, &["pin", "1", &s[0], &s[1]]);
-    let conf = lab.target("rp.conf");
-    std::fs::write(
-        &conf,
-        "[retention]\nceiling_ratio = 1.0\nmin_points = 2\nage_floor = \"0s\"\n",
-    )
-    .unwrap();
+    let conf = retention_conf(&lab, 2);
     let out = SNAPSHOT.expect(
         0,
         &["prune", "--json", "--config", Lab::s(&conf), &s[0], &s[1]],
