@@ -2,9 +2,9 @@
 //! rule that matched and its size, each mount it does not cross — and a loud warning when an
 //! exclusion hides what is needed to rebuild the system (a package database).
 
-use std::cell::RefCell;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::Mutex;
 
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::ExcludeSet;
@@ -44,11 +44,13 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
     let root_fd =
         fsio::open_root(root).ctx(|| format!("opening the system root {}", root.display()))?;
     let excludes = ExcludeSet::new(&opts.excludes, store.into_iter().collect())?;
-    let hit: RefCell<Vec<RelPath>> = RefCell::new(Vec::new());
+    let hit: Mutex<Vec<RelPath>> = Mutex::new(Vec::new());
     let exclude = |p: &[u8], _k: Kind| {
         let out = excludes.is_excluded(p);
         if out {
-            hit.borrow_mut().push(p.to_vec());
+            hit.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(p.to_vec());
         }
         out
     };
@@ -84,7 +86,10 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
                 }
             }
         }
-        for p in hit.borrow_mut().drain(..) {
+        // The walk's threads find them in no set order.
+        let mut hits = std::mem::take(&mut *hit.lock().unwrap_or_else(|e| e.into_inner()));
+        hits.sort();
+        for p in hits {
             let rule = excludes.matching_rule(&p).unwrap_or_default();
             let sizes = size_below(root_fd.as_fd(), &p, dev);
             report.excluded.push(Excluded {

@@ -336,12 +336,13 @@ fn scan_target(
     progress: &dyn Progress,
 ) -> Result<(Walked, HashSet<RelPath>)> {
     // Every directory above an excluded path the walk met.
-    let holding = std::cell::RefCell::new(HashSet::new());
+    let holding = std::sync::Mutex::new(HashSet::new());
     let exclude = |p: &[u8], _k: Kind| {
         let out = excludes.is_excluded(p);
         let mut up = p;
         while let Some(dir) = crate::model::parent(up).filter(|_| out) {
-            if !holding.borrow_mut().insert(dir.to_vec()) {
+            let mut held = holding.lock().unwrap_or_else(|e| e.into_inner());
+            if !held.insert(dir.to_vec()) {
                 break;
             }
             up = dir;
@@ -398,7 +399,7 @@ fn scan_target(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.dedup_by(|a, b| a.0 == b.0);
-    Ok((out, holding.into_inner()))
+    Ok((out, holding.into_inner().unwrap_or_else(|e| e.into_inner())))
 }
 
 /// The target's entry with xattrs, flags, link target and content hash. A file whose type,
