@@ -77,19 +77,90 @@ pub struct SnapshotReport {
 /// system at once, so every field is as small as it can be (issue 10: memory per path): the old
 /// entry and the hardlink leader are boxed (most paths have neither).
 struct Pending {
-    path: RelPath,
+    /// Boxed: 8 bytes less than a `Vec` a path, and never grown.
+    path: Box<[u8]>,
     old: Option<Box<Entry>>,
     /// The walk's stat and hardlink leader; None for a path that is gone.
-    new: Option<(Basic, Option<Box<RelPath>>)>,
+    new: Option<(Seen, Option<Box<RelPath>>)>,
 }
+
+// A million of them are held at once.
+const _: () = assert!(std::mem::size_of::<Pending>() <= 112);
 
 /// What the walk found, before the index is compared.
 impl From<(RelPath, Basic)> for Pending {
     fn from((path, b): (RelPath, Basic)) -> Pending {
         Pending {
-            path,
+            path: path.into_boxed_slice(),
             old: None,
-            new: Some((b, None)),
+            new: Some((Seen::from(&b), None)),
+        }
+    }
+}
+
+/// A `Basic` packed for the pending list: 80 bytes where `Basic` takes 96 (padding after each
+/// timestamp's nanoseconds, a size and a device number never both set, a link count a `u32`
+/// holds), 16 MB less for a million paths. `basic()` gives back exactly what the walk saw.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The size, or for a device node (whose size is 0) its device number.
+    size_or_rdev: u64,
+    ino: u64,
+    dev: u64,
+    blocks: u64,
+    mtime_sec: i64,
+    ctime_sec: i64,
+    mtime_nsec: u32,
+    ctime_nsec: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    kind: Kind,
+}
+
+impl Seen {
+    fn from(b: &Basic) -> Seen {
+        let device = matches!(b.kind, Kind::CharDev | Kind::BlockDev);
+        Seen {
+            size_or_rdev: if device { b.rdev } else { b.size },
+            ino: b.ino,
+            dev: b.dev,
+            blocks: b.blocks,
+            mtime_sec: b.mtime.sec,
+            ctime_sec: b.ctime.sec,
+            mtime_nsec: b.mtime.nsec,
+            ctime_nsec: b.ctime.nsec,
+            mode: b.mode,
+            uid: b.uid,
+            gid: b.gid,
+            // The kernel counts links in 32 bits.
+            nlink: u32::try_from(b.nlink).unwrap_or(u32::MAX),
+            kind: b.kind,
+        }
+    }
+
+    fn basic(&self) -> Basic {
+        let device = matches!(self.kind, Kind::CharDev | Kind::BlockDev);
+        Basic {
+            kind: self.kind,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: if device { 0 } else { self.size_or_rdev },
+            mtime: crate::model::Timestamp {
+                sec: self.mtime_sec,
+                nsec: self.mtime_nsec,
+            },
+            ctime: crate::model::Timestamp {
+                sec: self.ctime_sec,
+                nsec: self.ctime_nsec,
+            },
+            ino: self.ino,
+            dev: self.dev,
+            rdev: if device { self.size_or_rdev } else { 0 },
+            nlink: self.nlink as u64,
+            blocks: self.blocks,
         }
     }
 }
@@ -182,7 +253,7 @@ pub fn run(
         .iter()
         .filter_map(|p| p.new.as_ref())
         .filter(|(b, _)| b.kind == Kind::File)
-        .map(|(b, _)| b.size)
+        .map(|(b, _)| b.basic().size)
         .sum();
     progress.phase("recording changes", Some(pending.len() as u64), Some(bytes));
     let (shapes, direct) = record(
@@ -262,7 +333,7 @@ fn estimated_growth(p: &Pending) -> (u64, u64) {
         .new
         .as_ref()
         .filter(|(b, _)| b.kind == Kind::File)
-        .map_or(0, |(b, _)| b.size.min(b.blocks * 512));
+        .map_or(0, |(b, _)| b.basic().size.min(b.blocks * 512));
     let Some(old) = p.old.as_ref().filter(|o| o.kind == Kind::File) else {
         return (new, new);
     };
@@ -270,7 +341,13 @@ fn estimated_growth(p: &Pending) -> (u64, u64) {
     let replica = new.saturating_sub(old_size);
     let pack = match &p.new {
         None => old_size / 2,
-        Some((b, _)) if b.kind == Kind::File && b.size == old.size && b.mtime == old.mtime => 0,
+        Some((b, _))
+            if b.kind == Kind::File
+                && b.basic().size == old.size
+                && b.basic().mtime == old.mtime =>
+        {
+            0
+        }
         Some((b, _)) if b.kind == Kind::File => old_size / 10,
         Some(_) => old_size / 2,
     };
@@ -361,7 +438,7 @@ fn scan(
         if b.kind == Kind::File && b.nlink > 1 {
             match leaders.get(&(b.dev, b.ino)) {
                 Some(&l) => {
-                    let leader = Box::new(out[l].path.clone());
+                    let leader = Box::new(out[l].path.to_vec());
                     if let Some((_, link)) = &mut out[i].new {
                         *link = Some(leader);
                     }
@@ -386,14 +463,14 @@ fn compare(
     let mut gone = Vec::new();
     let mut i = 0;
     store.index.for_each_entry(|path, old| {
-        while i < walked.len() && walked[i].path < path {
+        while i < walked.len() && *walked[i].path < *path {
             i += 1;
         }
-        match walked.get_mut(i).filter(|w| w.path == path) {
+        match walked.get_mut(i).filter(|w| *w.path == *path) {
             Some(w) => {
                 i += 1;
                 let (b, l) = w.new.as_ref().expect("walked paths have a stat");
-                if old.unchanged_on_disk(&b.to_entry(l.as_deref().cloned())) {
+                if old.unchanged_on_disk(&b.basic().to_entry(l.as_deref().cloned())) {
                     report.unchanged += 1;
                     count(report, &old);
                     w.new = None; // neither old nor new: dropped below
@@ -402,7 +479,7 @@ fn compare(
                 }
             }
             None => gone.push(Pending {
-                path,
+                path: path.into_boxed_slice(),
                 old: Some(Box::new(old)),
                 new: None,
             }),
@@ -474,7 +551,7 @@ fn record(
     let reads = |q: &Pending| {
         q.new
             .as_ref()
-            .is_some_and(|(b, _)| b.kind == Kind::File && b.size > 0)
+            .is_some_and(|(b, _)| b.kind == Kind::File && b.basic().size > 0)
     };
     let mut queue = std::collections::VecDeque::from(pending);
     if let Some(pf) = &prefetch {
@@ -555,7 +632,7 @@ fn record(
             Captured::Node(e, c, m) => (Some(*e), c, m),
         };
         if let Some(m) = map {
-            batch.maps.push((p.path.clone(), m));
+            batch.maps.push((p.path.to_vec(), m));
         }
         if let Some(n) = &new {
             count(report, n);
@@ -571,7 +648,7 @@ fn record(
                 // Only the quick-check fields moved (a rename back, a no-op chmod): refresh them.
                 batch.rows.push((
                     no_change(id, &p.path),
-                    Some((p.path.clone(), n.clone())),
+                    Some((p.path.to_vec(), n.clone())),
                     Vec::new(),
                 ));
                 report.unchanged += 1;
@@ -579,7 +656,7 @@ fn record(
                     // Its inode changed (a link count, say): when the replica shares it in a
                     // hardlink group, this copy's share of the replica's usage moved.
                     shapes.push(Shape {
-                        path: p.path.clone(),
+                        path: p.path.to_vec(),
                         want: new.clone(),
                         fill: Fill::Keep,
                     });
@@ -644,7 +721,7 @@ fn record(
                     content: change.content,
                     frame: change.frame,
                 };
-                group_changes.insert(p.path.clone(), g);
+                group_changes.insert(p.path.to_vec(), g);
             }
         }
         tally(report, p.old.as_deref(), &new, &content);
@@ -659,7 +736,7 @@ fn record(
             _ => replica_fill(store, &leads, new.as_ref(), staged_name)?,
         };
         let shape = Shape {
-            path: p.path.clone(),
+            path: p.path.to_vec(),
             want: new.clone(),
             fill,
         };
@@ -671,9 +748,9 @@ fn record(
             Some(d) => d.put(store, shape, written)?,
             None => shapes.push(shape),
         }
-        let upsert = new.map(|n| (p.path.clone(), n));
+        let upsert = new.map(|n| (p.path.to_vec(), n));
         let delete = if upsert.is_none() {
-            p.path.clone()
+            p.path.to_vec()
         } else {
             Vec::new()
         };
@@ -824,13 +901,13 @@ impl Releads {
     /// earlier leader failed), the group needs a new leader.
     fn not_recorded(&mut self, p: &Pending) {
         for slot in self.moved.values_mut() {
-            if slot.as_deref() == Some(p.path.as_slice()) {
+            if slot.as_deref() == Some(&p.path[..]) {
                 *slot = None;
             }
         }
         if let Some((b, None)) = &p.new {
             if b.kind == Kind::File && b.nlink > 1 {
-                self.moved.entry(p.path.clone()).or_insert(None);
+                self.moved.entry(p.path.to_vec()).or_insert(None);
             }
         }
     }
@@ -941,7 +1018,7 @@ fn capture(
     let Some((basic, link)) = &p.new else {
         return Ok(Captured::Gone);
     };
-    let mut e = basic.to_entry(link.as_deref().cloned());
+    let mut e = basic.basic().to_entry(link.as_deref().cloned());
     let dir = if p.path.is_empty() {
         match fsio::open_dir(root, b"") {
             Ok(fd) => DirRef::Owned(fd),
@@ -1278,7 +1355,7 @@ fn reverse_change(
     let new_hash = new.filter(|n| n.kind == Kind::File).and_then(|n| n.hash);
     let mut change = Change {
         point: id,
-        path: p.path.clone(),
+        path: p.path.to_vec(),
         content: ContentKind::Absent,
         old: p.old.as_deref().cloned(),
         frame: None,
@@ -1397,4 +1474,38 @@ fn read_checked(body: &mut crate::content::Body, want: Hash, path: &[u8]) -> Res
         return Err(replica_damaged(path));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packed stat gives back every field the walk saw, for each kind of node: the quick
+    /// check compares them all, so a lost bit would read a file again or, worse, miss a change.
+    #[test]
+    fn seen_keeps_every_field_of_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, vec![7u8; 5000]).unwrap();
+        std::os::unix::fs::symlink("a/longer/target", dir.path().join("l")).unwrap();
+        std::fs::hard_link(&file, dir.path().join("f2")).unwrap();
+        let mut stats: Vec<Basic> = ["", "f", "l"]
+            .iter()
+            .map(|n| {
+                let st = rustix::fs::lstat(&dir.path().join(n)).unwrap();
+                fsio::stat_to_basic(&st).unwrap()
+            })
+            .collect();
+        // A device node as the walk would see one (making one needs root).
+        stats.push(Basic {
+            kind: Kind::BlockDev,
+            rdev: 0x0800_0001,
+            size: 0,
+            nlink: 1,
+            ..stats[1]
+        });
+        for b in stats {
+            assert_eq!(Seen::from(&b).basic(), b, "{:?}", b.kind);
+        }
+    }
 }
