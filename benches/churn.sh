@@ -131,6 +131,10 @@ echo "== floors"
 measure floor_walk find "$data" -printf '%s %T@ %i\n'
 measure floor_copy cp -a "$data" "$W/copy"
 rm -rf "$W/copy"
+# A copy that is on disk when it ends, as a point is: `cp -a` leaves its writes to the
+# kernel's flusher threads after it exits, a snapshot may not.
+measure floor_copy_sync sh -c "cp -a '$data' '$W/copy' && sync"
+rm -rf "$W/copy"
 measure floor_read sh -c "find '$data' -type f -print0 | xargs -0 cat > /dev/null"
 
 echo "== point 0 and a run without changes"
@@ -224,6 +228,7 @@ rsync_store0=$(get rsync_store0 4 || true)
 printf '%-52s' "figure"; for t in $tools; do printf '%10s' "$t"; done; echo
 row() { printf '%-52s' "$1"; shift; for v in "$@"; do printf '%10s' "$v"; done; echo; }
 row "first snapshot / cp -a" $(for t in $tools; do ratio "$(get "${t}_first")" "$(get floor_copy)"; done)
+row "first snapshot / (cp -a; sync)" $(for t in $tools; do ratio "$(get "${t}_first")" "$(get floor_copy_sync)"; done)
 row "no-change snapshot / stat walk" $(for t in $tools; do ratio "$(get "${t}_nochange")" "$(get floor_walk)"; done)
 row "median busy incremental / rsync mirror's" $(for t in $tools; do ratio "$(median_busy "$t")" "$rsync_busy"; done)
 row "restore of the latest point / cp -a" $(for t in $tools; do ratio "$(get "${t}_restore")" "$(get floor_copy)"; done)
