@@ -423,8 +423,8 @@ struct PieceAt {
 
 /// Copies every complete point of `store` that `remote` does not hold yet.
 /// With `keep` (`[offsite] keep_points`), only the newest `keep` points of the remote and the
-/// store together are pushed, and the remote's older ones are expired afterwards (`expire`):
-/// a point expired there is never sent again.
+/// store together are pushed, and pinned points whatever their age; the remote's others are
+/// expired afterwards (`expire`): a point expired there is never sent again.
 pub fn push(store: &Store, remote: &Remote, keep: Option<usize>) -> Result<PushReport> {
     let mut report = PushReport::default();
     if remote.get(MARKER)?.is_none() {
@@ -442,7 +442,7 @@ pub fn push(store: &Store, remote: &Remote, keep: Option<usize>) -> Result<PushR
     });
     for point in points {
         let id = point.id;
-        if oldest_kept.is_some_and(|o| id.0 < o) {
+        if oldest_kept.is_some_and(|o| id.0 < o) && !point.pinned {
             continue;
         }
         // Per point: the chains it caches are of changes after this point only.
@@ -751,11 +751,17 @@ impl Remote {
 /// new name, before the old one is deleted; bundles last, those no remaining catalog piece
 /// lies in. A bundle is deleted only once no catalog names it, so a push never skips content
 /// whose bytes are gone. Run again, it finishes what a killed run left.
-pub fn expire(remote: &Remote, keep: usize, scratch: &std::path::Path) -> Result<Expired> {
+pub fn expire(
+    remote: &Remote,
+    keep: usize,
+    pinned: &HashSet<i64>,
+    scratch: &std::path::Path,
+) -> Result<Expired> {
     let mut out = Expired::default();
     let mut points = remote_points(remote)?;
-    while points.len() > keep.max(1) {
-        let (id, name) = points.pop_first().expect("more than one point");
+    let older: Vec<i64> = points.keys().rev().skip(keep.max(1)).copied().collect();
+    for id in older.into_iter().rev().filter(|id| !pinned.contains(id)) {
+        let name = points.remove(&id).expect("listed above");
         remote.delete(&format!("points/{name}"))?;
         out.points.push(id);
     }

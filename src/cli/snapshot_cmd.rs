@@ -593,7 +593,22 @@ fn push(cli: &Cli, system: &System, to: &str, conf: &crate::config::Offsite) -> 
     let store = system.open_store()?;
     let r = crate::offsite::push(&store, &remote, keep)?;
     let expired = match keep {
-        Some(k) => Some(crate::offsite::expire(&remote, k, &std::env::temp_dir())?),
+        Some(k) => {
+            // Pinned here, kept there too: a pin is the operator's "never remove this one".
+            let pinned = store
+                .index
+                .complete_points()?
+                .iter()
+                .filter(|p| p.pinned)
+                .map(|p| p.id.0)
+                .collect();
+            Some(crate::offsite::expire(
+                &remote,
+                k,
+                &pinned,
+                &std::env::temp_dir(),
+            )?)
+        }
         None => None,
     };
     if cli.json {

@@ -525,6 +525,73 @@ fn keep_points_keeps_more_off_site_than_local_and_expires_the_oldest() {
     assert!(text(&out).contains("keep_points"), "{}", text(&out));
 }
 
+/// A pinned point is kept off-site too: `keep_points` counts the newest points and keeps every
+/// pinned one besides, pushed whatever its age; unpinned, it expires at the next push.
+#[test]
+fn keep_points_keeps_pinned_points_off_site() {
+    let lab = Lab::new();
+    let remote = lab.target("remote");
+    let url = format!("file://{}", remote.display());
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        format!("[offsite]\nurl = \"{url}\"\nkeep_points = 2\n[boot]\ncapture = false\n"),
+    )
+    .unwrap();
+    let store = lab.store();
+    let push = || -> serde_json::Value {
+        let out = SNAPSHOT.expect(
+            0,
+            &[
+                "push",
+                "-c",
+                Lab::s(&conf),
+                "--store",
+                Lab::s(&store),
+                "--json",
+            ],
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut expected = BTreeMap::new();
+    for n in 1..=3 {
+        lab.run_sh(&format!(
+            "rm -f own* && head -c 300000 /dev/urandom > own{n}"
+        ));
+        expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    }
+    SNAPSHOT.expect(0, &["pin", "1", "--store", Lab::s(&store)]);
+    let r = push();
+    assert_eq!(r["pushed"], serde_json::json!([1, 2, 3]), "{r}");
+    assert_eq!(r["expired"]["points"], serde_json::json!([]), "{r}");
+    lab.run_sh("rm -f own* && head -c 300000 /dev/urandom > own4");
+    expected.insert(lab.snapshot(), fingerprint(&lab.sys()));
+    let r = push();
+    assert_eq!(r["pushed"], serde_json::json!([4]), "{r}");
+    assert_eq!(r["expired"]["points"], serde_json::json!([2]), "{r}");
+    assert_eq!(listed_ids(&["--store", &url]), vec![1, 3, 4]);
+    SNAPSHOT.expect(0, &["verify", "--store", &url]);
+    let t = lab.target("r1");
+    RESTORE.expect(
+        0,
+        &[
+            "--store",
+            &url,
+            "--point",
+            "1",
+            "--target",
+            Lab::s(&t),
+            "--yes",
+        ],
+    );
+    assert_same(&expected[&1], &fingerprint(&t), "pinned point 1, off-site");
+    SNAPSHOT.expect(0, &["unpin", "1", "--store", Lab::s(&store)]);
+    let r = push();
+    assert_eq!(r["expired"]["points"], serde_json::json!([1]), "{r}");
+    assert_eq!(listed_ids(&["--store", &url]), vec![3, 4]);
+    SNAPSHOT.expect(0, &["verify", "--store", &url]);
+}
+
 /// S3 credentials from a file of root's alone, as the AWS tools keep them: named in the
 /// config for a push, by AWS_SHARED_CREDENTIALS_FILE for a list; a file others can read is
 /// refused; the secret never shows in any output.
