@@ -1492,7 +1492,7 @@ mod tests {
         let mut stats: Vec<Basic> = ["", "f", "l"]
             .iter()
             .map(|n| {
-                let st = rustix::fs::lstat(&dir.path().join(n)).unwrap();
+                let st = rustix::fs::lstat(dir.path().join(n)).unwrap();
                 fsio::stat_to_basic(&st).unwrap()
             })
             .collect();
