@@ -297,7 +297,9 @@ impl System {
     /// Removes the `n` oldest points that may go (never the latest, never a pinned one): the
     /// oldest of all simply, the others merged into their successors. With `dry_run`, only
     /// says which.
-    pub fn remove_oldest(&self, n: usize, dry_run: bool) -> Result<Vec<Point>> {
+    /// The points removed, and the error that stopped the removals part way, if one did (the
+    /// points before it are gone: the caller says so).
+    pub fn remove_oldest(&self, n: usize, dry_run: bool) -> Result<(Vec<Point>, Option<Error>)> {
         let mut store = open_writer(&self.store, false)?;
         let candidates = |store: &Store| -> Result<Vec<Point>> {
             let mut points = store.index.complete_points()?;
@@ -305,16 +307,23 @@ impl System {
             Ok(points.into_iter().filter(|p| !p.pinned).collect())
         };
         if dry_run {
-            return Ok(candidates(&store)?.into_iter().take(n).collect());
+            return Ok((candidates(&store)?.into_iter().take(n).collect(), None));
         }
         let mut removed = Vec::new();
         for _ in 0..n {
-            let Some(p) = candidates(&store)?.into_iter().next() else {
-                break;
-            };
-            removed.push(crate::prune::remove_point(&mut store, p.id, Default::default())?.removed);
+            let next = candidates(&store).and_then(|c| match c.into_iter().next() {
+                Some(p) => crate::prune::remove_point(&mut store, p.id, Default::default())
+                    .map(|r| Some(r.removed)),
+                None => Ok(None),
+            });
+            match next {
+                Ok(Some(p)) => removed.push(p),
+                Ok(None) => break,
+                Err(e) if removed.is_empty() => return Err(e),
+                Err(e) => return Ok((removed, Some(e))),
+            }
         }
-        Ok(removed)
+        Ok((removed, None))
     }
 
     /// Removes the points `ids`, wherever they are in the history (`prune::remove_point`).

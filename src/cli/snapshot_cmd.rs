@@ -1222,19 +1222,8 @@ fn prune_points(cli: &Cli, system: &System, ids: &[PointId], dry_run: bool) -> C
         );
     }
     if let Some(e) = stopped {
-        let msg = match removed.len() {
-            0 => e.to_string(),
-            _ => format!(
-                "{e} (point {} {} removed before this)",
-                removed
-                    .iter()
-                    .map(|r| r.removed.id.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if removed.len() == 1 { "was" } else { "were" }
-            ),
-        };
-        return Ok(super::refuse(exit_code_for(&e), &msg));
+        let ids: Vec<PointId> = removed.iter().map(|r| r.removed.id).collect();
+        return Ok(stopped_part_way(&e, &ids));
     }
     if !dry_run {
         let freed: i64 = removed.iter().map(|r| r.freed_bytes).sum();
@@ -1250,22 +1239,43 @@ fn prune_points(cli: &Cli, system: &System, ids: &[PointId], dry_run: bool) -> C
     Ok(SUCCESS)
 }
 
+/// A removal that failed after others went: the error, naming the points already gone.
+fn stopped_part_way(e: &crate::error::Error, removed: &[PointId]) -> i32 {
+    let msg = match removed.len() {
+        0 => e.to_string(),
+        n => format!(
+            "{e} (point {} {} removed before this)",
+            removed
+                .iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if n == 1 { "was" } else { "were" }
+        ),
+    };
+    super::refuse(exit_code_for(e), &msg)
+}
+
 fn prune(cli: &Cli, system: &System, n: usize, dry_run: bool) -> CmdResult {
-    let removed = system.remove_oldest(n, dry_run)?;
-    if cli.json {
+    let (removed, stopped) = system.remove_oldest(n, dry_run)?;
+    if cli.json && stopped.is_none() {
         print_json("removed", &removed);
-    } else {
-        let verb = if dry_run { "Would remove" } else { "Removed" };
-        for p in &removed {
-            outln!(
-                "{verb} restore point {} ({}): oldest unpinned point, --oldest {n}",
-                p.id,
-                when_created(&p.created_at)
-            );
-        }
-        if removed.len() < n {
-            outln!("Kept the latest point and pinned points: --oldest never removes them.");
-        }
+        return Ok(SUCCESS);
+    }
+    let verb = if dry_run { "Would remove" } else { "Removed" };
+    for p in removed.iter().filter(|_| !cli.json) {
+        outln!(
+            "{verb} restore point {} ({}): oldest unpinned point, --oldest {n}",
+            p.id,
+            when_created(&p.created_at)
+        );
+    }
+    if let Some(e) = stopped {
+        let ids: Vec<PointId> = removed.iter().map(|p| p.id).collect();
+        return Ok(stopped_part_way(&e, &ids));
+    }
+    if removed.len() < n {
+        outln!("Kept the latest point and pinned points: --oldest never removes them.");
     }
     Ok(SUCCESS)
 }

@@ -304,6 +304,37 @@ fn leftover_staging_files_never_enter_a_point() {
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
 }
 
+/// `prune --oldest N` that stops part way (the next oldest is one an unfinished restore needs)
+/// says which points it removed before it stopped: they are gone, and the operator must know.
+#[test]
+fn prune_oldest_stopped_part_way_names_what_it_removed() {
+    let lab = Lab::new();
+    lab.run_sh("mkdir d && for i in $(seq 1 40); do echo v0-$i > d/f$i; done");
+    let p0 = lab.snapshot();
+    lab.run_sh("for i in $(seq 1 40); do echo v1-$i > d/f$i; done");
+    let p1 = lab.snapshot();
+    lab.run_sh("for i in $(seq 1 40); do echo v2-$i > d/f$i; done");
+    lab.snapshot();
+    let killed = std::process::Command::new(RESTORE.path())
+        .args(lab.restore_args(p1, &[]))
+        .env("RESTOREPOINT_FAILPOINT", "restore-after-item:10")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "the restore was killed");
+    let out = SNAPSHOT.expect(
+        7,
+        &["prune", "--oldest", "5", "--store", Lab::s(&lab.store())],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unfinished"), "{err}");
+    assert!(
+        err.contains(&format!("point {p0} was removed before this")),
+        "{err}"
+    );
+    let ids = lab.point_ids();
+    assert!(!ids.contains(&p0) && ids.contains(&p1), "{ids:?}");
+}
+
 #[test]
 fn an_unfinished_restore_refuses_snapshots_and_keeps_its_points() {
     let lab = Lab::new();
