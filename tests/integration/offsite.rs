@@ -433,35 +433,44 @@ fn a_damaged_catalog_is_reported_and_its_content_sent_again() {
     }
 }
 
+/// A lab whose config pushes to a `file://` remote keeping `keep` points: (lab, the remote's
+/// URL, the config, the store).
+fn keep_points_lab(keep: usize) -> (Lab, String, PathBuf, PathBuf) {
+    let lab = Lab::new();
+    let url = format!("file://{}", lab.target("remote").display());
+    let conf = lab.target("rp.conf");
+    std::fs::write(
+        &conf,
+        format!("[offsite]\nurl = \"{url}\"\nkeep_points = {keep}\n[boot]\ncapture = false\n"),
+    )
+    .unwrap();
+    let store = lab.store();
+    (lab, url, conf, store)
+}
+
+/// `push --json` with this config and store, which must succeed.
+fn push_json(conf: &Path, store: &Path) -> serde_json::Value {
+    let out = SNAPSHOT.expect(
+        0,
+        &[
+            "push",
+            "-c",
+            Lab::s(conf),
+            "--store",
+            Lab::s(store),
+            "--json",
+        ],
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `[offsite] keep_points`: the remote keeps the newest N points, more than the local store
 /// keeps; older ones go from the remote with the bundles only they needed, and what remains
 /// verifies and restores exactly.
 #[test]
 fn keep_points_keeps_more_off_site_than_local_and_expires_the_oldest() {
-    let lab = Lab::new();
-    let remote = lab.target("remote");
-    let url = format!("file://{}", remote.display());
-    let conf = lab.target("rp.conf");
-    std::fs::write(
-        &conf,
-        format!("[offsite]\nurl = \"{url}\"\nkeep_points = 3\n[boot]\ncapture = false\n"),
-    )
-    .unwrap();
-    let store = lab.store();
-    let push = || -> serde_json::Value {
-        let out = SNAPSHOT.expect(
-            0,
-            &[
-                "push",
-                "-c",
-                Lab::s(&conf),
-                "--store",
-                Lab::s(&store),
-                "--json",
-            ],
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let (lab, url, conf, store) = keep_points_lab(3);
+    let push = || push_json(&conf, &store);
     let remote_ids = || listed_ids(&["--store", &url]);
     let mut expected = BTreeMap::new();
     // Each point has 20 MB of its own (several bundles of nothing else) and shares the rest.
@@ -529,30 +538,8 @@ fn keep_points_keeps_more_off_site_than_local_and_expires_the_oldest() {
 /// pinned one besides, pushed whatever its age; unpinned, it expires at the next push.
 #[test]
 fn keep_points_keeps_pinned_points_off_site() {
-    let lab = Lab::new();
-    let remote = lab.target("remote");
-    let url = format!("file://{}", remote.display());
-    let conf = lab.target("rp.conf");
-    std::fs::write(
-        &conf,
-        format!("[offsite]\nurl = \"{url}\"\nkeep_points = 2\n[boot]\ncapture = false\n"),
-    )
-    .unwrap();
-    let store = lab.store();
-    let push = || -> serde_json::Value {
-        let out = SNAPSHOT.expect(
-            0,
-            &[
-                "push",
-                "-c",
-                Lab::s(&conf),
-                "--store",
-                Lab::s(&store),
-                "--json",
-            ],
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let (lab, url, conf, store) = keep_points_lab(2);
+    let push = || push_json(&conf, &store);
     let mut expected = BTreeMap::new();
     for n in 1..=3 {
         lab.run_sh(&format!(
