@@ -319,19 +319,7 @@ fn a_killed_push_is_completed_by_the_next() {
     assert_eq!(r["pushed"], serde_json::json!([1]), "{r}");
     SNAPSHOT.expect(0, &["verify", "--store", &url]);
     let t = lab.target("t");
-    RESTORE.expect(
-        0,
-        &[
-            "--store",
-            &url,
-            "--point",
-            "1",
-            "--target",
-            Lab::s(&t),
-            "--yes",
-        ],
-    );
-    assert_same(&fp, &fingerprint(&t), "the resumed push");
+    restores_as(&url, 1, &t, &fp, "the resumed push");
 }
 
 /// `push` takes the config's `[offsite] url` when `--to` is not given, and without either it
@@ -433,6 +421,23 @@ fn a_damaged_catalog_is_reported_and_its_content_sent_again() {
     }
 }
 
+/// Restores point `id` of the remote `url` into `t` and checks it is `want`.
+fn restores_as(url: &str, id: i64, t: &Path, want: &Fingerprint, what: &str) {
+    RESTORE.expect(
+        0,
+        &[
+            "--store",
+            url,
+            "--point",
+            &id.to_string(),
+            "--target",
+            Lab::s(t),
+            "--yes",
+        ],
+    );
+    assert_same(want, &fingerprint(t), what);
+}
+
 /// A lab whose config pushes to a `file://` remote keeping `keep` points: (lab, the remote's
 /// URL, the config, the store).
 fn keep_points_lab(keep: usize) -> (Lab, String, PathBuf, PathBuf) {
@@ -509,21 +514,11 @@ fn keep_points_keeps_more_off_site_than_local_and_expires_the_oldest() {
     SNAPSHOT.expect(0, &["verify", "--store", &url]);
     for id in [2, 3] {
         let t = lab.target(&format!("r{id}"));
-        RESTORE.expect(
-            0,
-            &[
-                "--store",
-                &url,
-                "--point",
-                &id.to_string(),
-                "--target",
-                Lab::s(&t),
-                "--yes",
-            ],
-        );
-        assert_same(
+        restores_as(
+            &url,
+            id,
+            &t,
             &expected[&id],
-            &fingerprint(&t),
             &format!("point {id}, gone locally"),
         );
     }
@@ -559,19 +554,7 @@ fn keep_points_keeps_pinned_points_off_site() {
     assert_eq!(listed_ids(&["--store", &url]), vec![1, 3, 4]);
     SNAPSHOT.expect(0, &["verify", "--store", &url]);
     let t = lab.target("r1");
-    RESTORE.expect(
-        0,
-        &[
-            "--store",
-            &url,
-            "--point",
-            "1",
-            "--target",
-            Lab::s(&t),
-            "--yes",
-        ],
-    );
-    assert_same(&expected[&1], &fingerprint(&t), "pinned point 1, off-site");
+    restores_as(&url, 1, &t, &expected[&1], "pinned point 1, off-site");
     SNAPSHOT.expect(0, &["unpin", "1", "--store", Lab::s(&store)]);
     let r = push();
     assert_eq!(r["expired"]["points"], serde_json::json!([1]), "{r}");
