@@ -56,7 +56,7 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
     };
     let mut report = AuditReport::default();
     for src in &opts.sources {
-        let mut walked = Vec::new();
+        let mut walked: Vec<(RelPath, fsio::Basic)> = Vec::new();
         let mut warns = Vec::new();
         let walk_opts = WalkOptions {
             one_file_system: opts.one_file_system,
@@ -67,6 +67,8 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
             Error::Invalid(format!("source {} cannot be read: {e}", display_path(src)))
         })?;
         let dev = walked.first().map(|(_, b)| b.dev);
+        // The walk's threads find paths in no set order; the report lists them by path.
+        walked.sort_by(|a, b| a.0.cmp(&b.0));
         for (p, b) in &walked {
             if b.kind == Kind::Dir
                 && Some(b.dev) != dev
@@ -86,7 +88,6 @@ pub fn audit(root: &Path, store: Option<RelPath>, opts: &SnapshotOptions) -> Res
                 }
             }
         }
-        // The walk's threads find them in no set order.
         let mut hits = std::mem::take(&mut *hit.lock().unwrap_or_else(|e| e.into_inner()));
         hits.sort();
         for p in hits {

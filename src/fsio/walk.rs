@@ -62,6 +62,7 @@ pub fn walk<T: From<(RelPath, Basic)> + Send>(
                 path: start.to_vec(),
             }],
             busy: 0,
+            abort: false,
         }),
         ready: Condvar::new(),
     };
@@ -73,12 +74,25 @@ pub fn walk<T: From<(RelPath, Basic)> + Send>(
         exclude: opts.exclude,
     };
     std::thread::scope(|s| {
+        let mut started = 0;
+        let mut refused = None;
         for _ in 0..THREADS {
             let tx = tx.clone();
             let (queue, filter) = (&queue, &filter);
-            s.spawn(move || work(queue, filter, tx));
+            // A thread the system refuses (a process at its limit) leaves the walk to the
+            // threads that did start; `spawn` would panic instead.
+            match std::thread::Builder::new()
+                .name("walk".into())
+                .spawn_scoped(s, move || work(queue, filter, tx))
+            {
+                Ok(_) => started += 1,
+                Err(e) => refused = Some(e),
+            }
         }
         drop(tx);
+        if started == 0 {
+            return Err(refused.expect("no thread started, so one was refused"));
+        }
         for found in rx {
             for (item, b) in found.items {
                 seen(opts.progress, &b);
@@ -86,8 +100,8 @@ pub fn walk<T: From<(RelPath, Basic)> + Send>(
             }
             warnings.extend(found.warnings);
         }
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// What a task found: the caller's items (with the stat, for progress) and its warnings.
@@ -98,8 +112,9 @@ struct Batch<T> {
 
 enum Opened {
     Fd(OwnedFd),
-    /// A directory not opened yet: `name` in the parent.
-    In(Arc<OwnedFd>, Vec<u8>),
+    /// A directory not opened yet: `name` in the parent, which was stat'ed as this
+    /// (device, inode).
+    In(Arc<OwnedFd>, Vec<u8>, (u64, u64)),
 }
 
 enum Task {
@@ -117,6 +132,9 @@ struct State {
     tasks: Vec<Task>,
     /// Workers running a task, which may queue more.
     busy: usize,
+    /// A thread of the walk panicked or the caller stopped listening: the rest stop too,
+    /// rather than wait for tasks the lost one would have queued.
+    abort: bool,
 }
 
 struct Queue {
@@ -130,14 +148,52 @@ struct Filter<'a> {
     exclude: &'a (dyn Fn(&[u8], Kind) -> bool + Sync),
 }
 
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A task taken from the queue and not yet finished. Dropped unfinished (the task panicked,
+/// or the caller's thread is gone), it stops the walk: the tasks it would have queued are
+/// lost, and the others must not wait for them.
+struct Running<'a>(&'a Queue);
+
+impl Running<'_> {
+    fn finish(self, more: Vec<Task>) {
+        let queue = self.0;
+        std::mem::forget(self);
+        let mut st = queue.lock();
+        st.busy -= 1;
+        let wake = !more.is_empty() || st.busy == 0;
+        st.tasks.extend(more);
+        if wake {
+            queue.ready.notify_all();
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.busy -= 1;
+        st.abort = true;
+        st.tasks.clear();
+        self.0.ready.notify_all();
+    }
+}
+
 fn work<T: From<(RelPath, Basic)>>(queue: &Queue, filter: &Filter, tx: SyncSender<Batch<T>>) {
     loop {
-        let task = {
-            let mut st = queue.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (task, running) = {
+            let mut st = queue.lock();
             loop {
+                if st.abort {
+                    return;
+                }
                 if let Some(t) = st.tasks.pop() {
                     st.busy += 1;
-                    break t;
+                    break (t, Running(queue));
                 }
                 if st.busy == 0 {
                     queue.ready.notify_all();
@@ -157,13 +213,7 @@ fn work<T: From<(RelPath, Basic)>>(queue: &Queue, filter: &Filter, tx: SyncSende
                 return;
             }
         }
-        let mut st = queue.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.busy -= 1;
-        let wake = !more.is_empty() || st.busy == 0;
-        st.tasks.extend(more);
-        if wake {
-            queue.ready.notify_all();
-        }
+        running.finish(more);
     }
 }
 
@@ -173,16 +223,38 @@ fn run<T: From<(RelPath, Basic)>>(task: Task, filter: &Filter, found: &mut Batch
         Task::List { dir, path } => {
             let fd = match dir {
                 Opened::Fd(fd) => fd,
-                Opened::In(parent, name) => {
+                Opened::In(parent, name, stat_id) => {
                     let flags =
                         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                    match rustix::fs::openat(&*parent, &name[..], flags, Mode::empty()) {
+                    let fd = match rustix::fs::openat(&*parent, &name[..], flags, Mode::empty()) {
                         Ok(fd) => fd,
                         Err(rustix::io::Errno::NOENT) => return Vec::new(),
                         Err(e) => {
                             found.warnings.push(WalkWarning {
                                 path,
                                 message: format!("cannot open: {e}"),
+                            });
+                            return Vec::new();
+                        }
+                    };
+                    // Time passes between the stat and this open: a directory renamed over
+                    // this name, or a filesystem mounted on it, is not what was recorded (and
+                    // a mount would be crossed without being asked to).
+                    match rustix::fs::fstat(&fd) {
+                        Ok(st) if (st.st_dev, st.st_ino) == stat_id => fd,
+                        Ok(_) => {
+                            found.warnings.push(WalkWarning {
+                                path,
+                                message: "replaced or mounted over while being walked: its \
+                                          contents are left out"
+                                    .into(),
+                            });
+                            return Vec::new();
+                        }
+                        Err(e) => {
+                            found.warnings.push(WalkWarning {
+                                path,
+                                message: format!("cannot stat: {e}"),
                             });
                             return Vec::new();
                         }
@@ -237,7 +309,7 @@ fn run<T: From<(RelPath, Basic)>>(task: Task, filter: &Filter, found: &mut Batch
                     basic.kind == Kind::Dir && !(filter.one_file_system && basic.dev != filter.dev);
                 if enter {
                     subdirs.push(Task::List {
-                        dir: Opened::In(dir.clone(), name),
+                        dir: Opened::In(dir.clone(), name, (basic.dev, basic.ino)),
                         path: child.clone(),
                     });
                 }
@@ -374,5 +446,121 @@ mod tests {
         got.sort();
         assert_eq!(got.len(), 12 * 24 + 3 * CHUNK + 7 - 20 + 2);
         assert_eq!(got, want);
+    }
+
+    /// A tree of `dirs` directories of `files` files each under `t`, in a fresh temp dir.
+    fn wide_tree(dirs: usize, files: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..dirs {
+            let sub = dir.path().join(format!("t/d{d}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..files {
+                std::fs::write(sub.join(format!("f{f}")), b"x").unwrap();
+            }
+        }
+        dir
+    }
+
+    /// Runs `f` on its own thread; fails the test if it has not ended within a minute (a walk
+    /// that hangs), and returns whether it panicked.
+    fn panics_without_hanging(f: impl FnOnce() + Send + 'static) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(r.is_err());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the walk hung instead of ending")
+    }
+
+    /// A panic on a worker (here in the exclusion callback, halfway through) reaches the
+    /// caller; the other workers do not wait forever for the tasks it would have queued.
+    #[test]
+    fn a_panicking_worker_stops_the_walk() {
+        let dir = wide_tree(40, 30);
+        let panicked = panics_without_hanging(move || {
+            let root = super::super::open_root(dir.path()).unwrap();
+            let exclude = |p: &[u8], _: Kind| {
+                assert!(p != b"t/d20", "a bug in an exclusion");
+                false
+            };
+            let opts = WalkOptions {
+                one_file_system: true,
+                exclude: &exclude,
+                progress: &crate::progress::Silent,
+            };
+            let (mut out, mut warns): (Vec<(RelPath, Basic)>, _) = (Vec::new(), Vec::new());
+            let _ = walk(root.as_fd(), b"t", &opts, &mut out, &mut warns);
+        });
+        assert!(panicked, "the walk returned as if it had seen everything");
+    }
+
+    /// A panic on the collecting thread (in the caller's progress report) ends the walk too:
+    /// workers blocked on the full channel see it closed and stop the rest.
+    #[test]
+    fn a_panicking_collector_stops_the_walk() {
+        struct Breaks(std::sync::atomic::AtomicU64);
+        impl crate::progress::Progress for Breaks {
+            fn advance(&self, n: u64) {
+                let seen = self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                assert!(seen < 100, "a bug in a progress report");
+            }
+        }
+        let dir = wide_tree(40, 30);
+        let panicked = panics_without_hanging(move || {
+            let root = super::super::open_root(dir.path()).unwrap();
+            let exclude = |_: &[u8], _: Kind| false;
+            let progress = Breaks(0.into());
+            let opts = WalkOptions {
+                one_file_system: true,
+                exclude: &exclude,
+                progress: &progress,
+            };
+            let (mut out, mut warns): (Vec<(RelPath, Basic)>, _) = (Vec::new(), Vec::new());
+            let _ = walk(root.as_fd(), b"t", &opts, &mut out, &mut warns);
+        });
+        assert!(panicked);
+    }
+
+    /// A directory replaced between its stat and its listing is left out with a warning, not
+    /// walked as if it were the directory recorded. The exclusion callback, which runs right
+    /// after the stat, does the replacing.
+    #[test]
+    fn a_directory_replaced_after_its_stat_is_left_out_with_a_warning() {
+        let dir = wide_tree(2, 3);
+        std::fs::create_dir_all(dir.path().join("other")).unwrap();
+        std::fs::write(dir.path().join("other/intruder"), b"not recorded").unwrap();
+        let (d0, other) = (dir.path().join("t/d0"), dir.path().join("other"));
+        let exclude = |p: &[u8], _: Kind| {
+            if p == b"t/d0" {
+                std::fs::rename(&d0, dir.path().join("old-d0")).unwrap();
+                std::fs::rename(&other, &d0).unwrap();
+            }
+            false
+        };
+        let root = super::super::open_root(dir.path()).unwrap();
+        let opts = WalkOptions {
+            one_file_system: true,
+            exclude: &exclude,
+            progress: &crate::progress::Silent,
+        };
+        let (mut out, mut warns): (Vec<(RelPath, Basic)>, _) = (Vec::new(), Vec::new());
+        walk(root.as_fd(), b"t", &opts, &mut out, &mut warns).unwrap();
+        let mut paths: Vec<String> = out
+            .iter()
+            .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            ["t", "t/d0", "t/d1", "t/d1/f0", "t/d1/f1", "t/d1/f2"]
+        );
+        assert_eq!(warns.len(), 1, "{warns:?}");
+        assert_eq!(warns[0].path, b"t/d0".to_vec());
+        assert!(
+            warns[0].message.contains("replaced"),
+            "{}",
+            warns[0].message
+        );
     }
 }
