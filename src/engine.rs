@@ -274,8 +274,44 @@ impl System {
     }
 
     pub fn verify(&self, full: bool) -> Result<VerifyReport> {
-        let store = Store::open_for_reading(&self.store)?;
-        crate::verify::verify(&store, full)
+        self.verify_with(full, &|_| {})
+    }
+
+    /// Verify reads without the lock, so that it never makes a snapshot fail; a snapshot,
+    /// prune or restore writing meanwhile can look like damage (a replica file half
+    /// rewritten, a pack merged away). Damage found while the store was being written is
+    /// checked again once the writer is gone (`waiting` is told its pid), up to three times;
+    /// damage found on a store at rest is reported at once.
+    pub fn verify_with(&self, full: bool, waiting: &dyn Fn(u32)) -> Result<VerifyReport> {
+        const ATTEMPTS: usize = 3;
+        let states = |store: &Store| {
+            store
+                .index
+                .points()
+                .map(|ps| ps.iter().map(|p| (p.id, p.complete)).collect::<Vec<_>>())
+                .ok()
+        };
+        let mut attempt = 1;
+        loop {
+            let writer_then = crate::store::writer(&self.store);
+            let store = Store::open_for_reading(&self.store)?;
+            let then = states(&store);
+            let mut report = crate::verify::verify(&store, full)?;
+            report.writer = crate::store::writer(&self.store);
+            if report.damage.is_empty() {
+                return Ok(report);
+            }
+            report.store_changed =
+                writer_then.is_some() || report.writer.is_some() || states(&store) != then;
+            if !report.store_changed || attempt == ATTEMPTS {
+                return Ok(report);
+            }
+            if let Some(pid) = report.writer {
+                waiting(pid);
+                crate::store::wait_for_writer(&self.store);
+            }
+            attempt += 1;
+        }
     }
 
     /// Labels a point after the fact (an empty label removes it).

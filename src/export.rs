@@ -74,6 +74,7 @@ pub fn write_tar(
         return Err(crate::browse::missing(id, path));
     }
     let points_then = point_states(store)?;
+    let writer_then = crate::store::writer(&store.dir);
     let mut state = crate::restore::point_state_as(store, id, |e| Packed::new(&e))?;
     state.retain(|(p, _)| is_within(p, path));
     // Unstable: a stable sort would need half the list again as scratch, and paths are unique.
@@ -99,7 +100,10 @@ pub fn write_tar(
     w.tar.finish()?;
     let mut report = w.report;
     report.bytes = w.tar.written;
-    report.store_changed = !report.damaged.is_empty() && point_states(store)? != points_then;
+    report.store_changed = !report.damaged.is_empty()
+        && (writer_then.is_some()
+            || crate::store::writer(&store.dir).is_some()
+            || point_states(store)? != points_then);
     Ok(report)
 }
 

@@ -27,6 +27,12 @@ pub struct VerifyReport {
     /// are left out of the replica check (the replica is between two states there).
     pub interrupted: Vec<PointId>,
     pub damage: Vec<Damage>,
+    /// The process holding the store's write lock when the check ended (a snapshot running
+    /// now: an interrupted point is then its point in progress).
+    pub writer: Option<u32>,
+    /// The store was written while it was read, on every attempt: the damage reported may be
+    /// a writer's work in progress (see `engine::verify_with`).
+    pub store_changed: bool,
 }
 
 pub fn verify(store: &Store, full: bool) -> Result<VerifyReport> {

@@ -1127,7 +1127,11 @@ fn repair(cli: &Cli, system: &System, force: bool) -> CmdResult {
 }
 
 fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
-    let r = system.verify(full)?;
+    let r = system.verify_with(full, &|pid| {
+        eprintln!(
+            "verify: found damage while process {pid} was writing the store (a snapshot, prune or restore), which can look like damage: checking again when it ends"
+        )
+    })?;
     if cli.json {
         print_json("report", &r);
     } else {
@@ -1149,7 +1153,17 @@ fn print_verify(r: &crate::verify::VerifyReport, full: bool) {
         outln!("DAMAGED {at}: {}: {}", d.path, d.problem);
     }
     for id in &r.interrupted {
-        outln!("Note: point {id} was interrupted; the next snapshot rolls it back");
+        match r.writer {
+            Some(pid) => outln!(
+                "Note: point {id} is incomplete: process {pid} holds the store now (a snapshot in progress); its paths were left out of the check"
+            ),
+            None => outln!("Note: point {id} was interrupted; the next snapshot rolls it back"),
+        }
+    }
+    if r.store_changed && !r.damage.is_empty() {
+        outln!(
+            "Note: the store was being written each time it was checked; the damage above may be that writer's work in progress: run verify again when no snapshot runs"
+        );
     }
     outln!(
         "Checked the index, {} points, {} replica files{}: {}",

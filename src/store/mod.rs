@@ -427,6 +427,41 @@ fn make_layout(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The process that holds the store's write lock (a snapshot, restore, prune or repair), if
+/// one does. Read from `/proc/locks`, never by trying the lock: a probe, however short, would
+/// make a snapshot that starts at that moment fail as locked.
+pub fn writer(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let st = fs::metadata(dir.join("lock")).ok()?;
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(st.dev()),
+        rustix::fs::minor(st.dev()),
+        st.ino()
+    );
+    lock_holder(&fs::read_to_string("/proc/locks").ok()?, &id)
+}
+
+/// The pid in a `/proc/locks` line of an exclusive flock on `id` (`MAJOR:MINOR:INODE`), as
+/// `1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF`.
+fn lock_holder(locks: &str, id: &str) -> Option<u32> {
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // A lock others wait for is listed again after "->"; its holder is the plain line.
+        let f = f.get(1..).filter(|f| f.first() != Some(&"->"))?;
+        (f.len() >= 5 && f[0] == "FLOCK" && f[2] == "WRITE" && f[4] == id)
+            .then(|| f[3].parse().ok())
+            .flatten()
+    })
+}
+
+/// Waits while a writer holds the store (polling `/proc/locks`, see `writer`).
+pub fn wait_for_writer(dir: &Path) {
+    while writer(dir).is_some() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// flock on `lock`: the kernel releases it when the holder dies, so a crashed run never blocks
 /// the next one. The holder's pid is written into the file to name it in the message.
 pub(crate) fn take_lock(dir: &Path) -> Result<File> {
@@ -460,4 +495,38 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File> {
     f.rewind().ctx(|| format!("writing {}", path.display()))?;
     writeln!(f, "{}", std::process::id()).ctx(|| format!("writing {}", path.display()))?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The holder of a store's lock is found without touching the lock, and is gone from
+    /// view once the lock is released.
+    #[test]
+    fn writer_names_the_process_holding_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(writer(dir.path()), None, "no lock file: no writer");
+        let held = take_lock(dir.path()).unwrap();
+        assert_eq!(writer(dir.path()), Some(std::process::id()));
+        drop(held);
+        assert_eq!(writer(dir.path()), None);
+    }
+
+    #[test]
+    fn lock_holder_reads_only_exclusive_flocks_held_on_that_file() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 fe:00:77 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 5151 fe:00:88 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 6161 fe:00:88 0 EOF\n\
+                     3: FLOCK  ADVISORY  READ 7171 fe:00:88 0 EOF\n\
+                     4: FLOCK  ADVISORY  WRITE 8181 fe:00:99 0 EOF\n";
+        assert_eq!(lock_holder(locks, "fe:00:77"), Some(4242));
+        assert_eq!(
+            lock_holder(locks, "fe:00:88"),
+            None,
+            "waiters, POSIX and shared locks"
+        );
+        assert_eq!(lock_holder(locks, "fe:00:99"), Some(8181));
+        assert_eq!(lock_holder(locks, "fe:00:9"), None);
+    }
 }

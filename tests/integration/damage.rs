@@ -448,6 +448,55 @@ fn a_damaged_copy_of_a_changed_file_costs_its_old_versions_not_later_points() {
     );
 }
 
+/// `verify` reads without the lock, so a snapshot writing meanwhile can look like damage. The
+/// test stands in for one: it holds the store's lock while a replica file is "half rewritten"
+/// (a flipped byte). Verify names the writer, waits for it and checks again: damage that was
+/// the writer's work in progress is not reported; damage still there on a store at rest is.
+#[test]
+fn damage_seen_while_a_writer_holds_the_store_is_checked_again_when_it_ends() {
+    use std::io::BufRead;
+    let lab = Lab::new();
+    lab.run_sh("mkdir d && seq 1 500 > d/f");
+    lab.snapshot();
+    let store = lab.store();
+    for heals in [true, false] {
+        let lock = std::fs::File::open(store.join("lock")).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        flip_replica(&lab, "d/f");
+        let mut verify = std::process::Command::new(SNAPSHOT.path())
+            .args(["verify", "--store", Lab::s(&store)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(verify.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        let me = std::process::id();
+        assert!(
+            line.contains(&format!("process {me} was writing")) && line.contains("checking again"),
+            "verify says whom it waits for: {line}"
+        );
+        if heals {
+            flip_replica(&lab, "d/f");
+        }
+        drop(lock);
+        let out = verify.wait_with_output().unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        if heals {
+            assert_eq!(out.status.code(), Some(0), "{report}");
+            assert!(report.contains("all intact"), "{report}");
+        } else {
+            assert_eq!(out.status.code(), Some(5), "{report}");
+            assert!(report.contains("/d/f"), "{report}");
+            assert!(
+                !report.contains("may be that writer's"),
+                "checked again at rest, the damage is real: {report}"
+            );
+        }
+    }
+}
+
 /// A store that went through every kind of write (points, a rolled-back snapshot, retention, an
 /// in-place restore with its safety point and journal) loses its index: repair rebuilds it
 /// from the log, and the store is the same as before.
