@@ -11,7 +11,10 @@
 #   --million  also a tree of 1,000,000 small files
 # Environment: BENCH_DIR (default /var/tmp/rp-churn), BENCH_SOURCES (default
 #   "/usr/lib/x86_64-linux-gnu /usr/share /usr/bin /etc"), BENCH_DAYS (default 10), BENCH_TOOLS
-#   (default: every one installed, of "rp rsync restic borg rdiff").
+#   (default: every one installed, of "rp rsync restic borg rdiff"), BENCH_REPS (default 3: the
+#   floors, and restorepoint's and rsync's first snapshot, no-change run and restore, are each
+#   measured that many times and their median taken; one cold-cache run of `cp -a` varied by 45 %
+#   between runs on the same VM).
 # Prints one line per measurement (seconds, peak RSS) and then the ratios the issue names.
 set -euo pipefail
 install=0 sparse=0 million=0
@@ -31,6 +34,7 @@ rp=$PWD/target/release
 W=${BENCH_DIR:-/var/tmp/rp-churn}
 SOURCES=${BENCH_SOURCES:-"/usr/lib/x86_64-linux-gnu /usr/share /usr/bin /etc"}
 DAYS=${BENCH_DAYS:-10}
+REPS=${BENCH_REPS:-3}
 rm -rf "$W"; mkdir -p "$W"
 data=$W/data
 results=$W/results
@@ -65,9 +69,14 @@ measure() { # key command... : appends "key seconds kib user sys" to $results
 }
 latest() { "$rp/system_snapshot" list --store "$1" --json | grep -o '"id": *[0-9]*' | tail -1 | grep -o '[0-9]*$'; }
 size_of() { du -s --block-size=1 "$1" | cut -f1; }
-get() { awk -v k="$1" '$1 == k { print $'"${2:-2}"' }' "$results" | tail -1; }
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# A measurement's figure (column 2 seconds, 3 peak KiB, 4 bytes): the median of its repetitions.
+get() { awk -v k="$1" '$1 == k { print $'"${2:-2}"' }' "$results" | median; }
 # CPU seconds (user + sys) of a measurement: steadier than wall time on a shared machine.
-cpu() { awk -v k="$1" '$1 == k { c = $4 + $5 } END { print c }' "$results"; }
+cpu() { awk -v k="$1" '$1 == k { print $4 + $5 }' "$results" | median; }
+# Tools whose first snapshot, no-change run and restore are repeated (the peers' repositories
+# would need making again: they run once).
+repeated() { [ "$1" = rp ] || [ "$1" = rsync ]; }
 
 snapshot() { # tool key
   case $1 in
@@ -127,20 +136,33 @@ for t in $tools; do
   esac
 done
 
-echo "== floors"
-measure floor_walk find "$data" -printf '%s %T@ %i\n'
-measure floor_copy cp -a "$data" "$W/copy"
-rm -rf "$W/copy"
-# A copy that is on disk when it ends, as a point is: `cp -a` leaves its writes to the
-# kernel's flusher threads after it exits, a snapshot may not.
-measure floor_copy_sync sh -c "cp -a '$data' '$W/copy' && sync"
-rm -rf "$W/copy"
-measure floor_read sh -c "find '$data' -type f -print0 | xargs -0 cat > /dev/null"
+echo "== floors ($REPS times each)"
+for i in $(seq 1 "$REPS"); do
+  measure floor_walk find "$data" -printf '%s %T@ %i\n'
+  measure floor_copy cp -a "$data" "$W/copy"
+  rm -rf "$W/copy"
+  # A copy that is on disk when it ends, as a point is: `cp -a` leaves its writes to the
+  # kernel's flusher threads after it exits, a snapshot may not.
+  measure floor_copy_sync sh -c "cp -a '$data' '$W/copy' && sync"
+  rm -rf "$W/copy"
+  measure floor_read sh -c "find '$data' -type f -print0 | xargs -0 cat > /dev/null"
+done
 
 echo "== point 0 and a run without changes"
-for t in $tools; do snapshot "$t" "${t}_first"; done
+for i in $(seq 1 "$REPS"); do
+  for t in $tools; do
+    repeated "$t" || [ "$i" = "$REPS" ] || continue
+    # Each repetition starts from nothing; the last one's store goes on through the churn.
+    [ "$i" = 1 ] || ! repeated "$t" || rm -rf "$(store_of "$t")"
+    snapshot "$t" "${t}_first"
+  done
+done
 for t in $tools; do echo "${t}_store0 0 0 $(size_of "$(store_of "$t")")" >> "$results"; done
-for t in $tools; do snapshot "$t" "${t}_nochange"; done
+for i in $(seq 1 "$REPS"); do
+  for t in $tools; do
+    if repeated "$t" || [ "$i" = "$REPS" ]; then snapshot "$t" "${t}_nochange"; fi
+  done
+done
 
 churn() { # day: a package upgrade, log appends (rotation every third day), image block writes
   local day=$1 n=0
@@ -180,7 +202,11 @@ done
 for t in $tools; do echo "${t}_storeN 0 0 $(size_of "$(store_of "$t")")" >> "$results"; done
 
 echo "== restore of the latest point"
-for t in $tools; do restore "$t" "${t}_restore"; done
+for i in $(seq 1 "$REPS"); do
+  for t in $tools; do
+    if repeated "$t" || [ "$i" = "$REPS" ]; then restore "$t" "${t}_restore"; fi
+  done
+done
 if ! diff -r --no-dereference "$data" "$W/restored-rp" >/dev/null; then
   echo "FAILED: restorepoint's restore differs from the data set"; exit 1
 fi
@@ -220,7 +246,7 @@ echo
 echo "== figures (ratios; lower is better)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "") printf "%.2f\n", a / b; else print "-" }'; }
 median_busy() { # tool [get|cpu]: median of the busy days (every day but 5)
-  for day in $(seq 1 "$DAYS"); do [ "$day" = 5 ] || "${2:-get}" "${1}_day$day"; done | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  for day in $(seq 1 "$DAYS"); do [ "$day" = 5 ] || "${2:-get}" "${1}_day$day"; done | median
 }
 rsync_busy=$(have rsync && median_busy rsync || echo "")
 rsync_busy_cpu=$(have rsync && median_busy rsync cpu || echo "")
