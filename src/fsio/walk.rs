@@ -400,6 +400,23 @@ mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
 
+    /// Walks `t` below `dir`, crossing no mount.
+    fn walk_t(
+        dir: &std::path::Path,
+        exclude: &(dyn Fn(&[u8], Kind) -> bool + Sync),
+        progress: &dyn crate::progress::Progress,
+    ) -> (Vec<(RelPath, Basic)>, Vec<WalkWarning>) {
+        let root = super::super::open_root(dir).unwrap();
+        let opts = WalkOptions {
+            one_file_system: true,
+            exclude,
+            progress,
+        };
+        let (mut out, mut warns) = (Vec::new(), Vec::new());
+        walk(root.as_fd(), b"t", &opts, &mut out, &mut warns).unwrap();
+        (out, warns)
+    }
+
     /// The threaded walk finds what a plain recursive walk finds: every path once, with its
     /// own stat, nothing below an excluded directory, in directories wider than one task.
     #[test]
@@ -419,15 +436,8 @@ mod tests {
         std::fs::write(top.join("skip/inner/file"), b"no").unwrap();
         std::os::unix::fs::symlink("d1", top.join("link")).unwrap();
 
-        let root = super::super::open_root(dir.path()).unwrap();
         let exclude = |p: &[u8], _: Kind| p == b"t/skip";
-        let opts = WalkOptions {
-            one_file_system: true,
-            exclude: &exclude,
-            progress: &crate::progress::Silent,
-        };
-        let (mut out, mut warns): (Vec<(RelPath, Basic)>, _) = (Vec::new(), Vec::new());
-        walk(root.as_fd(), b"t", &opts, &mut out, &mut warns).unwrap();
+        let (out, warns) = walk_t(dir.path(), &exclude, &crate::progress::Silent);
         assert!(warns.is_empty(), "{warns:?}");
         assert_eq!(out[0].0, b"t".to_vec(), "the start comes first");
 
@@ -479,18 +489,11 @@ mod tests {
     fn a_panicking_worker_stops_the_walk() {
         let dir = wide_tree(40, 30);
         let panicked = panics_without_hanging(move || {
-            let root = super::super::open_root(dir.path()).unwrap();
             let exclude = |p: &[u8], _: Kind| {
                 assert!(p != b"t/d20", "a bug in an exclusion");
                 false
             };
-            let opts = WalkOptions {
-                one_file_system: true,
-                exclude: &exclude,
-                progress: &crate::progress::Silent,
-            };
-            let (mut out, mut warns): (Vec<(RelPath, Basic)>, _) = (Vec::new(), Vec::new());
-            let _ = walk(root.as_fd(), b"t", &opts, &mut out, &mut warns);
+            walk_t(dir.path(), &exclude, &crate::progress::Silent);
         });
         assert!(panicked, "the walk returned as if it had seen everything");
     }
@@ -508,16 +511,9 @@ mod tests {
         }
         let dir = wide_tree(40, 30);
         let panicked = panics_without_hanging(move || {
-            let root = super::super::open_root(dir.path()).unwrap();
             let exclude = |_: &[u8], _: Kind| false;
             let progress = Breaks(0.into());
-            let opts = WalkOptions {
-                one_file_system: true,
-                exclude: &exclude,
-                progress: &progress,
-            };
-            let (mut out, mut warns): (Vec<(RelPath, Basic)>, _) = (Vec::new(), Vec::new());
-            let _ = walk(root.as_fd(), b"t", &opts, &mut out, &mut warns);
+            walk_t(dir.path(), &exclude, &progress);
         });
         assert!(panicked);
     }
@@ -538,14 +534,7 @@ mod tests {
             }
             false
         };
-        let root = super::super::open_root(dir.path()).unwrap();
-        let opts = WalkOptions {
-            one_file_system: true,
-            exclude: &exclude,
-            progress: &crate::progress::Silent,
-        };
-        let (mut out, mut warns): (Vec<(RelPath, Basic)>, _) = (Vec::new(), Vec::new());
-        walk(root.as_fd(), b"t", &opts, &mut out, &mut warns).unwrap();
+        let (out, warns) = walk_t(dir.path(), &exclude, &crate::progress::Silent);
         let mut paths: Vec<String> = out
             .iter()
             .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
