@@ -6,7 +6,7 @@
 //! (removals deepest first, staged files renamed in), syncfs, mark the point complete.
 //! A crash anywhere leaves a `running` point that the next run rolls back (`recover`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -224,8 +224,8 @@ pub fn run(
     let mut report = SnapshotReport::default();
     read_ahead(store.dir.join("index.db"));
     progress.phase("scanning", None, None);
-    let walked = scan(root_fd.as_fd(), opts, &excludes, &mut report, progress)?;
-    let pending = compare(store, walked, &mut report)?;
+    let (walked, unread) = scan(root_fd.as_fd(), opts, &excludes, &mut report, progress)?;
+    let pending = compare(store, walked, &unread, &mut report)?;
     admit(store, opts, &pending)?;
     let boot = crate::boot::capture(&store.dir, root, &opts.boot);
     failpoint::hit("snapshot-after-boot-capture");
@@ -396,7 +396,7 @@ fn scan(
     excludes: &ExcludeSet,
     report: &mut SnapshotReport,
     progress: &dyn Progress,
-) -> Result<Vec<Pending>> {
+) -> Result<(Vec<Pending>, HashSet<RelPath>)> {
     let mut out: Vec<Pending> = Vec::new();
     let mut warns = Vec::new();
     let exclude = |p: &[u8], _k: Kind| excludes.is_excluded(p);
@@ -421,11 +421,16 @@ fn scan(
             ))
         })?;
     }
+    let mut unread = HashSet::new();
     for w in warns {
         report.warnings.push(Warning {
             path: display_path(&w.path),
-            message: w.message,
+            message: format!(
+                "{}; the point keeps what the one before it had there",
+                w.message
+            ),
         });
+        unread.insert(w.path);
     }
     // Unstable: a stable sort would allocate half the list again; paths are unique but for
     // an ancestor also walked as a source, and either stat of it will do.
@@ -449,17 +454,25 @@ fn scan(
             }
         }
     }
-    Ok(out)
+    Ok((out, unread))
 }
 
 /// Merge-joins the walk with the index (both in byte order of path), in place: what the quick
 /// check cannot prove unchanged stays pending, with its old entry; paths only the index holds
-/// are pending as gone.
+/// are pending as gone, but for those the walk could not read (`unread`, with everything below
+/// them): a directory that fails to list (EIO, a FUSE mount refusing root) is not a directory
+/// whose files were deleted, and a point saying so would delete them when restored.
 fn compare(
     store: &Store,
     mut walked: Vec<Pending>,
+    unread: &HashSet<RelPath>,
     report: &mut SnapshotReport,
 ) -> Result<Vec<Pending>> {
+    let not_read = |path: &[u8]| {
+        !unread.is_empty()
+            && std::iter::successors(Some(path), |p| crate::model::parent(p))
+                .any(|p| unread.contains(p))
+    };
     let mut gone = Vec::new();
     let mut i = 0;
     store.index.for_each_entry(|path, old| {
@@ -477,6 +490,10 @@ fn compare(
                 } else {
                     w.old = Some(Box::new(old));
                 }
+            }
+            None if not_read(&path) => {
+                report.unchanged += 1;
+                count(report, &old);
             }
             None => gone.push(Pending {
                 path: path.into_boxed_slice(),

@@ -28,7 +28,8 @@ pub struct WalkOptions<'a> {
     pub progress: &'a dyn crate::progress::Progress,
 }
 
-/// A path the walk could not read; the walk goes on without it.
+/// A path the walk could not read (a directory it could not open or list, or an entry it could
+/// not stat): what is below it, or the path itself, is missing from what the walk found.
 #[derive(Debug, Clone)]
 pub struct WalkWarning {
     pub path: RelPath,
@@ -74,7 +75,7 @@ pub fn walk<T: From<(RelPath, Basic)> + Send>(
         exclude: opts.exclude,
     };
     std::thread::scope(|s| {
-        let mut started = 0;
+        let mut started = Vec::new();
         let mut refused = None;
         for _ in 0..THREADS {
             let tx = tx.clone();
@@ -85,12 +86,12 @@ pub fn walk<T: From<(RelPath, Basic)> + Send>(
                 .name("walk".into())
                 .spawn_scoped(s, move || work(queue, filter, tx))
             {
-                Ok(_) => started += 1,
+                Ok(h) => started.push(h),
                 Err(e) => refused = Some(e),
             }
         }
         drop(tx);
-        if started == 0 {
+        if started.is_empty() {
             return Err(refused.expect("no thread started, so one was refused"));
         }
         for found in rx {
@@ -99,6 +100,13 @@ pub fn walk<T: From<(RelPath, Basic)> + Send>(
                 out.push(item);
             }
             warnings.extend(found.warnings);
+        }
+        // Joined here, a worker's panic reaches the caller as it was raised (the scope would
+        // replace it with "a scoped thread panicked").
+        for h in started {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
         }
         Ok(())
     })
@@ -112,9 +120,9 @@ struct Batch<T> {
 
 enum Opened {
     Fd(OwnedFd),
-    /// A directory not opened yet: `name` in the parent, which was stat'ed as this
-    /// (device, inode).
-    In(Arc<OwnedFd>, Vec<u8>, (u64, u64)),
+    /// A directory not opened yet, and not yet reported: `name` in the parent, and what its
+    /// stat in the parent's listing said.
+    In(Arc<OwnedFd>, Vec<u8>, Basic),
 }
 
 enum Task {
@@ -223,13 +231,23 @@ fn run<T: From<(RelPath, Basic)>>(task: Task, filter: &Filter, found: &mut Batch
         Task::List { dir, path } => {
             let fd = match dir {
                 Opened::Fd(fd) => fd,
-                Opened::In(parent, name, stat_id) => {
+                Opened::In(parent, name, listed) => {
                     let flags =
                         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                     let fd = match rustix::fs::openat(&*parent, &name[..], flags, Mode::empty()) {
                         Ok(fd) => fd,
-                        Err(rustix::io::Errno::NOENT) => return Vec::new(),
+                        Err(rustix::io::Errno::NOENT) => return Vec::new(), // gone since
+                        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+                            // Replaced by a file or a symlink since: recorded as it is now.
+                            let now =
+                                rustix::fs::statat(&*parent, &name[..], AtFlags::SYMLINK_NOFOLLOW);
+                            if let Some(b) = now.ok().and_then(|st| stat_to_basic(&st)) {
+                                found.items.push(((path, b).into(), b));
+                            }
+                            return Vec::new();
+                        }
                         Err(e) => {
+                            found.items.push(((path.clone(), listed).into(), listed));
                             found.warnings.push(WalkWarning {
                                 path,
                                 message: format!("cannot open: {e}"),
@@ -237,28 +255,18 @@ fn run<T: From<(RelPath, Basic)>>(task: Task, filter: &Filter, found: &mut Batch
                             return Vec::new();
                         }
                     };
-                    // Time passes between the stat and this open: a directory renamed over
-                    // this name, or a filesystem mounted on it, is not what was recorded (and
-                    // a mount would be crossed without being asked to).
-                    match rustix::fs::fstat(&fd) {
-                        Ok(st) if (st.st_dev, st.st_ino) == stat_id => fd,
-                        Ok(_) => {
-                            found.warnings.push(WalkWarning {
-                                path,
-                                message: "replaced or mounted over while being walked: its \
-                                          contents are left out"
-                                    .into(),
-                            });
-                            return Vec::new();
-                        }
-                        Err(e) => {
-                            found.warnings.push(WalkWarning {
-                                path,
-                                message: format!("cannot stat: {e}"),
-                            });
-                            return Vec::new();
-                        }
+                    // Time passes between the listing's stat and this open: a directory
+                    // renamed over this name, or a filesystem mounted on it meanwhile, is
+                    // recorded as what is listed below, and a mount stays uncrossed.
+                    let b = rustix::fs::fstat(&fd)
+                        .ok()
+                        .and_then(|st| stat_to_basic(&st))
+                        .unwrap_or(listed);
+                    found.items.push(((path.clone(), b).into(), b));
+                    if filter.one_file_system && b.dev != filter.dev {
+                        return Vec::new();
                     }
+                    fd
                 }
             };
             let names = match read_names(fd.as_fd()) {
@@ -308,12 +316,14 @@ fn run<T: From<(RelPath, Basic)>>(task: Task, filter: &Filter, found: &mut Batch
                 let enter =
                     basic.kind == Kind::Dir && !(filter.one_file_system && basic.dev != filter.dev);
                 if enter {
+                    // Reported by its own task, with the stat of what it opens.
                     subdirs.push(Task::List {
-                        dir: Opened::In(dir.clone(), name, (basic.dev, basic.ino)),
-                        path: child.clone(),
+                        dir: Opened::In(dir.clone(), name, basic),
+                        path: child,
                     });
+                } else {
+                    found.items.push(((child, basic).into(), basic));
                 }
-                found.items.push(((child, basic).into(), basic));
             }
             subdirs.reverse();
             subdirs
@@ -472,19 +482,23 @@ mod tests {
     }
 
     /// Runs `f` on its own thread; fails the test if it has not ended within a minute (a walk
-    /// that hangs), and returns whether it panicked.
-    fn panics_without_hanging(f: impl FnOnce() + Send + 'static) -> bool {
+    /// that hangs), and returns the message it panicked with, if it did.
+    fn panics_without_hanging(f: impl FnOnce() + Send + 'static) -> Option<String> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            let _ = tx.send(r.is_err());
+            let message = r.err().map(|p| match p.downcast::<String>() {
+                Ok(s) => *s,
+                Err(p) => p.downcast_ref::<&str>().unwrap_or(&"?").to_string(),
+            });
+            let _ = tx.send(message);
         });
         rx.recv_timeout(std::time::Duration::from_secs(60))
             .expect("the walk hung instead of ending")
     }
 
     /// A panic on a worker (here in the exclusion callback, halfway through) reaches the
-    /// caller; the other workers do not wait forever for the tasks it would have queued.
+    /// caller as it was raised; the other workers do not wait forever for the tasks it would have queued.
     #[test]
     fn a_panicking_worker_stops_the_walk() {
         let dir = wide_tree(40, 30);
@@ -495,7 +509,8 @@ mod tests {
             };
             walk_t(dir.path(), &exclude, &crate::progress::Silent);
         });
-        assert!(panicked, "the walk returned as if it had seen everything");
+        let message = panicked.expect("the walk returned as if it had seen everything");
+        assert!(message.contains("a bug in an exclusion"), "{message}");
     }
 
     /// A panic on the collecting thread (in the caller's progress report) ends the walk too:
@@ -515,41 +530,60 @@ mod tests {
             let progress = Breaks(0.into());
             walk_t(dir.path(), &exclude, &progress);
         });
-        assert!(panicked);
+        let message = panicked.expect("the walk returned as if it had seen everything");
+        assert!(message.contains("a bug in a progress report"), "{message}");
     }
 
-    /// A directory replaced between its stat and its listing is left out with a warning, not
-    /// walked as if it were the directory recorded. The exclusion callback, which runs right
-    /// after the stat, does the replacing.
+    /// A directory swapped between its stat and its listing (a deploy tool renaming a new tree
+    /// into place) is recorded as what was listed, with its own stat: never the old
+    /// directory's stat with the new one's contents, never empty. A directory replaced by a
+    /// file is recorded as the file. The exclusion callback, which runs right after the
+    /// stat, does the replacing.
     #[test]
-    fn a_directory_replaced_after_its_stat_is_left_out_with_a_warning() {
-        let dir = wide_tree(2, 3);
-        std::fs::create_dir_all(dir.path().join("other")).unwrap();
-        std::fs::write(dir.path().join("other/intruder"), b"not recorded").unwrap();
-        let (d0, other) = (dir.path().join("t/d0"), dir.path().join("other"));
+    fn a_directory_replaced_after_its_stat_is_recorded_as_it_is_now() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = wide_tree(3, 3);
+        let at = |p: &str| dir.path().join(p);
+        std::fs::create_dir_all(at("new")).unwrap();
+        std::fs::write(at("new/deployed"), b"the new release").unwrap();
+        let new_ino = std::fs::metadata(at("new")).unwrap().ino();
         let exclude = |p: &[u8], _: Kind| {
             if p == b"t/d0" {
-                std::fs::rename(&d0, dir.path().join("old-d0")).unwrap();
-                std::fs::rename(&other, &d0).unwrap();
+                std::fs::rename(at("t/d0"), at("old-d0")).unwrap();
+                std::fs::rename(at("new"), at("t/d0")).unwrap();
+            }
+            if p == b"t/d2" {
+                std::fs::rename(at("t/d2"), at("old-d2")).unwrap();
+                std::fs::write(at("t/d2"), b"a file now").unwrap();
             }
             false
         };
         let (out, warns) = walk_t(dir.path(), &exclude, &crate::progress::Silent);
-        let mut paths: Vec<String> = out
+        assert!(warns.is_empty(), "{warns:?}");
+        let mut got: Vec<(String, Kind, u64)> = out
             .iter()
-            .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+            .map(|(p, b)| (String::from_utf8_lossy(p).into_owned(), b.kind, b.ino))
             .collect();
-        paths.sort();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<&str> = got.iter().map(|(p, _, _)| p.as_str()).collect();
         assert_eq!(
-            paths,
-            ["t", "t/d0", "t/d1", "t/d1/f0", "t/d1/f1", "t/d1/f2"]
+            names,
+            [
+                "t",
+                "t/d0",
+                "t/d0/deployed",
+                "t/d1",
+                "t/d1/f0",
+                "t/d1/f1",
+                "t/d1/f2",
+                "t/d2"
+            ]
         );
-        assert_eq!(warns.len(), 1, "{warns:?}");
-        assert_eq!(warns[0].path, b"t/d0".to_vec());
-        assert!(
-            warns[0].message.contains("replaced"),
-            "{}",
-            warns[0].message
+        assert_eq!(
+            (got[1].1, got[1].2),
+            (Kind::Dir, new_ino),
+            "t/d0 is the new directory"
         );
+        assert_eq!(got[7].1, Kind::File, "t/d2 is a file now");
     }
 }

@@ -194,27 +194,8 @@ fn unreadable_files_are_warnings_and_the_point_still_completes() {
         "mkdir etc && echo public > etc/motd && echo secret > etc/shadow && chmod 000 etc/shadow",
     );
     // The snapshot runs as nobody, who can read everything but etc/shadow.
-    std::fs::set_permissions(
-        lab.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        lab.sys(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(SNAPSHOT.path())
-        .args([
-            "--root",
-            Lab::s(&lab.sys()),
-            "--store",
-            Lab::s(&lab.store()),
-        ])
-        .output()
-        .unwrap();
+    open_to_nobody(&lab);
+    let out = snapshot_as_nobody(&lab);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
@@ -232,6 +213,73 @@ fn unreadable_files_are_warnings_and_the_point_still_completes() {
     assert!(
         paths.contains(&"/etc/motd") && !paths.contains(&"/etc/shadow"),
         "{paths:?}"
+    );
+}
+
+/// Lets nobody (uid 65534) into the lab: before the first point, which records the root's mode.
+fn open_to_nobody(lab: &Lab) {
+    for d in [lab.dir.path().to_path_buf(), lab.sys()] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+}
+
+/// Runs a snapshot of the lab as nobody (see `open_to_nobody`).
+fn snapshot_as_nobody(lab: &Lab) -> std::process::Output {
+    if lab.store().exists() {
+        lab.run_sh(&format!("chmod -R a+rwX '{}'", lab.store().display()));
+    }
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(SNAPSHOT.path())
+        .args([
+            "--root",
+            Lab::s(&lab.sys()),
+            "--store",
+            Lab::s(&lab.store()),
+        ])
+        .output()
+        .unwrap()
+}
+
+/// A directory the walk cannot list (here: nobody, mode 000; on a server an I/O error or a
+/// FUSE mount refusing root) is not a directory whose files were deleted: the point keeps
+/// what the one before had there, and restoring it deletes nothing.
+#[test]
+fn a_directory_that_cannot_be_listed_keeps_its_files_in_the_point() {
+    require_root!();
+    let lab = Lab::new();
+    lab.run_sh("mkdir -p etc/private && echo key > etc/private/key && echo pub > etc/motd");
+    open_to_nobody(&lab);
+    let first = lab.snapshot();
+    let tree = fingerprint(&lab.sys());
+    lab.run_sh("chmod 000 etc/private");
+    let out = snapshot_as_nobody(&lab);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("/etc/private: cannot open") && err.contains("keeps what the one before"),
+        "{err}"
+    );
+    let second = *lab.point_ids().last().unwrap();
+    assert_ne!(second, first);
+    let out = SNAPSHOT.expect(
+        0,
+        &[
+            "show",
+            &second.to_string(),
+            "--json",
+            "--store",
+            Lab::s(&lab.store()),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["deleted"], serde_json::json!([]), "{v}");
+    let t = lab.target("second");
+    lab.restore(second, &t);
+    assert_same(
+        &tree,
+        &fingerprint(&t),
+        "point 2, taken while etc/private could not be listed",
     );
 }
 
