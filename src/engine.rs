@@ -279,38 +279,41 @@ impl System {
 
     /// Verify reads without the lock, so that it never makes a snapshot fail; a snapshot,
     /// prune or restore writing meanwhile can look like damage (a replica file half
-    /// rewritten, a pack merged away). Damage found while the store was being written is
-    /// checked again once the writer is gone (`waiting` is told its pid), up to three times;
-    /// damage found on a store at rest is reported at once.
-    pub fn verify_with(&self, full: bool, waiting: &dyn Fn(u32)) -> Result<VerifyReport> {
-        const ATTEMPTS: usize = 3;
-        let states = |store: &Store| {
-            store
-                .index
-                .points()
-                .map(|ps| ps.iter().map(|p| (p.id, p.complete)).collect::<Vec<_>>())
-                .ok()
-        };
-        let mut attempt = 1;
+    /// rewritten, a pack merged away). Damage found while the store was being written (a
+    /// writer held it at the start or the end, or committed to the index in between) is
+    /// checked again once the writer is gone (`waiting` is told who it is): three checks at
+    /// most. Damage found on a store at rest is reported at once.
+    pub fn verify_with(
+        &self,
+        full: bool,
+        waiting: &dyn Fn(&crate::store::Writer),
+    ) -> Result<VerifyReport> {
+        const CHECKS: usize = 3;
+        let mut check = 1;
         loop {
             let writer_then = crate::store::writer(&self.store);
             let store = Store::open_for_reading(&self.store)?;
-            let then = states(&store);
+            let version = store.index.data_version();
             let mut report = crate::verify::verify(&store, full)?;
             report.writer = crate::store::writer(&self.store);
             if report.damage.is_empty() {
                 return Ok(report);
             }
-            report.store_changed =
-                writer_then.is_some() || report.writer.is_some() || states(&store) != then;
-            if !report.store_changed || attempt == ATTEMPTS {
+            report.store_changed = writer_then.is_some()
+                || report.writer.is_some()
+                || store.index.data_version() != version;
+            if !report.store_changed || check == CHECKS {
                 return Ok(report);
             }
-            if let Some(pid) = report.writer {
-                waiting(pid);
+            if let Some(w) = &report.writer {
+                // This process's own lock is never let go while it waits.
+                if w.pid == Some(std::process::id()) {
+                    return Ok(report);
+                }
+                waiting(w);
                 crate::store::wait_for_writer(&self.store);
             }
-            attempt += 1;
+            check += 1;
         }
     }
 

@@ -28,10 +28,10 @@ pub struct VerifyReport {
     pub interrupted: Vec<PointId>,
     pub damage: Vec<Damage>,
     /// The process holding the store's write lock when the check ended (a snapshot running
-    /// now: an interrupted point is then its point in progress).
-    pub writer: Option<u32>,
-    /// The store was written while it was read, on every attempt: the damage reported may be
-    /// a writer's work in progress (see `engine::verify_with`).
+    /// now: an incomplete point may then be its point in progress).
+    pub writer: Option<crate::store::Writer>,
+    /// The store was written while it was read, on every check: the damage reported may be a
+    /// writer's work in progress (see `engine::verify_with`).
     pub store_changed: bool,
 }
 

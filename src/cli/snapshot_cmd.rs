@@ -948,7 +948,7 @@ fn export(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
         });
     }
     let then = if r.store_changed {
-        format!("the store changed while it was read (a snapshot or prune ran), which can look like damage: export point {id} again, and if files are still damaged run `system_snapshot verify --full`")
+        format!("the store was being written while it was read (a snapshot, prune or restore held it), which can look like damage: export point {id} again, and if files are still damaged run `system_snapshot verify --full`")
     } else {
         "run `system_snapshot verify --full` to see everything affected".into()
     };
@@ -1127,9 +1127,9 @@ fn repair(cli: &Cli, system: &System, force: bool) -> CmdResult {
 }
 
 fn verify(cli: &Cli, system: &System, full: bool) -> CmdResult {
-    let r = system.verify_with(full, &|pid| {
+    let r = system.verify_with(full, &|who| {
         eprintln!(
-            "verify: found damage while process {pid} was writing the store (a snapshot, prune or restore), which can look like damage: checking again when it ends"
+            "verify: found damage while {who} held the store for writing (a snapshot, prune, restore or repair), whose work in progress can look like damage: checking again when it ends"
         )
     })?;
     if cli.json {
@@ -1153,9 +1153,9 @@ fn print_verify(r: &crate::verify::VerifyReport, full: bool) {
         outln!("DAMAGED {at}: {}: {}", d.path, d.problem);
     }
     for id in &r.interrupted {
-        match r.writer {
-            Some(pid) => outln!(
-                "Note: point {id} is incomplete: process {pid} holds the store now (a snapshot in progress); its paths were left out of the check"
+        match &r.writer {
+            Some(who) => outln!(
+                "Note: point {id} is incomplete while {who} holds the store for writing: it is that snapshot's point in progress, or an interrupted one the next writer rolls back; its paths were left out of the check"
             ),
             None => outln!("Note: point {id} was interrupted; the next snapshot rolls it back"),
         }

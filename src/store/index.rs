@@ -772,6 +772,14 @@ impl Index {
     /// Opens the index of `store`. A writer (`write`) also opens `index.log`, which it
     /// creates (from a dump of the index) when there is none — a new store, or one made
     /// before the log existed — and compacts when it has grown past twice its last dump.
+    /// Changes when another connection commits to the index (SQLite's `data_version`): how a
+    /// reader tells that a writer came and went while it read.
+    pub fn data_version(&self) -> Option<i64> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .ok()
+    }
+
     pub fn open(store: &Path, write: bool) -> Result<Index> {
         let path = store.join("index.db");
         if !write && !path.exists() {

@@ -427,35 +427,43 @@ fn make_layout(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The process that holds the store's write lock (a snapshot, restore, prune or repair), if
-/// one does. Read from `/proc/locks`, never by trying the lock: a probe, however short, would
-/// make a snapshot that starts at that moment fail as locked.
-pub fn writer(dir: &Path) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let st = fs::metadata(dir.join("lock")).ok()?;
-    let id = format!(
-        "{:02x}:{:02x}:{}",
-        rustix::fs::major(st.dev()),
-        rustix::fs::minor(st.dev()),
-        st.ino()
-    );
-    lock_holder(&fs::read_to_string("/proc/locks").ok()?, &id)
+/// A process holding the store's write lock (a snapshot, prune, restore or repair).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Writer {
+    /// As the writer wrote it into `lock`: unknown for a moment after it took the lock.
+    pub pid: Option<u32>,
 }
 
-/// The pid in a `/proc/locks` line of an exclusive flock on `id` (`MAJOR:MINOR:INODE`), as
-/// `1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF`.
-fn lock_holder(locks: &str, id: &str) -> Option<u32> {
-    locks.lines().find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // A lock others wait for is listed again after "->"; its holder is the plain line.
-        let f = f.get(1..).filter(|f| f.first() != Some(&"->"))?;
-        (f.len() >= 5 && f[0] == "FLOCK" && f[2] == "WRITE" && f[4] == id)
-            .then(|| f[3].parse().ok())
-            .flatten()
-    })
+impl std::fmt::Display for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "process {pid}"),
+            None => f.write_str("another process"),
+        }
+    }
 }
 
-/// Waits while a writer holds the store (polling `/proc/locks`, see `writer`).
+/// The writer holding the store, if one does: a shared lock tried and let go at once. A
+/// writer that starts meanwhile finds the lock taken for those microseconds and tries again
+/// (`take_lock`), so a reader's look never makes a snapshot fail. Unlike a look at
+/// `/proc/locks`, this sees a lock on btrfs (whose `stat` device is not the one listed there),
+/// on NFS, and held by a process in another pid namespace.
+pub fn writer(dir: &Path) -> Option<Writer> {
+    let mut f = File::open(dir.join("lock")).ok()?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            Some(Writer {
+                pid: pid.trim().parse().ok(),
+            })
+        }
+        // Not held (closing the file lets go of the shared lock), or cannot be told.
+        _ => None,
+    }
+}
+
+/// Waits while a writer holds the store.
 pub fn wait_for_writer(dir: &Path) {
     while writer(dir).is_some() {
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -474,7 +482,19 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File> {
         .mode(0o600)
         .open(&path)
         .ctx(|| format!("opening {}", path.display()))?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    // A reader looking whether a writer is at work (`writer`) holds the lock shared for a
+    // moment: only a lock still held after a second is another writer's.
+    let mut tries = 0;
+    let locked = loop {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    };
+    match locked {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
             let mut holder = String::new();
@@ -501,32 +521,37 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File> {
 mod tests {
     use super::*;
 
-    /// The holder of a store's lock is found without touching the lock, and is gone from
-    /// view once the lock is released.
+    /// The holder of a store's lock is named, and is gone from view once it lets go.
     #[test]
     fn writer_names_the_process_holding_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(writer(dir.path()), None, "no lock file: no writer");
         let held = take_lock(dir.path()).unwrap();
-        assert_eq!(writer(dir.path()), Some(std::process::id()));
+        let pid = Some(std::process::id());
+        assert_eq!(writer(dir.path()), Some(Writer { pid }));
         drop(held);
         assert_eq!(writer(dir.path()), None);
     }
 
+    /// A reader's look at the lock (held shared for a moment, here for 300 ms) does not make
+    /// a writer starting then fail as locked; another writer's lock does.
     #[test]
-    fn lock_holder_reads_only_exclusive_flocks_held_on_that_file() {
-        let locks = "1: FLOCK  ADVISORY  WRITE 4242 fe:00:77 0 EOF\n\
-                     1: -> FLOCK  ADVISORY  WRITE 5151 fe:00:88 0 EOF\n\
-                     2: POSIX  ADVISORY  WRITE 6161 fe:00:88 0 EOF\n\
-                     3: FLOCK  ADVISORY  READ 7171 fe:00:88 0 EOF\n\
-                     4: FLOCK  ADVISORY  WRITE 8181 fe:00:99 0 EOF\n";
-        assert_eq!(lock_holder(locks, "fe:00:77"), Some(4242));
-        assert_eq!(
-            lock_holder(locks, "fe:00:88"),
-            None,
-            "waiters, POSIX and shared locks"
-        );
-        assert_eq!(lock_holder(locks, "fe:00:99"), Some(8181));
-        assert_eq!(lock_holder(locks, "fe:00:9"), None);
+    fn a_readers_look_at_the_lock_never_fails_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(take_lock(dir.path()).unwrap());
+        let look = File::open(dir.path().join("lock")).unwrap();
+        rustix::fs::flock(&look, rustix::fs::FlockOperation::LockShared).unwrap();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(look);
+        });
+        let held = take_lock(dir.path()).expect("the writer waits out the reader's look");
+        reader.join().unwrap();
+        let pid = std::process::id().to_string();
+        match take_lock(dir.path()) {
+            Err(Error::Locked { holder, .. }) => assert_eq!(holder, pid),
+            other => panic!("a second writer: {other:?}"),
+        }
+        drop(held);
     }
 }

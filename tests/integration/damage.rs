@@ -460,8 +460,14 @@ fn damage_seen_while_a_writer_holds_the_store_is_checked_again_when_it_ends() {
     lab.snapshot();
     let store = lab.store();
     for heals in [true, false] {
-        let lock = std::fs::File::open(store.join("lock")).unwrap();
+        // As a writer does: the lock, then its pid in the file.
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.join("lock"))
+            .unwrap();
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        lock.set_len(0).unwrap();
+        std::io::Write::write_all(&mut &lock, std::process::id().to_string().as_bytes()).unwrap();
         flip_replica(&lab, "d/f");
         let mut verify = std::process::Command::new(SNAPSHOT.path())
             .args(["verify", "--store", Lab::s(&store)])
@@ -470,18 +476,29 @@ fn damage_seen_while_a_writer_holds_the_store_is_checked_again_when_it_ends() {
             .spawn()
             .unwrap();
         let mut err = std::io::BufReader::new(verify.stderr.take().unwrap());
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
+        let (mut line, mut said) = (String::new(), String::new());
+        while !line.contains("checking again") {
+            line.clear();
+            if err.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            said.push_str(&line);
+        }
         let me = std::process::id();
         assert!(
-            line.contains(&format!("process {me} was writing")) && line.contains("checking again"),
-            "verify says whom it waits for: {line}"
+            line.contains(&format!("process {me} held the store")),
+            "verify says whom it waits for: {said}"
         );
         if heals {
             flip_replica(&lab, "d/f");
         }
         drop(lock);
-        let out = verify.wait_with_output().unwrap();
+        // A verify that never sees the lock go would hang the test run: a deadline instead.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(verify.wait_with_output().unwrap()));
+        let out = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("verify still waits after the lock was let go");
         let report = String::from_utf8_lossy(&out.stdout);
         if heals {
             assert_eq!(out.status.code(), Some(0), "{report}");
