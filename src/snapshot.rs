@@ -422,11 +422,13 @@ fn scan(
         })?;
     }
     let mut unread = HashSet::new();
-    for w in warns {
+    // The walk stats a name before it asks whether it is excluded: a path the user left out
+    // (a FUSE mount that refuses root, say) is neither a warning nor kept.
+    for w in warns.into_iter().filter(|w| !excludes.is_excluded(&w.path)) {
         report.warnings.push(Warning {
             path: display_path(&w.path),
             message: format!(
-                "{}; the point keeps what the one before it had there",
+                "{}; the point keeps what the point before it recorded there, if anything",
                 w.message
             ),
         });
@@ -491,7 +493,10 @@ fn compare(
                     w.old = Some(Box::new(old));
                 }
             }
-            None if not_read(&path) => {
+            // A hardlink follower is kept only with its leader: a leader outside, read and
+            // changed by this run, would leave the kept follower naming content the point
+            // does not hold, and the point would be refused on every run.
+            None if not_read(&path) && old.link.as_deref().is_none_or(&not_read) => {
                 report.unchanged += 1;
                 count(report, &old);
             }

@@ -948,7 +948,7 @@ fn export(cli: &Cli, system: &System, id: PointId, path: &str) -> CmdResult {
         });
     }
     let then = if r.store_changed {
-        format!("the store was being written while it was read (a snapshot, prune or restore held it), which can look like damage: export point {id} again, and if files are still damaged run `system_snapshot verify --full`")
+        format!("the store was being written while it was read (a snapshot, prune, restore or repair held it), which can look like damage: export point {id} again, and if files are still damaged run `system_snapshot verify --full`")
     } else {
         "run `system_snapshot verify --full` to see everything affected".into()
     };

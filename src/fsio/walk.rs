@@ -241,8 +241,17 @@ fn run<T: From<(RelPath, Basic)>>(task: Task, filter: &Filter, found: &mut Batch
                             // Replaced by a file or a symlink since: recorded as it is now.
                             let now =
                                 rustix::fs::statat(&*parent, &name[..], AtFlags::SYMLINK_NOFOLLOW);
-                            if let Some(b) = now.ok().and_then(|st| stat_to_basic(&st)) {
-                                found.items.push(((path, b).into(), b));
+                            match now {
+                                Ok(st) => {
+                                    if let Some(b) = stat_to_basic(&st) {
+                                        found.items.push(((path, b).into(), b));
+                                    }
+                                }
+                                Err(rustix::io::Errno::NOENT) => {} // gone since
+                                Err(e) => found.warnings.push(WalkWarning {
+                                    path,
+                                    message: format!("cannot stat: {e}"),
+                                }),
                             }
                             return Vec::new();
                         }

@@ -483,11 +483,17 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File> {
         .open(&path)
         .ctx(|| format!("opening {}", path.display()))?;
     // A reader looking whether a writer is at work (`writer`) holds the lock shared for a
-    // moment: only a lock still held after a second is another writer's.
+    // moment: a lock still held after a second is another writer's, unless a shared lock can
+    // still be had (readers only, one of them slow: stopped, or starved of CPU), which is
+    // waited out for up to half a minute.
+    use rustix::fs::FlockOperation::{NonBlockingLockExclusive, NonBlockingLockShared};
+    let only_readers = |f: &File| rustix::fs::flock(f, NonBlockingLockShared).is_ok();
     let mut tries = 0;
     let locked = loop {
-        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Err(rustix::io::Errno::WOULDBLOCK) if tries < 50 => {
+        match rustix::fs::flock(&f, NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK)
+                if tries < 50 || (tries < 1500 && only_readers(&f)) =>
+            {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
