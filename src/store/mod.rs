@@ -486,8 +486,16 @@ pub(crate) fn take_lock(dir: &Path) -> Result<File> {
     // moment: a lock still held after a second is another writer's, unless a shared lock can
     // still be had (readers only, one of them slow: stopped, or starved of CPU), which is
     // waited out for up to half a minute.
-    use rustix::fs::FlockOperation::{NonBlockingLockExclusive, NonBlockingLockShared};
-    let only_readers = |f: &File| rustix::fs::flock(f, NonBlockingLockShared).is_ok();
+    use rustix::fs::FlockOperation::{NonBlockingLockExclusive, NonBlockingLockShared, Unlock};
+    // Let go at once: held between tries, two writers starting together would each keep the
+    // other from converting it, and both fail.
+    let only_readers = |f: &File| {
+        let readers = rustix::fs::flock(f, NonBlockingLockShared).is_ok();
+        if readers {
+            let _ = rustix::fs::flock(f, Unlock);
+        }
+        readers
+    };
     let mut tries = 0;
     let locked = loop {
         match rustix::fs::flock(&f, NonBlockingLockExclusive) {
@@ -559,5 +567,30 @@ mod tests {
             other => panic!("a second writer: {other:?}"),
         }
         drop(held);
+    }
+
+    /// Two writers starting together while a slow reader (1.5 s) holds its look: one gets
+    /// the store, the other is refused as locked.
+    #[test]
+    fn two_writers_behind_a_slow_reader_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(take_lock(dir.path()).unwrap());
+        let look = File::open(dir.path().join("lock")).unwrap();
+        rustix::fs::flock(&look, rustix::fs::FlockOperation::LockShared).unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let d = dir.path().to_path_buf();
+                std::thread::spawn(move || take_lock(&d))
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        drop(look);
+        let results: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Err(Error::Locked { .. })))
+            .count();
+        assert_eq!((won, refused), (1, 1), "{results:?}");
     }
 }
