@@ -547,14 +547,21 @@ mod tests {
         assert_eq!(writer(dir.path()), None);
     }
 
-    /// A reader's look at the lock (held shared for a moment, here for 300 ms) does not make
-    /// a writer starting then fail as locked; another writer's lock does.
-    #[test]
-    fn a_readers_look_at_the_lock_never_fails_a_writer() {
+    /// A store's lock file (made by a writer that has gone), held shared as a reader's look
+    /// holds it: let go when the file is dropped.
+    fn store_with_a_readers_look() -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
         drop(take_lock(dir.path()).unwrap());
         let look = File::open(dir.path().join("lock")).unwrap();
         rustix::fs::flock(&look, rustix::fs::FlockOperation::LockShared).unwrap();
+        (dir, look)
+    }
+
+    /// A reader's look at the lock (held shared for a moment, here for 300 ms) does not make
+    /// a writer starting then fail as locked; another writer's lock does.
+    #[test]
+    fn a_readers_look_at_the_lock_never_fails_a_writer() {
+        let (dir, look) = store_with_a_readers_look();
         let reader = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(300));
             drop(look);
@@ -573,10 +580,7 @@ mod tests {
     /// the store, the other is refused as locked.
     #[test]
     fn two_writers_behind_a_slow_reader_one_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(take_lock(dir.path()).unwrap());
-        let look = File::open(dir.path().join("lock")).unwrap();
-        rustix::fs::flock(&look, rustix::fs::FlockOperation::LockShared).unwrap();
+        let (dir, look) = store_with_a_readers_look();
         let writers: Vec<_> = (0..2)
             .map(|_| {
                 let d = dir.path().to_path_buf();
